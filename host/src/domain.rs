@@ -1,0 +1,393 @@
+//! The host's own small domain types.
+//!
+//! The pipeline, the server and the runtime speak these. WIT-generated types
+//! stay inside `runtime` and are converted once at the plugin boundary, so a
+//! change to the contract's generated code never ripples through the host.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Who wrote a chat message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Framing instructions.
+    System,
+    /// The end user or the calling agent.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool result.
+    Tool,
+}
+
+/// A tool invocation requested by a model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Identifier answered by a `tool` message.
+    pub id: String,
+    /// Tool name.
+    pub name: String,
+    /// Arguments as JSON text.
+    pub arguments: String,
+}
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Author.
+    pub role: Role,
+    /// Text content.
+    pub content: String,
+    /// Optional author name.
+    pub name: Option<String>,
+    /// Tool calls of an assistant message.
+    pub tool_calls: Vec<ToolCall>,
+    /// For tool messages: the call answered.
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A plain message with a role and text.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// A `user` message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+
+    /// An `assistant` message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+
+    /// A `system` message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+}
+
+/// A tool offered to a model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tool {
+    /// Name.
+    pub name: String,
+    /// Description for the model.
+    pub description: String,
+    /// JSON schema of the arguments, as JSON text.
+    pub parameters: String,
+}
+
+/// Free-form request hints, ordered so that cache keys are stable.
+pub type Metadata = BTreeMap<String, String>;
+
+/// A chat completion request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    /// Model name; empty lets the router choose.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Tools offered.
+    pub tools: Vec<Tool>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Bound on generated tokens.
+    pub max_tokens: Option<u32>,
+    /// Hints.
+    pub metadata: Metadata,
+}
+
+/// Token counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Completion tokens.
+    pub completion_tokens: u32,
+}
+
+impl Usage {
+    /// Saturating sum.
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
+        }
+    }
+
+    /// Prompt plus completion tokens.
+    pub fn total(&self) -> u32 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+/// A model's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The generated message.
+    pub message: Message,
+    /// The model that answered.
+    pub model: String,
+    /// `stop`, `length` or `tool_calls`.
+    pub finish_reason: String,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Served from cache.
+    pub cached: bool,
+}
+
+/// Why an operation failed, in the contract's vocabulary.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Failure {
+    /// A deadline passed.
+    #[error("timed out")]
+    Timeout,
+    /// Rate-limited, with an optional retry-after hint in milliseconds.
+    #[error("rate limited{}", .0.map(|ms| format!(" (retry after {ms} ms)")).unwrap_or_default())]
+    RateLimited(Option<u32>),
+    /// The input exceeded the model's context window.
+    #[error("token limit exceeded")]
+    TokenLimitExceeded,
+    /// The upstream answered with this HTTP status.
+    #[error("upstream answered HTTP {0}")]
+    UpstreamStatus(u16),
+    /// The upstream's body could not be understood.
+    #[error("invalid upstream response: {0}")]
+    InvalidResponse(String),
+    /// The named upstream's breaker is open.
+    #[error("circuit open for upstream `{0}`")]
+    CircuitOpen(String),
+    /// A validator rejected the content.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// A budget is exhausted.
+    #[error("budget exceeded")]
+    BudgetExceeded,
+    /// The host refused the operation.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// Anything else.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A unit of work for an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Correlation id.
+    pub id: String,
+    /// Input conversation.
+    pub input: Vec<Message>,
+    /// Hints.
+    pub metadata: Metadata,
+}
+
+/// What an agent returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Final answer.
+    pub output: Message,
+    /// Tokens used over every step.
+    pub usage: Usage,
+}
+
+/// Where a validator runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Before the target sees the request.
+    Input,
+    /// Before the client sees the answer.
+    Output,
+}
+
+/// A validator's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass unchanged.
+    Allow,
+    /// Refuse with a reason.
+    Reject(String),
+    /// Replace the messages.
+    Rewrite(Vec<Message>),
+}
+
+/// Circuit breaker state of an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CircuitState {
+    /// Traffic flows.
+    Closed,
+    /// Traffic refused.
+    Open,
+    /// Probing.
+    HalfOpen,
+}
+
+/// An upstream a router may choose.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Upstream name.
+    pub name: String,
+    /// Model served.
+    pub model: String,
+    /// USD per 1k prompt tokens.
+    pub input_cost_per_1k: f64,
+    /// USD per 1k completion tokens.
+    pub output_cost_per_1k: f64,
+    /// Moving-average latency.
+    pub ewma_latency_ms: f64,
+    /// Recent error rate in [0, 1].
+    pub error_rate: f64,
+    /// Breaker state.
+    pub circuit: CircuitState,
+    /// Operator weight.
+    pub weight: u32,
+    /// Capability tags.
+    pub tags: Vec<String>,
+}
+
+/// What a router routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRequest {
+    /// Requested model (may be empty).
+    pub model: String,
+    /// Approximate prompt tokens.
+    pub prompt_tokens: u32,
+    /// Messages in the conversation.
+    pub message_count: u32,
+    /// Whether tools are offered.
+    pub has_tools: bool,
+    /// Hints.
+    pub metadata: Metadata,
+}
+
+/// What a recovery strategy knows about a failure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailureContext {
+    /// What went wrong.
+    pub failure: Failure,
+    /// The upstream that failed.
+    pub upstream: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Host attempt bound.
+    pub max_attempts: u32,
+    /// Milliseconds before the deadline.
+    pub remaining_ms: u64,
+    /// Other upstreams for the same model family.
+    pub alternatives: Vec<String>,
+    /// The failed request.
+    pub request: CompletionRequest,
+}
+
+/// What the host should do after a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Retry the same upstream after this many milliseconds.
+    Retry(u32),
+    /// Try this upstream.
+    Fallback(String),
+    /// Split input into chunks of at most this many characters.
+    ChunkAndRetry(u32),
+    /// Retry with these messages.
+    Refine(Vec<Message>),
+    /// Give up; `true` raises an alert.
+    Fail(bool),
+}
+
+/// Default bound on nested agent calls.
+pub const DEFAULT_MAX_DEPTH: u32 = 4;
+
+/// Who is calling and under which bounds; travels with every nested call.
+///
+/// An agent's `llm.complete` and `agents.call` run with the caller's identity,
+/// deadline and depth, so a delegation chain can never outlive or outgrow the
+/// request that started it.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// Client identity (API key id, or `anonymous`).
+    pub client: String,
+    /// Request id for correlation.
+    pub request_id: String,
+    /// When the whole request must be done.
+    pub deadline: Instant,
+    /// Agents on the current call path, outermost first.
+    pub chain: Vec<String>,
+    /// Bound on `chain.len()`.
+    pub max_depth: u32,
+}
+
+impl CallContext {
+    /// A root context for a request.
+    pub fn new(client: impl Into<String>, request_id: impl Into<String>, budget: Duration) -> Self {
+        Self {
+            client: client.into(),
+            request_id: request_id.into(),
+            deadline: Instant::now() + budget,
+            chain: Vec::new(),
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
+
+    /// Time left before the deadline (zero when passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The context for calling `agent` from here, refused when it would
+    /// exceed the depth limit, revisit an agent already on the path, or start
+    /// after the deadline.
+    pub fn enter(&self, agent: &str) -> Result<CallContext, Failure> {
+        if self.chain.iter().any(|a| a == agent) {
+            let path = self.chain.join(" → ");
+            return Err(Failure::Denied(format!("agent cycle: {path} → {agent}")));
+        }
+        if self.chain.len() as u32 >= self.max_depth {
+            return Err(Failure::Denied(format!(
+                "agent depth limit {} reached calling `{agent}` from {}",
+                self.max_depth,
+                self.chain.join(" → ")
+            )));
+        }
+        if self.remaining().is_zero() {
+            return Err(Failure::Timeout);
+        }
+        let mut child = self.clone();
+        child.chain.push(agent.to_string());
+        Ok(child)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_context_refuses_cycles_and_excess_depth() {
+        let root = CallContext::new("c", "r", Duration::from_secs(5));
+        let a = root.enter("a").unwrap();
+        let b = a.enter("b").unwrap();
+        assert!(matches!(b.enter("a"), Err(Failure::Denied(m)) if m.contains("a → b → a")));
+        let c = b.enter("c").unwrap().enter("d").unwrap();
+        assert!(matches!(c.enter("e"), Err(Failure::Denied(m)) if m.contains("depth limit 4")));
+    }
+
+    #[test]
+    fn call_context_refuses_after_deadline() {
+        let root = CallContext::new("c", "r", Duration::ZERO);
+        assert_eq!(root.enter("a").unwrap_err(), Failure::Timeout);
+    }
+}

@@ -1,0 +1,11 @@
+//! AgentRouter: a production host for multi-agent AI systems.
+//!
+//! The native host owns networking, state and limits; agents, validators,
+//! routers and recovery strategies are sandboxed WebAssembly components
+//! loaded through the `agentrouter:plugin` WIT contract (see `wit/`).
+#![deny(missing_docs)]
+
+pub mod domain;
+pub mod plugins;
+pub mod runtime;
+pub mod store;

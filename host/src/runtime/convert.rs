@@ -1,0 +1,311 @@
+//! Conversions between the host's domain types and the WIT-generated ones.
+//!
+//! This is the only place the two meet (see `domain`).
+
+use super::bindings::wit;
+use crate::domain::{self as d, Metadata};
+
+fn metadata_to_wit(m: &Metadata) -> Vec<(String, String)> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn metadata_from_wit(m: Vec<(String, String)>) -> Metadata {
+    m.into_iter().collect()
+}
+
+impl From<d::Role> for wit::Role {
+    fn from(r: d::Role) -> Self {
+        match r {
+            d::Role::System => wit::Role::System,
+            d::Role::User => wit::Role::User,
+            d::Role::Assistant => wit::Role::Assistant,
+            d::Role::Tool => wit::Role::Tool,
+        }
+    }
+}
+
+impl From<wit::Role> for d::Role {
+    fn from(r: wit::Role) -> Self {
+        match r {
+            wit::Role::System => d::Role::System,
+            wit::Role::User => d::Role::User,
+            wit::Role::Assistant => d::Role::Assistant,
+            wit::Role::Tool => d::Role::Tool,
+        }
+    }
+}
+
+impl From<&d::Message> for wit::Message {
+    fn from(m: &d::Message) -> Self {
+        wit::Message {
+            role: m.role.into(),
+            content: m.content.clone(),
+            name: m.name.clone(),
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .map(|c| wit::ToolCall {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id.clone(),
+        }
+    }
+}
+
+impl From<wit::Message> for d::Message {
+    fn from(m: wit::Message) -> Self {
+        d::Message {
+            role: m.role.into(),
+            content: m.content,
+            name: m.name,
+            tool_calls: m
+                .tool_calls
+                .into_iter()
+                .map(|c| d::ToolCall {
+                    id: c.id,
+                    name: c.name,
+                    arguments: c.arguments,
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id,
+        }
+    }
+}
+
+pub(crate) fn messages_to_wit(messages: &[d::Message]) -> Vec<wit::Message> {
+    messages.iter().map(Into::into).collect()
+}
+
+fn messages_from_wit(messages: Vec<wit::Message>) -> Vec<d::Message> {
+    messages.into_iter().map(Into::into).collect()
+}
+
+impl From<&d::CompletionRequest> for wit::CompletionRequest {
+    fn from(r: &d::CompletionRequest) -> Self {
+        wit::CompletionRequest {
+            model: r.model.clone(),
+            messages: messages_to_wit(&r.messages),
+            tools: r
+                .tools
+                .iter()
+                .map(|t| wit::Tool {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    parameters: t.parameters.clone(),
+                })
+                .collect(),
+            temperature: r.temperature,
+            max_tokens: r.max_tokens,
+            metadata: metadata_to_wit(&r.metadata),
+        }
+    }
+}
+
+impl From<wit::CompletionRequest> for d::CompletionRequest {
+    fn from(r: wit::CompletionRequest) -> Self {
+        d::CompletionRequest {
+            model: r.model,
+            messages: messages_from_wit(r.messages),
+            tools: r
+                .tools
+                .into_iter()
+                .map(|t| d::Tool {
+                    name: t.name,
+                    description: t.description,
+                    parameters: t.parameters,
+                })
+                .collect(),
+            temperature: r.temperature,
+            max_tokens: r.max_tokens,
+            metadata: metadata_from_wit(r.metadata),
+        }
+    }
+}
+
+impl From<d::Usage> for wit::Usage {
+    fn from(u: d::Usage) -> Self {
+        wit::Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        }
+    }
+}
+
+impl From<wit::Usage> for d::Usage {
+    fn from(u: wit::Usage) -> Self {
+        d::Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        }
+    }
+}
+
+impl From<d::Completion> for wit::Completion {
+    fn from(c: d::Completion) -> Self {
+        wit::Completion {
+            message: (&c.message).into(),
+            model: c.model,
+            finish_reason: c.finish_reason,
+            usage: c.usage.into(),
+            cached: c.cached,
+        }
+    }
+}
+
+impl From<d::Failure> for wit::Failure {
+    fn from(f: d::Failure) -> Self {
+        match f {
+            d::Failure::Timeout => wit::Failure::Timeout,
+            d::Failure::RateLimited(ms) => wit::Failure::RateLimited(ms),
+            d::Failure::TokenLimitExceeded => wit::Failure::TokenLimitExceeded,
+            d::Failure::UpstreamStatus(s) => wit::Failure::UpstreamStatus(s),
+            d::Failure::InvalidResponse(m) => wit::Failure::InvalidResponse(m),
+            d::Failure::CircuitOpen(u) => wit::Failure::CircuitOpen(u),
+            d::Failure::Rejected(r) => wit::Failure::Rejected(r),
+            d::Failure::BudgetExceeded => wit::Failure::BudgetExceeded,
+            d::Failure::Denied(r) => wit::Failure::Denied(r),
+            d::Failure::Internal(m) => wit::Failure::Internal(m),
+        }
+    }
+}
+
+impl From<wit::Failure> for d::Failure {
+    fn from(f: wit::Failure) -> Self {
+        match f {
+            wit::Failure::Timeout => d::Failure::Timeout,
+            wit::Failure::RateLimited(ms) => d::Failure::RateLimited(ms),
+            wit::Failure::TokenLimitExceeded => d::Failure::TokenLimitExceeded,
+            wit::Failure::UpstreamStatus(s) => d::Failure::UpstreamStatus(s),
+            wit::Failure::InvalidResponse(m) => d::Failure::InvalidResponse(m),
+            wit::Failure::CircuitOpen(u) => d::Failure::CircuitOpen(u),
+            wit::Failure::Rejected(r) => d::Failure::Rejected(r),
+            wit::Failure::BudgetExceeded => d::Failure::BudgetExceeded,
+            wit::Failure::Denied(r) => d::Failure::Denied(r),
+            wit::Failure::Internal(m) => d::Failure::Internal(m),
+        }
+    }
+}
+
+impl From<&d::Task> for wit::Task {
+    fn from(t: &d::Task) -> Self {
+        wit::Task {
+            id: t.id.clone(),
+            input: messages_to_wit(&t.input),
+            metadata: metadata_to_wit(&t.metadata),
+        }
+    }
+}
+
+impl From<wit::Task> for d::Task {
+    fn from(t: wit::Task) -> Self {
+        d::Task {
+            id: t.id,
+            input: messages_from_wit(t.input),
+            metadata: metadata_from_wit(t.metadata),
+        }
+    }
+}
+
+impl From<d::TaskResult> for wit::TaskResult {
+    fn from(r: d::TaskResult) -> Self {
+        wit::TaskResult {
+            output: (&r.output).into(),
+            usage: r.usage.into(),
+        }
+    }
+}
+
+impl From<wit::TaskResult> for d::TaskResult {
+    fn from(r: wit::TaskResult) -> Self {
+        d::TaskResult {
+            output: r.output.into(),
+            usage: r.usage.into(),
+        }
+    }
+}
+
+impl From<d::Stage> for wit::Stage {
+    fn from(s: d::Stage) -> Self {
+        match s {
+            d::Stage::Input => wit::Stage::Input,
+            d::Stage::Output => wit::Stage::Output,
+        }
+    }
+}
+
+impl From<wit::Verdict> for d::Verdict {
+    fn from(v: wit::Verdict) -> Self {
+        match v {
+            wit::Verdict::Allow => d::Verdict::Allow,
+            wit::Verdict::Reject(r) => d::Verdict::Reject(r),
+            wit::Verdict::Rewrite(m) => d::Verdict::Rewrite(messages_from_wit(m)),
+        }
+    }
+}
+
+impl From<d::CircuitState> for wit::CircuitState {
+    fn from(c: d::CircuitState) -> Self {
+        match c {
+            d::CircuitState::Closed => wit::CircuitState::Closed,
+            d::CircuitState::Open => wit::CircuitState::Open,
+            d::CircuitState::HalfOpen => wit::CircuitState::HalfOpen,
+        }
+    }
+}
+
+impl From<&d::Candidate> for wit::Candidate {
+    fn from(c: &d::Candidate) -> Self {
+        wit::Candidate {
+            name: c.name.clone(),
+            model: c.model.clone(),
+            input_cost_per_1k: c.input_cost_per_1k,
+            output_cost_per_1k: c.output_cost_per_1k,
+            ewma_latency_ms: c.ewma_latency_ms,
+            error_rate: c.error_rate,
+            circuit: c.circuit.into(),
+            weight: c.weight,
+            tags: c.tags.clone(),
+        }
+    }
+}
+
+impl From<&d::RouteRequest> for wit::RouteRequest {
+    fn from(r: &d::RouteRequest) -> Self {
+        wit::RouteRequest {
+            model: r.model.clone(),
+            prompt_tokens: r.prompt_tokens,
+            message_count: r.message_count,
+            has_tools: r.has_tools,
+            metadata: metadata_to_wit(&r.metadata),
+        }
+    }
+}
+
+impl From<&d::FailureContext> for wit::FailureContext {
+    fn from(c: &d::FailureContext) -> Self {
+        wit::FailureContext {
+            failure: c.failure.clone().into(),
+            upstream: c.upstream.clone(),
+            attempt: c.attempt,
+            max_attempts: c.max_attempts,
+            remaining_ms: c.remaining_ms,
+            alternatives: c.alternatives.clone(),
+            request: (&c.request).into(),
+        }
+    }
+}
+
+impl From<wit::Action> for d::Action {
+    fn from(a: wit::Action) -> Self {
+        match a {
+            wit::Action::Retry(ms) => d::Action::Retry(ms),
+            wit::Action::Fallback(u) => d::Action::Fallback(u),
+            wit::Action::ChunkAndRetry(n) => d::Action::ChunkAndRetry(n),
+            wit::Action::Refine(m) => d::Action::Refine(messages_from_wit(m)),
+            wit::Action::Fail(alert) => d::Action::Fail(alert),
+        }
+    }
+}

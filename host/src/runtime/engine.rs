@@ -1,0 +1,131 @@
+//! Construction of the process-wide wasmtime `Engine` and its epoch ticker.
+//!
+//! One engine serves every plugin: compiled code, the instance pool and the
+//! epoch counter are per engine, and sharing them is what makes a fresh
+//! instance per call cost microseconds.
+
+use serde::Deserialize;
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How instances get their memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllocatorChoice {
+    /// Pooling when the address space allows it, else on-demand.
+    #[default]
+    Auto,
+    /// Pooling or fail.
+    Pooling,
+    /// mmap per instance: slower instantiation, no up-front reservation.
+    OnDemand,
+}
+
+/// The allocator actually in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocatorKind {
+    /// Slots reserved up front; instantiation reuses them (copy-on-write images).
+    Pooling,
+    /// Memory mapped per instance.
+    OnDemand,
+}
+
+/// Engine-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Allocation strategy.
+    pub allocator: AllocatorChoice,
+    /// Concurrent plugin instances the pool can hold. Each in-flight plugin
+    /// call holds one (an agent's nested calls hold one each).
+    pub pool_instances: u32,
+    /// Granularity of wall-clock limits, in milliseconds.
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            allocator: AllocatorChoice::Auto,
+            pool_instances: 256,
+            epoch_tick_ms: 1,
+        }
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    // Epochs bound wall-clock time cheaply (a load and compare per loop
+    // header); fuel is always on so that a per-plugin fuel budget and the
+    // fuel-consumed metric work for every plugin (~10% guest slowdown,
+    // negligible next to the host work around a plugin call).
+    config.epoch_interruption(true);
+    config.consume_fuel(true);
+    // Copy-on-write images make instantiation independent of data-segment size.
+    config.memory_init_cow(true);
+    config.parallel_compilation(true);
+    config
+}
+
+fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
+    let n = settings.pool_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n);
+    // A Rust component is one core module plus WASI adapter shims; Python and
+    // JavaScript components carry a few more.
+    pool.total_core_instances(n.saturating_mul(4));
+    pool.total_memories(n.saturating_mul(2));
+    pool.total_tables(n.saturating_mul(4));
+    pool.total_stacks(n);
+    pool.max_memory_size(super::limits::MAX_MEMORY_MB as usize * 1024 * 1024);
+    pool.max_core_instances_per_component(16);
+    pool.max_memories_per_component(4);
+    pool.max_tables_per_component(8);
+    pool
+}
+
+/// Builds the engine. With [`AllocatorChoice::Auto`] the pooling allocator is
+/// tried first: creating it reserves the whole pool's virtual address space,
+/// so success is the probe. Where the space is not there (a low `ulimit -v`,
+/// some sandboxes and emulators) it falls back to on-demand allocation.
+pub fn build_engine(settings: &EngineSettings) -> Result<(Engine, AllocatorKind), wasmtime::Error> {
+    if settings.allocator != AllocatorChoice::OnDemand {
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+            settings,
+        )));
+        match Engine::new(&config) {
+            Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
+            Err(e) if settings.allocator == AllocatorChoice::Auto => {
+                tracing::warn!(error = %e, "pooling allocator unavailable; falling back to on-demand allocation");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut config = base_config();
+    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    Ok((Engine::new(&config)?, AllocatorKind::OnDemand))
+}
+
+/// Starts the single epoch ticker thread. It holds only a weak reference and
+/// exits once the engine is dropped, so it can never keep an engine alive.
+pub fn start_epoch_ticker(engine: &Engine, tick: Duration) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("agentrouter-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without a ticker, wall-clock limits still hold through the tokio
+        // timeout around each call; spinning guests would just not yield.
+        tracing::error!(error = %e, "could not start the epoch ticker thread");
+    }
+}

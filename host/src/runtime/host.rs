@@ -1,0 +1,249 @@
+//! The per-call store state and the host side of every plugin import.
+//!
+//! Each call gets a fresh `PluginState`: WASI with nothing granted beyond the
+//! plugin's capabilities, captured stdout/stderr, the limiter, and — for
+//! agents — the handle back into the pipeline with the caller's context.
+
+use super::bindings::{agent::agentrouter::plugin as ifaces, wit};
+use super::limits::Limiter;
+use crate::domain::{CallContext, Completion, CompletionRequest, Failure, Task, TaskResult};
+use crate::store::KvStore;
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// What agents reach through `llm` and `agents`: implemented by the pipeline.
+///
+/// Futures are `'static` so the runtime never holds a borrow of the pipeline
+/// across a guest suspension.
+pub trait AgentHost: Send + Sync + 'static {
+    /// Run a completion for the agent whose context is `ctx`.
+    fn complete(
+        &self,
+        ctx: CallContext,
+        req: CompletionRequest,
+    ) -> BoxFuture<'static, Result<Completion, Failure>>;
+
+    /// Run agent `agent`; `ctx` already has `agent` on its chain (see
+    /// [`CallContext::enter`]).
+    fn call_agent(
+        &self,
+        ctx: CallContext,
+        agent: String,
+        task: Task,
+    ) -> BoxFuture<'static, Result<TaskResult, Failure>>;
+}
+
+/// Identity and configuration shared by every call of one plugin.
+#[derive(Debug)]
+pub(crate) struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub settings: BTreeMap<String, String>,
+}
+
+/// The agent-only part of a call: the way back into the pipeline.
+pub(crate) struct AgentCall {
+    pub host: Arc<dyn AgentHost>,
+    pub ctx: CallContext,
+}
+
+/// Bounds on `log` use per call, so a chatty plugin cannot flood the logs.
+const MAX_LOG_EVENTS_PER_CALL: u32 = 256;
+const MAX_LOG_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// Store data of one plugin call.
+pub(crate) struct PluginState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limiter: Limiter,
+    pub info: Arc<PluginInfo>,
+    pub kv: Arc<dyn KvStore>,
+    pub agent: Option<AgentCall>,
+    pub stdout: MemoryOutputPipe,
+    pub stderr: MemoryOutputPipe,
+    pub log_events: u32,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl PluginState {
+    fn agent(&self) -> Result<&AgentCall, Failure> {
+        self.agent.as_ref().ok_or_else(|| {
+            Failure::Denied(format!("plugin `{}` has no agent context", self.info.name))
+        })
+    }
+
+    /// Emits captured stdout/stderr as log events tagged with the plugin.
+    pub fn flush_output(&self) {
+        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = pipe.contents();
+            for line in String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
+                tracing::info!(plugin = %self.info.name, version = %self.info.version, stream, "{line}");
+            }
+        }
+    }
+
+    /// The end of the guest's stderr: a Rust guest's panic message, without
+    /// the standard "run with RUST_BACKTRACE" hint.
+    pub fn stderr_tail(&self) -> Option<String> {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with"))
+            .collect();
+        let tail = &lines[lines.len().saturating_sub(2)..];
+        (!tail.is_empty()).then(|| tail.join(" "))
+    }
+}
+
+impl ifaces::types::Host for PluginState {}
+
+impl ifaces::llm::Host for PluginState {
+    async fn complete(
+        &mut self,
+        req: wit::CompletionRequest,
+    ) -> wasmtime::Result<Result<wit::Completion, wit::Failure>> {
+        let call = match self.agent() {
+            Ok(call) => call.host.complete(call.ctx.clone(), req.into()),
+            Err(f) => return Ok(Err(f.into())),
+        };
+        Ok(call.await.map(Into::into).map_err(Into::into))
+    }
+}
+
+impl ifaces::agents::Host for PluginState {
+    async fn call(
+        &mut self,
+        agent: String,
+        task: wit::Task,
+    ) -> wasmtime::Result<Result<wit::TaskResult, wit::Failure>> {
+        let call = match self.agent().and_then(|c| Ok((c, c.ctx.enter(&agent)?))) {
+            Ok((call, child)) => call.host.call_agent(child, agent, task.into()),
+            Err(f) => return Ok(Err(f.into())),
+        };
+        Ok(call.await.map(Into::into).map_err(Into::into))
+    }
+
+    async fn call_all(
+        &mut self,
+        calls: Vec<(String, wit::Task)>,
+    ) -> wasmtime::Result<Vec<Result<wit::TaskResult, wit::Failure>>> {
+        let call = match self.agent() {
+            Ok(call) => call,
+            Err(f) => return Ok(calls.iter().map(|_| Err(f.clone().into())).collect()),
+        };
+        let futures = calls.into_iter().map(|(agent, task)| {
+            let started = call
+                .ctx
+                .enter(&agent)
+                .map(|child| call.host.call_agent(child, agent, task.into()));
+            async move {
+                match started {
+                    Ok(fut) => fut.await.map(Into::into).map_err(Into::into),
+                    Err(f) => Err(f.into()),
+                }
+            }
+        });
+        Ok(futures::future::join_all(futures).await)
+    }
+}
+
+impl ifaces::kv::Host for PluginState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        match self.kv.get(&self.info.name, &key) {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                tracing::warn!(plugin = %self.info.name, error = %e, "kv get failed");
+                Ok(None)
+            }
+        }
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_seconds: Option<u32>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self
+            .kv
+            .set(&self.info.name, &key, &value, ttl_seconds)
+            .map_err(|e| e.to_string()))
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        if let Err(e) = self.kv.delete(&self.info.name, &key) {
+            tracing::warn!(plugin = %self.info.name, error = %e, "kv delete failed");
+        }
+        Ok(())
+    }
+}
+
+impl ifaces::log::Host for PluginState {
+    fn log(
+        &mut self,
+        level: ifaces::log::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        self.log_events += 1;
+        if self.log_events > MAX_LOG_EVENTS_PER_CALL {
+            if self.log_events == MAX_LOG_EVENTS_PER_CALL + 1 {
+                tracing::warn!(plugin = %self.info.name, version = %self.info.version,
+                    "plugin exceeded {MAX_LOG_EVENTS_PER_CALL} log events in one call; dropping the rest");
+            }
+            return Ok(());
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_MESSAGE_BYTES {
+            let mut end = MAX_LOG_MESSAGE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let fields = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (name, version) = (&self.info.name, &self.info.version);
+        use ifaces::log::Level;
+        match level {
+            Level::Trace => {
+                tracing::trace!(plugin = %name, version = %version, fields, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(plugin = %name, version = %version, fields, "{message}")
+            }
+            Level::Info => tracing::info!(plugin = %name, version = %version, fields, "{message}"),
+            Level::Warn => tracing::warn!(plugin = %name, version = %version, fields, "{message}"),
+            Level::Error => {
+                tracing::error!(plugin = %name, version = %version, fields, "{message}")
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ifaces::settings::Host for PluginState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.info.settings.get(&key).cloned())
+    }
+}

@@ -1,0 +1,320 @@
+//! The sandboxed plugin runtime.
+//!
+//! Design, in the order a call meets it:
+//! - one [`wasmtime::Engine`] per process (component model, epoch
+//!   interruption with one ticker thread, fuel, pooling allocator with an
+//!   on-demand fallback, copy-on-write memory images) — see [`engine`];
+//! - compile once: an on-disk AOT cache keyed by component digest and engine
+//!   compatibility hash — see [`cache`];
+//! - type-check at load: each plugin is pre-instantiated against one linker
+//!   holding every host import, then checked against its world's exports, so
+//!   a component that does not fit is refused with the missing item named;
+//! - a fresh instance per call (isolation between tenants and requests; the
+//!   pool makes it cost microseconds), with the plugin's memory, wall-clock,
+//!   fuel and hostcall limits — see [`limits`];
+//! - deny-by-default WASI: no files, sockets, environment or inherited stdio
+//!   unless the operator grants them; guest stdout/stderr become log events.
+
+pub mod bindings;
+pub mod cache;
+mod convert;
+pub mod engine;
+pub mod error;
+mod host;
+pub mod inspect;
+pub mod limits;
+mod plugin;
+
+pub use cache::{AotCache, CacheOutcome};
+pub use engine::{AllocatorChoice, AllocatorKind, EngineSettings};
+pub use error::{LimitKind, PluginError};
+pub use host::AgentHost;
+pub use limits::PluginLimits;
+pub use plugin::{Plugin, PluginIdentity, PluginStats, StatsSnapshot};
+
+use crate::store::KvStore;
+use host::PluginState;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+/// The four plugin worlds of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    /// Solves tasks; may call the LLM and other agents.
+    Agent,
+    /// Allows, rejects or rewrites messages.
+    Validator,
+    /// Orders upstream candidates.
+    Router,
+    /// Decides what to do after a failure.
+    Recovery,
+}
+
+impl World {
+    /// All worlds.
+    pub const ALL: [World; 4] = [
+        World::Agent,
+        World::Validator,
+        World::Router,
+        World::Recovery,
+    ];
+
+    /// The world's name in WIT.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Agent => "agent",
+            World::Validator => "validator",
+            World::Router => "router",
+            World::Recovery => "recovery",
+        }
+    }
+
+    /// The function the world exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            World::Agent => "handle",
+            World::Validator => "validate",
+            World::Router => "route",
+            World::Recovery => "recover",
+        }
+    }
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a plugin's bytes come from.
+#[derive(Clone, Debug)]
+pub enum PluginSource {
+    /// A `.wasm` file.
+    File(PathBuf),
+    /// Bytes in memory (embedded builtins, admin uploads).
+    Bytes {
+        /// Human-readable origin for messages, e.g. `builtin:manager`.
+        origin: String,
+        /// The component.
+        bytes: Cow<'static, [u8]>,
+    },
+}
+
+impl PluginSource {
+    /// How messages refer to this source.
+    pub fn origin(&self) -> String {
+        match self {
+            PluginSource::File(path) => path.display().to_string(),
+            PluginSource::Bytes { origin, .. } => origin.clone(),
+        }
+    }
+}
+
+/// A directory a plugin may see.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Directory on the host.
+    pub host: PathBuf,
+    /// Path the guest sees.
+    pub guest: String,
+    /// Whether the guest may write.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// Capabilities granted to a plugin; everything else is denied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capabilities {
+    /// Host environment variables passed through by name.
+    pub env: Vec<String>,
+    /// Directories the plugin may open.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// Everything needed to load one plugin.
+#[derive(Clone, Debug)]
+pub struct PluginSpec {
+    /// Configured name (the slot name).
+    pub name: String,
+    /// The world the slot requires.
+    pub world: World,
+    /// The component.
+    pub source: PluginSource,
+    /// Version label; defaults to the digest's first 12 hex digits.
+    pub version: Option<String>,
+    /// Pinned sha256 (hex, optionally prefixed `sha256:`).
+    pub sha256: Option<String>,
+    /// Resource limits.
+    pub limits: PluginLimits,
+    /// Operator settings, readable through the `settings` import.
+    pub settings: BTreeMap<String, String>,
+    /// Granted capabilities.
+    pub capabilities: Capabilities,
+}
+
+impl PluginSpec {
+    /// A spec with default limits (agent defaults for agents), no settings
+    /// and no capabilities.
+    pub fn new(name: impl Into<String>, world: World, source: PluginSource) -> Self {
+        let limits = if world == World::Agent {
+            PluginLimits::agent_defaults()
+        } else {
+            PluginLimits::default()
+        };
+        Self {
+            name: name.into(),
+            world,
+            source,
+            version: None,
+            sha256: None,
+            limits,
+            settings: BTreeMap::new(),
+            capabilities: Capabilities::default(),
+        }
+    }
+}
+
+/// Settings of the runtime as a whole.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeSettings {
+    /// Engine settings.
+    pub engine: EngineSettings,
+    /// AOT cache directory; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The plugin runtime: one engine, one linker, the AOT cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    allocator: AllocatorKind,
+    cache: Option<AotCache>,
+    kv: Arc<dyn KvStore>,
+}
+
+impl Runtime {
+    /// Builds the engine, starts the epoch ticker and opens the AOT cache.
+    pub fn new(settings: &RuntimeSettings, kv: Arc<dyn KvStore>) -> Result<Self, wasmtime::Error> {
+        let (engine, allocator) = engine::build_engine(&settings.engine)?;
+        engine::start_epoch_ticker(
+            &engine,
+            Duration::from_millis(settings.engine.epoch_tick_ms.max(1)),
+        );
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // The agent world imports every host interface, so its linker
+        // functions serve the other three worlds as well.
+        bindings::agent::Agent::add_to_linker::<PluginState, HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        let cache = match &settings.cache_dir {
+            Some(dir) => Some(AotCache::open(dir, &engine).map_err(|e| {
+                wasmtime::Error::msg(format!("cannot open plugin cache {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
+        tracing::debug!(?allocator, cache = ?settings.cache_dir, "plugin runtime ready");
+        Ok(Self {
+            engine,
+            linker,
+            allocator,
+            cache,
+            kv,
+        })
+    }
+
+    /// The shared engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Which allocator is in use.
+    pub fn allocator(&self) -> AllocatorKind {
+        self.allocator
+    }
+
+    /// The AOT cache, if configured.
+    pub fn cache(&self) -> Option<&AotCache> {
+        self.cache.as_ref()
+    }
+
+    /// Loads, verifies, compiles and type-checks a plugin.
+    pub fn load(&self, spec: PluginSpec) -> Result<Plugin, PluginError> {
+        spec.limits.validate(&spec.name)?;
+        let origin = spec.source.origin();
+        let bytes = read_source(&spec.name, &spec.source)?;
+        let digest = sha256_hex(&bytes);
+        if let Some(pinned) = &spec.sha256 {
+            let expected = pinned
+                .trim()
+                .trim_start_matches("sha256:")
+                .to_ascii_lowercase();
+            if expected != digest {
+                return Err(PluginError::DigestMismatch {
+                    plugin: spec.name,
+                    origin,
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        inspect::check_header(&bytes).map_err(|reason| PluginError::NotComponent {
+            plugin: spec.name.clone(),
+            origin: origin.clone(),
+            reason,
+        })?;
+        let component = self
+            .compile(&digest, &bytes)
+            .map_err(|e| PluginError::Compile {
+                plugin: spec.name.clone(),
+                origin: origin.clone(),
+                detail: format!("{e:#}"),
+            })?;
+        plugin::Plugin::new(self, spec, origin, digest, component)
+    }
+
+    fn compile(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<wasmtime::component::Component, wasmtime::Error> {
+        match &self.cache {
+            Some(cache) => cache
+                .load_or_compile(&self.engine, digest, bytes)
+                .map(|(c, _)| c),
+            None => wasmtime::component::Component::new(&self.engine, bytes),
+        }
+    }
+}
+
+/// Hex sha256 of some bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn read_source(plugin: &str, source: &PluginSource) -> Result<Cow<'static, [u8]>, PluginError> {
+    match source {
+        PluginSource::File(path) => read_file(plugin, path).map(Cow::Owned),
+        PluginSource::Bytes { bytes, .. } => Ok(bytes.clone()),
+    }
+}
+
+fn read_file(plugin: &str, path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|source| PluginError::Read {
+        plugin: plugin.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,581 @@
+//! A loaded plugin and its four kinds of call.
+//!
+//! Every call creates a store, instantiates from the type-checked
+//! pre-instance, calls the world's export under the plugin's limits, then
+//! turns whatever happened into a typed result and updates the plugin's
+//! counters. The store is dropped after each call, so nothing a guest did
+//! survives into the next call except through `kv`.
+
+use super::bindings::{
+    agent::AgentPre, recovery::RecoveryPre, router::RouterPre, validator::ValidatorPre,
+};
+use super::convert;
+use super::error::{LimitKind, PluginError};
+use super::host::{AgentCall, AgentHost, PluginInfo, PluginState};
+use super::limits::{LimitTrap, Limiter, PluginLimits, TimeoutTrap};
+use super::{Capabilities, PluginSpec, Runtime, World};
+use crate::domain::{
+    Action, CallContext, Candidate, Failure, FailureContext, Message, RouteRequest, Stage, Task,
+    TaskResult, Verdict,
+};
+use crate::store::KvStore;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+/// Bytes of guest stdout/stderr kept per call (the rest is dropped).
+const OUTPUT_CAPTURE_BYTES: usize = 16 * 1024;
+/// Longest reject reason passed on to clients.
+const MAX_REASON_CHARS: usize = 1024;
+/// Fuel given to plugins without a fuel limit: effectively unbounded, but
+/// still counted, so the fuel metric works for every plugin.
+const UNLIMITED_FUEL: u64 = i64::MAX as u64;
+
+/// Who a plugin is: configured name, version label and content digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginIdentity {
+    /// Configured (slot) name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// sha256 of the component, hex.
+    pub digest: String,
+}
+
+impl fmt::Display for PluginIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// Per-plugin counters, updated on every call.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    fuel_consumed: AtomicU64,
+    last_fuel: AtomicU64,
+    peak_memory_bytes: AtomicU64,
+    busy_micros: AtomicU64,
+}
+
+/// A point-in-time copy of [`PluginStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that ended in a [`PluginError`].
+    pub errors: u64,
+    /// Fuel consumed over all calls.
+    pub fuel_consumed: u64,
+    /// Fuel consumed by the most recent call.
+    pub last_fuel: u64,
+    /// Largest linear memory seen, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Total time spent in calls, in microseconds.
+    pub busy_micros: u64,
+}
+
+impl PluginStats {
+    fn record(&self, elapsed: Duration, fuel: u64, peak_memory: usize, failed: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.fuel_consumed.fetch_add(fuel, Ordering::Relaxed);
+        self.last_fuel.store(fuel, Ordering::Relaxed);
+        self.peak_memory_bytes
+            .fetch_max(peak_memory as u64, Ordering::Relaxed);
+        self.busy_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Current values.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            calls: self.calls.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            fuel_consumed: self.fuel_consumed.load(Ordering::Relaxed),
+            last_fuel: self.last_fuel.load(Ordering::Relaxed),
+            peak_memory_bytes: self.peak_memory_bytes.load(Ordering::Relaxed),
+            busy_micros: self.busy_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+enum WorldPre {
+    Agent(AgentPre<PluginState>),
+    Validator(ValidatorPre<PluginState>),
+    Router(RouterPre<PluginState>),
+    Recovery(RecoveryPre<PluginState>),
+}
+
+/// Which step of a call failed.
+enum Step {
+    Instantiate(wasmtime::Error),
+    Call(wasmtime::Error),
+}
+
+/// A compiled, type-checked plugin, ready to be called concurrently.
+pub struct Plugin {
+    identity: PluginIdentity,
+    origin: String,
+    world: World,
+    pre: WorldPre,
+    limits: PluginLimits,
+    capabilities: Capabilities,
+    env: Vec<(String, String)>,
+    info: Arc<PluginInfo>,
+    engine: Engine,
+    kv: Arc<dyn KvStore>,
+    stats: PluginStats,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("identity", &self.identity)
+            .field("world", &self.world)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub(super) fn new(
+        rt: &Runtime,
+        spec: PluginSpec,
+        origin: String,
+        digest: String,
+        component: Component,
+    ) -> Result<Plugin, PluginError> {
+        let mismatch = |detail: String| PluginError::WorldMismatch {
+            plugin: spec.name.clone(),
+            origin: origin.clone(),
+            world: spec.world,
+            detail,
+        };
+        let instance_pre = rt.linker.instantiate_pre(&component).map_err(|e| {
+            mismatch(format!(
+                "it needs an import the host does not provide: {e:#}"
+            ))
+        })?;
+        let missing_export = |e: wasmtime::Error| {
+            let found = super::inspect::describe(rt.engine(), &component);
+            mismatch(format!("{e:#}; {found}"))
+        };
+        let pre = match spec.world {
+            World::Agent => WorldPre::Agent(AgentPre::new(instance_pre).map_err(missing_export)?),
+            World::Validator => {
+                WorldPre::Validator(ValidatorPre::new(instance_pre).map_err(missing_export)?)
+            }
+            World::Router => {
+                WorldPre::Router(RouterPre::new(instance_pre).map_err(missing_export)?)
+            }
+            World::Recovery => {
+                WorldPre::Recovery(RecoveryPre::new(instance_pre).map_err(missing_export)?)
+            }
+        };
+        let env = resolve_capabilities(&spec.name, &spec.capabilities)?;
+        let version = spec
+            .version
+            .clone()
+            .unwrap_or_else(|| digest[..12].to_string());
+        let identity = PluginIdentity {
+            name: spec.name.clone(),
+            version: version.clone(),
+            digest,
+        };
+        Ok(Plugin {
+            info: Arc::new(PluginInfo {
+                name: spec.name,
+                version,
+                settings: spec.settings,
+            }),
+            identity,
+            origin,
+            world: spec.world,
+            pre,
+            limits: spec.limits,
+            capabilities: spec.capabilities,
+            env,
+            engine: rt.engine.clone(),
+            kv: rt.kv.clone(),
+            stats: PluginStats::default(),
+        })
+    }
+
+    /// Name, version and digest.
+    pub fn identity(&self) -> &PluginIdentity {
+        &self.identity
+    }
+
+    /// Where the component came from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The world it implements.
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    fn fuel_budget(&self) -> u64 {
+        self.limits.fuel.unwrap_or(UNLIMITED_FUEL)
+    }
+
+    fn wrong_world(&self, called_as: World) -> PluginError {
+        PluginError::WorldMismatch {
+            plugin: self.identity.name.clone(),
+            origin: self.origin.clone(),
+            world: self.world,
+            detail: format!("called as a {called_as}"),
+        }
+    }
+
+    fn new_store(
+        &self,
+        agent: Option<AgentCall>,
+        timeout: Duration,
+    ) -> Result<Store<PluginState>, PluginError> {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        let mut wasi = WasiCtxBuilder::new();
+        // Deny by default: no preopens, no inherited env or stdio, no sockets.
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .envs(&self.env);
+        for dir in &self.capabilities.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| PluginError::Instantiate {
+                    plugin: self.identity.to_string(),
+                    detail: format!(
+                        "granted directory {} is unavailable: {e:#}",
+                        dir.host.display()
+                    ),
+                })?;
+        }
+        let state = PluginState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter::new(&self.limits),
+            info: self.info.clone(),
+            kv: self.kv.clone(),
+            agent,
+            stdout,
+            stderr,
+            log_events: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(self.fuel_budget())
+            .map_err(|e| PluginError::Instantiate {
+                plugin: self.identity.to_string(),
+                detail: format!("{e:#}"),
+            })?;
+        store.set_hostcall_fuel(self.limits.hostcall_fuel);
+        // Every epoch tick the guest yields to tokio, so a spinning plugin
+        // never starves other tasks; once its time is up it traps.
+        store.set_epoch_deadline(1);
+        let started = Instant::now();
+        store.epoch_deadline_callback(move |_| {
+            if started.elapsed() >= timeout {
+                Err(wasmtime::Error::new(TimeoutTrap))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok(store)
+    }
+
+    /// Turns the outcome of a call into a typed result and records it.
+    fn finish<T>(
+        &self,
+        store: Store<PluginState>,
+        started: Instant,
+        timeout: Duration,
+        outcome: Result<Result<T, Step>, tokio::time::error::Elapsed>,
+    ) -> Result<T, PluginError> {
+        let elapsed = started.elapsed();
+        let fuel_used = self
+            .fuel_budget()
+            .saturating_sub(store.get_fuel().unwrap_or(0));
+        let state = store.data();
+        state.flush_output();
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(step)) => Err(self.classify(step, state, elapsed, timeout, fuel_used)),
+            Err(_) => Err(self.limit(
+                LimitKind::WallClock,
+                elapsed.as_millis() as u64,
+                timeout.as_millis() as u64,
+            )),
+        };
+        self.stats.record(
+            elapsed,
+            fuel_used,
+            state.limiter.peak_memory,
+            result.is_err(),
+        );
+        if let Err(e) = &result {
+            tracing::warn!(plugin = %self.identity, kind = e.kind(), error = %e, "plugin call failed");
+        }
+        result
+    }
+
+    fn limit(&self, limit: LimitKind, used: u64, allowed: u64) -> PluginError {
+        PluginError::LimitExceeded {
+            plugin: self.identity.to_string(),
+            limit,
+            used,
+            allowed,
+        }
+    }
+
+    fn classify(
+        &self,
+        step: Step,
+        state: &PluginState,
+        elapsed: Duration,
+        timeout: Duration,
+        fuel_used: u64,
+    ) -> PluginError {
+        let (error, instantiating) = match step {
+            Step::Instantiate(e) => (e, true),
+            Step::Call(e) => (e, false),
+        };
+        if let Some((limit, used, allowed)) = state.limiter.exceeded {
+            return self.limit(limit, used, allowed);
+        }
+        if error.is::<LimitTrap>()
+            || error.is::<TimeoutTrap>()
+            || matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+        {
+            return self.limit(
+                LimitKind::WallClock,
+                elapsed.as_millis() as u64,
+                timeout.as_millis() as u64,
+            );
+        }
+        let plugin = self.identity.to_string();
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => self.limit(LimitKind::Fuel, fuel_used, self.fuel_budget()),
+            Some(trap) => {
+                let mut message = trap.to_string();
+                if let Some(tail) = state.stderr_tail() {
+                    message.push_str(&format!(" (guest stderr: {tail})"));
+                }
+                if let Some(bt) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+                    tracing::debug!(plugin = %self.identity, "guest backtrace:\n{bt}");
+                }
+                PluginError::Trap { plugin, message }
+            }
+            None if instantiating => PluginError::Instantiate {
+                plugin,
+                detail: format!("{error:#}"),
+            },
+            None => PluginError::InvalidOutput {
+                plugin,
+                detail: format!("{error:#}"),
+            },
+        }
+    }
+
+    /// Runs a validator over `messages` at `stage`.
+    pub async fn validate(
+        &self,
+        stage: Stage,
+        messages: &[Message],
+    ) -> Result<Verdict, PluginError> {
+        let WorldPre::Validator(pre) = &self.pre else {
+            return Err(self.wrong_world(World::Validator));
+        };
+        let timeout = Duration::from_millis(self.limits.timeout_ms);
+        let mut store = self.new_store(None, timeout)?;
+        let args = convert::messages_to_wit(messages);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, async {
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Step::Instantiate)?;
+            instance
+                .call_validate(&mut store, stage.into(), &args)
+                .await
+                .map_err(Step::Call)
+        })
+        .await;
+        let verdict: Verdict = self.finish(store, started, timeout, outcome)?.into();
+        Ok(match verdict {
+            Verdict::Reject(reason) if reason.chars().count() > MAX_REASON_CHARS => {
+                Verdict::Reject(reason.chars().take(MAX_REASON_CHARS).collect())
+            }
+            other => other,
+        })
+    }
+
+    /// Asks a router for the order in which to try `candidates`. The answer
+    /// is sanitised: unknown names and repeats are dropped, so a misbehaving
+    /// router can only reorder or shorten the list.
+    pub async fn route(
+        &self,
+        req: &RouteRequest,
+        candidates: &[Candidate],
+    ) -> Result<Vec<String>, PluginError> {
+        let WorldPre::Router(pre) = &self.pre else {
+            return Err(self.wrong_world(World::Router));
+        };
+        let timeout = Duration::from_millis(self.limits.timeout_ms);
+        let mut store = self.new_store(None, timeout)?;
+        let wit_req = req.into();
+        let wit_candidates: Vec<_> = candidates.iter().map(Into::into).collect();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, async {
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Step::Instantiate)?;
+            instance
+                .call_route(&mut store, &wit_req, &wit_candidates)
+                .await
+                .map_err(Step::Call)
+        })
+        .await;
+        let names = self.finish(store, started, timeout, outcome)?;
+        let known: HashSet<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        let mut order = Vec::with_capacity(candidates.len());
+        for name in names {
+            if known.contains(name.as_str()) && seen.insert(name.clone()) {
+                order.push(name);
+            }
+        }
+        Ok(order)
+    }
+
+    /// Asks a recovery strategy what to do after a failure. The host still
+    /// enforces its own bounds on whatever comes back.
+    pub async fn recover(&self, ctx: &FailureContext) -> Result<Action, PluginError> {
+        let WorldPre::Recovery(pre) = &self.pre else {
+            return Err(self.wrong_world(World::Recovery));
+        };
+        let timeout = Duration::from_millis(self.limits.timeout_ms);
+        let mut store = self.new_store(None, timeout)?;
+        let wit_ctx = ctx.into();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, async {
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Step::Instantiate)?;
+            instance
+                .call_recover(&mut store, &wit_ctx)
+                .await
+                .map_err(Step::Call)
+        })
+        .await;
+        Ok(self.finish(store, started, timeout, outcome)?.into())
+    }
+
+    /// Runs an agent on `task`. `ctx` is the context inside this agent (its
+    /// name already on the chain); the call is bounded by the plugin's
+    /// timeout and by the request's remaining time, whichever is shorter.
+    /// The outer `Result` is the sandbox's verdict, the inner one the agent's.
+    pub async fn handle(
+        &self,
+        task: &Task,
+        ctx: CallContext,
+        host: Arc<dyn AgentHost>,
+    ) -> Result<Result<TaskResult, Failure>, PluginError> {
+        let WorldPre::Agent(pre) = &self.pre else {
+            return Err(self.wrong_world(World::Agent));
+        };
+        let timeout = Duration::from_millis(self.limits.timeout_ms).min(ctx.remaining());
+        let mut store = self.new_store(Some(AgentCall { host, ctx }), timeout)?;
+        let wit_task = task.into();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, async {
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Step::Instantiate)?;
+            instance
+                .call_handle(&mut store, &wit_task)
+                .await
+                .map_err(Step::Call)
+        })
+        .await;
+        Ok(self
+            .finish(store, started, timeout, outcome)?
+            .map(Into::into)
+            .map_err(Into::into))
+    }
+}
+
+/// Checks granted capabilities and snapshots granted environment variables.
+fn resolve_capabilities(
+    plugin: &str,
+    caps: &Capabilities,
+) -> Result<Vec<(String, String)>, PluginError> {
+    let invalid = |key, value: String, reason: String| PluginError::InvalidConfig {
+        plugin: plugin.to_string(),
+        key,
+        value,
+        reason,
+    };
+    for dir in &caps.dirs {
+        if !dir.host.is_dir() {
+            return Err(invalid(
+                "capabilities.dirs.host",
+                dir.host.display().to_string(),
+                "is not a directory".into(),
+            ));
+        }
+        if !dir.guest.starts_with('/') {
+            return Err(invalid(
+                "capabilities.dirs.guest",
+                dir.guest.clone(),
+                "must be an absolute guest path".into(),
+            ));
+        }
+    }
+    let mut env = Vec::with_capacity(caps.env.len());
+    for name in &caps.env {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(invalid(
+                "capabilities.env",
+                name.clone(),
+                "is not a valid variable name".into(),
+            ));
+        }
+        // An unset variable is simply absent for the guest, as on a shell.
+        if let Ok(value) = std::env::var(name) {
+            env.push((name.clone(), value));
+        }
+    }
+    Ok(env)
+}
