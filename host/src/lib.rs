@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod domain;
+pub mod openai;
 pub mod plugins;
 pub mod runtime;
 pub mod store;
