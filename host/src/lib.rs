@@ -5,6 +5,7 @@
 //! loaded through the `agentrouter:plugin` WIT contract (see `wit/`).
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod domain;
 pub mod openai;
 pub mod plugins;

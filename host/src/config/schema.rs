@@ -1,0 +1,330 @@
+//! The configuration schema: these structs are what the TOML file may say.
+//!
+//! Every table rejects unknown keys, so a typo is an error rather than a
+//! silently ignored setting. All defaults are the constants at the top.
+
+use super::secret::{Secret, SettingValue};
+use crate::runtime::{AllocatorChoice, Capabilities, PluginLimits, World};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// Default `server.listen`: loopback, so a fresh install is not exposed.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+/// Default `server.max_body_bytes` (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+/// Default `server.request_timeout_ms`.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// Default `server.shutdown_grace_ms`.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// Default `server.max_agent_depth`.
+pub const DEFAULT_MAX_AGENT_DEPTH: u32 = 4;
+/// Default `store.path`.
+pub const DEFAULT_STORE_PATH: &str = "data";
+/// Directory under the store holding compiled plugins when
+/// `runtime.cache_dir` is not set.
+pub const DEFAULT_CACHE_SUBDIR: &str = "plugin-cache";
+/// Default `runtime.pool_instances`.
+pub const DEFAULT_POOL_INSTANCES: u32 = 256;
+/// Default `runtime.epoch_tick_ms`.
+pub const DEFAULT_EPOCH_TICK_MS: u64 = 1;
+/// Default `upstreams.<name>.weight`.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Default `upstreams.<name>.timeout_ms`.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// Default simulator `latency_ms`.
+pub const DEFAULT_SIM_LATENCY_MS: u64 = 20;
+/// Default simulator `jitter_ms`.
+pub const DEFAULT_SIM_JITTER_MS: u64 = 10;
+/// Default simulator `context_chars`.
+pub const DEFAULT_SIM_CONTEXT_CHARS: u64 = 32_000;
+/// Default simulator `retry_after_ms`.
+pub const DEFAULT_SIM_RETRY_AFTER_MS: u64 = 1_000;
+
+/// `[server]`: the HTTP listener.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+    /// Total deadline of one request, agents included.
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests may drain on SIGTERM/Ctrl-C.
+    pub shutdown_grace_ms: u64,
+    /// Deepest chain of agent-to-agent calls.
+    pub max_agent_depth: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            max_agent_depth: DEFAULT_MAX_AGENT_DEPTH,
+        }
+    }
+}
+
+/// `[store]`: persistent state.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled directory, as written (see [`super::Config::store_path`]).
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(DEFAULT_STORE_PATH),
+        }
+    }
+}
+
+/// `[runtime]`: the plugin engine.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Compiled-plugin cache, as written; `None` means `<store>/plugin-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Instance allocation strategy.
+    pub allocator: AllocatorChoice,
+    /// Concurrent plugin instances the pool holds.
+    pub pool_instances: u32,
+    /// Granularity of plugin wall-clock limits.
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            allocator: AllocatorChoice::Auto,
+            pool_instances: DEFAULT_POOL_INSTANCES,
+            epoch_tick_ms: DEFAULT_EPOCH_TICK_MS,
+        }
+    }
+}
+
+/// What serves an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// The built-in simulator (no network; for demos and tests).
+    Simulated,
+    /// An OpenAI-compatible HTTP API.
+    Openai,
+}
+
+impl fmt::Display for UpstreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpstreamKind::Simulated => "simulated",
+            UpstreamKind::Openai => "openai",
+        })
+    }
+}
+
+/// `[upstreams.<name>]`: one model endpoint.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// What serves it.
+    pub kind: UpstreamKind,
+    /// The model it serves (several upstreams may serve one model).
+    pub model: String,
+    /// API base URL (openai only).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// API key, resolved (openai only).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Price of 1000 input tokens, USD.
+    #[serde(default)]
+    pub input_cost_per_1k: f64,
+    /// Price of 1000 output tokens, USD.
+    #[serde(default)]
+    pub output_cost_per_1k: f64,
+    /// Capability tags routers may use, e.g. `reasoning`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Relative share of traffic among equals.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Deadline of one upstream call.
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Simulator behaviour; after [`super::Config::parse`] always `Some` for
+    /// simulated upstreams (defaults filled in) and `None` for the others.
+    #[serde(default)]
+    pub simulator: Option<SimulatorConfig>,
+}
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
+fn default_upstream_timeout_ms() -> u64 {
+    DEFAULT_UPSTREAM_TIMEOUT_MS
+}
+
+/// `[upstreams.<name>.simulator]`: how a simulated upstream behaves.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorConfig {
+    /// Base latency of a completion.
+    pub latency_ms: u64,
+    /// Uniform random extra latency, up to this much.
+    pub jitter_ms: u64,
+    /// Share of calls failing with a server error, in [0, 1].
+    pub fail_rate: f64,
+    /// Share of calls answered 429, in [0, 1].
+    pub rate_limit_rate: f64,
+    /// Share of calls returning an unparsable body, in [0, 1].
+    pub malformed_rate: f64,
+    /// RNG seed, for reproducible runs; `None` seeds from entropy.
+    pub seed: Option<u64>,
+    /// Context window, in characters; longer prompts fail as token-limit errors.
+    pub context_chars: u64,
+    /// `Retry-After` of simulated 429s.
+    pub retry_after_ms: u64,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: DEFAULT_SIM_LATENCY_MS,
+            jitter_ms: DEFAULT_SIM_JITTER_MS,
+            fail_rate: 0.0,
+            rate_limit_rate: 0.0,
+            malformed_rate: 0.0,
+            seed: None,
+            context_chars: DEFAULT_SIM_CONTEXT_CHARS,
+            retry_after_ms: DEFAULT_SIM_RETRY_AFTER_MS,
+        }
+    }
+}
+
+/// Where a plugin comes from, as written in `source`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum SourceRef {
+    /// `builtin:<name>`: a first-party plugin embedded in the binary.
+    Builtin(String),
+    /// A `.wasm` file; absolute after [`super::Config::parse`].
+    File(PathBuf),
+}
+
+impl From<String> for SourceRef {
+    fn from(s: String) -> Self {
+        match s.strip_prefix(crate::plugins::BUILTIN_PREFIX) {
+            Some(name) => SourceRef::Builtin(name.to_string()),
+            None => SourceRef::File(PathBuf::from(s)),
+        }
+    }
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceRef::Builtin(name) => write!(f, "{}{name}", crate::plugins::BUILTIN_PREFIX),
+            SourceRef::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// What the pipeline does when a plugin itself fails (trap, limit, bad output).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Fail the request: safe for validators that guard something.
+    #[default]
+    Closed,
+    /// Skip the plugin and carry on.
+    Open,
+}
+
+/// `[plugins.<slot>]`: one plugin slot.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// `builtin:<name>` or a path to a `.wasm` component.
+    pub source: SourceRef,
+    /// The world the slot requires; after [`super::Config::parse`] always
+    /// `Some` (a builtin's own world when not written).
+    #[serde(default)]
+    pub world: Option<World>,
+    /// Version label.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Pinned digest: 64 hex digits, optionally prefixed `sha256:`.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// What to do when the plugin fails.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Settings the plugin reads, secret references resolved.
+    #[serde(default)]
+    pub settings: BTreeMap<String, SettingValue>,
+    /// Resource limit overrides.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Granted capabilities (deny by default).
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// `[plugins.<slot>.limits]`: overrides of the world's default limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest linear memory, MiB.
+    pub memory_mb: Option<u32>,
+    /// Wall-clock bound of one call.
+    pub timeout_ms: Option<u64>,
+    /// Fuel budget per call.
+    pub fuel: Option<u64>,
+    /// Bytes the guest may pass to the host in one host call.
+    pub hostcall_fuel: Option<usize>,
+    /// Largest table, in elements.
+    pub table_elements: Option<u32>,
+}
+
+impl LimitsConfig {
+    /// These overrides applied over the defaults of `world`.
+    pub fn merge(&self, world: World) -> PluginLimits {
+        let base = if world == World::Agent {
+            PluginLimits::agent_defaults()
+        } else {
+            PluginLimits::default()
+        };
+        PluginLimits {
+            memory_mb: self.memory_mb.unwrap_or(base.memory_mb),
+            timeout_ms: self.timeout_ms.unwrap_or(base.timeout_ms),
+            fuel: self.fuel.or(base.fuel),
+            hostcall_fuel: self.hostcall_fuel.unwrap_or(base.hostcall_fuel),
+            table_elements: self.table_elements.unwrap_or(base.table_elements),
+        }
+    }
+}
+
+/// `[pipeline]`: which slots a chat completion passes through.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Validator slots run on the request, in order.
+    pub input_validators: Vec<String>,
+    /// Validator slots run on the response, in order.
+    pub output_validators: Vec<String>,
+    /// Router slot ordering upstream candidates.
+    pub router: Option<String>,
+    /// Recovery slot deciding what to do after a failure.
+    pub recovery: Option<String>,
+}

@@ -1,0 +1,137 @@
+//! Secrets and secret references.
+//!
+//! A value that is exactly `${env:VAR}` or `${file:PATH}` is replaced at load
+//! by the variable's value or the file's contents (trailing newline trimmed,
+//! `PATH` relative to the config file's directory). Resolved values live in
+//! [`Secret`], whose `Debug` never shows them, so a logged config is safe.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use std::fmt;
+use std::path::Path;
+
+/// A value that must never be printed: API keys, resolved secret references.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (a request header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A plugin setting: plain text, or a resolved secret reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingValue {
+    /// Written in the file (numbers, booleans and lists already converted).
+    Plain(String),
+    /// Resolved from `${env:...}` or `${file:...}`.
+    Secret(Secret),
+}
+
+impl SettingValue {
+    /// The value as the plugin sees it.
+    pub fn expose(&self) -> &str {
+        match self {
+            SettingValue::Plain(s) => s,
+            SettingValue::Secret(s) => s.expose(),
+        }
+    }
+}
+
+// Settings reach plugins as strings, so scalars are accepted and converted
+// here; a table or a date has no obvious string form and is refused.
+impl<'de> Deserialize<'de> for SettingValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SettingValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number, boolean or array of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(SettingValue::Plain(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(SettingValue::Plain(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(SettingValue::Plain(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(SettingValue::Plain(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(SettingValue::Plain(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(SettingValue::Plain(items.join(",")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Looks up an environment variable; injectable so tests need not mutate
+/// the process environment.
+pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Resolves `value` if it is a secret reference: `Ok(None)` when it is plain
+/// text, `Err(reason)` when the reference is malformed or cannot be resolved.
+pub(crate) fn resolve(
+    value: &str,
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Option<Secret>, String> {
+    let Some(inner) = value
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+    else {
+        return Ok(None);
+    };
+    if let Some(var) = inner.strip_prefix("env:") {
+        if var.is_empty() {
+            return Err("`${env:}` names no variable".into());
+        }
+        return env(var)
+            .map(|v| Some(Secret(v)))
+            .ok_or_else(|| format!("environment variable `{var}` is not set"));
+    }
+    if let Some(file) = inner.strip_prefix("file:") {
+        let path = base_dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+        let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+        let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+        return Ok(Some(Secret(trimmed.to_string())));
+    }
+    // Looks like a reference but is not one we know: a typo such as
+    // `${ENV:KEY}` must not silently become the literal setting.
+    // The scheme alone is echoed: the rest could be a mistyped secret.
+    let scheme = inner.split(':').next().unwrap_or_default();
+    Err(format!(
+        "unknown secret reference scheme `{scheme}`: use `${{env:VAR}}` or `${{file:PATH}}`"
+    ))
+}
+
+/// The process environment, for real loads.
+pub(crate) fn process_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}

@@ -1,0 +1,324 @@
+//! Unit tests of parsing, validation, secrets and error locations.
+
+use super::*;
+use crate::runtime::{PluginLimits, World};
+
+const ORIGIN: &str = "test.toml";
+/// The smallest valid config: one upstream.
+const UPSTREAM: &str = "[upstreams.a]\nkind = \"simulated\"\nmodel = \"m\"\n";
+
+fn env(var: &str) -> Option<String> {
+    (var == "AR_TEST_KEY").then(|| "sk-live-123".to_string())
+}
+
+fn parse_in(text: &str, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
+    Config::parse_with(text, ORIGIN, base_dir, &env)
+}
+
+fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    parse_in(text, Path::new("/nonexistent-base"))
+}
+
+/// The only error of `text`, which must be invalid.
+fn only_error(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(mut errors) => {
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            errors.remove(0)
+        }
+    }
+}
+
+#[test]
+fn quickstart_yields_seven_plugin_specs_with_their_worlds() {
+    let config = Config::embedded_quickstart();
+    let specs = config.plugin_specs().unwrap();
+    let worlds: Vec<(&str, World)> = specs.iter().map(|s| (s.name.as_str(), s.world)).collect();
+    assert_eq!(
+        worlds,
+        [
+            ("cost-router", World::Router),
+            ("input-guard", World::Validator),
+            ("manager", World::Agent),
+            ("pii-redact", World::Validator),
+            ("researcher", World::Agent),
+            ("standard-recovery", World::Recovery),
+            ("writer", World::Agent),
+        ]
+    );
+    assert_eq!(
+        config.agents().collect::<Vec<_>>(),
+        ["manager", "researcher", "writer"]
+    );
+    let manager = specs.iter().find(|s| s.name == "manager").unwrap();
+    assert_eq!(manager.settings["workers"], "researcher,writer");
+    assert_eq!(manager.limits, PluginLimits::agent_defaults());
+    let x1 = &config.upstreams["usf-mini-x1"];
+    assert_eq!(x1.tags, ["reasoning"]);
+    assert_eq!(x1.simulator.as_ref().unwrap().latency_ms, 60);
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    let settings = config.runtime_settings();
+    assert_eq!(
+        settings.cache_dir,
+        Some(config.base_dir.join("data").join("plugin-cache"))
+    );
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_name_and_line() {
+    let e = only_error(&format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 8080\n{UPSTREAM}"
+    ));
+    assert_eq!(e.key, "server.listen_port");
+    assert_eq!(e.line, Some(3));
+    assert!(e.message.contains("unknown field `listen_port`"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("test.toml:3: server.listen_port: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_kind_is_reported_at_its_table() {
+    let e = only_error("\n[upstreams.a]\nmodel = \"m\"\n");
+    assert_eq!(e.key, "upstreams.a");
+    assert_eq!(e.line, Some(2));
+    assert!(e.message.contains("missing field `kind`"), "{e}");
+}
+
+#[test]
+fn router_pointing_at_a_validator_names_key_line_and_reason() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[plugins.input-guard]\nsource = \"builtin:input-guard\"\n\
+         [pipeline]\nrouter = \"input-guard\"\n"
+    ));
+    assert_eq!(e.key, "pipeline.router");
+    assert_eq!(e.line, Some(7));
+    assert_eq!(e.message, "slot `input-guard` is a validator, not a router");
+    assert_eq!(
+        e.to_string(),
+        "test.toml:7: pipeline.router: slot `input-guard` is a validator, not a router"
+    );
+}
+
+#[test]
+fn pipeline_reference_to_a_missing_slot_is_refused() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[pipeline]\ninput_validators = [\n  \"nope\",\n]\n"
+    ));
+    assert_eq!(e.key, "pipeline.input_validators[0]");
+    assert_eq!(e.line, Some(6));
+    assert!(e.message.contains("no plugin slot `nope`"), "{e}");
+}
+
+#[test]
+fn unknown_builtin_lists_the_available_ones() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[plugins.g]\nsource = \"builtin:nope\"\n"
+    ));
+    assert_eq!(e.key, "plugins.g.source");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("unknown builtin `nope`"), "{e}");
+    for name in [
+        "input-guard",
+        "pii-redact",
+        "cost-router",
+        "manager",
+        "worker",
+    ] {
+        assert!(e.message.contains(name), "{e}");
+    }
+}
+
+#[test]
+fn builtin_of_another_world_is_refused() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[plugins.g]\nsource = \"builtin:worker\"\nworld = \"router\"\n"
+    ));
+    assert_eq!(e.key, "plugins.g.world");
+    assert!(e.message.contains("implements world `agent`"), "{e}");
+}
+
+#[test]
+fn missing_plugin_file_names_the_path() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[plugins.g]\nsource = \"plugins/g.wasm\"\nworld = \"validator\"\n"
+    ));
+    assert_eq!(e.key, "plugins.g.source");
+    assert!(
+        e.message.contains("/nonexistent-base/plugins/g.wasm"),
+        "{e}"
+    );
+}
+
+const OPENAI: &str = "[upstreams.openai]\nkind = \"openai\"\nmodel = \"gpt-4o-mini\"\n\
+                      base_url = \"https://api.openai.com/v1\"\n";
+
+#[test]
+fn env_reference_is_resolved_and_a_missing_one_names_the_key() {
+    let config = parse(&format!("{OPENAI}api_key = \"${{env:AR_TEST_KEY}}\"\n")).unwrap();
+    let key = config.upstreams["openai"].api_key.as_ref().unwrap();
+    assert_eq!(key.expose(), "sk-live-123");
+
+    let e = only_error(&format!("{OPENAI}api_key = \"${{env:AR_UNSET}}\"\n"));
+    assert_eq!(e.key, "upstreams.openai.api_key");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("`AR_UNSET` is not set"), "{e}");
+}
+
+#[test]
+fn file_reference_resolves_against_the_base_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/token"), "s3cret\n").unwrap();
+    let text = format!(
+        "{UPSTREAM}[plugins.w]\nsource = \"builtin:worker\"\n\
+         [plugins.w.settings]\ntoken = \"${{file:secrets/token}}\"\n"
+    );
+    let config = parse_in(&text, dir.path()).unwrap();
+    assert_eq!(config.plugins["w"].settings["token"].expose(), "s3cret");
+    let spec = &config.plugin_specs().unwrap()[0];
+    assert_eq!(spec.settings["token"], "s3cret");
+
+    let errors = parse_in(
+        &text.replace("secrets/token", "secrets/missing"),
+        dir.path(),
+    );
+    let e = &errors.unwrap_err()[0];
+    assert_eq!(e.key, "plugins.w.settings.token");
+    assert!(e.message.contains("secrets/missing"), "{e}");
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "file-secret-456").unwrap();
+    let text = format!(
+        "{OPENAI}api_key = \"${{env:AR_TEST_KEY}}\"\n\
+         [upstreams.literal]\nkind = \"openai\"\nmodel = \"m\"\n\
+         base_url = \"http://localhost:1\"\napi_key = \"sk-literal-789\"\n\
+         [plugins.w]\nsource = \"builtin:worker\"\n\
+         [plugins.w.settings]\ntoken = \"${{file:token}}\"\n"
+    );
+    let config = parse_in(&text, dir.path()).unwrap();
+    let debug = format!("{config:?} {config:#?}");
+    for secret in ["sk-live-123", "file-secret-456", "sk-literal-789"] {
+        assert!(!debug.contains(secret), "{secret} leaked");
+    }
+    assert!(debug.contains("Secret(***)"));
+}
+
+#[test]
+fn malformed_reference_is_refused_without_echoing_it() {
+    let e = only_error(&format!("{OPENAI}api_key = \"${{ENV:sk-oops}}\"\n"));
+    assert!(e.message.contains("scheme `ENV`"), "{e}");
+    assert!(!e.message.contains("sk-oops"), "{e}");
+}
+
+#[test]
+fn bad_limit_is_keyed_under_the_slot() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[plugins.g]\nsource = \"builtin:input-guard\"\n\
+         [plugins.g.limits]\nmemory_mb = 0\n"
+    ));
+    assert_eq!(e.key, "plugins.g.limits.memory_mb");
+    assert_eq!(e.line, Some(7));
+    assert!(e.message.contains("between 1 and 4096"), "{e}");
+}
+
+#[test]
+fn limits_merge_over_world_defaults() {
+    let config = parse(&format!(
+        "{UPSTREAM}[plugins.w]\nsource = \"builtin:worker\"\n\
+         [plugins.w.limits]\nmemory_mb = 16\n"
+    ))
+    .unwrap();
+    let spec = &config.plugin_specs().unwrap()[0];
+    assert_eq!(spec.limits.memory_mb, 16);
+    assert_eq!(
+        spec.limits.timeout_ms,
+        PluginLimits::agent_defaults().timeout_ms
+    );
+}
+
+#[test]
+fn rate_outside_zero_one_is_refused() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[upstreams.a.simulator]\nfail_rate = 1.5\n"
+    ));
+    assert_eq!(e.key, "upstreams.a.simulator.fail_rate");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("between 0 and 1"), "{e}");
+}
+
+#[test]
+fn settings_accept_scalars_and_string_lists() {
+    let config = parse(&format!(
+        "{UPSTREAM}[plugins.w]\nsource = \"builtin:worker\"\n[plugins.w.settings]\n\
+         max_tokens = 256\ntemperature = 0.5\nverbose = true\nstages = [\"input\", \"output\"]\n"
+    ))
+    .unwrap();
+    let s = &config.plugin_specs().unwrap()[0].settings;
+    assert_eq!(s["max_tokens"], "256");
+    assert_eq!(s["temperature"], "0.5");
+    assert_eq!(s["verbose"], "true");
+    assert_eq!(s["stages"], "input,output");
+
+    let e = only_error(&format!(
+        "{UPSTREAM}[plugins.w]\nsource = \"builtin:worker\"\n[plugins.w.settings]\nnested = {{ a = 1 }}\n"
+    ));
+    assert_eq!(e.key, "plugins.w.settings.nested");
+}
+
+#[test]
+fn kind_specific_fields_are_checked() {
+    let e = only_error(&format!("{UPSTREAM}base_url = \"http://x\"\n"));
+    assert_eq!(e.key, "upstreams.a.base_url");
+    let e = only_error("[upstreams.o]\nkind = \"openai\"\nmodel = \"m\"\n");
+    assert_eq!(e.key, "upstreams.o.base_url");
+    assert!(e.message.contains("required"), "{e}");
+    let e = only_error(&format!(
+        "{OPENAI}[upstreams.openai.simulator]\nlatency_ms = 1\n"
+    ));
+    assert_eq!(e.key, "upstreams.openai.simulator");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let errors = parse(
+        "[server]\nrequest_timeout_ms = 0\n\
+         [upstreams.a]\nkind = \"simulated\"\nmodel = \" \"\ninput_cost_per_1k = -1.0\n",
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "server.request_timeout_ms",
+            "upstreams.a.model",
+            "upstreams.a.input_cost_per_1k"
+        ]
+    );
+}
+
+#[test]
+fn no_upstreams_and_syntax_errors_are_refused() {
+    let e = only_error("[server]\n");
+    assert_eq!(e.key, "upstreams");
+    let e = only_error("[server\nlisten = 1\n");
+    assert_eq!(e.line, Some(1));
+    assert!(!e.message.contains('|'), "toml's excerpt is stripped: {e}");
+}
+
+#[test]
+fn config_file_paths_resolve_against_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, format!("[store]\npath = \"state\"\n{UPSTREAM}")).unwrap();
+    let config = Config::from_file(&path).unwrap();
+    assert_eq!(config.store_path(), dir.path().join("state"));
+    let e = Config::from_file(&dir.path().join("missing.toml")).unwrap_err();
+    assert!(e.to_string().contains("missing.toml: cannot read"), "{e}");
+}

@@ -1,0 +1,249 @@
+//! Semantic checks and normalisation after serde has accepted the shape.
+//!
+//! Everything is checked, not just up to the first problem, so an operator
+//! fixes a file in one round. Normalisation happens here too: secret
+//! references are resolved, file sources made absolute, builtin worlds and
+//! simulator defaults filled in, so the rest of the host never re-derives them.
+
+use super::Config;
+use super::error::Errors;
+use super::schema::{SimulatorConfig, SourceRef, UpstreamKind};
+use super::secret::{self, EnvLookup, SettingValue};
+use crate::plugins;
+use crate::runtime::{PluginError, World};
+
+/// Checks and normalises `config` in place, recording every problem.
+pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
+    server(config, errors);
+    upstreams(config, errors, env);
+    plugin_slots(config, errors, env);
+    pipeline(config, errors);
+}
+
+fn server(config: &Config, errors: &mut Errors<'_>) {
+    let s = &config.server;
+    if s.max_body_bytes == 0 {
+        errors.push("server.max_body_bytes", "must be positive");
+    }
+    if s.request_timeout_ms == 0 {
+        errors.push("server.request_timeout_ms", "must be positive");
+    }
+    if s.max_agent_depth == 0 {
+        errors.push(
+            "server.max_agent_depth",
+            "must be at least 1 (the agent a request addresses counts)",
+        );
+    }
+    let r = &config.runtime;
+    if r.pool_instances == 0 {
+        errors.push("runtime.pool_instances", "must be positive");
+    }
+    if r.epoch_tick_ms == 0 {
+        errors.push("runtime.epoch_tick_ms", "must be positive");
+    }
+}
+
+fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
+    if config.upstreams.is_empty() {
+        errors.push(
+            "upstreams",
+            "at least one upstream is required: add an [upstreams.<name>] table",
+        );
+    }
+    let base_dir = config.base_dir.clone();
+    for (name, u) in &mut config.upstreams {
+        let key = |field: &str| format!("upstreams.{name}.{field}");
+        if u.model.trim().is_empty() {
+            errors.push(key("model"), "must name the model this upstream serves");
+        }
+        for (field, cost) in [
+            ("input_cost_per_1k", u.input_cost_per_1k),
+            ("output_cost_per_1k", u.output_cost_per_1k),
+        ] {
+            if !(cost.is_finite() && cost >= 0.0) {
+                errors.push(key(field), format!("must be a price >= 0, got {cost}"));
+            }
+        }
+        if u.timeout_ms == 0 {
+            errors.push(key("timeout_ms"), "must be positive");
+        }
+        if u.weight == 0 {
+            errors.push(
+                key("weight"),
+                "must be at least 1 (remove the upstream to take it out of service)",
+            );
+        }
+        match u.kind {
+            UpstreamKind::Simulated => {
+                for (field, present) in [
+                    ("base_url", u.base_url.is_some()),
+                    ("api_key", u.api_key.is_some()),
+                ] {
+                    if present {
+                        errors.push(key(field), "is not allowed for kind = \"simulated\"");
+                    }
+                }
+                let sim = u.simulator.get_or_insert_with(SimulatorConfig::default);
+                simulator(sim, &key("simulator"), errors);
+            }
+            UpstreamKind::Openai => {
+                match u.base_url.as_deref().map(str::trim) {
+                    None => errors.push(key("base_url"), "is required for kind = \"openai\""),
+                    Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                        errors.push(key("base_url"), "must start with http:// or https://")
+                    }
+                    Some(_) => {}
+                }
+                if u.simulator.is_some() {
+                    errors.push(key("simulator"), "is only allowed for kind = \"simulated\"");
+                }
+            }
+        }
+        if let Some(api_key) = &mut u.api_key {
+            match secret::resolve(api_key.expose(), &base_dir, env) {
+                Ok(Some(resolved)) => *api_key = resolved,
+                Ok(None) => {}
+                Err(reason) => errors.push(key("api_key"), reason),
+            }
+        }
+    }
+}
+
+fn simulator(sim: &SimulatorConfig, prefix: &str, errors: &mut Errors<'_>) {
+    for (field, rate) in [
+        ("fail_rate", sim.fail_rate),
+        ("rate_limit_rate", sim.rate_limit_rate),
+        ("malformed_rate", sim.malformed_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            errors.push(
+                format!("{prefix}.{field}"),
+                format!("must be between 0 and 1, got {rate}"),
+            );
+        }
+    }
+    if sim.context_chars == 0 {
+        errors.push(format!("{prefix}.context_chars"), "must be positive");
+    }
+}
+
+fn plugin_slots(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
+    let base_dir = config.base_dir.clone();
+    for (slot, p) in &mut config.plugins {
+        let key = |field: &str| format!("plugins.{slot}.{field}");
+        match &mut p.source {
+            SourceRef::Builtin(name) => match plugins::get(name) {
+                None => {
+                    let available: Vec<&str> = plugins::all().map(|b| b.name).collect();
+                    errors.push(
+                        key("source"),
+                        format!(
+                            "unknown builtin `{name}`; available: {}",
+                            available.join(", ")
+                        ),
+                    );
+                }
+                Some(b) => match p.world {
+                    Some(w) if w != b.world => errors.push(
+                        key("world"),
+                        format!("builtin `{name}` implements world `{}`, not `{w}`", b.world),
+                    ),
+                    _ => p.world = Some(b.world),
+                },
+            },
+            SourceRef::File(path) => {
+                if path.as_os_str().is_empty() {
+                    errors.push(
+                        key("source"),
+                        "is empty: use builtin:<name> or a .wasm path",
+                    );
+                } else {
+                    *path = base_dir.join(&*path);
+                    if !path.is_file() {
+                        errors.push(
+                            key("source"),
+                            format!("plugin file {} does not exist", path.display()),
+                        );
+                    }
+                }
+                if p.world.is_none() {
+                    errors.push(
+                        key("world"),
+                        "is required for a file source (agent, validator, router or recovery)",
+                    );
+                }
+            }
+        }
+        if let Some(digest) = &p.sha256 {
+            let hex = digest.trim().trim_start_matches("sha256:");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errors.push(
+                    key("sha256"),
+                    "must be 64 hex digits, optionally prefixed `sha256:`",
+                );
+            }
+        }
+        // The runtime's own check, so config and load agree on what is valid.
+        if let Some(world) = p.world
+            && let Err(PluginError::InvalidConfig {
+                key: field, reason, ..
+            }) = p.limits.merge(world).validate(slot)
+        {
+            errors.push(key(field), reason);
+        }
+        for (name, value) in &mut p.settings {
+            let SettingValue::Plain(text) = value else {
+                continue;
+            };
+            match secret::resolve(text, &base_dir, env) {
+                Ok(Some(resolved)) => *value = SettingValue::Secret(resolved),
+                Ok(None) => {}
+                Err(reason) => errors.push(key(&format!("settings.{name}")), reason),
+            }
+        }
+    }
+}
+
+fn pipeline(config: &Config, errors: &mut Errors<'_>) {
+    let p = &config.pipeline;
+    let lists = [
+        ("input_validators", &p.input_validators),
+        ("output_validators", &p.output_validators),
+    ];
+    let mut refs: Vec<(String, &str, World)> = Vec::new();
+    for (field, list) in lists {
+        for (i, slot) in list.iter().enumerate() {
+            refs.push((format!("pipeline.{field}[{i}]"), slot, World::Validator));
+        }
+    }
+    if let Some(slot) = &p.router {
+        refs.push(("pipeline.router".into(), slot, World::Router));
+    }
+    if let Some(slot) = &p.recovery {
+        refs.push(("pipeline.recovery".into(), slot, World::Recovery));
+    }
+    for (key, slot, wanted) in refs {
+        match config.plugins.get(slot) {
+            None => errors.push(
+                key,
+                format!("no plugin slot `{slot}`: define it as [plugins.{slot}]"),
+            ),
+            // An unknown world was already reported at the slot itself.
+            Some(plugin) => match plugin.world {
+                Some(world) if world != wanted => errors.push(
+                    key,
+                    format!(
+                        "slot `{slot}` is {} {world}, not {} {wanted}",
+                        article(world),
+                        article(wanted)
+                    ),
+                ),
+                _ => {}
+            },
+        }
+    }
+}
+
+fn article(world: World) -> &'static str {
+    if world == World::Agent { "an" } else { "a" }
+}
