@@ -155,7 +155,7 @@ pub struct UpstreamConfig {
     /// Capability tags routers may use, e.g. `reasoning`.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Relative share of traffic among equals.
+    /// Relative weight among upstreams serving the same model, for routing.
     #[serde(default = "default_weight")]
     pub weight: u32,
     /// Deadline of one upstream call.
@@ -189,7 +189,7 @@ pub struct SimulatorConfig {
     pub rate_limit_rate: f64,
     /// Share of calls returning an unparsable body, in [0, 1].
     pub malformed_rate: f64,
-    /// RNG seed, for reproducible runs; `None` seeds from entropy.
+    /// RNG seed, for reproducible runs.
     pub seed: Option<u64>,
     /// Context window, in characters; longer prompts fail as token-limit errors.
     pub context_chars: u64,
