@@ -19,13 +19,16 @@
 //! says nothing about how long the upstream takes, and lets a breaker count it
 //! as an upstream error, whereas `Timeout` is kept for "the deadline passed".
 
+pub mod openai;
 pub mod sim;
+mod sse;
 
 use crate::domain::{Completion, CompletionRequest, Failure, ToolCall, Usage};
 use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use std::time::{Duration, SystemTime};
 
+pub use openai::{OpenAiUpstream, http_client};
 pub use sim::{SimOutcome, SimSettings, SimUpstream, Simulator};
 
 /// What the gateway knows about an upstream, for routing and accounting.
