@@ -21,6 +21,7 @@
 
 pub mod openai;
 pub mod sim;
+pub mod sim_server;
 mod sse;
 
 use crate::domain::{Completion, CompletionRequest, Failure, ToolCall, Usage};
