@@ -11,3 +11,4 @@ pub mod openai;
 pub mod plugins;
 pub mod runtime;
 pub mod store;
+pub mod upstream;

@@ -19,6 +19,9 @@ pub struct ChatRequest {
     /// Stream the answer as server-sent events.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// Streaming options; `include_usage` asks for a final usage chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
     /// Sampling temperature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
@@ -41,6 +44,14 @@ pub struct ChatRequest {
     /// End-user identifier, passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+}
+
+/// `stream_options` of a streamed request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk carrying the usage of the whole answer.
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 /// A message on the wire.
@@ -395,6 +406,10 @@ impl ChatRequest {
             model: req.model.clone(),
             messages: req.messages.iter().map(Into::into).collect(),
             stream,
+            // Without it, OpenAI-compatible servers stream no usage at all.
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
             temperature: req.temperature,
             max_tokens: req.max_tokens,
             tools: req

@@ -1,0 +1,523 @@
+//! An OpenAI-compatible provider reached over HTTP (OpenAI, Azure-style
+//! proxies, vLLM, Ollama, the simulator's server, …).
+//!
+//! Requests go to `{base_url}/chat/completions` through one shared pooled
+//! [`reqwest::Client`]. Streamed answers are read as server-sent events and
+//! reassembled: text is passed on piece by piece, tool-call fragments are
+//! accumulated by index and passed on whole.
+
+use super::sse::SseParser;
+use super::{
+    EventStream, StreamEvent, Upstream, UpstreamInfo, estimate_tokens, failure_for_status,
+    prompt_chars,
+};
+use crate::domain::{Completion, CompletionRequest, Failure, ToolCall, Usage};
+use crate::openai::{ChatChunk, ChatRequest, ChatResponse};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::Deserialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest answer body read; a bigger one is an invalid response.
+const MAX_BODY: usize = 16 << 20;
+/// Largest error body read (the rest is ignored: only the code matters).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// The shared HTTP client for every HTTP upstream.
+///
+/// One pool for the process: connections to a provider are reused across
+/// requests and upstreams. The connect timeout is short because a provider
+/// that cannot accept a connection in seconds is down, whatever the
+/// request's own deadline; per-request deadlines are set on each call.
+///
+/// # Panics
+/// If the TLS backend cannot initialise, which is a broken build rather than
+/// a runtime condition.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .user_agent(concat!("agentrouter/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the rustls TLS backend initialises")
+}
+
+/// An upstream speaking the OpenAI chat-completions API.
+#[derive(Clone)]
+pub struct OpenAiUpstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    info: UpstreamInfo,
+    url: String,
+    api_key: Option<String>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for OpenAiUpstream {
+    // Hand-written so that the API key can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiUpstream")
+            .field("info", &self.inner.info)
+            .field("url", &self.inner.url)
+            .field(
+                "api_key",
+                &self.inner.api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl OpenAiUpstream {
+    /// An upstream posting to `{base_url}/chat/completions`, with bearer
+    /// auth when `api_key` is set. `base_url` usually ends in `/v1`.
+    pub fn new(
+        info: UpstreamInfo,
+        base_url: impl Into<String>,
+        api_key: Option<String>,
+        client: reqwest::Client,
+    ) -> Self {
+        let base: String = base_url.into();
+        let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+        Self {
+            inner: Arc::new(Inner {
+                info,
+                url,
+                api_key,
+                client,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// Sends the request and returns the response once it is a 2xx.
+    async fn send(
+        &self,
+        req: &CompletionRequest,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, Failure> {
+        let mut body = ChatRequest::from_domain(req, stream);
+        body.model = self.info.model.clone();
+        // The timeout covers connect, headers and the whole body, the
+        // streamed body included.
+        let mut http = self.client.post(&self.url).timeout(timeout).json(&body);
+        if stream {
+            http = http.header(reqwest::header::ACCEPT, "text/event-stream");
+        }
+        if let Some(key) = &self.api_key {
+            http = http.bearer_auth(key);
+        }
+        let resp = http.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let headers = resp.headers().clone();
+        // Only the error code matters; a body we cannot read still tells the
+        // status, so read errors are ignored here.
+        let (body, _) = read_capped(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+        let failure = failure_for_status(status.as_u16(), &headers, &body);
+        tracing::warn!(upstream = %self.info.name, status = status.as_u16(), %failure, "upstream refused the request");
+        Err(failure)
+    }
+
+    /// The failure for a transport error (see the module table in `super`).
+    fn transport(&self, e: reqwest::Error) -> Failure {
+        let failure = if e.is_timeout() {
+            Failure::Timeout
+        } else if e.is_decode() {
+            self.invalid(format!("undecodable body: {e}"))
+        } else {
+            Failure::UpstreamStatus(502)
+        };
+        tracing::warn!(upstream = %self.info.name, error = %e, %failure, "upstream transport error");
+        failure
+    }
+
+    fn invalid(&self, reason: impl std::fmt::Display) -> Failure {
+        invalid(&self.info.name, reason)
+    }
+
+    async fn complete(
+        self: Arc<Self>,
+        req: CompletionRequest,
+        timeout: Duration,
+    ) -> Result<Completion, Failure> {
+        let resp = self.send(&req, false, timeout).await?;
+        let (body, cut) = read_capped(resp, MAX_BODY)
+            .await
+            .map_err(|e| self.transport(e))?;
+        if cut {
+            return Err(self.invalid(format!("body over {MAX_BODY} bytes")));
+        }
+        let parsed: ChatResponse = serde_json::from_slice(&body)
+            .map_err(|e| self.invalid(format!("unparsable body: {e}")))?;
+        parsed.into_completion().map_err(|f| match f {
+            Failure::InvalidResponse(reason) => self.invalid(reason),
+            other => other,
+        })
+    }
+
+    async fn stream(
+        self: Arc<Self>,
+        req: CompletionRequest,
+        timeout: Duration,
+    ) -> Result<EventStream, Failure> {
+        let resp = self.send(&req, true, timeout).await?;
+        let pump = Pump {
+            body: resp.bytes_stream().boxed(),
+            sse: SseParser::default(),
+            decoder: StreamDecoder::new(
+                self.info.name.clone(),
+                self.info.model.clone(),
+                prompt_chars(&req),
+            ),
+            out: VecDeque::new(),
+            ended: false,
+            upstream: self,
+        };
+        Ok(futures::stream::unfold(pump, Pump::next).boxed())
+    }
+}
+
+fn invalid(upstream: &str, reason: impl std::fmt::Display) -> Failure {
+    Failure::InvalidResponse(format!("upstream `{upstream}`: {reason}"))
+}
+
+/// Reads at most `limit` bytes of the body; `true` when there was more.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+impl Upstream for OpenAiUpstream {
+    fn info(&self) -> &UpstreamInfo {
+        &self.inner.info
+    }
+
+    fn complete(
+        &self,
+        req: CompletionRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Completion, Failure>> {
+        Box::pin(self.inner.clone().complete(req, timeout))
+    }
+
+    fn stream(
+        &self,
+        req: CompletionRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<EventStream, Failure>> {
+        Box::pin(self.inner.clone().stream(req, timeout))
+    }
+}
+
+/// Drives a streamed response: bytes in, events out.
+struct Pump {
+    upstream: Arc<Inner>,
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    sse: SseParser,
+    decoder: StreamDecoder,
+    out: VecDeque<Result<StreamEvent, Failure>>,
+    ended: bool,
+}
+
+impl Pump {
+    async fn next(mut self) -> Option<(Result<StreamEvent, Failure>, Self)> {
+        loop {
+            if let Some(event) = self.out.pop_front() {
+                return Some((event, self));
+            }
+            if self.ended {
+                return None;
+            }
+            match self.body.next().await {
+                Some(Ok(bytes)) => match self.sse.push(&bytes) {
+                    Ok(datas) => self.feed(datas),
+                    Err(reason) => self.fail(self.upstream.invalid(reason)),
+                },
+                Some(Err(e)) => {
+                    let failure = self.upstream.transport(e);
+                    self.fail(failure);
+                }
+                None => {
+                    let last = self.sse.finish();
+                    self.feed(last);
+                    if !self.ended {
+                        // Without `[DONE]`: a finish reason still makes the
+                        // answer complete (some servers omit `[DONE]`).
+                        match self.decoder.finish() {
+                            Ok(events) => self.out.extend(events.into_iter().map(Ok)),
+                            Err(f) => self.out.push_back(Err(f)),
+                        }
+                        self.ended = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, datas: Vec<String>) {
+        for data in datas {
+            if self.ended {
+                return;
+            }
+            match self.decoder.on_data(&data) {
+                Ok(events) => self.out.extend(events.into_iter().map(Ok)),
+                Err(f) => self.fail(f),
+            }
+            self.ended |= self.decoder.done;
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        self.out.push_back(Err(failure));
+        self.ended = true;
+    }
+}
+
+/// A tool-call fragment of a streamed delta.
+#[derive(Deserialize)]
+struct ToolCallDelta {
+    index: Option<usize>,
+    id: Option<String>,
+    function: Option<FunctionDelta>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+/// Turns chunk payloads into events, accumulating what arrives in pieces.
+#[derive(Debug)]
+struct StreamDecoder {
+    upstream: String,
+    model: String,
+    prompt_chars: usize,
+    content_chars: usize,
+    tool_calls: BTreeMap<usize, ToolCall>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl StreamDecoder {
+    fn new(upstream: String, model: String, prompt_chars: usize) -> Self {
+        Self {
+            upstream,
+            model,
+            prompt_chars,
+            content_chars: 0,
+            tool_calls: BTreeMap::new(),
+            finish_reason: None,
+            usage: None,
+            done: false,
+        }
+    }
+
+    /// The events of one `data` payload; `[DONE]` completes the answer.
+    fn on_data(&mut self, data: &str) -> Result<Vec<StreamEvent>, Failure> {
+        let data = data.trim();
+        if data == "[DONE]" {
+            return self.finish();
+        }
+        let chunk: ChatChunk = serde_json::from_str(data)
+            .map_err(|e| invalid(&self.upstream, format!("unparsable stream chunk: {e}")))?;
+        if !chunk.model.is_empty() {
+            self.model = chunk.model;
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = Some(Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            });
+        }
+        let mut events = Vec::new();
+        // Only the first choice is followed; the gateway never asks for more.
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                self.content_chars += text.chars().count();
+                events.push(StreamEvent::Delta(text));
+            }
+            for (pos, raw) in choice
+                .delta
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                let delta: ToolCallDelta = serde_json::from_value(raw)
+                    .map_err(|e| invalid(&self.upstream, format!("bad tool-call delta: {e}")))?;
+                let call = self
+                    .tool_calls
+                    .entry(delta.index.unwrap_or(pos))
+                    .or_insert_with(|| ToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: String::new(),
+                    });
+                if let Some(id) = delta.id.filter(|id| !id.is_empty()) {
+                    call.id = id;
+                }
+                if let Some(f) = delta.function {
+                    // Names come whole in the first fragment; arguments in pieces.
+                    if let Some(name) = f.name.filter(|_| call.name.is_empty()) {
+                        call.name = name;
+                    }
+                    call.arguments
+                        .push_str(f.arguments.as_deref().unwrap_or(""));
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The closing events: whole tool calls, then `Done`.
+    fn finish(&mut self) -> Result<Vec<StreamEvent>, Failure> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        self.done = true;
+        let Some(finish_reason) = self.finish_reason.take() else {
+            return Err(invalid(
+                &self.upstream,
+                "stream ended before a finish reason",
+            ));
+        };
+        let mut events = Vec::new();
+        let calls = std::mem::take(&mut self.tool_calls);
+        let mut call_chars = 0;
+        if !calls.is_empty() {
+            let mut whole = Vec::with_capacity(calls.len());
+            for (index, mut call) in calls {
+                if call.name.is_empty() {
+                    return Err(invalid(
+                        &self.upstream,
+                        format!("tool call {index} has no name"),
+                    ));
+                }
+                if call.id.is_empty() {
+                    call.id = format!("call_{index}");
+                }
+                call_chars += call.arguments.chars().count();
+                whole.push(call);
+            }
+            events.push(StreamEvent::ToolCalls(whole));
+        }
+        let usage = self.usage.unwrap_or_else(|| Usage {
+            prompt_tokens: estimate_tokens(self.prompt_chars),
+            completion_tokens: estimate_tokens(self.content_chars + call_chars),
+        });
+        events.push(StreamEvent::Done {
+            finish_reason,
+            usage,
+            model: std::mem::take(&mut self.model),
+        });
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(delta: &str, finish: Option<&str>, usage: Option<&str>) -> String {
+        let finish = finish.map_or("null".to_string(), |f| format!("\"{f}\""));
+        let usage = usage.map_or(String::new(), |u| format!(",\"usage\":{u}"));
+        format!(
+            r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"real-model","choices":[{{"index":0,"delta":{delta},"finish_reason":{finish}}}]{usage}}}"#
+        )
+    }
+
+    #[test]
+    fn decoder_accumulates_tool_call_fragments() {
+        let mut d = StreamDecoder::new("up".into(), "m".into(), 40);
+        let mut events = Vec::new();
+        for data in [
+            chunk(r#"{"role":"assistant","content":"Hi"}"#, None, None),
+            chunk(
+                r#"{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"search","arguments":"{\"q\""}}]}"#,
+                None,
+                None,
+            ),
+            chunk(
+                r#"{"tool_calls":[{"index":1,"id":"b","function":{"name":"fetch","arguments":"{}"}}]}"#,
+                None,
+                None,
+            ),
+            chunk(
+                r#"{"tool_calls":[{"index":0,"function":{"arguments":":\"x\"}"}}]}"#,
+                Some("tool_calls"),
+                None,
+            ),
+            "[DONE]".to_string(),
+        ] {
+            events.extend(d.on_data(&data).unwrap());
+        }
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0], StreamEvent::Delta("Hi".into()));
+        let StreamEvent::ToolCalls(calls) = &events[1] else {
+            panic!("tool calls expected: {events:?}")
+        };
+        assert_eq!(calls[0].id, "a");
+        assert_eq!(calls[0].name, "search");
+        assert_eq!(calls[0].arguments, r#"{"q":"x"}"#);
+        assert_eq!(calls[1].name, "fetch");
+        // No usage reported: estimated from 40 prompt chars and 2 + 9 + 2 answer chars.
+        assert_eq!(
+            events[2],
+            StreamEvent::Done {
+                finish_reason: "tool_calls".into(),
+                usage: Usage {
+                    prompt_tokens: 10,
+                    completion_tokens: 4
+                },
+                model: "real-model".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn decoder_takes_usage_from_the_last_chunk_and_names_the_upstream() {
+        let mut d = StreamDecoder::new("up".into(), "m".into(), 4);
+        d.on_data(&chunk(r#"{"content":"x"}"#, Some("stop"), None))
+            .unwrap();
+        d.on_data(r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#)
+            .unwrap();
+        let done = d.on_data("[DONE]").unwrap();
+        assert!(
+            matches!(&done[0], StreamEvent::Done { usage, .. } if usage.prompt_tokens == 7 && usage.completion_tokens == 3)
+        );
+
+        let mut d = StreamDecoder::new("up".into(), "m".into(), 4);
+        let err = d.on_data("{\"id\":").unwrap_err();
+        assert!(matches!(err, Failure::InvalidResponse(m) if m.contains("`up`")));
+        let mut d = StreamDecoder::new("up".into(), "m".into(), 4);
+        assert!(d.on_data("[DONE]").is_err(), "no finish reason");
+    }
+}

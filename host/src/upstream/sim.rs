@@ -1,0 +1,416 @@
+//! The built-in simulated provider.
+//!
+//! Gives the gateway something to route to without network or keys, with
+//! latency and faults injected on demand, and deterministic under a seed so
+//! that tests and demos repeat exactly. [`Simulator`] decides what happens to
+//! a request; [`SimUpstream`] runs it in process and
+//! [`sim_server`](super::sim_server) serves it over OpenAI-compatible HTTP.
+//!
+//! The answer content follows fixed rules (see [`Simulator::decide`]) that
+//! tests of the gateway rely on.
+
+use super::{EventStream, StreamEvent, Upstream, UpstreamInfo, estimate_tokens, prompt_chars};
+use crate::domain::{Completion, CompletionRequest, Failure, Message, Role, ToolCall, Usage};
+use futures::future::BoxFuture;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Behaviour of a simulated provider.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimSettings {
+    /// Base latency of every answer.
+    pub latency_ms: u64,
+    /// Up to this much extra latency, drawn uniformly.
+    pub jitter_ms: u64,
+    /// Share of requests answered with HTTP 500.
+    pub fail_rate: f64,
+    /// Share of requests answered with HTTP 429.
+    pub rate_limit_rate: f64,
+    /// Share of requests answered with an unparsable body.
+    pub malformed_rate: f64,
+    /// Seed for a repeatable sequence of outcomes; entropy when absent.
+    pub seed: Option<u64>,
+    /// Prompts longer than this many characters overflow the context.
+    pub context_chars: usize,
+    /// Retry hint sent with a 429.
+    pub retry_after_ms: u32,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            jitter_ms: 0,
+            fail_rate: 0.0,
+            rate_limit_rate: 0.0,
+            malformed_rate: 0.0,
+            seed: None,
+            context_chars: 32_000,
+            retry_after_ms: 1000,
+        }
+    }
+}
+
+/// What the simulator does with one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SimOutcome {
+    /// A well-formed answer.
+    Answer(Completion),
+    /// An HTTP error.
+    Fail {
+        /// HTTP status.
+        status: u16,
+        /// Retry hint (429 only).
+        retry_after_ms: Option<u32>,
+        /// OpenAI error code.
+        code: &'static str,
+        /// Error message.
+        message: String,
+    },
+    /// A 200 whose body cannot be parsed.
+    Malformed,
+}
+
+/// Decides latency and outcome of simulated requests; shareable across tasks.
+#[derive(Debug)]
+pub struct Simulator {
+    settings: SimSettings,
+    rng: Mutex<StdRng>,
+    requests: AtomicU64,
+}
+
+impl Simulator {
+    /// A simulator seeded from `settings.seed`, or from entropy.
+    pub fn new(settings: SimSettings) -> Self {
+        let rng = match settings.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            settings,
+            rng: Mutex::new(rng),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &SimSettings {
+        &self.settings
+    }
+
+    /// Requests decided so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Latency and outcome of one request answered as `model`.
+    ///
+    /// Faults are drawn in order rate limit (429), failure (500), malformed
+    /// body; then a prompt over `context_chars` is refused (400
+    /// `context_length_exceeded`). Otherwise the answer is:
+    /// - tools offered and no tool result after the last user message: one
+    ///   call per tool, id `call_<i>`, arguments `{"task": <last user
+    ///   message, first 200 chars>}`, finish reason `tool_calls`;
+    /// - tool results after the last user message: `Summary of <n>
+    ///   results: ` and the results joined with ` | `;
+    /// - otherwise `[<model>] You said: <last user message>`, cut to
+    ///   `max_tokens * 4` chars (finish reason `length` when cut).
+    ///
+    /// Usage is chars / 4 rounded up, at least 1, for prompt and answer.
+    pub fn decide(&self, model: &str, req: &CompletionRequest) -> (Duration, SimOutcome) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let s = &self.settings;
+        // Every request draws the same number of values in the same order,
+        // so a seed fixes the whole sequence whatever the requests contain.
+        let (jitter, rate_limited, failed, malformed) = {
+            // A poisoned lock only means another thread panicked mid-draw;
+            // the generator state is still usable.
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            let jitter = rng.random_range(0..=s.jitter_ms);
+            let draws: [f64; 3] = [rng.random(), rng.random(), rng.random()];
+            (
+                jitter,
+                draws[0] < s.rate_limit_rate,
+                draws[1] < s.fail_rate,
+                draws[2] < s.malformed_rate,
+            )
+        };
+        let latency = Duration::from_millis(s.latency_ms.saturating_add(jitter));
+        let outcome = if rate_limited {
+            SimOutcome::Fail {
+                status: 429,
+                retry_after_ms: Some(s.retry_after_ms),
+                code: "rate_limit_exceeded",
+                message: "simulated rate limit".into(),
+            }
+        } else if failed {
+            SimOutcome::Fail {
+                status: 500,
+                retry_after_ms: None,
+                code: "server_error",
+                message: "simulated upstream failure".into(),
+            }
+        } else if malformed {
+            SimOutcome::Malformed
+        } else if prompt_chars(req) > s.context_chars {
+            SimOutcome::Fail {
+                status: 400,
+                retry_after_ms: None,
+                code: "context_length_exceeded",
+                message: format!(
+                    "prompt of {} chars exceeds the context of {} chars",
+                    prompt_chars(req),
+                    s.context_chars
+                ),
+            }
+        } else {
+            SimOutcome::Answer(answer(model, req))
+        };
+        (latency, outcome)
+    }
+}
+
+/// The answer to a request that did not fail (see [`Simulator::decide`]).
+fn answer(model: &str, req: &CompletionRequest) -> Completion {
+    let last_user = req.messages.iter().rposition(|m| m.role == Role::User);
+    let after = &req.messages[last_user.map_or(0, |i| i + 1)..];
+    let user_text = last_user.map_or("", |i| req.messages[i].content.as_str());
+    let results: Vec<&str> = after
+        .iter()
+        .filter(|m| m.role == Role::Tool)
+        .map(|m| m.content.as_str())
+        .collect();
+
+    let mut message = Message::assistant("");
+    let finish_reason;
+    if !req.tools.is_empty() && results.is_empty() {
+        let task: String = user_text.chars().take(200).collect();
+        let arguments = serde_json::json!({ "task": task }).to_string();
+        message.tool_calls = req
+            .tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ToolCall {
+                id: format!("call_{i}"),
+                name: t.name.clone(),
+                arguments: arguments.clone(),
+            })
+            .collect();
+        finish_reason = "tool_calls";
+    } else if !results.is_empty() {
+        message.content = format!(
+            "Summary of {} results: {}",
+            results.len(),
+            results.join(" | ")
+        );
+        finish_reason = "stop";
+    } else {
+        let text = format!("[{model}] You said: {user_text}");
+        let limit = req
+            .max_tokens
+            .map_or(usize::MAX, |t| (t as usize).saturating_mul(4));
+        if text.chars().count() > limit {
+            message.content = text.chars().take(limit).collect();
+            finish_reason = "length";
+        } else {
+            message.content = text;
+            finish_reason = "stop";
+        }
+    }
+    Completion {
+        usage: Usage {
+            prompt_tokens: estimate_tokens(prompt_chars(req)),
+            completion_tokens: estimate_tokens(message.content.chars().count()),
+        },
+        message,
+        model: model.to_string(),
+        finish_reason: finish_reason.into(),
+        cached: false,
+    }
+}
+
+/// The failure an upstream reports for a simulated HTTP error; the same
+/// mapping as for a real provider's answer.
+pub(crate) fn fail_to_failure(status: u16, retry_after_ms: Option<u32>, code: &str) -> Failure {
+    match status {
+        429 => Failure::RateLimited(retry_after_ms),
+        400 if code == "context_length_exceeded" => Failure::TokenLimitExceeded,
+        _ => Failure::UpstreamStatus(status),
+    }
+}
+
+/// Splits text into pieces of about four words, cutting only where a word
+/// starts, so the pieces concatenate back to the text exactly.
+pub fn word_chunks(text: &str) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut words = 0;
+    let mut prev_space = true;
+    for (i, c) in text.char_indices() {
+        let space = c.is_whitespace();
+        if prev_space && !space {
+            if words > 0 && words % 4 == 0 {
+                chunks.push(text[start..i].to_string());
+                start = i;
+            }
+            words += 1;
+        }
+        prev_space = space;
+    }
+    if start < text.len() {
+        chunks.push(text[start..].to_string());
+    }
+    chunks
+}
+
+/// The simulated provider as an in-process upstream (kind `simulated`).
+pub struct SimUpstream {
+    info: UpstreamInfo,
+    sim: Arc<Simulator>,
+}
+
+impl SimUpstream {
+    /// An upstream answering as `info.model` through `sim`.
+    pub fn new(info: UpstreamInfo, sim: Arc<Simulator>) -> Self {
+        Self { info, sim }
+    }
+
+    /// The simulator behind this upstream.
+    pub fn simulator(&self) -> &Arc<Simulator> {
+        &self.sim
+    }
+
+    /// Decides, waits the latency (bounded by `timeout`) and maps faults.
+    fn run(
+        &self,
+        req: CompletionRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Completion, Failure>> {
+        let (latency, outcome) = self.sim.decide(&self.info.model, &req);
+        let name = self.info.name.clone();
+        Box::pin(async move {
+            if latency > timeout {
+                tokio::time::sleep(timeout).await;
+                return Err(Failure::Timeout);
+            }
+            tokio::time::sleep(latency).await;
+            match outcome {
+                SimOutcome::Answer(c) => Ok(c),
+                SimOutcome::Fail {
+                    status,
+                    retry_after_ms,
+                    code,
+                    ..
+                } => Err(fail_to_failure(status, retry_after_ms, code)),
+                SimOutcome::Malformed => Err(Failure::InvalidResponse(format!(
+                    "upstream `{name}`: malformed response body"
+                ))),
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for SimUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimUpstream")
+            .field("info", &self.info)
+            .field("settings", self.sim.settings())
+            .finish()
+    }
+}
+
+/// The events of a whole answer, as [`SimUpstream::stream`] emits them.
+pub fn completion_events(c: Completion) -> Vec<StreamEvent> {
+    let mut events: Vec<StreamEvent> = word_chunks(&c.message.content)
+        .into_iter()
+        .map(StreamEvent::Delta)
+        .collect();
+    if !c.message.tool_calls.is_empty() {
+        events.push(StreamEvent::ToolCalls(c.message.tool_calls));
+    }
+    events.push(StreamEvent::Done {
+        finish_reason: c.finish_reason,
+        usage: c.usage,
+        model: c.model,
+    });
+    events
+}
+
+impl Upstream for SimUpstream {
+    fn info(&self) -> &UpstreamInfo {
+        &self.info
+    }
+
+    fn complete(
+        &self,
+        req: CompletionRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Completion, Failure>> {
+        self.run(req, timeout)
+    }
+
+    fn stream(
+        &self,
+        req: CompletionRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<EventStream, Failure>> {
+        let answer = self.run(req, timeout);
+        Box::pin(async move {
+            let events = completion_events(answer.await?);
+            let stream: EventStream = Box::pin(futures::stream::iter(events.into_iter().map(Ok)));
+            Ok(stream)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_chunks_cut_at_word_starts_and_rejoin() {
+        let text = "one two  three four five six seven eight nine\nten";
+        let chunks = word_chunks(text);
+        assert_eq!(
+            chunks,
+            vec!["one two  three four ", "five six seven eight ", "nine\nten"]
+        );
+        assert_eq!(chunks.concat(), text);
+        assert!(word_chunks("").is_empty());
+        assert_eq!(word_chunks("  lead"), vec!["  lead"]);
+    }
+
+    #[test]
+    fn settings_defaults_and_strict_keys() {
+        let s: SimSettings = serde_json::from_str(r#"{"fail_rate":0.5}"#).unwrap();
+        assert_eq!(s.context_chars, 32_000);
+        assert_eq!(s.retry_after_ms, 1000);
+        assert!(serde_json::from_str::<SimSettings>(r#"{"fail_rat":0.5}"#).is_err());
+    }
+
+    #[test]
+    fn max_tokens_cuts_the_echo() {
+        let sim = Simulator::new(SimSettings::default());
+        let mut req = CompletionRequest {
+            messages: vec![Message::user("hello there, how are you")],
+            max_tokens: Some(2),
+            ..Default::default()
+        };
+        let (_, SimOutcome::Answer(c)) = sim.decide("m", &req) else {
+            panic!("answer expected")
+        };
+        assert_eq!(c.message.content, "[m] You ");
+        assert_eq!(c.finish_reason, "length");
+        req.max_tokens = Some(100);
+        let (_, SimOutcome::Answer(c)) = sim.decide("m", &req) else {
+            panic!("answer expected")
+        };
+        assert_eq!(c.finish_reason, "stop");
+        assert_eq!(sim.requests(), 2);
+    }
+}

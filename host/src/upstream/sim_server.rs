@@ -1,0 +1,229 @@
+//! The simulator behind an OpenAI-compatible HTTP server.
+//!
+//! Lets the real HTTP upstream, and anything else that speaks OpenAI, be
+//! exercised against a provider whose faults are under control: the same
+//! [`Simulator`] decides, and its outcomes are rendered the way OpenAI would
+//! render them (error bodies, `Retry-After`, SSE chunks).
+
+use super::sim::{SimOutcome, Simulator, word_chunks};
+use crate::domain::Completion;
+use crate::openai::{
+    ChatChunk, ChatRequest, ChatResponse, ChunkChoice, Delta, ErrorBody, WireMessage, WireUsage,
+};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What a malformed answer looks like: JSON cut off mid-way.
+const MALFORMED_BODY: &str = r#"{"id":"x","choices":["#;
+
+struct SimState {
+    sim: Arc<Simulator>,
+    models: Vec<String>,
+}
+
+/// The simulator's routes: `POST /v1/chat/completions`, `GET /v1/models`
+/// and `GET /health`. Only the listed `models` are served.
+pub fn router(sim: Arc<Simulator>, models: Vec<String>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(list_models))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(Arc::new(SimState { sim, models }))
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sim: Arc<Simulator>,
+    models: Vec<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(sim, models))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {
+    (status, axum::Json(ErrorBody::new(message, kind, code))).into_response()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn list_models(State(state): State<Arc<SimState>>) -> Response {
+    let data: Vec<_> = state
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "agentrouter-sim"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let wire: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(w) => w,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+                format!("invalid request body: {e}"),
+            );
+        }
+    };
+    let req = match wire.to_domain() {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                e.to_string(),
+            );
+        }
+    };
+    if !state.models.contains(&wire.model) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("the model `{}` does not exist", wire.model),
+        );
+    }
+    let (latency, outcome) = state.sim.decide(&wire.model, &req);
+    tokio::time::sleep(latency).await;
+    let id = format!("chatcmpl-sim-{}", state.sim.requests());
+    match outcome {
+        SimOutcome::Answer(c) if wire.stream => {
+            let include_usage = wire.stream_options.is_some_and(|o| o.include_usage);
+            sse(chunks(&id, &c, include_usage))
+        }
+        SimOutcome::Answer(c) => {
+            axum::Json(ChatResponse::from_completion(id, unix_now(), &c)).into_response()
+        }
+        SimOutcome::Fail {
+            status,
+            retry_after_ms,
+            code,
+            message,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let kind = match status.as_u16() {
+                429 => "rate_limit_error",
+                400..=499 => "invalid_request_error",
+                _ => "server_error",
+            };
+            let mut resp = error(status, kind, code, message);
+            if let Some(ms) = retry_after_ms {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, ms.div_ceil(1000).into());
+            }
+            resp
+        }
+        SimOutcome::Malformed if wire.stream => sse(vec![MALFORMED_BODY.to_string()]),
+        SimOutcome::Malformed => {
+            ([(header::CONTENT_TYPE, "application/json")], MALFORMED_BODY).into_response()
+        }
+    }
+}
+
+/// The SSE payloads of an answer, OpenAI style: a role chunk carrying the
+/// first text piece, more text pieces, tool calls whole, a finish chunk, an
+/// optional usage chunk, `[DONE]`.
+fn chunks(id: &str, c: &Completion, include_usage: bool) -> Vec<String> {
+    let created = unix_now();
+    let chunk = |delta: Delta, finish_reason: Option<String>, usage: Option<WireUsage>| {
+        let choices = if usage.is_some() {
+            Vec::new()
+        } else {
+            vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+            }]
+        };
+        let chunk = ChatChunk {
+            id: id.to_string(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: c.model.clone(),
+            choices,
+            usage,
+        };
+        serde_json::to_string(&chunk).unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let mut role = Some("assistant".to_string());
+    for piece in word_chunks(&c.message.content) {
+        out.push(chunk(
+            Delta {
+                role: role.take(),
+                content: Some(piece),
+                tool_calls: None,
+            },
+            None,
+            None,
+        ));
+    }
+    if !c.message.tool_calls.is_empty() {
+        let wire = WireMessage::from(&c.message);
+        let calls = wire
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(i, call)| {
+                let mut v = serde_json::to_value(call).unwrap_or_default();
+                v["index"] = json!(i);
+                v
+            })
+            .collect();
+        out.push(chunk(
+            Delta {
+                role: role.take(),
+                content: None,
+                tool_calls: Some(calls),
+            },
+            None,
+            None,
+        ));
+    }
+    out.push(chunk(
+        Delta {
+            role: role.take(),
+            ..Delta::default()
+        },
+        Some(c.finish_reason.clone()),
+        None,
+    ));
+    if include_usage {
+        out.push(chunk(Delta::default(), None, Some(c.usage.into())));
+    }
+    out.push("[DONE]".into());
+    out
+}
+
+fn sse(payloads: Vec<String>) -> Response {
+    let frames = payloads
+        .into_iter()
+        .map(|p| Ok::<_, Infallible>(Bytes::from(format!("data: {p}\n\n"))));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(futures::stream::iter(frames)),
+    )
+        .into_response()
+}
