@@ -311,6 +311,56 @@ pub enum Action {
 /// Default bound on nested agent calls.
 pub const DEFAULT_MAX_DEPTH: u32 = 4;
 
+/// One completion or delegation made while serving a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// `completion` or `agent`.
+    pub kind: String,
+    /// The model (for completions) or agent (for delegations).
+    pub target: String,
+    /// The upstream that served a completion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Who made the call: the agent on top of the chain, or `client`.
+    pub caller: String,
+    /// Nesting depth (0 = made for the client directly).
+    pub depth: u32,
+    /// Wall-clock time of the step.
+    pub latency_ms: u64,
+    /// Tokens used (for an agent: everything below it).
+    pub usage: Usage,
+    /// Cost of a completion in USD (agents: 0, their completions are steps too).
+    pub cost_usd: f64,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The failure, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The shared, append-only record of a request's steps.
+#[derive(Clone, Debug, Default)]
+pub struct StepLog(std::sync::Arc<std::sync::Mutex<Vec<Step>>>);
+
+impl StepLog {
+    /// Appends a step.
+    pub fn push(&self, step: Step) {
+        if let Ok(mut steps) = self.0.lock() {
+            steps.push(step);
+        }
+    }
+
+    /// A copy of the steps so far.
+    pub fn snapshot(&self) -> Vec<Step> {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Total cost of the completions recorded.
+    pub fn cost_usd(&self) -> f64 {
+        self.snapshot().iter().map(|s| s.cost_usd).sum()
+    }
+}
+
 /// Who is calling and under which bounds; travels with every nested call.
 ///
 /// An agent's `llm.complete` and `agents.call` run with the caller's identity,
@@ -328,6 +378,8 @@ pub struct CallContext {
     pub chain: Vec<String>,
     /// Bound on `chain.len()`.
     pub max_depth: u32,
+    /// Every step made for this request, across all nesting levels.
+    pub steps: StepLog,
 }
 
 impl CallContext {
@@ -339,7 +391,13 @@ impl CallContext {
             deadline: Instant::now() + budget,
             chain: Vec::new(),
             max_depth: DEFAULT_MAX_DEPTH,
+            steps: StepLog::default(),
         }
+    }
+
+    /// The agent making calls in this context, or `client` at the top.
+    pub fn caller(&self) -> &str {
+        self.chain.last().map(String::as_str).unwrap_or("client")
     }
 
     /// Time left before the deadline (zero when passed).

@@ -5,10 +5,13 @@
 //! loaded through the `agentrouter:plugin` WIT contract (see `wit/`).
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod config;
 pub mod domain;
 pub mod openai;
+pub mod pipeline;
 pub mod plugins;
 pub mod runtime;
+pub mod server;
 pub mod store;
 pub mod upstream;

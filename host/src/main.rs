@@ -1,9 +1,13 @@
 //! The `agentrouter` command line.
 
+use agentrouter::app::App;
+use agentrouter::config::{self, Config};
 use agentrouter::runtime::{self, RuntimeSettings, inspect};
 use agentrouter::store::Store;
+use agentrouter::upstream::sim::{SimSettings, Simulator};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,6 +31,48 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway (without --config: the embedded quickstart).
+    Serve {
+        /// The TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding `server.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a config and type-check every plugin against its world.
+    Check {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the simulated OpenAI-compatible upstream on its own.
+    Sim {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Models to serve (comma-separated).
+        #[arg(long, default_value = "usf-mini,usf-mini-x1", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Base latency per request.
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+        /// Random extra latency, up to this much.
+        #[arg(long, default_value_t = 10)]
+        jitter_ms: u64,
+        /// Fraction of requests answered with HTTP 500.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Fraction of requests answered with HTTP 429.
+        #[arg(long, default_value_t = 0.0)]
+        rate_limit_rate: f64,
+        /// Fraction of requests answered with a malformed body.
+        #[arg(long, default_value_t = 0.0)]
+        malformed_rate: f64,
+        /// Seed for a deterministic sequence of outcomes.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -59,6 +105,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
+        Command::Serve { config, listen } => run_async(serve(config, listen)),
+        Command::Check { config } => run_async(check(config)),
+        Command::Sim {
+            listen,
+            models,
+            latency_ms,
+            jitter_ms,
+            fail_rate,
+            rate_limit_rate,
+            malformed_rate,
+            seed,
+        } => {
+            let settings = SimSettings {
+                latency_ms,
+                jitter_ms,
+                fail_rate,
+                rate_limit_rate,
+                malformed_rate,
+                seed,
+                ..Default::default()
+            };
+            run_async(sim(listen, models, settings))
+        }
         Command::Plugin {
             command: PluginCommand::Inspect { file },
         } => plugin_inspect(&file),
@@ -70,6 +139,87 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_async(
+    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    let config = match &path {
+        Some(path) => Config::from_file(path)?,
+        None => {
+            tracing::info!(
+                "no --config given: running the embedded quickstart (examples/quickstart.toml)"
+            );
+            Config::embedded_quickstart()
+        }
+    };
+    tracing::warn!("authentication is not configured: every client is served as `anonymous`");
+    let app = App::build(&config).await?;
+    let addr = listen.unwrap_or(config.server.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, models = ?app.pipeline().models(), "agentrouter listening");
+    app.serve(listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    match config::check(&path).await {
+        Ok(report) => {
+            println!("{}: ok", path.display());
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn sim(
+    listen: SocketAddr,
+    models: Vec<String>,
+    settings: SimSettings,
+) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, ?models, "simulated upstream listening");
+    let sim = Arc::new(Simulator::new(settings));
+    agentrouter::upstream::sim_server::serve(listener, sim, models, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn plugin_inspect(file: &PathBuf) -> anyhow::Result<ExitCode> {

@@ -4,6 +4,7 @@
 //! silently ignored setting. All defaults are the constants at the top.
 
 use super::secret::{Secret, SettingValue};
+pub use crate::pipeline::FailurePolicy;
 use crate::runtime::{AllocatorChoice, Capabilities, PluginLimits, World};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -238,17 +239,6 @@ impl fmt::Display for SourceRef {
             SourceRef::File(path) => write!(f, "{}", path.display()),
         }
     }
-}
-
-/// What the pipeline does when a plugin itself fails (trap, limit, bad output).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailurePolicy {
-    /// Fail the request: safe for validators that guard something.
-    #[default]
-    Closed,
-    /// Skip the plugin and carry on.
-    Open,
 }
 
 /// `[plugins.<slot>]`: one plugin slot.

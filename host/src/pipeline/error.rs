@@ -1,0 +1,68 @@
+//! Errors of the request pipeline; mapped to HTTP once, in `server`.
+
+use crate::domain::{Failure, Stage};
+use crate::runtime::PluginError;
+
+/// Why a request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// No upstream serves the model.
+    #[error("model `{0}` does not exist")]
+    UnknownModel(String),
+    /// No agent slot by that name.
+    #[error("agent `{0}` does not exist")]
+    UnknownAgent(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A validator refused the content.
+    #[error("{validator} rejected the {stage}: {reason}", stage = match stage { Stage::Input => "input", Stage::Output => "output" })]
+    Rejected {
+        /// Validator slot.
+        validator: String,
+        /// Where it ran.
+        stage: Stage,
+        /// Its reason.
+        reason: String,
+    },
+    /// A fail-closed plugin failed (trap, limit, invalid output, ...).
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+    /// Every upstream attempt failed; the last failure.
+    #[error("upstream failure for model `{model}`: {failure}")]
+    Upstream {
+        /// The requested model.
+        model: String,
+        /// The last failure.
+        failure: Failure,
+    },
+    /// The agent itself returned a failure.
+    #[error("agent `{agent}` failed: {failure}")]
+    Agent {
+        /// Agent slot.
+        agent: String,
+        /// Its failure.
+        failure: Failure,
+    },
+}
+
+impl PipelineError {
+    /// The contract-level failure this error amounts to, for agents that
+    /// made the call that failed.
+    pub fn to_failure(&self) -> Failure {
+        match self {
+            PipelineError::UnknownModel(m) => {
+                Failure::Denied(format!("model `{m}` does not exist"))
+            }
+            PipelineError::UnknownAgent(a) => {
+                Failure::Denied(format!("agent `{a}` does not exist"))
+            }
+            PipelineError::InvalidRequest(r) => Failure::Denied(r.clone()),
+            PipelineError::Rejected { reason, .. } => Failure::Rejected(reason.clone()),
+            PipelineError::Plugin(e) => Failure::Internal(e.to_string()),
+            PipelineError::Upstream { failure, .. } | PipelineError::Agent { failure, .. } => {
+                failure.clone()
+            }
+        }
+    }
+}

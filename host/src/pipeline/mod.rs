@@ -1,0 +1,403 @@
+//! The request pipeline: input validators → target (agent, or the
+//! completion path: router → upstream with recovery) → output validators,
+//! with usage and cost accounted per step.
+//!
+//! Agents re-enter the completion path through [`AgentHost`]: their
+//! `llm.complete` calls are routed and recovered like a client's, and their
+//! `agents.call` delegations run other agent slots, all under the caller's
+//! [`CallContext`] (identity, deadline, depth, cycle guard, step log).
+//! Validators apply at the request's edge, not to an agent's inner calls.
+
+mod completion;
+mod error;
+
+pub use error::PipelineError;
+
+use crate::domain::{
+    CallContext, Completion, CompletionRequest, Failure, Message, Stage, Step, Task, TaskResult,
+    Verdict,
+};
+use crate::runtime::{AgentHost, Plugin, World};
+use crate::upstream::Upstream;
+use completion::UpstreamStats;
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Default per-attempt bound of an upstream call.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the pipeline does when a plugin itself fails (trap, limit, garbage).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Fail the request (safe default for validators: nothing unchecked passes).
+    #[default]
+    Closed,
+    /// Log, count, and carry on as if the plugin had allowed / had no opinion.
+    Open,
+}
+
+/// A configured plugin slot.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    /// The loaded plugin.
+    pub plugin: Arc<Plugin>,
+    /// Its failure policy.
+    pub policy: FailurePolicy,
+}
+
+/// How the pipeline is wired.
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    /// Validator slots run on input, in order.
+    pub input_validators: Vec<String>,
+    /// Validator slots run on output, in order.
+    pub output_validators: Vec<String>,
+    /// Router slot.
+    pub router: Option<String>,
+    /// Recovery slot.
+    pub recovery: Option<String>,
+    /// Upper bound on upstream attempts per completion (retries + fallbacks).
+    pub max_attempts: u32,
+    /// Bound on nested agent calls.
+    pub max_depth: u32,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            input_validators: Vec::new(),
+            output_validators: Vec::new(),
+            router: None,
+            recovery: None,
+            max_attempts: 3,
+            max_depth: crate::domain::DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
+/// The outcome of a chat request.
+#[derive(Clone, Debug)]
+pub struct ChatOutcome {
+    /// The final answer (after output validators).
+    pub completion: Completion,
+    /// Every step made.
+    pub steps: Vec<Step>,
+    /// Total cost in USD.
+    pub cost_usd: f64,
+}
+
+/// The request pipeline; shared as `Arc<Pipeline>`.
+pub struct Pipeline {
+    slots: HashMap<String, Slot>,
+    upstreams: Vec<Arc<dyn Upstream>>,
+    timeouts: HashMap<String, Duration>,
+    stats: HashMap<String, UpstreamStats>,
+    settings: PipelineSettings,
+    me: Weak<Pipeline>,
+}
+
+impl Pipeline {
+    /// Wires a pipeline from slots and upstreams, each upstream with its
+    /// per-attempt timeout. Slot references in `settings` must exist with the
+    /// right world (config validation guarantees it; this re-checks).
+    pub fn new(
+        slots: HashMap<String, Slot>,
+        upstreams: Vec<(Arc<dyn Upstream>, Duration)>,
+        settings: PipelineSettings,
+    ) -> Result<Arc<Pipeline>, String> {
+        let check = |name: &String, world: World| match slots.get(name) {
+            Some(slot) if slot.plugin.world() == world => Ok(()),
+            Some(slot) => Err(format!(
+                "slot `{name}` is a {}, not a {world}",
+                slot.plugin.world()
+            )),
+            None => Err(format!("slot `{name}` does not exist")),
+        };
+        for name in settings
+            .input_validators
+            .iter()
+            .chain(&settings.output_validators)
+        {
+            check(name, World::Validator)?;
+        }
+        if let Some(router) = &settings.router {
+            check(router, World::Router)?;
+        }
+        if let Some(recovery) = &settings.recovery {
+            check(recovery, World::Recovery)?;
+        }
+        if upstreams.is_empty() {
+            return Err("no upstreams configured".into());
+        }
+        let stats = upstreams
+            .iter()
+            .map(|(u, _)| (u.info().name.clone(), UpstreamStats::default()))
+            .collect();
+        let timeouts = upstreams
+            .iter()
+            .map(|(u, t)| (u.info().name.clone(), *t))
+            .collect();
+        let upstreams = upstreams.into_iter().map(|(u, _)| u).collect();
+        Ok(Arc::new_cyclic(|me| Pipeline {
+            slots,
+            upstreams,
+            timeouts,
+            stats,
+            settings,
+            me: me.clone(),
+        }))
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &PipelineSettings {
+        &self.settings
+    }
+
+    /// Every slot, by name.
+    pub fn slots(&self) -> &HashMap<String, Slot> {
+        &self.slots
+    }
+
+    /// The upstreams.
+    pub fn upstreams(&self) -> &[Arc<dyn Upstream>] {
+        &self.upstreams
+    }
+
+    /// Model names clients can ask for: upstream models, then `agent:<slot>`.
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .upstreams
+            .iter()
+            .map(|u| u.info().model.clone())
+            .collect();
+        models.sort();
+        models.dedup();
+        let mut agents: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.plugin.world() == World::Agent)
+            .map(|(n, _)| format!("agent:{n}"))
+            .collect();
+        agents.sort();
+        models.extend(agents);
+        models
+    }
+
+    /// Whether `model` names an upstream model or an agent.
+    pub fn knows_model(&self, model: &str) -> bool {
+        match model.strip_prefix("agent:") {
+            Some(agent) => self.agent_slot(agent).is_some(),
+            None => self.upstreams.iter().any(|u| u.info().model == model),
+        }
+    }
+
+    fn agent_slot(&self, name: &str) -> Option<&Slot> {
+        self.slots
+            .get(name)
+            .filter(|s| s.plugin.world() == World::Agent)
+    }
+
+    fn host(&self) -> Arc<dyn AgentHost> {
+        Arc::new(PipelineHost(
+            self.me
+                .upgrade()
+                .expect("a pipeline is only used through its Arc"),
+        ))
+    }
+
+    /// Serves a chat request for a model or an `agent:<name>`.
+    pub async fn chat(
+        &self,
+        ctx: CallContext,
+        mut req: CompletionRequest,
+    ) -> Result<ChatOutcome, PipelineError> {
+        if !self.knows_model(&req.model) {
+            return Err(match req.model.strip_prefix("agent:") {
+                Some(agent) => PipelineError::UnknownAgent(agent.to_string()),
+                None => PipelineError::UnknownModel(req.model.clone()),
+            });
+        }
+        req.messages = self.validate(Stage::Input, req.messages).await?;
+        let mut completion = match req.model.strip_prefix("agent:") {
+            Some(agent) => {
+                let task = Task {
+                    id: ctx.request_id.clone(),
+                    input: req.messages,
+                    metadata: req.metadata,
+                };
+                let result = self.run_agent(&ctx, agent, task).await?;
+                Completion {
+                    message: result.output,
+                    model: req.model.clone(),
+                    finish_reason: "stop".into(),
+                    usage: result.usage,
+                    cached: false,
+                }
+            }
+            None => self.complete(&ctx, req).await?,
+        };
+        if !self.settings.output_validators.is_empty() {
+            let validated = self
+                .validate(Stage::Output, vec![completion.message.clone()])
+                .await?;
+            if let Some(last) = validated.into_iter().last() {
+                completion.message = last;
+            }
+        }
+        Ok(ChatOutcome {
+            completion,
+            steps: ctx.steps.snapshot(),
+            cost_usd: ctx.steps.cost_usd(),
+        })
+    }
+
+    /// Runs agent `name` for a client (`/v1/agents/{name}/invoke`), with the
+    /// input and output validators of a chat request.
+    pub async fn invoke(
+        &self,
+        ctx: CallContext,
+        name: &str,
+        mut task: Task,
+    ) -> Result<ChatOutcome, PipelineError> {
+        if self.agent_slot(name).is_none() {
+            return Err(PipelineError::UnknownAgent(name.to_string()));
+        }
+        let req = CompletionRequest {
+            model: format!("agent:{name}"),
+            messages: std::mem::take(&mut task.input),
+            metadata: std::mem::take(&mut task.metadata),
+            ..Default::default()
+        };
+        self.chat(ctx, req).await
+    }
+
+    /// Runs validators of one stage in order; a rewrite feeds the next one.
+    async fn validate(
+        &self,
+        stage: Stage,
+        mut messages: Vec<Message>,
+    ) -> Result<Vec<Message>, PipelineError> {
+        let names = match stage {
+            Stage::Input => &self.settings.input_validators,
+            Stage::Output => &self.settings.output_validators,
+        };
+        for name in names {
+            let Some(slot) = self.slots.get(name) else {
+                continue;
+            };
+            match slot.plugin.validate(stage, &messages).await {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Rewrite(rewritten)) => messages = rewritten,
+                Ok(Verdict::Reject(reason)) => {
+                    return Err(PipelineError::Rejected {
+                        validator: name.clone(),
+                        stage,
+                        reason,
+                    });
+                }
+                Err(e) if slot.policy == FailurePolicy::Open => {
+                    tracing::warn!(validator = %name, error = %e, "validator failed; passing (failure_policy = open)");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Runs an agent slot in `ctx` (the caller's context; the agent is
+    /// entered here, so depth and cycle guards apply) and records the step.
+    async fn run_agent(
+        &self,
+        ctx: &CallContext,
+        name: &str,
+        task: Task,
+    ) -> Result<TaskResult, PipelineError> {
+        let slot = self
+            .agent_slot(name)
+            .ok_or_else(|| PipelineError::UnknownAgent(name.to_string()))?;
+        let inner = ctx.enter(name).map_err(|failure| PipelineError::Agent {
+            agent: name.to_string(),
+            failure,
+        })?;
+        let started = Instant::now();
+        let result = slot.plugin.handle(&task, inner, self.host()).await;
+        let (usage, error) = match &result {
+            Ok(Ok(r)) => (r.usage, None),
+            Ok(Err(f)) => (Default::default(), Some(f.to_string())),
+            Err(e) => (Default::default(), Some(e.to_string())),
+        };
+        ctx.steps.push(Step {
+            kind: "agent".into(),
+            target: name.to_string(),
+            upstream: None,
+            caller: ctx.caller().to_string(),
+            depth: ctx.chain.len() as u32,
+            latency_ms: started.elapsed().as_millis() as u64,
+            usage,
+            cost_usd: 0.0,
+            ok: error.is_none(),
+            error,
+        });
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(failure)) => Err(PipelineError::Agent {
+                agent: name.to_string(),
+                failure,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The pipeline as seen by agent plugins.
+struct PipelineHost(Arc<Pipeline>);
+
+impl AgentHost for PipelineHost {
+    fn complete(
+        &self,
+        ctx: CallContext,
+        req: CompletionRequest,
+    ) -> BoxFuture<'static, Result<Completion, Failure>> {
+        let pipeline = self.0.clone();
+        Box::pin(async move {
+            if !req.model.is_empty()
+                && !pipeline
+                    .upstreams
+                    .iter()
+                    .any(|u| u.info().model == req.model)
+            {
+                return Err(Failure::Denied(format!(
+                    "model `{}` does not exist",
+                    req.model
+                )));
+            }
+            pipeline
+                .complete(&ctx, req)
+                .await
+                .map_err(|e| e.to_failure())
+        })
+    }
+
+    fn call_agent(
+        &self,
+        ctx: CallContext,
+        agent: String,
+        task: Task,
+    ) -> BoxFuture<'static, Result<TaskResult, Failure>> {
+        let pipeline = self.0.clone();
+        Box::pin(async move {
+            // `ctx` already has `agent` on its chain (the runtime entered it);
+            // step back out so run_agent applies the guards and records it once.
+            let mut caller = ctx;
+            caller.chain.pop();
+            pipeline
+                .run_agent(&caller, &agent, task)
+                .await
+                .map_err(|e| e.to_failure())
+        })
+    }
+}

@@ -1,0 +1,175 @@
+//! The one place errors become HTTP: OpenAI-style bodies with the right status.
+
+use crate::domain::Failure;
+use crate::openai::ErrorBody;
+use crate::pipeline::PipelineError;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// An error as the client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+    retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with explicit status, type and code.
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        )
+    }
+
+    /// 404: no such route, model or agent.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            code,
+            message,
+        )
+    }
+
+    /// 413: the body is over the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body is larger than the {limit}-byte limit"),
+        )
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn from_failure(failure: &Failure, message: String) -> Self {
+        let mut e = match failure {
+            Failure::Timeout => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "timeout",
+                message,
+            ),
+            Failure::RateLimited(ms) => {
+                let mut e = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "rate_limited",
+                    message,
+                );
+                e.retry_after_s = Some(
+                    ms.map(|ms| u64::from(ms).div_ceil(1000))
+                        .unwrap_or(1)
+                        .max(1),
+                );
+                e
+            }
+            Failure::TokenLimitExceeded => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+                message,
+            ),
+            Failure::Rejected(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "content_rejected",
+                message,
+            ),
+            Failure::BudgetExceeded => Self::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                "budget_exceeded",
+                message,
+            ),
+            Failure::Denied(_) => {
+                Self::new(StatusCode::FORBIDDEN, "permission_error", "denied", message)
+            }
+            Failure::Internal(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "agent_error",
+                message,
+            ),
+            Failure::UpstreamStatus(_) | Failure::InvalidResponse(_) | Failure::CircuitOpen(_) => {
+                Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "upstream_failed",
+                    message,
+                )
+            }
+        };
+        e.message = e.message.trim().to_string();
+        e
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(e: PipelineError) -> Self {
+        let message = e.to_string();
+        match &e {
+            PipelineError::UnknownModel(_) => Self::not_found("model_not_found", message),
+            PipelineError::UnknownAgent(_) => Self::not_found("agent_not_found", message),
+            PipelineError::InvalidRequest(_) => Self::bad_request(message),
+            PipelineError::Rejected { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "content_rejected",
+                message,
+            ),
+            PipelineError::Plugin(p) => {
+                tracing::error!(error = %p, "plugin failure failed the request");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "plugin_error",
+                    message,
+                )
+            }
+            PipelineError::Upstream { failure, .. } | PipelineError::Agent { failure, .. } => {
+                Self::from_failure(failure, message)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody::new(self.message, self.kind, self.code);
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_s
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
