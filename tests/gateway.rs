@@ -227,6 +227,48 @@ async fn streams_models_and_agents_as_chunks_ending_with_done() {
 }
 
 #[tokio::test]
+async fn streams_live_from_the_upstream_when_no_output_validator_needs_the_whole_answer() {
+    // No validators at all: the stream comes straight from the upstream. The
+    // first upstream refuses before sending anything, so the gateway falls
+    // back to the second before the first byte reaches the client.
+    let gw = Gateway::start_with(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.a-broken]
+kind = "simulated"
+model = "shared"
+[upstreams.a-broken.simulator]
+fail_rate = 1.0
+
+[upstreams.b-healthy]
+kind = "simulated"
+model = "shared"
+"#,
+    )
+    .await;
+    let mut req = chat("shared", "stream this answer to me word by word please");
+    let (status, whole) = gw.post("/v1/chat/completions", &req).await;
+    assert_eq!(status, 200, "{whole}");
+    req["stream"] = json!(true);
+    let events = sse_events(&gw, &req).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, content(&whole));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.len() > 3, "several text pieces: {chunks:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn lists_upstream_models_and_agents() {
     let gw = Gateway::start("").await;
     let (status, body) = gw.get("/v1/models").await;

@@ -526,3 +526,99 @@ mod tests {
         );
     }
 }
+
+/// Builds the `chat.completion.chunk` payloads of one streamed answer. The
+/// first chunk carries the assistant role, as OpenAI's do.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    id: String,
+    created: u64,
+    model: String,
+    role_sent: bool,
+}
+
+impl ChunkWriter {
+    /// A writer for the answer `id` from `model`.
+    pub fn new(id: impl Into<String>, created: u64, model: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            created,
+            model: model.into(),
+            role_sent: false,
+        }
+    }
+
+    fn chunk(
+        &mut self,
+        mut delta: Delta,
+        finish_reason: Option<String>,
+        usage: Option<WireUsage>,
+        choice: bool,
+    ) -> ChatChunk {
+        if choice && !self.role_sent {
+            delta.role = Some("assistant".into());
+            self.role_sent = true;
+        }
+        let choices = if choice {
+            vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+            }]
+        } else {
+            Vec::new()
+        };
+        ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
+    }
+
+    /// A piece of text.
+    pub fn content(&mut self, text: String) -> ChatChunk {
+        self.chunk(
+            Delta {
+                content: Some(text),
+                ..Default::default()
+            },
+            None,
+            None,
+            true,
+        )
+    }
+
+    /// Whole tool calls, indexed as OpenAI's deltas are.
+    pub fn tool_calls(&mut self, calls: &[d::ToolCall]) -> ChatChunk {
+        let calls = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                serde_json::json!({"index": i, "id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+        self.chunk(
+            Delta {
+                tool_calls: Some(calls),
+                ..Default::default()
+            },
+            None,
+            None,
+            true,
+        )
+    }
+
+    /// The last choice chunk, with the finish reason (and usage, if given).
+    pub fn finish(&mut self, reason: String, usage: Option<Usage>) -> ChatChunk {
+        self.chunk(Delta::default(), Some(reason), usage.map(Into::into), true)
+    }
+
+    /// A usage-only chunk with no choices (`stream_options.include_usage`).
+    pub fn usage(&mut self, usage: Usage) -> ChatChunk {
+        self.chunk(Delta::default(), None, Some(usage.into()), false)
+    }
+}

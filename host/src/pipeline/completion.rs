@@ -11,7 +11,8 @@ use crate::domain::{
     Action, CallContext, Candidate, CircuitState, Completion, CompletionRequest, Failure,
     FailureContext, Message, Role, RouteRequest, Step, Usage,
 };
-use crate::upstream::Upstream;
+use crate::upstream::{EventStream, StreamEvent, Upstream};
+use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -149,6 +150,33 @@ impl Pipeline {
         }
     }
 
+    /// Records one upstream call as a step and in the upstream's stats.
+    fn record(
+        &self,
+        ctx: &CallContext,
+        upstream: &dyn Upstream,
+        latency: Duration,
+        outcome: Result<Usage, &Failure>,
+    ) {
+        let info = upstream.info();
+        if let Some(stats) = self.stats.get(&info.name) {
+            stats.record(latency, outcome.is_ok());
+        }
+        let usage = outcome.as_ref().copied().unwrap_or_default();
+        ctx.steps.push(Step {
+            kind: "completion".into(),
+            target: info.model.clone(),
+            upstream: Some(info.name.clone()),
+            caller: ctx.caller().to_string(),
+            depth: ctx.chain.len() as u32,
+            latency_ms: latency.as_millis() as u64,
+            usage,
+            cost_usd: cost(upstream, usage),
+            ok: outcome.is_ok(),
+            error: outcome.err().map(ToString::to_string),
+        });
+    }
+
     /// One upstream call, recorded as a step and in the upstream's stats.
     async fn attempt(
         &self,
@@ -168,23 +196,12 @@ impl Pipeline {
         }
         let started = Instant::now();
         let result = upstream.complete(req.clone(), bound.min(remaining)).await;
-        let latency = started.elapsed();
-        if let Some(stats) = self.stats.get(&info.name) {
-            stats.record(latency, result.is_ok());
-        }
-        let usage = result.as_ref().map(|c| c.usage).unwrap_or_default();
-        ctx.steps.push(Step {
-            kind: "completion".into(),
-            target: info.model.clone(),
-            upstream: Some(info.name.clone()),
-            caller: ctx.caller().to_string(),
-            depth: ctx.chain.len() as u32,
-            latency_ms: latency.as_millis() as u64,
-            usage,
-            cost_usd: cost(upstream.as_ref(), usage),
-            ok: result.is_ok(),
-            error: result.as_ref().err().map(ToString::to_string),
-        });
+        self.record(
+            ctx,
+            upstream.as_ref(),
+            started.elapsed(),
+            result.as_ref().map(|c| c.usage),
+        );
         result
     }
 
@@ -291,5 +308,73 @@ impl Pipeline {
             });
         }
         merged.ok_or(Failure::TokenLimitExceeded)
+    }
+}
+
+impl Pipeline {
+    /// Opens a live stream for a completion. Upstreams are tried in routed
+    /// order until one accepts the request; once it has, the stream is the
+    /// answer — a stream is never retried after its first byte may have
+    /// reached the client. The step is recorded when the stream ends.
+    pub(super) async fn open_stream(
+        &self,
+        ctx: &CallContext,
+        req: CompletionRequest,
+    ) -> Result<EventStream, PipelineError> {
+        let order = self.route(&req).await?;
+        let mut last = Failure::Timeout;
+        for upstream in order
+            .iter()
+            .take(self.settings.max_attempts.max(1) as usize)
+        {
+            let info = upstream.info();
+            let bound = self
+                .timeouts
+                .get(&info.name)
+                .copied()
+                .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT);
+            let remaining = ctx.remaining();
+            if remaining.is_zero() {
+                break;
+            }
+            let started = Instant::now();
+            match upstream.stream(req.clone(), bound.min(remaining)).await {
+                Ok(events) => {
+                    return Ok(self.record_stream(ctx, upstream.clone(), started, events));
+                }
+                Err(failure) => {
+                    self.record(ctx, upstream.as_ref(), started.elapsed(), Err(&failure));
+                    last = failure;
+                }
+            }
+        }
+        Err(PipelineError::Upstream {
+            model: req.model,
+            failure: last,
+        })
+    }
+
+    /// Records a stream's step once it finishes (or fails midway).
+    fn record_stream(
+        &self,
+        ctx: &CallContext,
+        upstream: Arc<dyn Upstream>,
+        started: Instant,
+        events: EventStream,
+    ) -> EventStream {
+        let pipeline = self.me.upgrade();
+        let ctx = ctx.clone();
+        Box::pin(events.inspect(move |event| {
+            let Some(pipeline) = &pipeline else { return };
+            match event {
+                Ok(StreamEvent::Done { usage, .. }) => {
+                    pipeline.record(&ctx, upstream.as_ref(), started.elapsed(), Ok(*usage));
+                }
+                Err(failure) => {
+                    pipeline.record(&ctx, upstream.as_ref(), started.elapsed(), Err(failure))
+                }
+                Ok(_) => {}
+            }
+        }))
     }
 }

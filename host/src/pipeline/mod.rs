@@ -18,7 +18,7 @@ use crate::domain::{
     Verdict,
 };
 use crate::runtime::{AgentHost, Plugin, World};
-use crate::upstream::Upstream;
+use crate::upstream::{EventStream, Upstream};
 use completion::UpstreamStats;
 use futures::future::BoxFuture;
 use serde::Deserialize;
@@ -88,6 +88,19 @@ pub struct ChatOutcome {
     pub steps: Vec<Step>,
     /// Total cost in USD.
     pub cost_usd: f64,
+}
+
+/// How a streamed answer starts.
+pub enum StreamStart {
+    /// The whole answer, validated, to be replayed as a stream.
+    Buffered(ChatOutcome),
+    /// Events straight from the upstream.
+    Live {
+        /// The requested model.
+        model: String,
+        /// The upstream's events.
+        events: EventStream,
+    },
 }
 
 /// The request pipeline; shared as `Arc<Pipeline>`.
@@ -253,6 +266,29 @@ impl Pipeline {
             steps: ctx.steps.snapshot(),
             cost_usd: ctx.steps.cost_usd(),
         })
+    }
+
+    /// Serves a chat request that asked for `stream: true`.
+    ///
+    /// A model request with no output validators streams live from the
+    /// upstream. Agents, and answers that output validators must see whole
+    /// before any of it leaves (PII redaction), are completed first and then
+    /// replayed as a stream.
+    pub async fn chat_stream(
+        &self,
+        ctx: CallContext,
+        mut req: CompletionRequest,
+    ) -> Result<StreamStart, PipelineError> {
+        if req.model.starts_with("agent:") || !self.settings.output_validators.is_empty() {
+            return self.chat(ctx, req).await.map(StreamStart::Buffered);
+        }
+        if !self.knows_model(&req.model) {
+            return Err(PipelineError::UnknownModel(req.model));
+        }
+        req.messages = self.validate(Stage::Input, req.messages).await?;
+        let model = req.model.clone();
+        let events = self.open_stream(&ctx, req).await?;
+        Ok(StreamStart::Live { model, events })
     }
 
     /// Runs agent `name` for a client (`/v1/agents/{name}/invoke`), with the

@@ -1,11 +1,10 @@
 //! `/v1/chat/completions`, `/v1/models` and `/v1/agents/{name}/invoke`.
 
 use super::{ApiError, AppState, unix_now};
-use crate::domain::{CallContext, Completion, Message, Task};
-use crate::openai::{
-    ChatChunk, ChatRequest, ChatResponse, ChunkChoice, Delta, WireMessage, WireUsage,
-};
-use crate::pipeline::ChatOutcome;
+use crate::domain::{CallContext, Message, Task};
+use crate::openai::{ChatRequest, ChatResponse, ChunkWriter, ErrorBody, WireMessage, WireUsage};
+use crate::pipeline::{ChatOutcome, StreamStart};
+use crate::upstream::{EventStream, StreamEvent, completion_events};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::Deserialize;
@@ -50,12 +50,18 @@ fn context(state: &AppState, request_id: &str) -> CallContext {
     ctx
 }
 
-fn with_headers(mut response: Response, request_id: &str, outcome: &ChatOutcome) -> Response {
+fn with_headers(
+    mut response: Response,
+    request_id: &str,
+    outcome: Option<&ChatOutcome>,
+) -> Response {
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("{:.8}", outcome.cost_usd)) {
+    if let Some(outcome) = outcome
+        && let Ok(v) = HeaderValue::from_str(&format!("{:.8}", outcome.cost_usd))
+    {
         headers.insert("x-agentrouter-cost-usd", v);
     }
     response
@@ -80,111 +86,82 @@ pub(super) async fn completions(
         .to_domain()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = new_id("chatcmpl");
-    let outcome = state.pipeline.chat(context(&state, &id), req).await?;
+    let ctx = context(&state, &id);
     let created = unix_now();
-    let response = if wire.stream {
-        sse(&id, created, &outcome.completion).into_response()
-    } else {
-        Json(ChatResponse::from_completion(
-            id.clone(),
-            created,
-            &outcome.completion,
-        ))
-        .into_response()
-    };
-    Ok(with_headers(response, &id, &outcome))
+    if wire.stream {
+        return Ok(match state.pipeline.chat_stream(ctx, req).await? {
+            StreamStart::Buffered(outcome) => {
+                let model = outcome.completion.model.clone();
+                let events = futures::stream::iter(
+                    completion_events(outcome.completion.clone())
+                        .into_iter()
+                        .map(Ok),
+                );
+                with_headers(
+                    sse(&id, created, model, Box::pin(events)).into_response(),
+                    &id,
+                    Some(&outcome),
+                )
+            }
+            StreamStart::Live { model, events } => {
+                with_headers(sse(&id, created, model, events).into_response(), &id, None)
+            }
+        });
+    }
+    let outcome = state.pipeline.chat(ctx, req).await?;
+    let body = ChatResponse::from_completion(id.clone(), created, &outcome.completion);
+    Ok(with_headers(
+        Json(body).into_response(),
+        &id,
+        Some(&outcome),
+    ))
 }
 
-/// Renders a finished completion as `chat.completion.chunk` events.
-///
-/// The pipeline hands over a validated answer (output validators such as
-/// PII redaction must see the whole text before any of it leaves), so the
-/// stream replays it in word-sized pieces, then a final chunk with the
-/// finish reason and usage, then `[DONE]`.
+/// Renders answer events as `chat.completion.chunk` server-sent events: text
+/// pieces, tool calls whole, a final chunk with the finish reason and usage,
+/// then `[DONE]`. A failure midway (the upstream broke off) becomes an
+/// OpenAI-style error event, and the stream ends without `[DONE]`.
 fn sse(
     id: &str,
     created: u64,
-    completion: &Completion,
+    model: String,
+    events: EventStream,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>> + use<>> {
-    let chunk = |delta: Delta, finish: Option<String>, usage: Option<WireUsage>| ChatChunk {
-        id: id.to_string(),
-        object: "chat.completion.chunk".into(),
-        created,
-        model: completion.model.clone(),
-        choices: vec![ChunkChoice {
-            index: 0,
-            delta,
-            finish_reason: finish,
-        }],
-        usage,
-    };
-    let mut chunks = vec![chunk(
-        Delta {
-            role: Some("assistant".into()),
-            ..Default::default()
-        },
-        None,
-        None,
-    )];
-    for piece in split_words(&completion.message.content, 4) {
-        chunks.push(chunk(
-            Delta {
-                content: Some(piece),
-                ..Default::default()
-            },
-            None,
-            None,
-        ));
-    }
-    if !completion.message.tool_calls.is_empty() {
-        let calls = WireMessage::from(&completion.message).tool_calls;
-        let calls: Vec<Value> = calls
-            .iter()
-            .enumerate()
-            .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}))
-            .collect();
-        chunks.push(chunk(
-            Delta {
-                tool_calls: Some(calls),
-                ..Default::default()
-            },
-            None,
-            None,
-        ));
-    }
-    chunks.push(chunk(
-        Delta::default(),
-        Some(completion.finish_reason.clone()),
-        Some(completion.usage.into()),
-    ));
-    let mut events: Vec<Event> = chunks
-        .iter()
-        .map(|c| Event::default().data(serde_json::to_string(c).unwrap_or_default()))
-        .collect();
-    events.push(Event::default().data("[DONE]"));
-    Sse::new(futures::stream::iter(events.into_iter().map(Ok)))
+    let mut writer = ChunkWriter::new(id, created, model);
+    let mut finished = false;
+    let chunks = events.flat_map(move |event| {
+        let data: Vec<String> = match event {
+            _ if finished => Vec::new(),
+            Ok(StreamEvent::Delta(text)) => vec![json_text(&writer.content(text))],
+            Ok(StreamEvent::ToolCalls(calls)) => vec![json_text(&writer.tool_calls(&calls))],
+            Ok(StreamEvent::Done {
+                finish_reason,
+                usage,
+                ..
+            }) => {
+                finished = true;
+                vec![
+                    json_text(&writer.finish(finish_reason, Some(usage))),
+                    "[DONE]".into(),
+                ]
+            }
+            Err(failure) => {
+                finished = true;
+                let body = ErrorBody::new(
+                    format!("upstream failed mid-stream: {failure}"),
+                    "upstream_error",
+                    "stream_interrupted",
+                );
+                vec![json_text(&body)]
+            }
+        };
+        futures::stream::iter(data.into_iter().map(|d| Ok(Event::default().data(d))))
+    });
+    Sse::new(chunks)
 }
 
-/// Splits text into pieces of `words` words, keeping all whitespace, so the
-/// pieces concatenate back to the original.
-fn split_words(text: &str, words: usize) -> Vec<String> {
-    let mut pieces = Vec::new();
-    let mut current = String::new();
-    let mut count = 0;
-    for part in text.split_inclusive(char::is_whitespace) {
-        current.push_str(part);
-        if part.ends_with(char::is_whitespace) {
-            count += 1;
-        }
-        if count == words {
-            pieces.push(std::mem::take(&mut current));
-            count = 0;
-        }
-    }
-    if !current.is_empty() {
-        pieces.push(current);
-    }
-    pieces
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// `GET /v1/models`.
@@ -256,18 +233,9 @@ pub(super) async fn invoke(
         "cost_usd": outcome.cost_usd,
         "steps": outcome.steps,
     });
-    Ok(with_headers(Json(body).into_response(), &id, &outcome))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_words;
-
-    #[test]
-    fn word_pieces_concatenate_back_to_the_text() {
-        let text = "one two  three\nfour five six seven";
-        let pieces = split_words(text, 2);
-        assert_eq!(pieces.concat(), text);
-        assert!(pieces.len() >= 3);
-    }
+    Ok(with_headers(
+        Json(body).into_response(),
+        &id,
+        Some(&outcome),
+    ))
 }

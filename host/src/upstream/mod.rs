@@ -166,9 +166,63 @@ pub fn prompt_chars(req: &CompletionRequest) -> usize {
     req.messages.iter().map(|m| m.content.chars().count()).sum()
 }
 
+/// Splits text into pieces of about four words, cutting only where a word
+/// starts, so the pieces concatenate back to the text exactly.
+pub fn word_chunks(text: &str) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut words = 0;
+    let mut prev_space = true;
+    for (i, c) in text.char_indices() {
+        let space = c.is_whitespace();
+        if prev_space && !space {
+            if words > 0 && words % 4 == 0 {
+                chunks.push(text[start..i].to_string());
+                start = i;
+            }
+            words += 1;
+        }
+        prev_space = space;
+    }
+    if start < text.len() {
+        chunks.push(text[start..].to_string());
+    }
+    chunks
+}
+
+/// The events of a whole answer, as [`SimUpstream::stream`] emits them.
+pub fn completion_events(c: Completion) -> Vec<StreamEvent> {
+    let mut events: Vec<StreamEvent> = word_chunks(&c.message.content)
+        .into_iter()
+        .map(StreamEvent::Delta)
+        .collect();
+    if !c.message.tool_calls.is_empty() {
+        events.push(StreamEvent::ToolCalls(c.message.tool_calls));
+    }
+    events.push(StreamEvent::Done {
+        finish_reason: c.finish_reason,
+        usage: c.usage,
+        model: c.model,
+    });
+    events
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_chunks_cut_at_word_starts_and_rejoin() {
+        let text = "one two  three four five six seven eight nine\nten";
+        let chunks = word_chunks(text);
+        assert_eq!(
+            chunks,
+            vec!["one two  three four ", "five six seven eight ", "nine\nten"]
+        );
+        assert_eq!(chunks.concat(), text);
+        assert!(word_chunks("").is_empty());
+        assert_eq!(word_chunks("  lead"), vec!["  lead"]);
+    }
     use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

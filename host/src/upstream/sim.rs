@@ -9,7 +9,9 @@
 //! The answer content follows fixed rules (see [`Simulator::decide`]) that
 //! tests of the gateway rely on.
 
-use super::{EventStream, StreamEvent, Upstream, UpstreamInfo, estimate_tokens, prompt_chars};
+use super::{
+    EventStream, Upstream, UpstreamInfo, completion_events, estimate_tokens, prompt_chars,
+};
 use crate::domain::{Completion, CompletionRequest, Failure, Message, Role, ToolCall, Usage};
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
@@ -244,30 +246,6 @@ pub(crate) fn fail_to_failure(status: u16, retry_after_ms: Option<u32>, code: &s
     }
 }
 
-/// Splits text into pieces of about four words, cutting only where a word
-/// starts, so the pieces concatenate back to the text exactly.
-pub fn word_chunks(text: &str) -> Vec<String> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut words = 0;
-    let mut prev_space = true;
-    for (i, c) in text.char_indices() {
-        let space = c.is_whitespace();
-        if prev_space && !space {
-            if words > 0 && words % 4 == 0 {
-                chunks.push(text[start..i].to_string());
-                start = i;
-            }
-            words += 1;
-        }
-        prev_space = space;
-    }
-    if start < text.len() {
-        chunks.push(text[start..].to_string());
-    }
-    chunks
-}
-
 /// The simulated provider as an in-process upstream (kind `simulated`).
 pub struct SimUpstream {
     info: UpstreamInfo,
@@ -324,23 +302,6 @@ impl std::fmt::Debug for SimUpstream {
     }
 }
 
-/// The events of a whole answer, as [`SimUpstream::stream`] emits them.
-pub fn completion_events(c: Completion) -> Vec<StreamEvent> {
-    let mut events: Vec<StreamEvent> = word_chunks(&c.message.content)
-        .into_iter()
-        .map(StreamEvent::Delta)
-        .collect();
-    if !c.message.tool_calls.is_empty() {
-        events.push(StreamEvent::ToolCalls(c.message.tool_calls));
-    }
-    events.push(StreamEvent::Done {
-        finish_reason: c.finish_reason,
-        usage: c.usage,
-        model: c.model,
-    });
-    events
-}
-
 impl Upstream for SimUpstream {
     fn info(&self) -> &UpstreamInfo {
         &self.info
@@ -371,19 +332,6 @@ impl Upstream for SimUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn word_chunks_cut_at_word_starts_and_rejoin() {
-        let text = "one two  three four five six seven eight nine\nten";
-        let chunks = word_chunks(text);
-        assert_eq!(
-            chunks,
-            vec!["one two  three four ", "five six seven eight ", "nine\nten"]
-        );
-        assert_eq!(chunks.concat(), text);
-        assert!(word_chunks("").is_empty());
-        assert_eq!(word_chunks("  lead"), vec!["  lead"]);
-    }
 
     #[test]
     fn settings_defaults_and_strict_keys() {

@@ -5,11 +5,10 @@
 //! [`Simulator`] decides, and its outcomes are rendered the way OpenAI would
 //! render them (error bodies, `Retry-After`, SSE chunks).
 
-use super::sim::{SimOutcome, Simulator, word_chunks};
+use super::sim::{SimOutcome, Simulator};
+use super::{StreamEvent, completion_events};
 use crate::domain::Completion;
-use crate::openai::{
-    ChatChunk, ChatRequest, ChatResponse, ChunkChoice, Delta, ErrorBody, WireMessage, WireUsage,
-};
+use crate::openai::{ChatChunk, ChatRequest, ChatResponse, ChunkWriter, ErrorBody};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -139,77 +138,32 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
     }
 }
 
-/// The SSE payloads of an answer, OpenAI style: a role chunk carrying the
-/// first text piece, more text pieces, tool calls whole, a finish chunk, an
-/// optional usage chunk, `[DONE]`.
+/// The SSE payloads of an answer, OpenAI style: text pieces (the first
+/// carrying the role), tool calls whole, a finish chunk, an optional
+/// usage-only chunk, `[DONE]`.
 fn chunks(id: &str, c: &Completion, include_usage: bool) -> Vec<String> {
-    let created = unix_now();
-    let chunk = |delta: Delta, finish_reason: Option<String>, usage: Option<WireUsage>| {
-        let choices = if usage.is_some() {
-            Vec::new()
-        } else {
-            vec![ChunkChoice {
-                index: 0,
-                delta,
+    let mut writer = ChunkWriter::new(id, unix_now(), c.model.clone());
+    let mut out: Vec<ChatChunk> = Vec::new();
+    for event in completion_events(c.clone()) {
+        match event {
+            StreamEvent::Delta(text) => out.push(writer.content(text)),
+            StreamEvent::ToolCalls(calls) => out.push(writer.tool_calls(&calls)),
+            StreamEvent::Done {
                 finish_reason,
-            }]
-        };
-        let chunk = ChatChunk {
-            id: id.to_string(),
-            object: "chat.completion.chunk".into(),
-            created,
-            model: c.model.clone(),
-            choices,
-            usage,
-        };
-        serde_json::to_string(&chunk).unwrap_or_default()
-    };
-    let mut out = Vec::new();
-    let mut role = Some("assistant".to_string());
-    for piece in word_chunks(&c.message.content) {
-        out.push(chunk(
-            Delta {
-                role: role.take(),
-                content: Some(piece),
-                tool_calls: None,
-            },
-            None,
-            None,
-        ));
+                usage,
+                ..
+            } => {
+                out.push(writer.finish(finish_reason, None));
+                if include_usage {
+                    out.push(writer.usage(usage));
+                }
+            }
+        }
     }
-    if !c.message.tool_calls.is_empty() {
-        let wire = WireMessage::from(&c.message);
-        let calls = wire
-            .tool_calls
-            .iter()
-            .enumerate()
-            .map(|(i, call)| {
-                let mut v = serde_json::to_value(call).unwrap_or_default();
-                v["index"] = json!(i);
-                v
-            })
-            .collect();
-        out.push(chunk(
-            Delta {
-                role: role.take(),
-                content: None,
-                tool_calls: Some(calls),
-            },
-            None,
-            None,
-        ));
-    }
-    out.push(chunk(
-        Delta {
-            role: role.take(),
-            ..Delta::default()
-        },
-        Some(c.finish_reason.clone()),
-        None,
-    ));
-    if include_usage {
-        out.push(chunk(Delta::default(), None, Some(c.usage.into())));
-    }
+    let mut out: Vec<String> = out
+        .iter()
+        .map(|c| serde_json::to_string(c).unwrap_or_default())
+        .collect();
     out.push("[DONE]".into());
     out
 }
