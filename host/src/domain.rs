@@ -105,6 +105,9 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u32>,
     /// Hints.
     pub metadata: Metadata,
+    /// OpenAI `tool_choice`, passed through to upstreams untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
 }
 
 /// Token counts.

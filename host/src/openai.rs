@@ -397,6 +397,7 @@ impl ChatRequest {
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             metadata: metadata_from_wire(self.metadata.as_ref()),
+            tool_choice: self.tool_choice.clone(),
         })
     }
 
@@ -424,7 +425,7 @@ impl ChatRequest {
                     },
                 })
                 .collect(),
-            tool_choice: None,
+            tool_choice: req.tool_choice.clone(),
             metadata: None,
             user: None,
         }

@@ -121,6 +121,7 @@ impl From<wit::CompletionRequest> for d::CompletionRequest {
             temperature: r.temperature,
             max_tokens: r.max_tokens,
             metadata: metadata_from_wit(r.metadata),
+            tool_choice: None,
         }
     }
 }

@@ -96,7 +96,7 @@ impl fmt::Display for World {
 }
 
 /// Where a plugin's bytes come from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum PluginSource {
     /// A `.wasm` file.
     File(PathBuf),
@@ -107,6 +107,13 @@ pub enum PluginSource {
         /// The component.
         bytes: Cow<'static, [u8]>,
     },
+}
+
+impl fmt::Debug for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The origin, not the (possibly megabytes of) component bytes.
+        write!(f, "PluginSource({})", self.origin())
+    }
 }
 
 impl PluginSource {
@@ -143,7 +150,7 @@ pub struct Capabilities {
 }
 
 /// Everything needed to load one plugin.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PluginSpec {
     /// Configured name (the slot name).
     pub name: String,
@@ -161,6 +168,22 @@ pub struct PluginSpec {
     pub settings: BTreeMap<String, String>,
     /// Granted capabilities.
     pub capabilities: Capabilities,
+}
+
+/// Settings may hold resolved secrets (`${env:…}`), so Debug shows their keys only.
+impl fmt::Debug for PluginSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginSpec")
+            .field("name", &self.name)
+            .field("world", &self.world)
+            .field("source", &self.source.origin())
+            .field("version", &self.version)
+            .field("sha256", &self.sha256)
+            .field("limits", &self.limits)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .field("capabilities", &self.capabilities)
+            .finish()
+    }
 }
 
 impl PluginSpec {
