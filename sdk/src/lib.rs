@@ -36,6 +36,12 @@ extern crate self as agentrouter_sdk;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
+#[cfg(any(
+    feature = "agent",
+    feature = "validator",
+    feature = "router",
+    feature = "recovery"
+))]
 #[macro_use]
 mod helpers;
 
