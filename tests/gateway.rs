@@ -194,6 +194,22 @@ async fn sse_events(gw: &Gateway, body: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Streams `body`, checks the stream ends with `[DONE]`, and returns the
+/// chunks with the text they add up to.
+async fn stream_chunks(gw: &Gateway, body: &Value) -> (Vec<Value>, String) {
+    let events = sse_events(gw, body).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (chunks, text)
+}
+
 #[tokio::test]
 async fn streams_models_and_agents_as_chunks_ending_with_done() {
     let gw = Gateway::start("").await;
@@ -201,12 +217,7 @@ async fn streams_models_and_agents_as_chunks_ending_with_done() {
         let mut req = chat(model, "Tell me about components in one line");
         let (_, whole) = gw.post("/v1/chat/completions", &req).await;
         req["stream"] = json!(true);
-        let events = sse_events(&gw, &req).await;
-        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-        let chunks: Vec<Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
+        let (chunks, text) = stream_chunks(&gw, &req).await;
         assert!(chunks.len() >= 3, "{chunks:?}");
         assert!(
             chunks
@@ -214,10 +225,6 @@ async fn streams_models_and_agents_as_chunks_ending_with_done() {
                 .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"])
         );
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-        let text: String = chunks
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-            .collect();
         assert_eq!(text, content(&whole), "{model}");
         let last = chunks.last().unwrap();
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
@@ -252,16 +259,7 @@ model = "shared"
     let (status, whole) = gw.post("/v1/chat/completions", &req).await;
     assert_eq!(status, 200, "{whole}");
     req["stream"] = json!(true);
-    let events = sse_events(&gw, &req).await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (chunks, text) = stream_chunks(&gw, &req).await;
     assert_eq!(text, content(&whole));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks.len() > 3, "several text pieces: {chunks:?}");

@@ -7,7 +7,7 @@ use crate::runtime::Runtime;
 use crate::server::{self, AppState, ServerLimits};
 use crate::store::Store;
 use crate::upstream::openai::{OpenAiUpstream, http_client};
-use crate::upstream::sim::{SimSettings, SimUpstream, Simulator};
+use crate::upstream::sim::{SimUpstream, Simulator};
 use crate::upstream::{Upstream, UpstreamInfo};
 use std::collections::HashMap;
 use std::future::Future;
@@ -80,17 +80,7 @@ impl App {
             };
             let upstream: Arc<dyn Upstream> = match up.kind {
                 UpstreamKind::Simulated => {
-                    let sim = up.simulator.clone().unwrap_or_default();
-                    let settings = SimSettings {
-                        latency_ms: sim.latency_ms,
-                        jitter_ms: sim.jitter_ms,
-                        fail_rate: sim.fail_rate,
-                        rate_limit_rate: sim.rate_limit_rate,
-                        malformed_rate: sim.malformed_rate,
-                        seed: sim.seed,
-                        context_chars: sim.context_chars as usize,
-                        retry_after_ms: sim.retry_after_ms.min(u64::from(u32::MAX)) as u32,
-                    };
+                    let settings = up.simulator.clone().unwrap_or_default();
                     Arc::new(SimUpstream::new(info, Arc::new(Simulator::new(settings))))
                 }
                 UpstreamKind::Openai => Arc::new(OpenAiUpstream::new(

@@ -6,6 +6,7 @@
 use super::secret::{Secret, SettingValue};
 pub use crate::pipeline::FailurePolicy;
 use crate::runtime::{AllocatorChoice, Capabilities, PluginLimits, World};
+pub use crate::upstream::sim::SimSettings;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,15 +37,6 @@ pub const DEFAULT_EPOCH_TICK_MS: u64 = 1;
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Default `upstreams.<name>.timeout_ms`.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
-/// Default simulator `latency_ms`.
-pub const DEFAULT_SIM_LATENCY_MS: u64 = 20;
-/// Default simulator `jitter_ms`.
-pub const DEFAULT_SIM_JITTER_MS: u64 = 10;
-/// Default simulator `context_chars`.
-pub const DEFAULT_SIM_CONTEXT_CHARS: u64 = 32_000;
-/// Default simulator `retry_after_ms`.
-pub const DEFAULT_SIM_RETRY_AFTER_MS: u64 = 1_000;
-
 /// `[server]`: the HTTP listener.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -165,7 +157,7 @@ pub struct UpstreamConfig {
     /// Simulator behaviour; after [`super::Config::parse`] always `Some` for
     /// simulated upstreams (defaults filled in) and `None` for the others.
     #[serde(default)]
-    pub simulator: Option<SimulatorConfig>,
+    pub simulator: Option<SimSettings>,
 }
 
 fn default_weight() -> u32 {
@@ -174,43 +166,6 @@ fn default_weight() -> u32 {
 
 fn default_upstream_timeout_ms() -> u64 {
     DEFAULT_UPSTREAM_TIMEOUT_MS
-}
-
-/// `[upstreams.<name>.simulator]`: how a simulated upstream behaves.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimulatorConfig {
-    /// Base latency of a completion.
-    pub latency_ms: u64,
-    /// Uniform random extra latency, up to this much.
-    pub jitter_ms: u64,
-    /// Share of calls failing with a server error, in [0, 1].
-    pub fail_rate: f64,
-    /// Share of calls answered 429, in [0, 1].
-    pub rate_limit_rate: f64,
-    /// Share of calls returning an unparsable body, in [0, 1].
-    pub malformed_rate: f64,
-    /// RNG seed, for reproducible runs.
-    pub seed: Option<u64>,
-    /// Context window, in characters; longer prompts fail as token-limit errors.
-    pub context_chars: u64,
-    /// `Retry-After` of simulated 429s.
-    pub retry_after_ms: u64,
-}
-
-impl Default for SimulatorConfig {
-    fn default() -> Self {
-        Self {
-            latency_ms: DEFAULT_SIM_LATENCY_MS,
-            jitter_ms: DEFAULT_SIM_JITTER_MS,
-            fail_rate: 0.0,
-            rate_limit_rate: 0.0,
-            malformed_rate: 0.0,
-            seed: None,
-            context_chars: DEFAULT_SIM_CONTEXT_CHARS,
-            retry_after_ms: DEFAULT_SIM_RETRY_AFTER_MS,
-        }
-    }
 }
 
 /// Where a plugin comes from, as written in `source`.

@@ -7,7 +7,7 @@
 
 use super::Config;
 use super::error::Errors;
-use super::schema::{SimulatorConfig, SourceRef, UpstreamKind};
+use super::schema::{SimSettings, SourceRef, UpstreamKind};
 use super::secret::{self, EnvLookup, SettingValue};
 use crate::plugins;
 use crate::runtime::{PluginError, World};
@@ -83,7 +83,7 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                         errors.push(key(field), "is not allowed for kind = \"simulated\"");
                     }
                 }
-                let sim = u.simulator.get_or_insert_with(SimulatorConfig::default);
+                let sim = u.simulator.get_or_insert_with(SimSettings::default);
                 simulator(sim, &key("simulator"), errors);
             }
             UpstreamKind::Openai => {
@@ -109,7 +109,7 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
     }
 }
 
-fn simulator(sim: &SimulatorConfig, prefix: &str, errors: &mut Errors<'_>) {
+fn simulator(sim: &SimSettings, prefix: &str, errors: &mut Errors<'_>) {
     for (field, rate) in [
         ("fail_rate", sim.fail_rate),
         ("rate_limit_rate", sim.rate_limit_rate),

@@ -150,6 +150,18 @@ impl Pipeline {
         }
     }
 
+    /// How long one attempt on `upstream` may take: its own bound, cut to
+    /// what is left of the request; `None` once the deadline has passed.
+    fn attempt_bound(&self, ctx: &CallContext, upstream: &dyn Upstream) -> Option<Duration> {
+        let bound = self
+            .timeouts
+            .get(&upstream.info().name)
+            .copied()
+            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT);
+        let remaining = ctx.remaining();
+        (!remaining.is_zero()).then(|| bound.min(remaining))
+    }
+
     /// Records one upstream call as a step and in the upstream's stats.
     fn record(
         &self,
@@ -184,18 +196,11 @@ impl Pipeline {
         upstream: &Arc<dyn Upstream>,
         req: &CompletionRequest,
     ) -> Result<Completion, Failure> {
-        let info = upstream.info();
-        let bound = self
-            .timeouts
-            .get(&info.name)
-            .copied()
-            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT);
-        let remaining = ctx.remaining();
-        if remaining.is_zero() {
+        let Some(bound) = self.attempt_bound(ctx, upstream.as_ref()) else {
             return Err(Failure::Timeout);
-        }
+        };
         let started = Instant::now();
-        let result = upstream.complete(req.clone(), bound.min(remaining)).await;
+        let result = upstream.complete(req.clone(), bound).await;
         self.record(
             ctx,
             upstream.as_ref(),
@@ -327,18 +332,11 @@ impl Pipeline {
             .iter()
             .take(self.settings.max_attempts.max(1) as usize)
         {
-            let info = upstream.info();
-            let bound = self
-                .timeouts
-                .get(&info.name)
-                .copied()
-                .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT);
-            let remaining = ctx.remaining();
-            if remaining.is_zero() {
+            let Some(bound) = self.attempt_bound(ctx, upstream.as_ref()) else {
                 break;
-            }
+            };
             let started = Instant::now();
-            match upstream.stream(req.clone(), bound.min(remaining)).await {
+            match upstream.stream(req.clone(), bound).await {
                 Ok(events) => {
                     return Ok(self.record_stream(ctx, upstream.clone(), started, events));
                 }

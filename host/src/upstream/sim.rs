@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Behaviour of a simulated provider.
+/// Behaviour of a simulated provider; also the `[upstreams.<name>.simulator]`
+/// config table. Defaults: 20 ms latency plus up to 10 ms jitter, no faults,
+/// a 32000-character context, a 1000 ms retry hint.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimSettings {
@@ -46,8 +48,8 @@ pub struct SimSettings {
 impl Default for SimSettings {
     fn default() -> Self {
         Self {
-            latency_ms: 0,
-            jitter_ms: 0,
+            latency_ms: 20,
+            jitter_ms: 10,
             fail_rate: 0.0,
             rate_limit_rate: 0.0,
             malformed_rate: 0.0,
