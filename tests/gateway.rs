@@ -492,6 +492,85 @@ api_key = "${{env:PATH}}"
 }
 
 #[tokio::test]
+async fn a_failing_upstream_opens_its_breaker_and_stops_receiving_traffic() {
+    let sim = std::sync::Arc::new(agentrouter::upstream::sim::Simulator::new(
+        agentrouter::upstream::sim::SimSettings {
+            fail_rate: 1.0,
+            ..Default::default()
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(agentrouter::upstream::sim_server::serve(
+        listener,
+        sim.clone(),
+        vec!["flaky-model".into()],
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let gw = Gateway::start_with(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.flaky]
+kind = "openai"
+model = "flaky-model"
+base_url = "http://{addr}/v1"
+[upstreams.flaky.breaker]
+failure_threshold = 2
+recovery_timeout_s = 3600
+
+[plugins.standard-recovery]
+source = "builtin:standard-recovery"
+
+[pipeline]
+recovery = "standard-recovery"
+"#
+    ))
+    .await;
+    assert_eq!(gw.get("/health/ready").await.0, 200);
+    // Attempt 1 fails, the recovery plugin retries, attempt 2 fails and opens
+    // the breaker, attempt 3 is refused by the host without reaching it.
+    let (status, body) = gw
+        .post("/v1/chat/completions", &chat("flaky-model", "hi"))
+        .await;
+    assert_error(status, &body, 502, "upstream_failed");
+    assert_eq!(sim.requests(), 2);
+    // While open, requests fail fast and the upstream sees none of them.
+    for _ in 0..3 {
+        let (status, body) = gw
+            .post("/v1/chat/completions", &chat("flaky-model", "hi"))
+            .await;
+        assert_error(status, &body, 502, "upstream_failed");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("circuit open"),
+            "{body}"
+        );
+    }
+    assert_eq!(sim.requests(), 2);
+    // Its only upstream is open: the replica is not ready.
+    let (status, body) = gw.get("/health/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["upstreams"]["status"], "fail", "{body}");
+    assert!(
+        body["checks"]["upstreams"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("flaky"),
+        "{body}"
+    );
+    gw.stop().await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn readiness_reports_checks_and_liveness_answers() {
     let gw = Gateway::start("").await;
     let (status, body) = gw.get("/health/live").await;

@@ -2,7 +2,7 @@
 //! plugins, upstreams, pipeline and HTTP server.
 
 use crate::config::{Config, UpstreamKind};
-use crate::pipeline::{Pipeline, PipelineSettings, Slot};
+use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
 use crate::runtime::Runtime;
 use crate::server::{self, AppState, ServerLimits};
 use crate::store::Store;
@@ -68,7 +68,7 @@ impl App {
             );
         }
         let client = http_client();
-        let mut upstreams: Vec<(Arc<dyn Upstream>, Duration)> = Vec::new();
+        let mut upstreams = Vec::new();
         for (name, up) in &config.upstreams {
             let info = UpstreamInfo {
                 name: name.clone(),
@@ -90,7 +90,11 @@ impl App {
                     client.clone(),
                 )),
             };
-            upstreams.push((upstream, Duration::from_millis(up.timeout_ms)));
+            upstreams.push(UpstreamSetup {
+                upstream,
+                timeout: Duration::from_millis(up.timeout_ms),
+                breaker: up.breaker.settings(),
+            });
         }
         let settings = PipelineSettings {
             input_validators: config.pipeline.input_validators.clone(),

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod openai;
 pub mod pipeline;
 pub mod plugins;
+pub mod resilience;
 pub mod runtime;
 pub mod server;
 pub mod store;

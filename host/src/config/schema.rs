@@ -158,6 +158,42 @@ pub struct UpstreamConfig {
     /// simulated upstreams (defaults filled in) and `None` for the others.
     #[serde(default)]
     pub simulator: Option<SimSettings>,
+    /// Circuit breaker thresholds.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// `[upstreams.<name>.breaker]`: when to stop sending traffic to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures (timeouts, 5xx, malformed bodies) that open it.
+    pub failure_threshold: u32,
+    /// Seconds an open breaker refuses calls before letting probes through.
+    pub recovery_timeout_s: u64,
+    /// Successful probes needed to close it again.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            recovery_timeout_s: 30,
+            half_open_probes: 1,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// The runtime form.
+    pub fn settings(&self) -> crate::resilience::BreakerSettings {
+        crate::resilience::BreakerSettings {
+            failure_threshold: self.failure_threshold,
+            recovery_timeout: std::time::Duration::from_secs(self.recovery_timeout_s),
+            half_open_probes: self.half_open_probes,
+        }
+    }
 }
 
 fn default_weight() -> u32 {

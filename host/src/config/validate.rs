@@ -73,6 +73,21 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                 "must be at least 1 (remove the upstream to take it out of service)",
             );
         }
+        for (field, value) in [
+            (
+                "breaker.failure_threshold",
+                u64::from(u.breaker.failure_threshold),
+            ),
+            ("breaker.recovery_timeout_s", u.breaker.recovery_timeout_s),
+            (
+                "breaker.half_open_probes",
+                u64::from(u.breaker.half_open_probes),
+            ),
+        ] {
+            if value == 0 {
+                errors.push(key(field), "must be positive");
+            }
+        }
         match u.kind {
             UpstreamKind::Simulated => {
                 for (field, present) in [

@@ -11,6 +11,7 @@ use crate::domain::{
     Action, CallContext, Candidate, CircuitState, Completion, CompletionRequest, Failure,
     FailureContext, Message, Role, RouteRequest, Step, Usage,
 };
+use crate::resilience::{Breaker, Permit};
 use crate::upstream::{EventStream, StreamEvent, Upstream};
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,35 @@ impl UpstreamStats {
     }
 }
 
+/// What the pipeline tracks per upstream.
+#[derive(Debug)]
+pub(super) struct UpstreamHealth {
+    timeout: Duration,
+    stats: UpstreamStats,
+    pub(super) breaker: Breaker,
+}
+
+impl UpstreamHealth {
+    pub(super) fn new(setup: &super::UpstreamSetup) -> Self {
+        Self {
+            timeout: setup.timeout,
+            stats: UpstreamStats::default(),
+            breaker: Breaker::new(setup.breaker),
+        }
+    }
+}
+
+/// Whether a failure says the upstream is unhealthy (and counts towards
+/// opening its breaker). Rate limits and request-specific refusals mean a
+/// healthy upstream said no to this request.
+fn counts_against_upstream(failure: &Failure) -> bool {
+    match failure {
+        Failure::Timeout | Failure::InvalidResponse(_) => true,
+        Failure::UpstreamStatus(status) => *status >= 500,
+        _ => false,
+    }
+}
+
 /// Approximate tokens of a conversation (4 characters per token).
 fn estimate_tokens(messages: &[Message]) -> u32 {
     let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
@@ -59,11 +89,12 @@ fn cost(upstream: &dyn Upstream, usage: Usage) -> f64 {
 impl Pipeline {
     fn candidate(&self, upstream: &dyn Upstream) -> Candidate {
         let info = upstream.info();
-        let (ewma_latency_ms, error_rate) = self
-            .stats
-            .get(&info.name)
-            .map(|s| s.snapshot())
-            .unwrap_or((0.0, 0.0));
+        let health = self.health.get(&info.name);
+        let (ewma_latency_ms, error_rate) =
+            health.map(|h| h.stats.snapshot()).unwrap_or((0.0, 0.0));
+        let circuit = health
+            .map(|h| h.breaker.state(Instant::now()))
+            .unwrap_or(CircuitState::Closed);
         Candidate {
             name: info.name.clone(),
             model: info.model.clone(),
@@ -71,7 +102,7 @@ impl Pipeline {
             output_cost_per_1k: info.output_cost_per_1k,
             ewma_latency_ms,
             error_rate,
-            circuit: CircuitState::Closed,
+            circuit,
             weight: info.weight,
             tags: info.tags.clone(),
         }
@@ -154,15 +185,23 @@ impl Pipeline {
     /// what is left of the request; `None` once the deadline has passed.
     fn attempt_bound(&self, ctx: &CallContext, upstream: &dyn Upstream) -> Option<Duration> {
         let bound = self
-            .timeouts
+            .health
             .get(&upstream.info().name)
-            .copied()
+            .map(|h| h.timeout)
             .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT);
         let remaining = ctx.remaining();
         (!remaining.is_zero()).then(|| bound.min(remaining))
     }
 
-    /// Records one upstream call as a step and in the upstream's stats.
+    /// Whether the upstream's breaker lets a call through now.
+    fn admit(&self, upstream: &dyn Upstream) -> bool {
+        self.health
+            .get(&upstream.info().name)
+            .is_none_or(|h| h.breaker.acquire(Instant::now()) == Permit::Allowed)
+    }
+
+    /// Records one upstream call as a step, in the upstream's stats and in
+    /// its breaker.
     fn record(
         &self,
         ctx: &CallContext,
@@ -171,8 +210,10 @@ impl Pipeline {
         outcome: Result<Usage, &Failure>,
     ) {
         let info = upstream.info();
-        if let Some(stats) = self.stats.get(&info.name) {
-            stats.record(latency, outcome.is_ok());
+        if let Some(health) = self.health.get(&info.name) {
+            health.stats.record(latency, outcome.is_ok());
+            let healthy = outcome.is_ok() || outcome.is_err_and(|f| !counts_against_upstream(f));
+            health.breaker.record(healthy, Instant::now());
         }
         let usage = outcome.as_ref().copied().unwrap_or_default();
         ctx.steps.push(Step {
@@ -199,6 +240,9 @@ impl Pipeline {
         let Some(bound) = self.attempt_bound(ctx, upstream.as_ref()) else {
             return Err(Failure::Timeout);
         };
+        if !self.admit(upstream.as_ref()) {
+            return Err(Failure::CircuitOpen(upstream.info().name.clone()));
+        }
         let started = Instant::now();
         let result = upstream.complete(req.clone(), bound).await;
         self.record(
@@ -335,6 +379,10 @@ impl Pipeline {
             let Some(bound) = self.attempt_bound(ctx, upstream.as_ref()) else {
                 break;
             };
+            if !self.admit(upstream.as_ref()) {
+                last = Failure::CircuitOpen(upstream.info().name.clone());
+                continue;
+            }
             let started = Instant::now();
             match upstream.stream(req.clone(), bound).await {
                 Ok(events) => {

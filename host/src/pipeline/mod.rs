@@ -17,9 +17,10 @@ use crate::domain::{
     CallContext, Completion, CompletionRequest, Failure, Message, Stage, Step, Task, TaskResult,
     Verdict,
 };
+use crate::resilience::BreakerSettings;
 use crate::runtime::{AgentHost, Plugin, World};
 use crate::upstream::{EventStream, Upstream};
-use completion::UpstreamStats;
+use completion::UpstreamHealth;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -103,23 +104,33 @@ pub enum StreamStart {
     },
 }
 
+/// An upstream with the host's bounds around it.
+pub struct UpstreamSetup {
+    /// The upstream.
+    pub upstream: Arc<dyn Upstream>,
+    /// Bound of one attempt.
+    pub timeout: Duration,
+    /// Its circuit breaker's thresholds.
+    pub breaker: BreakerSettings,
+}
+
 /// The request pipeline; shared as `Arc<Pipeline>`.
 pub struct Pipeline {
     slots: HashMap<String, Slot>,
     upstreams: Vec<Arc<dyn Upstream>>,
-    timeouts: HashMap<String, Duration>,
-    stats: HashMap<String, UpstreamStats>,
+    /// Per upstream name: its bound, live statistics and breaker.
+    health: HashMap<String, UpstreamHealth>,
     settings: PipelineSettings,
     me: Weak<Pipeline>,
 }
 
 impl Pipeline {
-    /// Wires a pipeline from slots and upstreams, each upstream with its
-    /// per-attempt timeout. Slot references in `settings` must exist with the
-    /// right world (config validation guarantees it; this re-checks).
+    /// Wires a pipeline from slots and upstreams. Slot references in
+    /// `settings` must exist with the right world (config validation
+    /// guarantees it; this re-checks).
     pub fn new(
         slots: HashMap<String, Slot>,
-        upstreams: Vec<(Arc<dyn Upstream>, Duration)>,
+        upstreams: Vec<UpstreamSetup>,
         settings: PipelineSettings,
     ) -> Result<Arc<Pipeline>, String> {
         let check = |name: &String, world: World| match slots.get(name) {
@@ -146,20 +157,15 @@ impl Pipeline {
         if upstreams.is_empty() {
             return Err("no upstreams configured".into());
         }
-        let stats = upstreams
+        let health = upstreams
             .iter()
-            .map(|(u, _)| (u.info().name.clone(), UpstreamStats::default()))
+            .map(|u| (u.upstream.info().name.clone(), UpstreamHealth::new(u)))
             .collect();
-        let timeouts = upstreams
-            .iter()
-            .map(|(u, t)| (u.info().name.clone(), *t))
-            .collect();
-        let upstreams = upstreams.into_iter().map(|(u, _)| u).collect();
+        let upstreams = upstreams.into_iter().map(|u| u.upstream).collect();
         Ok(Arc::new_cyclic(|me| Pipeline {
             slots,
             upstreams,
-            timeouts,
-            stats,
+            health,
             settings,
             me: me.clone(),
         }))
@@ -178,6 +184,23 @@ impl Pipeline {
     /// The upstreams.
     pub fn upstreams(&self) -> &[Arc<dyn Upstream>] {
         &self.upstreams
+    }
+
+    /// Each upstream's name, model and circuit-breaker state.
+    pub fn circuits(&self) -> Vec<(String, String, crate::domain::CircuitState)> {
+        let now = Instant::now();
+        self.upstreams
+            .iter()
+            .map(|u| {
+                let info = u.info();
+                let state = self.health.get(&info.name).map(|h| h.breaker.state(now));
+                (
+                    info.name.clone(),
+                    info.model.clone(),
+                    state.unwrap_or(crate::domain::CircuitState::Closed),
+                )
+            })
+            .collect()
     }
 
     /// Model names clients can ask for: upstream models, then `agent:<slot>`.

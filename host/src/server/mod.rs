@@ -8,6 +8,7 @@ mod error;
 
 pub use error::ApiError;
 
+use crate::domain::CircuitState;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use axum::Router;
@@ -121,12 +122,31 @@ async fn ready(State(state): State<AppState>) -> Response {
     );
     let slots = state.pipeline.slots().len();
     check("plugins", true, format!("{slots} plugins loaded"));
-    let upstreams = state.pipeline.upstreams().len();
+    // Ready while any upstream's breaker lets traffic through: one provider
+    // being down is the router's business, all of them down is not a replica
+    // that should receive traffic.
+    let circuits = state.pipeline.circuits();
+    let open: Vec<&str> = circuits
+        .iter()
+        .filter(|(_, _, c)| *c == CircuitState::Open)
+        .map(|(name, _, _)| name.as_str())
+        .collect();
+    let detail = if open.is_empty() {
+        format!("{} upstreams, all circuits closed", circuits.len())
+    } else {
+        format!(
+            "{} of {} upstreams have an open circuit: {}",
+            open.len(),
+            circuits.len(),
+            open.join(", ")
+        )
+    };
     check(
         "upstreams",
-        upstreams > 0,
-        format!("{upstreams} upstreams configured"),
+        !circuits.is_empty() && open.len() < circuits.len(),
+        detail,
     );
+
     check("config", true, "loaded".into());
     let status = if ok {
         StatusCode::OK
