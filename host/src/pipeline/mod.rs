@@ -265,7 +265,11 @@ impl Pipeline {
                     input: req.messages,
                     metadata: req.metadata,
                 };
-                let result = self.run_agent(&ctx, agent, task).await?;
+                let inner = ctx.enter(agent).map_err(|failure| PipelineError::Agent {
+                    agent: agent.to_string(),
+                    failure,
+                })?;
+                let result = self.run_agent(inner, agent, task).await?;
                 Completion {
                     message: result.output,
                     model: req.model.clone(),
@@ -367,21 +371,26 @@ impl Pipeline {
         Ok(messages)
     }
 
-    /// Runs an agent slot in `ctx` (the caller's context; the agent is
-    /// entered here, so depth and cycle guards apply) and records the step.
+    /// Runs an agent slot in `inner`, a context that has already entered the
+    /// agent (so depth, cycle and deadline guards were applied), and records
+    /// the step for the caller.
     async fn run_agent(
         &self,
-        ctx: &CallContext,
+        inner: CallContext,
         name: &str,
         task: Task,
     ) -> Result<TaskResult, PipelineError> {
         let slot = self
             .agent_slot(name)
             .ok_or_else(|| PipelineError::UnknownAgent(name.to_string()))?;
-        let inner = ctx.enter(name).map_err(|failure| PipelineError::Agent {
-            agent: name.to_string(),
-            failure,
-        })?;
+        // `inner` has `name` on top of its chain; the step belongs to the caller below it.
+        let depth = inner.chain.len().saturating_sub(1);
+        let caller = if depth == 0 {
+            "client".to_string()
+        } else {
+            inner.chain[depth - 1].clone()
+        };
+        let steps = inner.steps.clone();
         let started = Instant::now();
         let result = slot.plugin.handle(&task, inner, self.host()).await;
         let (usage, error) = match &result {
@@ -389,12 +398,12 @@ impl Pipeline {
             Ok(Err(f)) => (Default::default(), Some(f.to_string())),
             Err(e) => (Default::default(), Some(e.to_string())),
         };
-        ctx.steps.push(Step {
+        steps.push(Step {
             kind: "agent".into(),
             target: name.to_string(),
             upstream: None,
-            caller: ctx.caller().to_string(),
-            depth: ctx.chain.len() as u32,
+            caller,
+            depth: depth as u32,
             latency_ms: started.elapsed().as_millis() as u64,
             usage,
             cost_usd: 0.0,
@@ -449,12 +458,10 @@ impl AgentHost for PipelineHost {
     ) -> BoxFuture<'static, Result<TaskResult, Failure>> {
         let pipeline = self.0.clone();
         Box::pin(async move {
-            // `ctx` already has `agent` on its chain (the runtime entered it);
-            // step back out so run_agent applies the guards and records it once.
-            let mut caller = ctx;
-            caller.chain.pop();
+            // The runtime already entered `agent` (depth, cycle and deadline
+            // guards) before the call left the sandbox.
             pipeline
-                .run_agent(&caller, &agent, task)
+                .run_agent(ctx, &agent, task)
                 .await
                 .map_err(|e| e.to_failure())
         })
