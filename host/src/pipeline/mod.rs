@@ -19,6 +19,7 @@ use crate::domain::{
 };
 use crate::resilience::BreakerSettings;
 use crate::runtime::{AgentHost, Plugin, World};
+use crate::telemetry::Metrics;
 use crate::upstream::{EventStream, Upstream};
 use completion::UpstreamHealth;
 use futures::future::BoxFuture;
@@ -65,6 +66,8 @@ pub struct PipelineSettings {
     pub max_attempts: u32,
     /// Bound on nested agent calls.
     pub max_depth: u32,
+    /// Where the pipeline counts what it does.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for PipelineSettings {
@@ -76,6 +79,7 @@ impl Default for PipelineSettings {
             recovery: None,
             max_attempts: 3,
             max_depth: crate::domain::DEFAULT_MAX_DEPTH,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -169,6 +173,11 @@ impl Pipeline {
             settings,
             me: me.clone(),
         }))
+    }
+
+    /// The pipeline's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.settings.metrics
     }
 
     /// The settings.

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{name}/invoke", post(chat::invoke))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -89,6 +90,17 @@ pub async fn serve(
 
 async fn live() -> Response {
     axum::Json(json!({"status": "ok", "timestamp": now_rfc3339()})).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.pipeline.metrics().render(),
+    )
+        .into_response()
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
