@@ -94,6 +94,9 @@ impl App {
                 upstream,
                 timeout: Duration::from_millis(up.timeout_ms),
                 breaker: up.breaker.settings(),
+                max_concurrent: up.max_concurrent,
+                first_token_timeout: up.first_token_timeout_ms.map(Duration::from_millis),
+                idle_timeout: up.idle_timeout_ms.map(Duration::from_millis),
             });
         }
         let settings = PipelineSettings {
@@ -102,6 +105,20 @@ impl App {
             router: config.pipeline.router.clone(),
             recovery: config.pipeline.recovery.clone(),
             max_depth: config.server.max_agent_depth,
+            max_attempts: config.resilience.max_attempts,
+            max_delay: Duration::from_millis(config.resilience.max_delay_ms),
+            retry_budget: config.resilience.retry_budget.settings(),
+            fallbacks: config
+                .resilience
+                .fallbacks
+                .iter()
+                .map(|(model, chain)| (model.clone(), chain.clone()))
+                .collect(),
+            alert_webhook: config
+                .resilience
+                .alert_webhook
+                .as_ref()
+                .map(|hook| hook.expose().trim().to_string()),
             ..Default::default()
         };
         let pipeline = Pipeline::new(slots, upstreams, settings).map_err(AppError::Pipeline)?;
@@ -114,6 +131,7 @@ impl App {
                 max_agent_depth: config.server.max_agent_depth,
             },
             draining: Arc::new(AtomicBool::new(false)),
+            bulkhead: crate::resilience::Bulkhead::new(config.resilience.max_concurrent_requests),
         };
         Ok(App {
             state,

@@ -46,6 +46,8 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// `[pipeline]`.
     pub pipeline: PipelineConfig,
+    /// `[resilience]`.
+    pub resilience: ResilienceConfig,
     /// Directory relative paths resolve against (the file's directory).
     pub base_dir: PathBuf,
     /// Where the text came from, for errors raised after parsing.
@@ -64,6 +66,7 @@ struct Document {
     upstreams: BTreeMap<String, UpstreamConfig>,
     plugins: BTreeMap<String, PluginConfig>,
     pipeline: PipelineConfig,
+    resilience: ResilienceConfig,
 }
 
 impl Config {
@@ -124,6 +127,7 @@ impl Config {
             upstreams: doc.upstreams,
             plugins: doc.plugins,
             pipeline: doc.pipeline,
+            resilience: doc.resilience,
             base_dir: base_dir.to_path_buf(),
             origin: origin.to_string(),
             spans: SpanIndex::default(),

@@ -37,6 +37,10 @@ pub const DEFAULT_EPOCH_TICK_MS: u64 = 1;
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Default `upstreams.<name>.timeout_ms`.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// Default `resilience.max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+/// Default `resilience.max_delay_ms`.
+pub const DEFAULT_MAX_DELAY_MS: u64 = 10_000;
 /// `[server]`: the HTTP listener.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -161,6 +165,17 @@ pub struct UpstreamConfig {
     /// Circuit breaker thresholds.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Bulkhead: most calls in flight to this upstream; beyond it the host
+    /// moves on to another upstream or answers 503 at once. Unbounded when
+    /// absent.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// Streams: longest wait for the first event; `timeout_ms` when absent.
+    #[serde(default)]
+    pub first_token_timeout_ms: Option<u64>,
+    /// Streams: longest silence between two events; `timeout_ms` when absent.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// `[upstreams.<name>.breaker]`: when to stop sending traffic to an upstream.
@@ -292,6 +307,74 @@ impl LimitsConfig {
             fuel: self.fuel.or(base.fuel),
             hostcall_fuel: self.hostcall_fuel.unwrap_or(base.hostcall_fuel),
             table_elements: self.table_elements.unwrap_or(base.table_elements),
+        }
+    }
+}
+
+/// `[resilience]`: the host's bounds on retries, fallbacks and load.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceConfig {
+    /// Upstream attempts per completion: retries, refinements and
+    /// fallbacks together. The recovery plugin cannot exceed it.
+    pub max_attempts: u32,
+    /// Cap on a retry's backoff (not on an upstream's `Retry-After`).
+    pub max_delay_ms: u64,
+    /// Global bulkhead: most requests in flight in this replica; beyond it
+    /// clients get 503 with `Retry-After` at once. Unbounded when absent.
+    pub max_concurrent_requests: Option<u32>,
+    /// URL that receives a JSON POST for every alert (`${env:...}` allowed).
+    pub alert_webhook: Option<Secret>,
+    /// Retry budget, per upstream.
+    pub retry_budget: RetryBudgetConfig,
+    /// Per model, the models to fall back to, in order, when none of its
+    /// own upstreams can serve.
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_delay_ms: DEFAULT_MAX_DELAY_MS,
+            max_concurrent_requests: None,
+            alert_webhook: None,
+            retry_budget: RetryBudgetConfig::default(),
+            fallbacks: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[resilience.retry_budget]`: retries as a share of recent traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed per first attempt over the window.
+    pub ratio: f64,
+    /// Retries per second allowed whatever the traffic.
+    pub min_per_s: f64,
+    /// Length of the sliding window, seconds.
+    pub window_s: u64,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        let d = crate::resilience::BudgetSettings::default();
+        Self {
+            ratio: d.ratio,
+            min_per_s: d.min_per_s,
+            window_s: d.window.as_secs(),
+        }
+    }
+}
+
+impl RetryBudgetConfig {
+    /// The runtime form.
+    pub fn settings(&self) -> crate::resilience::BudgetSettings {
+        crate::resilience::BudgetSettings {
+            ratio: self.ratio,
+            min_per_s: self.min_per_s,
+            window: std::time::Duration::from_secs(self.window_s),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::domain::{
     CallContext, Completion, CompletionRequest, Failure, Message, Stage, Step, Task, TaskResult,
     Verdict,
 };
-use crate::resilience::BreakerSettings;
+use crate::resilience::{Alerter, BreakerSettings, BudgetSettings};
 use crate::runtime::{AgentHost, Plugin, World};
 use crate::telemetry::Metrics;
 use crate::upstream::{EventStream, Upstream};
@@ -62,8 +62,17 @@ pub struct PipelineSettings {
     pub router: Option<String>,
     /// Recovery slot.
     pub recovery: Option<String>,
-    /// Upper bound on upstream attempts per completion (retries + fallbacks).
+    /// Upper bound on upstream attempts per completion (retries, refinements
+    /// and fallbacks together).
     pub max_attempts: u32,
+    /// Cap on a retry's backoff (an upstream's `Retry-After` may exceed it).
+    pub max_delay: Duration,
+    /// Retry budget of each upstream.
+    pub retry_budget: BudgetSettings,
+    /// Per model, the models to fall back to when its own upstreams cannot serve.
+    pub fallbacks: HashMap<String, Vec<String>>,
+    /// Where alerts are posted, besides the log and the metric.
+    pub alert_webhook: Option<String>,
     /// Bound on nested agent calls.
     pub max_depth: u32,
     /// Where the pipeline counts what it does.
@@ -77,7 +86,11 @@ impl Default for PipelineSettings {
             output_validators: Vec::new(),
             router: None,
             recovery: None,
-            max_attempts: 3,
+            max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
+            max_delay: Duration::from_millis(crate::config::DEFAULT_MAX_DELAY_MS),
+            retry_budget: BudgetSettings::default(),
+            fallbacks: HashMap::new(),
+            alert_webhook: None,
             max_depth: crate::domain::DEFAULT_MAX_DEPTH,
             metrics: Arc::new(Metrics::new()),
         }
@@ -116,6 +129,27 @@ pub struct UpstreamSetup {
     pub timeout: Duration,
     /// Its circuit breaker's thresholds.
     pub breaker: BreakerSettings,
+    /// Most calls in flight to it; unbounded when `None`.
+    pub max_concurrent: Option<u32>,
+    /// Streams: bound on the wait for the first event (`timeout` when `None`).
+    pub first_token_timeout: Option<Duration>,
+    /// Streams: bound on a silence between events (`timeout` when `None`).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl UpstreamSetup {
+    /// An upstream with default bounds: `timeout` per attempt, the default
+    /// breaker, no bulkhead.
+    pub fn new(upstream: Arc<dyn Upstream>, timeout: Duration) -> Self {
+        Self {
+            upstream,
+            timeout,
+            breaker: BreakerSettings::default(),
+            max_concurrent: None,
+            first_token_timeout: None,
+            idle_timeout: None,
+        }
+    }
 }
 
 /// The request pipeline; shared as `Arc<Pipeline>`.
@@ -125,6 +159,7 @@ pub struct Pipeline {
     /// Per upstream name: its bound, live statistics and breaker.
     health: HashMap<String, UpstreamHealth>,
     settings: PipelineSettings,
+    alerter: Alerter,
     me: Weak<Pipeline>,
 }
 
@@ -163,14 +198,25 @@ impl Pipeline {
         }
         let health = upstreams
             .iter()
-            .map(|u| (u.upstream.info().name.clone(), UpstreamHealth::new(u)))
+            .map(|u| {
+                (
+                    u.upstream.info().name.clone(),
+                    UpstreamHealth::new(u, &settings),
+                )
+            })
             .collect();
         let upstreams = upstreams.into_iter().map(|u| u.upstream).collect();
+        let alerter = Alerter::new(
+            settings.alert_webhook.clone(),
+            crate::upstream::http_client(),
+            settings.metrics.clone(),
+        );
         Ok(Arc::new_cyclic(|me| Pipeline {
             slots,
             upstreams,
             health,
             settings,
+            alerter,
             me: me.clone(),
         }))
     }

@@ -10,12 +10,18 @@ pub use error::ApiError;
 
 use crate::domain::CircuitState;
 use crate::pipeline::Pipeline;
+use crate::resilience::Bulkhead;
 use crate::store::Store;
+use crate::telemetry::metrics::{ShedLabels, UpstreamName};
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
@@ -44,15 +50,22 @@ pub struct AppState {
     pub limits: ServerLimits,
     /// Set once shutdown begins; readiness then reports 503.
     pub draining: Arc<AtomicBool>,
+    /// Global bulkhead on API requests (`resilience.max_concurrent_requests`).
+    pub bulkhead: Bulkhead,
 }
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     let limit = state.limits.max_body_bytes;
-    Router::new()
+    // Only the API is behind the bulkhead: probes and scrapes must answer
+    // precisely when the replica is busiest.
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
-        .route("/v1/models", get(chat::models))
         .route("/v1/agents/{name}/invoke", post(chat::invoke))
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed));
+    Router::new()
+        .merge(api)
+        .route("/v1/models", get(chat::models))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -92,7 +105,48 @@ async fn live() -> Response {
     axum::Json(json!({"status": "ok", "timestamp": now_rfc3339()})).into_response()
 }
 
+/// The global bulkhead: a place for the whole response (a streamed body
+/// keeps it until the stream ends), or 503 with `Retry-After` at once.
+async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(place) = state.bulkhead.try_enter() else {
+        state
+            .pipeline
+            .metrics()
+            .bulkhead_rejections
+            .get_or_create(&ShedLabels {
+                scope: "global".into(),
+            })
+            .inc();
+        return ApiError::overloaded(
+            "the gateway is at resilience.max_concurrent_requests; retry shortly",
+        )
+        .into_response();
+    };
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &place;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
+    // Breakers move from open to half-open with time, not with events, so
+    // their state is read at scrape time.
+    for (name, _, state_now) in state.pipeline.circuits() {
+        let value = match state_now {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        };
+        state
+            .pipeline
+            .metrics()
+            .breaker_state
+            .get_or_create(&UpstreamName { upstream: name })
+            .set(value);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
