@@ -322,3 +322,61 @@ fn config_file_paths_resolve_against_its_directory() {
     let e = Config::from_file(&dir.path().join("missing.toml")).unwrap_err();
     assert!(e.to_string().contains("missing.toml: cannot read"), "{e}");
 }
+
+#[test]
+fn resilience_defaults_and_fallback_chains() {
+    let c = parse(&format!(
+        "{UPSTREAM}[upstreams.b]\nkind = \"simulated\"\nmodel = \"mini\"\n\
+         [resilience.fallbacks]\nm = [\"mini\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.resilience.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(c.resilience.retry_budget.settings().ratio, 0.2);
+    assert_eq!(c.resilience.fallbacks["m"], vec!["mini".to_string()]);
+}
+
+#[test]
+fn bad_resilience_keys_name_key_and_line() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[resilience.fallbacks]\nm = [\"nope\"]\n"
+    ));
+    assert_eq!(e.key, "resilience.fallbacks.m");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("`nope` is not a model"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[resilience.fallbacks]\nm = [\"m\"]\n"));
+    assert!(e.message.contains("cannot fall back to itself"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[resilience]\nmax_attempts = 0\n"));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("resilience.max_attempts", Some(5))
+    );
+    let e = only_error(&format!(
+        "{UPSTREAM}[resilience.retry_budget]\nratio = -1.0\n"
+    ));
+    assert_eq!(e.key, "resilience.retry_budget.ratio");
+    let e = only_error(&format!(
+        "{UPSTREAM}[resilience]\nalert_webhook = \"ftp://x\"\n"
+    ));
+    assert_eq!(e.key, "resilience.alert_webhook");
+    let e = only_error(&format!("{UPSTREAM}max_concurrent = 0\n"));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("upstreams.a.max_concurrent", Some(4))
+    );
+    let e = only_error(&format!("{UPSTREAM}idle_timeout_ms = 0\n"));
+    assert_eq!(e.key, "upstreams.a.idle_timeout_ms");
+}
+
+#[test]
+fn simulator_scripts_are_checked() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[upstreams.a.simulator]\nscript = [\"ok\", \"500\", \"later\"]\n"
+    ));
+    assert_eq!(e.key, "upstreams.a.simulator.script");
+    assert!(e.message.contains("entry 3 is `later`"), "{e}");
+    let c = parse(&format!(
+        "{UPSTREAM}[upstreams.a.simulator]\nscript = [\"hang\", \"429\", \"malformed\", \"context\", \"ok\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams["a"].simulator.as_ref().unwrap().script.len(), 5);
+}
