@@ -673,30 +673,44 @@ async fn the_retry_budget_keeps_an_outage_from_being_amplified() {
 
 #[tokio::test]
 async fn a_stream_that_falls_silent_is_cut_by_the_idle_timeout() {
-    let gw = Gateway::start(
-        r#"
-[upstreams.trickle]
-kind = "simulated"
-model = "m"
+    // The same trickling provider in process and over HTTP.
+    let trickle = SimServer::start(
+        SimSettings {
+            chunk_interval_ms: 2000,
+            ..sim(18)
+        },
+        &["m"],
+    )
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}
+[upstreams.local]
+kind = \"simulated\"
+model = \"local\"
 idle_timeout_ms = 100
-[upstreams.trickle.simulator]
+\
+         [upstreams.local.simulator]
 latency_ms = 1
 jitter_ms = 0
 chunk_interval_ms = 2000
-"#,
-    )
+",
+        trickle.upstream("remote", "m", "idle_timeout_ms = 100"),
+    ))
     .await;
-    let mut req = chat("m", "one two three four five six seven eight");
-    req["stream"] = json!(true);
-    let resp = gw.post_raw("/v1/chat/completions", &req).await;
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
-    // The first chunk arrived, then silence: an error event, no [DONE].
-    assert!(text.contains("chat.completion.chunk"), "{text}");
-    assert!(
-        text.contains("stream_interrupted") && text.contains("timed out"),
-        "{text}"
-    );
-    assert!(!text.contains("[DONE]"), "{text}");
+    for model in ["m", "local"] {
+        let mut req = chat(model, "one two three four five six seven eight");
+        req["stream"] = json!(true);
+        let resp = gw.post_raw("/v1/chat/completions", &req).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        // The first chunk arrived, then silence: an error event, no [DONE].
+        assert!(text.contains("chat.completion.chunk"), "{model}: {text}");
+        assert!(
+            text.contains("stream_interrupted") && text.contains("timed out"),
+            "{model}: {text}"
+        );
+        assert!(!text.contains("[DONE]"), "{model}: {text}");
+    }
+    assert_eq!(trickle.requests(), 1);
     gw.stop().await;
 }

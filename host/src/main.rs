@@ -69,6 +69,15 @@ enum Command {
         /// Fraction of requests answered with a malformed body.
         #[arg(long, default_value_t = 0.0)]
         malformed_rate: f64,
+        /// Fraction of requests delayed by an extra `--spike-ms`.
+        #[arg(long, default_value_t = 0.0)]
+        spike_rate: f64,
+        /// Extra latency of a spike, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        spike_ms: u64,
+        /// Fraction of requests never answered.
+        #[arg(long, default_value_t = 0.0)]
+        hang_rate: f64,
         /// Seed for a deterministic sequence of outcomes.
         #[arg(long)]
         seed: Option<u64>,
@@ -115,6 +124,9 @@ fn main() -> ExitCode {
             fail_rate,
             rate_limit_rate,
             malformed_rate,
+            spike_rate,
+            spike_ms,
+            hang_rate,
             seed,
         } => {
             let settings = SimSettings {
@@ -123,6 +135,9 @@ fn main() -> ExitCode {
                 fail_rate,
                 rate_limit_rate,
                 malformed_rate,
+                spike_rate,
+                spike_ms,
+                hang_rate,
                 seed,
                 ..Default::default()
             };

@@ -432,6 +432,17 @@ impl Pipeline {
         req: &CompletionRequest,
         retry: bool,
     ) -> Result<Completion, AttemptError> {
+        // A retry was already told to wait for the upstream's hint, but a
+        // later 429 (another request's) may have pushed the hint further:
+        // wait for that too rather than spend an attempt on a refusal.
+        if retry
+            && let Some(wait) = self
+                .health_of(upstream.as_ref())
+                .and_then(|h| h.cooling(Instant::now()))
+            && wait < ctx.remaining()
+        {
+            tokio::time::sleep(wait).await;
+        }
         let Some(bound) = self.attempt_bound(ctx, upstream.as_ref()) else {
             return Err(AttemptError::Failed(Failure::Timeout));
         };
