@@ -46,6 +46,8 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// `[pipeline]`.
     pub pipeline: PipelineConfig,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
     /// Directory relative paths resolve against (the file's directory).
     pub base_dir: PathBuf,
     /// Where the text came from, for errors raised after parsing.
@@ -64,6 +66,7 @@ struct Document {
     upstreams: BTreeMap<String, UpstreamConfig>,
     plugins: BTreeMap<String, PluginConfig>,
     pipeline: PipelineConfig,
+    telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -124,6 +127,7 @@ impl Config {
             upstreams: doc.upstreams,
             plugins: doc.plugins,
             pipeline: doc.pipeline,
+            telemetry: doc.telemetry,
             base_dir: base_dir.to_path_buf(),
             origin: origin.to_string(),
             spans: SpanIndex::default(),
@@ -135,6 +139,11 @@ impl Config {
         }
         config.spans = spans;
         Ok(config)
+    }
+
+    /// Where the config came from (its file, or the embedded quickstart).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// An error about `key` of this config, with the key's line when known.

@@ -322,3 +322,31 @@ fn config_file_paths_resolve_against_its_directory() {
     let e = Config::from_file(&dir.path().join("missing.toml")).unwrap_err();
     assert!(e.to_string().contains("missing.toml: cannot read"), "{e}");
 }
+
+#[test]
+fn telemetry_defaults_export_nothing() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(config.telemetry.otlp_endpoint, None);
+    assert_eq!(config.telemetry.sample_rate, 1.0);
+    assert_eq!(config.telemetry.service_name, "agentrouter");
+}
+
+#[test]
+fn telemetry_endpoint_and_sample_rate_are_checked_with_key_and_line() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[telemetry]\notlp_endpoint = \"collector:4318\"\n"
+    ));
+    assert_eq!(e.key, "telemetry.otlp_endpoint");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("http://"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[telemetry]\nsample_rate = 1.5\n"));
+    assert_eq!(e.key, "telemetry.sample_rate");
+    assert!(e.message.contains("between 0 and 1"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[telemetry]\nservice_name = \" \"\n"));
+    assert_eq!(e.key, "telemetry.service_name");
+    let ok = parse(&format!(
+        "{UPSTREAM}[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_rate = 0.1\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.telemetry.sample_rate, 0.1);
+}
