@@ -845,3 +845,46 @@ async fn plugin_log_calls_carry_the_plugin_name_and_version() {
     }
     gw.stop().await;
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_series_the_gateway_exports() {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../deploy/grafana/agentrouter.json")).unwrap();
+    let metrics = agentrouter::telemetry::Metrics::new();
+    let exported = metrics.families();
+    let mut used = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("agentrouter_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = ["_bucket", "_total", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    exported.iter().any(|f| f == family),
+                    "{name} (panel {}) is not exported",
+                    panel["title"]
+                );
+                used += 1;
+            }
+        }
+    }
+    assert!(used >= 20, "{used}");
+}
+
+#[test]
+fn every_exported_family_is_in_the_metrics_reference() {
+    let reference = include_str!("../docs/metrics.md");
+    for family in agentrouter::telemetry::Metrics::new().families() {
+        let counter = format!("`{family}_total`");
+        assert!(
+            reference.contains(&format!("`{family}`")) || reference.contains(&counter),
+            "docs/metrics.md does not describe {family}"
+        );
+    }
+}
