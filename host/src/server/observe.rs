@@ -13,13 +13,14 @@ use super::AppState;
 use crate::telemetry::metrics::{RequestLabels, RouteLabels};
 use crate::telemetry::request::{self, RequestScope, RequestSummary};
 use crate::telemetry::{Metrics, traces};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -80,14 +81,17 @@ pub(super) async fn observe(State(state): State<AppState>, req: Request, next: N
         done.record();
         return response;
     }
-    // A stream's tokens and duration are known only when its body ends;
-    // the guard records when hyper drops the body (sent, or client gone).
+    // A stream's tokens and duration are known only when its body ends:
+    // record after its last chunk (before hyper ends the response, so a
+    // client that has read the whole stream sees it counted), or when the
+    // body is dropped early because the client went away.
     let (parts, body) = response.into_parts();
-    let guard = OnDrop(Some(done));
-    let body = body.into_data_stream().map(move |chunk| {
-        let _ = &guard;
-        chunk
+    let mut guard = OnDrop(Some(done));
+    let tail = futures::stream::poll_fn(move |_| -> Poll<Option<Result<Bytes, axum::Error>>> {
+        guard.record();
+        Poll::Ready(None)
     });
+    let body = body.into_data_stream().chain(tail);
     Response::from_parts(parts, Body::from_stream(body))
 }
 
@@ -194,13 +198,20 @@ impl Finished {
     }
 }
 
-/// Records a streamed request when its body is dropped.
+/// Records a streamed request once: at the end of its body, or when the
+/// body is dropped unfinished.
 struct OnDrop(Option<Finished>);
 
-impl Drop for OnDrop {
-    fn drop(&mut self) {
+impl OnDrop {
+    fn record(&mut self) {
         if let Some(done) = self.0.take() {
             done.record();
         }
+    }
+}
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.record();
     }
 }

@@ -70,6 +70,13 @@ impl RequestScope {
         self.data.lock().ok().map(|mut d| f(&mut d))
     }
 
+    /// Who is calling (`anonymous` until known).
+    pub fn client(&self) -> String {
+        self.with(|d| d.client.clone())
+            .flatten()
+            .unwrap_or_else(|| "anonymous".into())
+    }
+
     /// Records who is calling.
     pub fn set_client(&self, client: &str) {
         self.with(|d| d.client = Some(client.to_string()));

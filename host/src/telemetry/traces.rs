@@ -288,6 +288,81 @@ mod tests {
         assert_eq!(remote_trace_id(&h), None);
     }
 
+    #[test]
+    fn new_traces_follow_the_ratio_and_remote_parents_keep_their_decision() {
+        use opentelemetry::trace::{
+            Span as _, SpanContext, SpanId, TraceFlags, TraceId, TraceState, Tracer as _,
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler(0.0))
+            .build();
+        let tracer = provider.tracer("test");
+        let root = tracer.start("root");
+        assert!(!root.span_context().is_sampled());
+        let remote = |flags| {
+            opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(9u64),
+                flags,
+                true,
+                TraceState::default(),
+            ))
+        };
+        let child = tracer.start_with_context("child", &remote(TraceFlags::SAMPLED));
+        assert!(child.span_context().is_sampled());
+        assert_eq!(child.span_context().trace_id(), TraceId::from(7u128));
+        let child = tracer.start_with_context("child", &remote(TraceFlags::default()));
+        assert!(!child.span_context().is_sampled());
+    }
+
+    /// A loopback OTLP receiver: the exporter's HTTP client really posts
+    /// protobuf to `/v1/traces` on the runtime it was built on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exports_spans_to_an_otlp_http_collector() {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        use std::sync::{Arc, Mutex};
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let record = received.clone();
+        let collector = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let record = record.clone();
+                async move {
+                    let kind = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    record.lock().unwrap().push((kind, body.len()));
+                    ""
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, collector).await });
+        let config = TelemetryConfig {
+            otlp_endpoint: Some(format!("http://{addr}")),
+            ..Default::default()
+        };
+        let provider = tracer_provider(&config).unwrap().unwrap();
+        let mut span = provider.tracer("test").start("exported");
+        span.end();
+        // Flushing blocks until the batch is posted, so off the runtime.
+        let flushed = tokio::task::spawn_blocking(move || {
+            let result = provider.force_flush();
+            let _ = provider.shutdown();
+            result
+        })
+        .await
+        .unwrap();
+        flushed.unwrap();
+        let received = received.lock().unwrap().clone();
+        assert_eq!(received.len(), 1, "{received:?}");
+        assert_eq!(received[0].0, "application/x-protobuf");
+        assert!(received[0].1 > 0);
+    }
+
     #[tokio::test]
     async fn builds_an_otlp_pipeline_without_touching_the_network() {
         let config = TelemetryConfig {

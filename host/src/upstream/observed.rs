@@ -75,8 +75,7 @@ impl Accounting {
         let key = self
             .scope
             .as_ref()
-            .map(|s| s.summary().client)
-            .unwrap_or_else(|| "anonymous".into());
+            .map_or_else(|| "anonymous".into(), |s| s.client());
         for (direction, tokens) in [
             ("input", usage.prompt_tokens),
             ("output", usage.completion_tokens),
@@ -170,8 +169,9 @@ impl Upstream for ObservedUpstream {
         )
     }
 
-    /// The span covers opening the stream (until the upstream accepted);
-    /// tokens are accounted when the stream's `Done` event passes.
+    /// The span and the upstream wait last until the stream ends (its
+    /// `Done` event or its error): a live stream is upstream time, chunk
+    /// by chunk. Tokens are accounted when `Done` passes.
     fn stream(
         &self,
         req: CompletionRequest,
@@ -188,17 +188,24 @@ impl Upstream for ObservedUpstream {
         Box::pin(
             async move {
                 let started = Instant::now();
-                let result = call.await;
-                acc.waited(started);
-                let events = result.inspect_err(|f| acc.failed(f))?;
+                let events = call.await.inspect_err(|f| {
+                    acc.waited(started);
+                    acc.failed(f);
+                })?;
                 Ok(events
                     .inspect(move |event| match event {
                         Ok(StreamEvent::Done {
                             finish_reason,
                             usage,
                             model,
-                        }) => acc.usage(*usage, model, finish_reason),
-                        Err(f) => acc.failed(f),
+                        }) => {
+                            acc.waited(started);
+                            acc.usage(*usage, model, finish_reason);
+                        }
+                        Err(f) => {
+                            acc.waited(started);
+                            acc.failed(f);
+                        }
                         Ok(_) => {}
                     })
                     .boxed())
