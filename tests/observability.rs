@@ -888,3 +888,69 @@ fn every_exported_family_is_in_the_metrics_reference() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_live_stream_is_counted_and_logged_with_its_tokens_once_its_body_ends() {
+    // No output validators: the answer streams live from the upstream.
+    let gw = Gateway::start(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.streamer]
+kind = "simulated"
+model = "stream-model"
+input_cost_per_1k = 1.0
+output_cost_per_1k = 1.0
+"#,
+    )
+    .await;
+    let mut req = chat("stream-model", "stream a few words back to me please");
+    req["stream"] = json!(true);
+    let resp = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let trace_id = resp.headers()["x-trace-id"].to_str().unwrap().to_string();
+    let text = resp.text().await.unwrap();
+    let last: Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .rfind(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .unwrap();
+    let output = last["usage"]["completion_tokens"].as_f64().unwrap();
+    assert!(output > 0.0, "{last}");
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        value(
+            &m,
+            r#"agentrouter_http_requests_total{route="/v1/chat/completions",target="stream-model",status="200"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"agentrouter_tokens_total{key="anonymous",model="stream-model",direction="output"}"#
+        ),
+        output
+    );
+    let events: Vec<Value> = log_lines()
+        .into_iter()
+        .filter(|l| l["fields"]["request_id"] == request_id.as_str())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(
+        events[0]["fields"]["completion_tokens"].as_f64(),
+        Some(output)
+    );
+    assert_eq!(events[0]["fields"]["trace_id"], trace_id.as_str());
+    gw.stop().await;
+}
