@@ -838,7 +838,10 @@ async fn plugin_log_calls_carry_the_plugin_name_and_version() {
         })
         .collect();
     assert!(!events.is_empty(), "no plugin log event for {task}");
+    let trace_id = answer.header("x-trace-id");
     for event in &events {
+        // The request's span (outermost) carries its trace id on every line.
+        assert_eq!(event["spans"][0]["trace_id"], trace_id, "{event}");
         assert_eq!(event["fields"]["plugin"], "manager", "{event}");
         assert_eq!(event["fields"]["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(event["level"], "DEBUG");

@@ -46,19 +46,20 @@ pub(super) async fn observe(State(state): State<AppState>, req: Request, next: N
         http.response.status_code = Empty,
         gen_ai.request.model = Empty,
         agentrouter.request_id = Empty,
+        trace_id = Empty,
     );
     traces::adopt_remote_parent(&span, req.headers());
-    let remote_trace = traces::remote_trace_id(req.headers());
+    // With the OpenTelemetry layer the span knows its trace; without it the
+    // caller's trace id (or a fresh one) still ties log lines to the
+    // response. As a span field it appears on every log line of the request.
+    let trace_id = traces::trace_id(&span)
+        .or_else(|| traces::remote_trace_id(req.headers()))
+        .unwrap_or_else(fresh_trace_id);
+    span.record("trace_id", trace_id.as_str());
     let scope = RequestScope::new();
     let mut response = request::scope(scope.clone(), next.run(req))
         .instrument(span.clone())
         .await;
-    // With the OpenTelemetry layer the span knows its trace; without it the
-    // caller's trace id (or a fresh one) still ties the log line to the
-    // response.
-    let trace_id = traces::trace_id(&span)
-        .or(remote_trace)
-        .unwrap_or_else(fresh_trace_id);
     if let Ok(value) = HeaderValue::from_str(&trace_id) {
         response.headers_mut().insert("x-trace-id", value);
     }
