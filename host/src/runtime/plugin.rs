@@ -143,7 +143,8 @@ pub struct Plugin {
     metrics: Option<(Arc<Metrics>, PluginLabels)>,
     /// `name@version`, shared with every request that calls it.
     label: Arc<str>,
-    /// Instantiated once since load (see [`Plugin::warm`]).
+    /// Instantiated at least once: by [`Plugin::warm`] at load, or by any
+    /// call (a version swapped in after a smoke call counts as warm).
     warm: AtomicBool,
 }
 
@@ -279,7 +280,7 @@ impl Plugin {
         Ok(())
     }
 
-    /// Whether [`Plugin::warm`] succeeded.
+    /// Whether an instance has been created: by [`Plugin::warm`] or a call.
     pub fn is_warm(&self) -> bool {
         self.warm.load(Ordering::Relaxed)
     }
@@ -536,6 +537,7 @@ impl Plugin {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
             instance
                 .call_validate(&mut store, stage.into(), &args)
                 .await
@@ -578,6 +580,7 @@ impl Plugin {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
             instance
                 .call_route(&mut store, &wit_req, &wit_candidates)
                 .await
@@ -613,6 +616,7 @@ impl Plugin {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
             instance
                 .call_recover(&mut store, &wit_ctx)
                 .await
@@ -646,6 +650,7 @@ impl Plugin {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
             instance
                 .call_handle(&mut store, &wit_task)
                 .await
