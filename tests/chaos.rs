@@ -626,6 +626,9 @@ async fn a_model_falls_back_along_its_chain_when_its_upstreams_cannot_serve() {
     let (status, body) = gw.post("/v1/chat/completions", &chat("x1", "again")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!((big.requests(), mini.requests()), (1, 2));
+    // x1 is still served, so the replica stays ready.
+    let (status, body) = gw.get("/health/ready").await;
+    assert_eq!(status, 200, "{body}");
     gw.stop().await;
 }
 

@@ -4,11 +4,12 @@
 use crate::config::{Config, UpstreamKind};
 use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
 use crate::runtime::Runtime;
-use crate::server::{self, AppState, ServerLimits};
+use crate::server::{self, AppState, ServerLimits, Shutdown};
 use crate::store::Store;
+use crate::telemetry::Metrics;
 use crate::upstream::openai::{OpenAiUpstream, http_client};
 use crate::upstream::sim::{SimUpstream, Simulator};
-use crate::upstream::{Upstream, UpstreamInfo};
+use crate::upstream::{ObservedUpstream, Upstream, UpstreamInfo};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ pub enum AppError {
 /// A gateway ready to serve.
 pub struct App {
     state: AppState,
-    grace: Duration,
+    shutdown: Shutdown,
     _runtime: Arc<Runtime>,
 }
 
@@ -47,8 +48,10 @@ impl App {
     /// pipeline.
     pub async fn build(config: &Config) -> Result<App, AppError> {
         let store = Store::open(&config.store_path())?;
+        let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::new(&config.runtime_settings(), Arc::new(store.clone()))
-            .map_err(|e| AppError::Runtime(format!("{e:#}")))?;
+            .map_err(|e| AppError::Runtime(format!("{e:#}")))?
+            .with_metrics(metrics.clone());
         let mut slots = HashMap::new();
         for spec in config.plugin_specs()? {
             let policy = config
@@ -58,6 +61,12 @@ impl App {
                 .unwrap_or_default();
             let name = spec.name.clone();
             let plugin = runtime.load(spec)?;
+            // A plugin that cannot even be instantiated keeps the replica
+            // not-ready (see `/health/ready`) rather than failing the start,
+            // so the operator can read why from a running gateway.
+            if let Err(e) = plugin.warm().await {
+                tracing::error!(plugin = %plugin.identity(), error = %e, "plugin could not be instantiated");
+            }
             tracing::info!(plugin = %plugin.identity(), world = %plugin.world(), digest = %plugin.identity().digest, "plugin loaded");
             slots.insert(
                 name,
@@ -78,18 +87,23 @@ impl App {
                 tags: up.tags.clone(),
                 weight: up.weight,
             };
-            let upstream: Arc<dyn Upstream> = match up.kind {
+            let (upstream, system): (Arc<dyn Upstream>, _) = match up.kind {
                 UpstreamKind::Simulated => {
                     let settings = up.simulator.clone().unwrap_or_default();
-                    Arc::new(SimUpstream::new(info, Arc::new(Simulator::new(settings))))
+                    let sim = SimUpstream::new(info, Arc::new(Simulator::new(settings)));
+                    (Arc::new(sim), "agentrouter.simulator")
                 }
-                UpstreamKind::Openai => Arc::new(OpenAiUpstream::new(
-                    info,
-                    up.base_url.clone().unwrap_or_default(),
-                    up.api_key.as_ref().map(|k| k.expose().to_string()),
-                    client.clone(),
-                )),
+                UpstreamKind::Openai => (
+                    Arc::new(OpenAiUpstream::new(
+                        info,
+                        up.base_url.clone().unwrap_or_default(),
+                        up.api_key.as_ref().map(|k| k.expose().to_string()),
+                        client.clone(),
+                    )),
+                    "openai",
+                ),
             };
+            let upstream = Arc::new(ObservedUpstream::new(upstream, metrics.clone(), system));
             upstreams.push(UpstreamSetup {
                 upstream,
                 timeout: Duration::from_millis(up.timeout_ms),
@@ -119,7 +133,7 @@ impl App {
                 .alert_webhook
                 .as_ref()
                 .map(|hook| hook.expose().trim().to_string()),
-            ..Default::default()
+            metrics,
         };
         let pipeline = Pipeline::new(slots, upstreams, settings).map_err(AppError::Pipeline)?;
         let state = AppState {
@@ -132,10 +146,14 @@ impl App {
             },
             draining: Arc::new(AtomicBool::new(false)),
             bulkhead: crate::resilience::Bulkhead::new(config.resilience.max_concurrent_requests),
+            config_origin: Arc::from(config.origin()),
         };
         Ok(App {
             state,
-            grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            shutdown: Shutdown {
+                drain_delay: Duration::from_millis(config.server.drain_delay_ms),
+                grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            },
             _runtime: Arc::new(runtime),
         })
     }
@@ -156,6 +174,6 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        server::serve(listener, self.state, shutdown, self.grace)
+        server::serve(listener, self.state, shutdown, self.shutdown)
     }
 }

@@ -48,6 +48,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// `[resilience]`.
     pub resilience: ResilienceConfig,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
     /// Directory relative paths resolve against (the file's directory).
     pub base_dir: PathBuf,
     /// Where the text came from, for errors raised after parsing.
@@ -67,6 +69,7 @@ struct Document {
     plugins: BTreeMap<String, PluginConfig>,
     pipeline: PipelineConfig,
     resilience: ResilienceConfig,
+    telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -128,6 +131,7 @@ impl Config {
             plugins: doc.plugins,
             pipeline: doc.pipeline,
             resilience: doc.resilience,
+            telemetry: doc.telemetry,
             base_dir: base_dir.to_path_buf(),
             origin: origin.to_string(),
             spans: SpanIndex::default(),
@@ -139,6 +143,11 @@ impl Config {
         }
         config.spans = spans;
         Ok(config)
+    }
+
+    /// Where the config came from (its file, or the embedded quickstart).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// An error about `key` of this config, with the key's line when known.

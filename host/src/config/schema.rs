@@ -41,6 +41,12 @@ pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 /// Default `resilience.max_delay_ms`.
 pub const DEFAULT_MAX_DELAY_MS: u64 = 10_000;
+/// Default `server.drain_delay_ms`: stop accepting at once.
+pub const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
+/// Default `telemetry.sample_rate`: every trace, once an endpoint is set.
+pub const DEFAULT_SAMPLE_RATE: f64 = 1.0;
+/// Default `telemetry.service_name`.
+pub const DEFAULT_SERVICE_NAME: &str = "agentrouter";
 /// `[server]`: the HTTP listener.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,6 +61,10 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Deepest chain of agent-to-agent calls.
     pub max_agent_depth: u32,
+    /// After SIGTERM/Ctrl-C, how long the server keeps accepting requests
+    /// while readiness reports 503, so load balancers take the replica out
+    /// before its listener closes.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +75,7 @@ impl Default for ServerConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             max_agent_depth: DEFAULT_MAX_AGENT_DEPTH,
+            drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
         }
     }
 }
@@ -391,4 +402,29 @@ pub struct PipelineConfig {
     pub router: Option<String>,
     /// Recovery slot deciding what to do after a failure.
     pub recovery: Option<String>,
+}
+
+/// `[telemetry]`: trace export. Metrics (`/metrics`) and logs need no
+/// configuration; traces leave the process only when `otlp_endpoint` is set.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector, e.g. `http://otel-collector:4318`; spans are
+    /// posted to `{otlp_endpoint}/v1/traces`. `None`: no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces kept, in `[0, 1]`; a request carrying a W3C
+    /// `traceparent` follows its caller's sampling decision.
+    pub sample_rate: f64,
+    /// `service.name` of exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_rate: DEFAULT_SAMPLE_RATE,
+            service_name: DEFAULT_SERVICE_NAME.to_string(),
+        }
+    }
 }

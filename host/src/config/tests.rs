@@ -380,3 +380,31 @@ fn simulator_scripts_are_checked() {
     .unwrap();
     assert_eq!(c.upstreams["a"].simulator.as_ref().unwrap().script.len(), 5);
 }
+
+#[test]
+fn telemetry_defaults_export_nothing() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(config.telemetry.otlp_endpoint, None);
+    assert_eq!(config.telemetry.sample_rate, 1.0);
+    assert_eq!(config.telemetry.service_name, "agentrouter");
+}
+
+#[test]
+fn telemetry_endpoint_and_sample_rate_are_checked_with_key_and_line() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[telemetry]\notlp_endpoint = \"collector:4318\"\n"
+    ));
+    assert_eq!(e.key, "telemetry.otlp_endpoint");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("http://"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[telemetry]\nsample_rate = 1.5\n"));
+    assert_eq!(e.key, "telemetry.sample_rate");
+    assert!(e.message.contains("between 0 and 1"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[telemetry]\nservice_name = \" \"\n"));
+    assert_eq!(e.key, "telemetry.service_name");
+    let ok = parse(&format!(
+        "{UPSTREAM}[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_rate = 0.1\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.telemetry.sample_rate, 0.1);
+}

@@ -19,6 +19,46 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     plugin_slots(config, errors, env);
     pipeline(config, errors);
     resilience(config, errors, env);
+    telemetry(config, errors);
+}
+
+fn telemetry(config: &Config, errors: &mut Errors<'_>) {
+    let t = &config.telemetry;
+    if let Some(endpoint) = &t.otlp_endpoint {
+        let rest = endpoint
+            .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"));
+        match rest {
+            None => errors.push(
+                "telemetry.otlp_endpoint",
+                format!(
+                    "must be an OTLP/HTTP URL starting with http:// or https://, got `{endpoint}` \
+                     (e.g. \"http://otel-collector:4318\")"
+                ),
+            ),
+            Some(host) if host.is_empty() || host.starts_with('/') => errors.push(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` names no host"),
+            ),
+            Some(rest) if rest.contains(char::is_whitespace) => errors.push(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` contains whitespace"),
+            ),
+            Some(_) => {}
+        }
+    }
+    if !(t.sample_rate.is_finite() && (0.0..=1.0).contains(&t.sample_rate)) {
+        errors.push(
+            "telemetry.sample_rate",
+            format!(
+                "must be a fraction between 0 and 1 (0.1 keeps one trace in ten), got {}",
+                t.sample_rate
+            ),
+        );
+    }
+    if t.service_name.trim().is_empty() {
+        errors.push("telemetry.service_name", "must not be empty");
+    }
 }
 
 fn server(config: &Config, errors: &mut Errors<'_>) {

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Default per-attempt bound of an upstream call.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -292,6 +293,20 @@ impl Pipeline {
             .filter(|s| s.plugin.world() == World::Agent)
     }
 
+    /// The span of one completion for `ctx`: routing, every upstream
+    /// attempt and the recovery decisions between them.
+    fn completion_span(ctx: &CallContext, model: &str) -> tracing::Span {
+        let model = if model.is_empty() { "-" } else { model };
+        tracing::info_span!(
+            "completion",
+            otel.name = %format_args!("completion {model}"),
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = %model,
+            agentrouter.caller = %ctx.caller(),
+            agentrouter.depth = ctx.chain.len(),
+        )
+    }
+
     fn host(&self) -> Arc<dyn AgentHost> {
         Arc::new(PipelineHost(
             self.me
@@ -333,7 +348,10 @@ impl Pipeline {
                     cached: false,
                 }
             }
-            None => self.complete(&ctx, req).await?,
+            None => {
+                let span = Self::completion_span(&ctx, &req.model);
+                self.complete(&ctx, req).instrument(span).await?
+            }
         };
         if !self.settings.output_validators.is_empty() {
             let validated = self
@@ -369,7 +387,8 @@ impl Pipeline {
         }
         req.messages = self.validate(Stage::Input, req.messages).await?;
         let model = req.model.clone();
-        let events = self.open_stream(&ctx, req).await?;
+        let span = Self::completion_span(&ctx, &model);
+        let events = self.open_stream(&ctx, req).instrument(span).await?;
         Ok(StreamStart::Live { model, events })
     }
 
@@ -397,12 +416,36 @@ impl Pipeline {
     async fn validate(
         &self,
         stage: Stage,
-        mut messages: Vec<Message>,
+        messages: Vec<Message>,
     ) -> Result<Vec<Message>, PipelineError> {
         let names = match stage {
             Stage::Input => &self.settings.input_validators,
             Stage::Output => &self.settings.output_validators,
         };
+        if names.is_empty() {
+            return Ok(messages);
+        }
+        let stage_name = match stage {
+            Stage::Input => "input",
+            Stage::Output => "output",
+        };
+        let span = tracing::info_span!(
+            "validate",
+            otel.name = %format_args!("validate {stage_name}"),
+            agentrouter.stage = stage_name,
+            agentrouter.validators = names.len(),
+        );
+        self.run_validators(names, stage, messages)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_validators(
+        &self,
+        names: &[String],
+        stage: Stage,
+        mut messages: Vec<Message>,
+    ) -> Result<Vec<Message>, PipelineError> {
         for name in names {
             let Some(slot) = self.slots.get(name) else {
                 continue;
@@ -447,12 +490,34 @@ impl Pipeline {
         };
         let steps = inner.steps.clone();
         let started = Instant::now();
-        let result = slot.plugin.handle(&task, inner, self.host()).await;
+        let span = tracing::info_span!(
+            "agent",
+            otel.name = %format_args!("invoke_agent {name}"),
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %name,
+            agentrouter.caller = %caller,
+            agentrouter.depth = depth,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let result = slot
+            .plugin
+            .handle(&task, inner, self.host())
+            .instrument(span.clone())
+            .await;
         let (usage, error) = match &result {
             Ok(Ok(r)) => (r.usage, None),
             Ok(Err(f)) => (Default::default(), Some(f.to_string())),
             Err(e) => (Default::default(), Some(e.to_string())),
         };
+        span.record("gen_ai.usage.input_tokens", usage.prompt_tokens)
+            .record("gen_ai.usage.output_tokens", usage.completion_tokens);
+        if error.is_some() {
+            span.record("otel.status_code", "ERROR")
+                .record("error.type", "agent_failed");
+        }
         steps.push(Step {
             kind: "agent".into(),
             target: name.to_string(),
@@ -498,8 +563,10 @@ impl AgentHost for PipelineHost {
                     req.model
                 )));
             }
+            let span = Pipeline::completion_span(&ctx, &req.model);
             pipeline
                 .complete(&ctx, req)
+                .instrument(span)
                 .await
                 .map_err(|e| e.to_failure())
         })

@@ -4,6 +4,7 @@ use super::{ApiError, AppState, unix_now};
 use crate::domain::{CallContext, Message, Task};
 use crate::openai::{ChatRequest, ChatResponse, ChunkWriter, ErrorBody, WireMessage, WireUsage};
 use crate::pipeline::{ChatOutcome, StreamStart};
+use crate::telemetry::request;
 use crate::upstream::{EventStream, StreamEvent, completion_events};
 use axum::Json;
 use axum::body::Bytes;
@@ -47,7 +48,16 @@ fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
 fn context(state: &AppState, request_id: &str) -> CallContext {
     let mut ctx = CallContext::new("anonymous", request_id, state.limits.request_timeout);
     ctx.max_depth = state.limits.max_agent_depth;
+    request::with_current(|s| s.set_client(&ctx.client));
     ctx
+}
+
+/// Notes the model or `agent:<name>` a request addressed, for its metrics
+/// and log line; a name that does not exist is noted as `unknown`, so
+/// clients cannot mint label values.
+fn note_target(state: &AppState, model: &str) {
+    let known = state.pipeline.knows_model(model);
+    request::with_current(|s| s.set_target(if known { model } else { "unknown" }));
 }
 
 fn with_headers(
@@ -77,6 +87,7 @@ pub(super) async fn completions(
     if wire.model.trim().is_empty() {
         return Err(ApiError::bad_request("`model` must not be empty"));
     }
+    note_target(&state, &wire.model);
     if wire.messages.is_empty() {
         return Err(ApiError::bad_request(
             "`messages` must contain at least one message",
@@ -190,6 +201,7 @@ pub(super) async fn invoke(
     Path(name): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    note_target(&state, &format!("agent:{name}"));
     let bytes = body(&state, raw)?;
     let req: InvokeRequest = parse(&bytes)?;
     let input = match req.input {

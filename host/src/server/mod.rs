@@ -5,6 +5,7 @@
 
 mod chat;
 mod error;
+mod observe;
 
 pub use error::ApiError;
 
@@ -12,7 +13,7 @@ use crate::domain::CircuitState;
 use crate::pipeline::Pipeline;
 use crate::resilience::Bulkhead;
 use crate::store::Store;
-use crate::telemetry::metrics::{ShedLabels, UpstreamName};
+use crate::telemetry::metrics::{PluginLabels, ShedLabels, UpstreamName};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Global bulkhead on API requests (`resilience.max_concurrent_requests`).
     pub bulkhead: Bulkhead,
+    /// Where the running config came from (readiness names it).
+    pub config_origin: Arc<str>,
 }
 
 /// The application's routes.
@@ -71,24 +74,49 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
+        // `Router::layer` wraps each route after matching, so the layer
+        // sees the route template (`MatchedPath`).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests for at
-/// most `grace` before returning.
+/// How the server stops.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shutdown {
+    /// After the shutdown signal, how long to keep accepting requests while
+    /// readiness reports 503 (so load balancers stop sending traffic first).
+    pub drain_delay: Duration,
+    /// Then, how long in-flight requests may finish.
+    pub grace: Duration,
+}
+
+/// Serves until `shutdown` resolves; then reports not-ready for
+/// `timing.drain_delay` while still serving, stops accepting, and drains
+/// in-flight requests for at most `timing.grace` before returning.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    timing: Shutdown,
 ) -> std::io::Result<()> {
     let draining = state.draining.clone();
     let started_drain = Arc::new(tokio::sync::Notify::new());
     let notify = started_drain.clone();
     let app = router(state);
+    let grace = timing.grace;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         draining.store(true, Ordering::SeqCst);
+        if !timing.drain_delay.is_zero() {
+            tracing::info!(
+                drain_delay_ms = timing.drain_delay.as_millis() as u64,
+                "shutting down: reporting not-ready before closing the listener"
+            );
+            tokio::time::sleep(timing.drain_delay).await;
+        }
         tracing::info!("shutting down: draining in-flight requests");
         notify.notify_one();
     });
@@ -132,20 +160,29 @@ async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Re
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    // Breakers move from open to half-open with time, not with events, so
-    // their state is read at scrape time.
-    for (name, _, state_now) in state.pipeline.circuits() {
-        let value = match state_now {
+    let metrics = state.pipeline.metrics();
+    // Gauges of state owned elsewhere are read at scrape time.
+    for (upstream, _, circuit) in state.pipeline.circuits() {
+        let value = match circuit {
             CircuitState::Closed => 0,
             CircuitState::HalfOpen => 1,
             CircuitState::Open => 2,
         };
-        state
-            .pipeline
-            .metrics()
+        metrics
             .breaker_state
-            .get_or_create(&UpstreamName { upstream: name })
+            .get_or_create(&UpstreamName { upstream })
             .set(value);
+    }
+    for slot in state.pipeline.slots().values() {
+        let identity = slot.plugin.identity();
+        let peak = slot.plugin.stats().peak_memory_bytes;
+        metrics
+            .plugin_peak_memory
+            .get_or_create(&PluginLabels {
+                plugin: identity.name.clone(),
+                version: identity.version.clone(),
+            })
+            .set(i64::try_from(peak).unwrap_or(i64::MAX));
     }
     (
         [(
@@ -186,34 +223,78 @@ async fn ready(State(state): State<AppState>) -> Response {
             .map(|e| e.to_string())
             .unwrap_or_else(|| "open".into()),
     );
-    let slots = state.pipeline.slots().len();
-    check("plugins", true, format!("{slots} plugins loaded"));
-    // Ready while any upstream's breaker lets traffic through: one provider
-    // being down is the router's business, all of them down is not a replica
-    // that should receive traffic.
-    let circuits = state.pipeline.circuits();
-    let open: Vec<&str> = circuits
-        .iter()
-        .filter(|(_, _, c)| *c == CircuitState::Open)
-        .map(|(name, _, _)| name.as_str())
+    let slots = state.pipeline.slots();
+    let mut cold: Vec<String> = slots
+        .values()
+        .filter(|s| !s.plugin.is_warm())
+        .map(|s| s.plugin.identity().to_string())
         .collect();
-    let detail = if open.is_empty() {
-        format!("{} upstreams, all circuits closed", circuits.len())
-    } else {
+    cold.sort();
+    check(
+        "plugins",
+        cold.is_empty(),
+        if cold.is_empty() {
+            format!("{} plugins loaded and warm", slots.len())
+        } else {
+            format!(
+                "{} of {} plugins could not be instantiated: {}",
+                cold.len(),
+                slots.len(),
+                cold.join(", ")
+            )
+        },
+    );
+    // Every model needs one upstream whose breaker lets traffic through
+    // (its own, or one of its fallback chain's):
+    // one provider down is the router's business, a model nobody can serve
+    // is not a replica that should receive traffic.
+    let mut models: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for (_, model, circuit) in state.pipeline.circuits() {
+        let entry = models.entry(model).or_default();
+        entry.0 += 1;
+        if circuit != CircuitState::Open {
+            entry.1 += 1;
+        }
+    }
+    // A model whose fallback chain can serve is served (by the chain).
+    let usable = |model: &str| models.get(model).is_some_and(|(_, usable)| *usable > 0);
+    let fallbacks = &state.pipeline.settings().fallbacks;
+    let down: Vec<&str> = models
+        .keys()
+        .filter(|model| {
+            !usable(model)
+                && !fallbacks
+                    .get(model.as_str())
+                    .is_some_and(|chain| chain.iter().any(|m| usable(m)))
+        })
+        .map(String::as_str)
+        .collect();
+    let upstreams: usize = models.values().map(|(n, _)| n).sum();
+    let detail = if down.is_empty() {
         format!(
-            "{} of {} upstreams have an open circuit: {}",
-            open.len(),
-            circuits.len(),
+            "{} models, each with an upstream whose circuit is not open ({upstreams} upstreams)",
+            models.len()
+        )
+    } else {
+        let open: Vec<String> = state
+            .pipeline
+            .circuits()
+            .into_iter()
+            .filter(|(_, m, c)| down.contains(&m.as_str()) && *c == CircuitState::Open)
+            .map(|(name, _, _)| name)
+            .collect();
+        format!(
+            "no upstream can serve {}: circuit open for {}",
+            down.join(", "),
             open.join(", ")
         )
     };
+    check("upstreams", !models.is_empty() && down.is_empty(), detail);
     check(
-        "upstreams",
-        !circuits.is_empty() && open.len() < circuits.len(),
-        detail,
+        "config",
+        true,
+        format!("loaded from {}", state.config_origin),
     );
-
-    check("config", true, "loaded".into());
     let status = if ok {
         StatusCode::OK
     } else {
