@@ -39,6 +39,10 @@ enum Command {
         /// Listen address, overriding `server.listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Reload a file plugin (`source = "path.wasm"`) when it changes on
+        /// disk: the development loop.
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a config and type-check every plugin against its world.
     Check {
@@ -105,7 +109,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Serve { config, listen } => run_async(serve(config, listen)),
+        Command::Serve {
+            config,
+            listen,
+            watch,
+        } => run_async(serve(config, listen, watch)),
         Command::Check { config } => run_async(check(config)),
         Command::Sim {
             listen,
@@ -169,7 +177,11 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-async fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    path: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
     let config = match &path {
         Some(path) => Config::from_file(path)?,
         None => {
@@ -181,6 +193,18 @@ async fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Res
     };
     tracing::warn!("authentication is not configured: every client is served as `anonymous`");
     let app = App::build(&config).await?;
+    if config.admin.token.is_none() {
+        tracing::info!("admin API disabled: set [admin] token to enable hot swap and rollouts");
+    }
+    let _watch = if watch {
+        let watch = app.watch().context("cannot watch plugin files")?;
+        if watch.files.is_empty() {
+            tracing::warn!("--watch: no plugin is loaded from a .wasm file, nothing to watch");
+        }
+        Some(watch)
+    } else {
+        None
+    };
     let addr = listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -14,11 +14,12 @@ mod error;
 pub use error::PipelineError;
 
 use crate::domain::{
-    CallContext, Completion, CompletionRequest, Failure, Message, Stage, Step, Task, TaskResult,
-    Verdict,
+    CallContext, Candidate, Completion, CompletionRequest, Failure, Message, Stage, Step, Task,
+    TaskResult, Verdict,
 };
 use crate::resilience::BreakerSettings;
-use crate::runtime::{AgentHost, Plugin, World};
+use crate::rollout::{HotPlugin, with_sticky_key};
+use crate::runtime::{AgentHost, World};
 use crate::telemetry::Metrics;
 use crate::upstream::{EventStream, Upstream};
 use completion::UpstreamHealth;
@@ -45,8 +46,9 @@ pub enum FailurePolicy {
 /// A configured plugin slot.
 #[derive(Clone, Debug)]
 pub struct Slot {
-    /// The loaded plugin.
-    pub plugin: Arc<Plugin>,
+    /// The slot's plugin: the live version, swappable while serving, and any
+    /// rollout in progress (see [`crate::rollout`]).
+    pub plugin: Arc<HotPlugin>,
     /// Its failure policy.
     pub policy: FailurePolicy,
 }
@@ -122,8 +124,9 @@ pub struct UpstreamSetup {
 pub struct Pipeline {
     slots: HashMap<String, Slot>,
     upstreams: Vec<Arc<dyn Upstream>>,
-    /// Per upstream name: its bound, live statistics and breaker.
-    health: HashMap<String, UpstreamHealth>,
+    /// Per upstream name: its bound, live statistics and breaker; shared
+    /// with the next pipeline on a config reload when the upstream is kept.
+    health: HashMap<String, Arc<UpstreamHealth>>,
     settings: PipelineSettings,
     me: Weak<Pipeline>,
 }
@@ -133,6 +136,18 @@ impl Pipeline {
     /// `settings` must exist with the right world (config validation
     /// guarantees it; this re-checks).
     pub fn new(
+        slots: HashMap<String, Slot>,
+        upstreams: Vec<UpstreamSetup>,
+        settings: PipelineSettings,
+    ) -> Result<Arc<Pipeline>, String> {
+        Self::succeeding(None, slots, upstreams, settings)
+    }
+
+    /// Like [`Pipeline::new`], for a config reload: an upstream that is the
+    /// very same object in `previous` keeps its statistics and breaker
+    /// state, so a reload neither forgets an outage nor resets a recovery.
+    pub fn succeeding(
+        previous: Option<&Pipeline>,
         slots: HashMap<String, Slot>,
         upstreams: Vec<UpstreamSetup>,
         settings: PipelineSettings,
@@ -161,9 +176,22 @@ impl Pipeline {
         if upstreams.is_empty() {
             return Err("no upstreams configured".into());
         }
+        let kept = |u: &UpstreamSetup| {
+            let name = &u.upstream.info().name;
+            let previous = previous?;
+            previous
+                .upstreams
+                .iter()
+                .any(|p| Arc::ptr_eq(p, &u.upstream))
+                .then(|| previous.health.get(name).cloned())
+                .flatten()
+        };
         let health = upstreams
             .iter()
-            .map(|u| (u.upstream.info().name.clone(), UpstreamHealth::new(u)))
+            .map(|u| {
+                let health = kept(u).unwrap_or_else(|| Arc::new(UpstreamHealth::new(u)));
+                (u.upstream.info().name.clone(), health)
+            })
             .collect();
         let upstreams = upstreams.into_iter().map(|u| u.upstream).collect();
         Ok(Arc::new_cyclic(|me| Pipeline {
@@ -212,6 +240,29 @@ impl Pipeline {
             .collect()
     }
 
+    /// The upstreams as a router sees them, with their circuit state (and no
+    /// latency or error history): what a router's smoke call is given.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.upstreams
+            .iter()
+            .zip(self.circuits())
+            .map(|(u, (_, _, circuit))| {
+                let info = u.info();
+                Candidate {
+                    name: info.name.clone(),
+                    model: info.model.clone(),
+                    input_cost_per_1k: info.input_cost_per_1k,
+                    output_cost_per_1k: info.output_cost_per_1k,
+                    ewma_latency_ms: 0.0,
+                    error_rate: 0.0,
+                    circuit,
+                    weight: info.weight,
+                    tags: info.tags.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// Model names clients can ask for: upstream models, then `agent:<slot>`.
     pub fn models(&self) -> Vec<String> {
         let mut models: Vec<String> = self
@@ -256,6 +307,14 @@ impl Pipeline {
 
     /// Serves a chat request for a model or an `agent:<name>`.
     pub async fn chat(
+        &self,
+        ctx: CallContext,
+        req: CompletionRequest,
+    ) -> Result<ChatOutcome, PipelineError> {
+        with_sticky_key(ctx.sticky_key(), self.chat_inner(ctx, req)).await
+    }
+
+    async fn chat_inner(
         &self,
         ctx: CallContext,
         mut req: CompletionRequest,
@@ -313,10 +372,18 @@ impl Pipeline {
     pub async fn chat_stream(
         &self,
         ctx: CallContext,
+        req: CompletionRequest,
+    ) -> Result<StreamStart, PipelineError> {
+        with_sticky_key(ctx.sticky_key(), self.chat_stream_inner(ctx, req)).await
+    }
+
+    async fn chat_stream_inner(
+        &self,
+        ctx: CallContext,
         mut req: CompletionRequest,
     ) -> Result<StreamStart, PipelineError> {
         if req.model.starts_with("agent:") || !self.settings.output_validators.is_empty() {
-            return self.chat(ctx, req).await.map(StreamStart::Buffered);
+            return self.chat_inner(ctx, req).await.map(StreamStart::Buffered);
         }
         if !self.knows_model(&req.model) {
             return Err(PipelineError::UnknownModel(req.model));

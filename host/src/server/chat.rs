@@ -1,6 +1,6 @@
 //! `/v1/chat/completions`, `/v1/models` and `/v1/agents/{name}/invoke`.
 
-use super::{ApiError, AppState, unix_now};
+use super::{ApiError, AppState, Live, unix_now};
 use crate::domain::{CallContext, Message, Task};
 use crate::openai::{ChatRequest, ChatResponse, ChunkWriter, ErrorBody, WireMessage, WireUsage};
 use crate::pipeline::{ChatOutcome, StreamStart};
@@ -29,10 +29,10 @@ fn new_id(prefix: &str) -> String {
 }
 
 /// The body, or the right error for a body that could not be read.
-fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+fn body(live: &Live, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(state.limits.max_body_bytes)
+            ApiError::too_large(live.limits.max_body_bytes)
         } else {
             ApiError::bad_request(format!("could not read the request body: {rejection}"))
         }
@@ -44,9 +44,10 @@ fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn context(state: &AppState, request_id: &str) -> CallContext {
-    let mut ctx = CallContext::new("anonymous", request_id, state.limits.request_timeout);
-    ctx.max_depth = state.limits.max_agent_depth;
+fn context(live: &Live, request_id: &str, end_user: Option<&str>) -> CallContext {
+    let mut ctx = CallContext::new("anonymous", request_id, live.limits.request_timeout);
+    ctx.max_depth = live.limits.max_agent_depth;
+    ctx.end_user = end_user.map(str::to_string);
     ctx
 }
 
@@ -72,7 +73,8 @@ pub(super) async fn completions(
     State(state): State<AppState>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let bytes = body(&state, raw)?;
+    let live = state.live.load_full();
+    let bytes = body(&live, raw)?;
     let wire: ChatRequest = parse(&bytes)?;
     if wire.model.trim().is_empty() {
         return Err(ApiError::bad_request("`model` must not be empty"));
@@ -86,10 +88,10 @@ pub(super) async fn completions(
         .to_domain()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = new_id("chatcmpl");
-    let ctx = context(&state, &id);
+    let ctx = context(&live, &id, wire.user.as_deref());
     let created = unix_now();
     if wire.stream {
-        return Ok(match state.pipeline.chat_stream(ctx, req).await? {
+        return Ok(match live.pipeline.chat_stream(ctx, req).await? {
             StreamStart::Buffered(outcome) => {
                 let model = outcome.completion.model.clone();
                 let events = futures::stream::iter(
@@ -108,7 +110,7 @@ pub(super) async fn completions(
             }
         });
     }
-    let outcome = state.pipeline.chat(ctx, req).await?;
+    let outcome = live.pipeline.chat(ctx, req).await?;
     let body = ChatResponse::from_completion(id.clone(), created, &outcome.completion);
     Ok(with_headers(
         Json(body).into_response(),
@@ -167,7 +169,7 @@ fn json_text<T: serde::Serialize>(value: &T) -> String {
 /// `GET /v1/models`.
 pub(super) async fn models(State(state): State<AppState>) -> Response {
     let data: Vec<Value> = state
-        .pipeline
+        .pipeline()
         .models()
         .into_iter()
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "agentrouter"}))
@@ -190,7 +192,8 @@ pub(super) async fn invoke(
     Path(name): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let bytes = body(&state, raw)?;
+    let live = state.live.load_full();
+    let bytes = body(&live, raw)?;
     let req: InvokeRequest = parse(&bytes)?;
     let input = match req.input {
         Value::String(text) if !text.trim().is_empty() => vec![Message::user(text)],
@@ -220,9 +223,9 @@ pub(super) async fn invoke(
         input,
         metadata: crate::openai::metadata_from_wire(req.metadata.as_ref()),
     };
-    let outcome = state
+    let outcome = live
         .pipeline
-        .invoke(context(&state, &id), &name, task)
+        .invoke(context(&live, &id, None), &name, task)
         .await?;
     let usage: WireUsage = outcome.completion.usage.into();
     let body = json!({

@@ -1,16 +1,21 @@
-//! The HTTP surface: an OpenAI-compatible API, agent invocation, health.
+//! The HTTP surface: an OpenAI-compatible API, agent invocation, health,
+//! and the admin API (`/admin`, see [`admin`]).
 //!
 //! Handlers parse and check the request, hand domain types to the pipeline,
 //! and render its answer; every error is rendered once, by [`ApiError`].
 
+pub mod admin;
 mod chat;
 mod error;
 
+pub use admin::{AdminState, Reload, ReloadReport};
 pub use error::ApiError;
 
+use crate::config::Secret;
 use crate::domain::CircuitState;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -33,22 +38,42 @@ pub struct ServerLimits {
     pub max_agent_depth: u32,
 }
 
+/// What a config reload replaces, swapped as one: a request sees either
+/// the old or the new of all of it.
+pub struct Live {
+    /// The request pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// Limits.
+    pub limits: ServerLimits,
+    /// The admin token; `None` disables the admin API.
+    pub admin_token: Option<Secret>,
+}
+
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct AppState {
-    /// The request pipeline.
-    pub pipeline: Arc<Pipeline>,
+    /// The live configuration; a handler loads it once per request and keeps
+    /// that snapshot, so a reload never changes a request midway.
+    pub live: Arc<ArcSwap<Live>>,
     /// The store (checked by readiness).
     pub store: Store,
-    /// Limits.
-    pub limits: ServerLimits,
     /// Set once shutdown begins; readiness then reports 503.
     pub draining: Arc<AtomicBool>,
+    /// The admin API's control plane.
+    pub admin: AdminState,
+}
+
+impl AppState {
+    /// The current pipeline.
+    pub fn pipeline(&self) -> Arc<Pipeline> {
+        self.live.load().pipeline.clone()
+    }
 }
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
-    let limit = state.limits.max_body_bytes;
+    // Changing the body limit needs a restart: it is part of the router.
+    let limit = state.live.load().limits.max_body_bytes;
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(chat::models))
@@ -56,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .merge(admin::routes(state.clone()))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -98,7 +124,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.pipeline.metrics().render(),
+        state.pipeline().metrics().render(),
     )
         .into_response()
 }
@@ -132,12 +158,13 @@ async fn ready(State(state): State<AppState>) -> Response {
             .map(|e| e.to_string())
             .unwrap_or_else(|| "open".into()),
     );
-    let slots = state.pipeline.slots().len();
+    let pipeline = state.pipeline();
+    let slots = pipeline.slots().len();
     check("plugins", true, format!("{slots} plugins loaded"));
     // Ready while any upstream's breaker lets traffic through: one provider
     // being down is the router's business, all of them down is not a replica
     // that should receive traffic.
-    let circuits = state.pipeline.circuits();
+    let circuits = pipeline.circuits();
     let open: Vec<&str> = circuits
         .iter()
         .filter(|(_, _, c)| *c == CircuitState::Open)
