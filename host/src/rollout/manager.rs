@@ -182,8 +182,9 @@ impl Rollouts {
                 hot.name()
             ))
         })?;
-        let version =
-            (id.version != id.digest[..12.min(id.digest.len())]).then(|| id.version.clone());
+        // A label that is just the digest prefix was defaulted, not chosen.
+        let defaulted = id.digest.get(..12).is_some_and(|p| p == id.version);
+        let version = (!defaulted).then(|| id.version.clone());
         self.load_bytes(hot, bytes, version).await
     }
 
@@ -337,11 +338,16 @@ impl Rollouts {
                 ))
             })?,
         };
+        if wanted.len() != 64 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RolloutError::Invalid(format!(
+                "rollout `candidate` must be a sha256 digest (64 hex digits, optionally prefixed `sha256:`), got `{wanted}`"
+            )));
+        }
         let id = match &record.staged {
             Some(staged) if staged.digest == wanted => staged.clone(),
             _ => VersionRef {
                 name: hot.name().to_string(),
-                version: wanted[..12.min(wanted.len())].to_string(),
+                version: wanted[..12].to_string(),
                 digest: wanted.clone(),
             },
         };
