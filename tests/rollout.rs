@@ -685,6 +685,85 @@ async fn watch_reloads_a_plugin_when_its_wasm_file_changes() {
     gw.stop().await;
 }
 
+/// Kills the child process when dropped, so a failing test leaves none behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn agentrouter_serve_watch_picks_up_a_replaced_plugin_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("redact.wasm");
+    std::fs::write(&wasm, builtin("pii-redact")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = config("closed", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace(
+            "source = \"builtin:pii-redact\"",
+            "source = \"redact.wasm\"\nworld = \"validator\"",
+        );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, toml).unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let _child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_agentrouter"))
+            .args(["serve", "--watch", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::new();
+    let digest = || async {
+        let resp = client
+            .get(format!("http://127.0.0.1:{port}/admin/plugins/redact"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?;
+        let body: Value = resp.json().await.ok()?;
+        body["live"]["digest"].as_str().map(str::to_string)
+    };
+    let logs = || std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+    let old = sha256_hex(&builtin("pii-redact"));
+    assert!(
+        eventually(400, || async {
+            digest().await.as_deref() == Some(old.as_str())
+        })
+        .await,
+        "the gateway did not come up: {}",
+        logs()
+    );
+    let tmp = dir.path().join("redact.wasm.tmp");
+    std::fs::write(&tmp, fixture("slow_ok")).unwrap();
+    std::fs::rename(&tmp, &wasm).unwrap();
+    let new = sha256_hex(&fixture("slow_ok"));
+    assert!(
+        eventually(200, || async {
+            digest().await.as_deref() == Some(new.as_str())
+        })
+        .await,
+        "the new file was never picked up: {}",
+        logs()
+    );
+    // Logged before the swap, so it is written once the new digest shows.
+    let log = logs();
+    assert!(
+        log.contains("plugin swapped (file changed)") && log.contains(&old) && log.contains(&new),
+        "{log}"
+    );
+}
+
 /// Upload-to-serving time: from the start of `PUT /admin/plugins/{name}`
 /// to the first answer served by the new version. Run with
 /// `cargo test -p agentrouter --release --test rollout -- --ignored --nocapture`.
