@@ -498,6 +498,63 @@ async fn shadow_of_a_failing_candidate_reaches_no_client_and_records_diffs() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn shadow_of_a_router_compares_the_chosen_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two upstreams for one model: cost-router tries the cheap one first,
+    // chaos-router (after the host drops its junk) keeps the configured order.
+    let extra = r#"
+[upstreams.a-pricey]
+kind = "simulated"
+model = "usf-mini"
+input_cost_per_1k = 1.0
+output_cost_per_1k = 1.0
+
+[plugins.router]
+source = "builtin:cost-router"
+"#;
+    let toml = config("closed", extra)
+        .replace("[upstreams.sim]", "[upstreams.b-cheap]")
+        .replace("[upstreams.sim.simulator]", "[upstreams.b-cheap.simulator]")
+        .replace("[pipeline]", "[pipeline]\nrouter = \"router\"");
+    let gw = Gateway::start(dir.path(), &toml).await;
+    let wasm = fixture("chaos_router");
+    let (status, body) = gw.put("/admin/plugins/router/candidate", wasm).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = gw
+        .post("/admin/plugins/router/rollout", json!({"mode": "shadow"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for _ in 0..10 {
+        assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    }
+    let shadow = || async {
+        let (status, body) = gw.get("/admin/plugins/router/rollout").await;
+        assert_eq!(status, 200, "{body}");
+        body["shadow"].clone()
+    };
+    assert!(
+        eventually(100, || async {
+            let s = shadow().await;
+            s["different"].as_u64().unwrap() + s["dropped"].as_u64().unwrap() == 10
+        })
+        .await,
+        "{}",
+        shadow().await
+    );
+    let s = shadow().await;
+    assert_eq!(
+        (s["same"].as_u64(), s["candidate_error"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let sample = &s["samples"][0];
+    assert_eq!(
+        (&sample["stable"], &sample["candidate"]),
+        (&json!("b-cheap"), &json!("a-pricey"))
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ab_assignment_is_sticky_per_client_over_100_requests() {
     let dir = tempfile::tempdir().unwrap();
