@@ -327,6 +327,49 @@ async fn bad_uploads_are_refused_with_422_and_the_old_version_keeps_serving() {
 }
 
 #[tokio::test]
+async fn agent_swaps_are_smoke_tested_by_instantiation_and_serve_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[plugins.helper]\nsource = \"builtin:worker\"\n[plugins.helper.settings]\nrole = \"researcher\"\n";
+    let gw = Gateway::start(dir.path(), &config("closed", extra)).await;
+    let invoke = || async {
+        let resp = gw
+            .client
+            .post(format!("{}/v1/agents/helper/invoke", gw.base))
+            .json(&json!({"input": "hello"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        body["output"].as_str().unwrap().to_string()
+    };
+    let before = invoke().await;
+
+    let (status, body) = gw.put("/admin/plugins/helper", builtin("pii-redact")).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not fit world `agent`"),
+        "{body}"
+    );
+
+    // The same worker under another version label: instantiated, then live.
+    let (status, body) = gw
+        .put("/admin/plugins/helper?version=2.0.0", builtin("worker"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, view) = gw.get("/admin/plugins/helper").await;
+    assert_eq!(view["live"]["version"], "2.0.0");
+    assert_eq!(view["world"], "agent");
+    // The smoke probe instantiated it once without calling the LLM.
+    assert_eq!(view["live"]["calls"], 1, "{view}");
+    assert_eq!(invoke().await, before);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn admin_api_needs_the_token_and_is_off_without_one() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(dir.path(), &config("closed", "")).await;
