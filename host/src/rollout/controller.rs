@@ -8,10 +8,12 @@
 //!    above `max_latency_ratio` × stable's: roll back;
 //! 4. otherwise add `step` points; at 100% promote.
 //!
-//! The task holds only weak references: when the slot is replaced (config
-//! reload) or the gateway stops, it ends on its next tick.
+//! Shadow and A/B rollouts get the same task, which only persists their
+//! counters every `interval_s`. The task holds only weak references: when
+//! the slot is replaced (config reload) or the gateway stops, it ends on
+//! its next tick.
 
-use super::plan::{Phase, Rollout, RolloutSpec};
+use super::plan::{Mode, Phase, Rollout, RolloutSpec};
 use super::stats::ArmSnapshot;
 use super::{HotPlugin, Rollouts};
 use std::sync::{Arc, Weak};
@@ -68,7 +70,7 @@ pub fn evaluate(
     }
 }
 
-/// Starts the controller of a canary `rollout` in slot `hot`.
+/// Starts the controller of `rollout` in slot `hot`.
 pub(super) fn spawn(manager: Weak<Rollouts>, hot: Weak<HotPlugin>, rollout: Weak<Rollout>) {
     let Some(interval) = rollout
         .upgrade()
@@ -95,6 +97,12 @@ pub(super) fn spawn(manager: Weak<Rollouts>, hot: Weak<HotPlugin>, rollout: Weak
 async fn tick(manager: &Rollouts, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) -> bool {
     if !hot.is_current(rollout) || rollout.phase() != Phase::Active {
         return false;
+    }
+    if rollout.spec.mode != Mode::Canary {
+        // Shadow and A/B end by the operator's decision; keep their
+        // counters persisted so a restart resumes with them.
+        manager.persist_quietly(hot).await;
+        return true;
     }
     let decision = evaluate(
         &rollout.spec,
@@ -135,7 +143,7 @@ async fn tick(manager: &Rollouts, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::plan::{Mode, RolloutRequest};
+    use crate::rollout::plan::RolloutRequest;
     use crate::rollout::stats::ArmStats;
 
     fn spec() -> RolloutSpec {

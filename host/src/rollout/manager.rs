@@ -5,7 +5,7 @@
 //! serialised by one async lock, which is never taken on the request path.
 
 use super::persist::{self, RolloutRecord, SlotRecord};
-use super::plan::{Mode, Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
+use super::plan::{Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
 use super::{HotPlugin, SlotState, controller, unix_now};
 use crate::domain::{
     Candidate, CompletionRequest, Failure, FailureContext, Message, RouteRequest, Stage,
@@ -372,13 +372,11 @@ impl Rollouts {
     }
 
     fn supervise(&self, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) {
-        if rollout.spec.mode == Mode::Canary {
-            controller::spawn(
-                self.me.clone(),
-                Arc::downgrade(hot),
-                Arc::downgrade(rollout),
-            );
-        }
+        controller::spawn(
+            self.me.clone(),
+            Arc::downgrade(hot),
+            Arc::downgrade(rollout),
+        );
     }
 
     /// Ends the slot's rollout by the operator's decision.
