@@ -392,6 +392,8 @@ impl StepLog {
 pub struct CallContext {
     /// Client identity (API key id, or `anonymous`).
     pub client: String,
+    /// The end user the client acts for (OpenAI's `user` field), if given.
+    pub end_user: Option<String>,
     /// Request id for correlation.
     pub request_id: String,
     /// When the whole request must be done.
@@ -409,11 +411,22 @@ impl CallContext {
     pub fn new(client: impl Into<String>, request_id: impl Into<String>, budget: Duration) -> Self {
         Self {
             client: client.into(),
+            end_user: None,
             request_id: request_id.into(),
             deadline: Instant::now() + budget,
             chain: Vec::new(),
             max_depth: DEFAULT_MAX_DEPTH,
             steps: StepLog::default(),
+        }
+    }
+
+    /// Who this request is for, as one stable key: the client identity and,
+    /// when the request names one, its end user. A/B rollouts assign arms by
+    /// it, so one user keeps seeing one version.
+    pub fn sticky_key(&self) -> String {
+        match &self.end_user {
+            Some(user) => format!("{}\n{user}", self.client),
+            None => self.client.clone(),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod openai;
 pub mod pipeline;
 pub mod plugins;
 pub mod resilience;
+pub mod rollout;
 pub mod runtime;
 pub mod server;
 pub mod store;

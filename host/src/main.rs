@@ -40,6 +40,10 @@ enum Command {
         /// Listen address, overriding `server.listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Reload a file plugin (`source = "path.wasm"`) when it changes on
+        /// disk: the development loop.
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a config and type-check every plugin against its world.
     Check {
@@ -118,7 +122,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
     let result = match cli.command {
-        Command::Serve { config, listen } => serve_command(config, listen, format),
+        Command::Serve {
+            config,
+            listen,
+            watch,
+        } => serve_command(config, listen, watch, format),
         Command::Check { config } => run_async(async move {
             let _logs = init_logging(format)?;
             check(config).await
@@ -202,6 +210,7 @@ async fn shutdown_signal() {
 fn serve_command(
     path: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    watch: bool,
     format: LogFormat,
 ) -> anyhow::Result<ExitCode> {
     let config = match &path {
@@ -221,15 +230,31 @@ fn serve_command(
     if let Some(endpoint) = &config.telemetry.otlp_endpoint {
         tracing::info!(%endpoint, sample_rate = config.telemetry.sample_rate, "exporting traces over OTLP/HTTP");
     }
-    let result = runtime.block_on(serve(config, listen));
+    let result = runtime.block_on(serve(config, listen, watch));
     // Flush spans while the runtime that carries the exports still runs.
     drop(telemetry);
     result
 }
 
-async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    config: Config,
+    listen: Option<SocketAddr>,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
     tracing::warn!("authentication is not configured: every client is served as `anonymous`");
     let app = App::build(&config).await?;
+    if config.admin.token.is_none() {
+        tracing::info!("admin API disabled: set [admin] token to enable hot swap and rollouts");
+    }
+    let _watch = if watch {
+        let watch = app.watch().context("cannot watch plugin files")?;
+        if watch.files.is_empty() {
+            tracing::warn!("--watch: no plugin is loaded from a .wasm file, nothing to watch");
+        }
+        Some(watch)
+    } else {
+        None
+    };
     let addr = listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

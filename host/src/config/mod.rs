@@ -36,6 +36,8 @@ pub const QUICKSTART_TOML: &str = include_str!("../../../examples/quickstart.tom
 pub struct Config {
     /// `[server]`.
     pub server: ServerConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
     /// `[store]`.
     pub store: StoreConfig,
     /// `[runtime]`.
@@ -54,6 +56,8 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// Where the text came from, for errors raised after parsing.
     origin: String,
+    /// The file it was read from, for reloads.
+    file: Option<PathBuf>,
     /// Lines of the keys, for errors raised after parsing.
     spans: SpanIndex,
 }
@@ -63,6 +67,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 struct Document {
     server: ServerConfig,
+    admin: AdminConfig,
     store: StoreConfig,
     runtime: RuntimeConfig,
     upstreams: BTreeMap<String, UpstreamConfig>,
@@ -109,7 +114,15 @@ impl Config {
         };
         // Absolute, so paths stay right if the process changes directory.
         let base_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-        Self::parse_with(&text, &origin, &base_dir, &secret::process_env)
+        let mut config = Self::parse_with(&text, &origin, &base_dir, &secret::process_env)?;
+        config.file = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(config)
+    }
+
+    /// The file this config was read from (`None` for parsed text and the
+    /// embedded quickstart); `POST /admin/reload` re-reads it.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// Parses with an injectable environment, reporting every problem.
@@ -125,6 +138,7 @@ impl Config {
             .map_err(|e| vec![error::from_toml(origin, Some(&spans), text, &e)])?;
         let mut config = Config {
             server: doc.server,
+            admin: doc.admin,
             store: doc.store,
             runtime: doc.runtime,
             upstreams: doc.upstreams,
@@ -134,6 +148,7 @@ impl Config {
             telemetry: doc.telemetry,
             base_dir: base_dir.to_path_buf(),
             origin: origin.to_string(),
+            file: None,
             spans: SpanIndex::default(),
         };
         let mut errors = Errors::new(origin, &spans);

@@ -80,6 +80,15 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[admin]`: the admin API under `/admin` (hot swap, rollouts, reload).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token admin requests must carry, resolved (usually
+    /// `${env:AGENTROUTER_ADMIN_TOKEN}`). Without it the admin API is off.
+    pub token: Option<Secret>,
+}
+
 /// `[store]`: persistent state.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -408,3 +408,23 @@ fn telemetry_endpoint_and_sample_rate_are_checked_with_key_and_line() {
     .unwrap();
     assert_eq!(ok.telemetry.sample_rate, 0.1);
 }
+
+#[test]
+fn admin_token_is_a_secret_that_must_resolve_and_be_long_enough() {
+    let config = parse(&format!(
+        "[admin]\ntoken = \"0123456789abcdef\"\n{UPSTREAM}"
+    ))
+    .unwrap();
+    let token = config.admin.token.as_ref().unwrap();
+    assert_eq!(token.expose(), "0123456789abcdef");
+    assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    assert!(parse(UPSTREAM).unwrap().admin.token.is_none());
+
+    let short = only_error(&format!("[admin]\ntoken = \"short\"\n{UPSTREAM}"));
+    assert_eq!((short.key.as_str(), short.line), ("admin.token", Some(2)));
+    assert!(short.message.contains("at least 16"), "{short}");
+
+    let missing = only_error(&format!("[admin]\ntoken = \"${{env:NOPE}}\"\n{UPSTREAM}"));
+    assert_eq!(missing.key, "admin.token");
+    assert!(missing.message.contains("`NOPE` is not set"), "{missing}");
+}

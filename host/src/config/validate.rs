@@ -15,6 +15,7 @@ use crate::runtime::{PluginError, World};
 /// Checks and normalises `config` in place, recording every problem.
 pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
     server(config, errors);
+    admin(config, errors, env);
     upstreams(config, errors, env);
     plugin_slots(config, errors, env);
     pipeline(config, errors);
@@ -81,6 +82,23 @@ fn server(config: &Config, errors: &mut Errors<'_>) {
     }
     if r.epoch_tick_ms == 0 {
         errors.push("runtime.epoch_tick_ms", "must be positive");
+    }
+}
+
+fn admin(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
+    let base_dir = config.base_dir.clone();
+    if let Some(token) = &mut config.admin.token {
+        match secret::resolve(token.expose(), &base_dir, env) {
+            Ok(Some(resolved)) => *token = resolved,
+            Ok(None) => {}
+            Err(reason) => return errors.push("admin.token", reason),
+        }
+        if token.expose().trim().len() < 16 {
+            errors.push(
+                "admin.token",
+                "must be at least 16 characters (it guards plugin uploads)",
+            );
+        }
     }
 }
 

@@ -247,7 +247,7 @@ impl Pipeline {
     }
 
     fn health_of(&self, upstream: &dyn Upstream) -> Option<&UpstreamHealth> {
-        self.health.get(&upstream.info().name)
+        self.health.get(&upstream.info().name).map(|h| &**h)
     }
 
     fn is_healthy(&self, upstream: &dyn Upstream, now: Instant) -> bool {

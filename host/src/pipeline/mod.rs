@@ -14,11 +14,12 @@ mod error;
 pub use error::PipelineError;
 
 use crate::domain::{
-    CallContext, Completion, CompletionRequest, Failure, Message, Stage, Step, Task, TaskResult,
-    Verdict,
+    CallContext, Candidate, Completion, CompletionRequest, Failure, Message, Stage, Step, Task,
+    TaskResult, Verdict,
 };
 use crate::resilience::{Alerter, BreakerSettings, BudgetSettings};
-use crate::runtime::{AgentHost, Plugin, World};
+use crate::rollout::{HotPlugin, with_sticky_key};
+use crate::runtime::{AgentHost, World};
 use crate::telemetry::Metrics;
 use crate::upstream::{EventStream, Upstream};
 use completion::UpstreamHealth;
@@ -46,8 +47,9 @@ pub enum FailurePolicy {
 /// A configured plugin slot.
 #[derive(Clone, Debug)]
 pub struct Slot {
-    /// The loaded plugin.
-    pub plugin: Arc<Plugin>,
+    /// The slot's plugin: the live version, swappable while serving, and any
+    /// rollout in progress (see [`crate::rollout`]).
+    pub plugin: Arc<HotPlugin>,
     /// Its failure policy.
     pub policy: FailurePolicy,
 }
@@ -157,8 +159,9 @@ impl UpstreamSetup {
 pub struct Pipeline {
     slots: HashMap<String, Slot>,
     upstreams: Vec<Arc<dyn Upstream>>,
-    /// Per upstream name: its bound, live statistics and breaker.
-    health: HashMap<String, UpstreamHealth>,
+    /// Per upstream name: its bound, live statistics and breaker; shared
+    /// with the next pipeline on a config reload when the upstream is kept.
+    health: HashMap<String, Arc<UpstreamHealth>>,
     settings: PipelineSettings,
     alerter: Alerter,
     me: Weak<Pipeline>,
@@ -169,6 +172,18 @@ impl Pipeline {
     /// `settings` must exist with the right world (config validation
     /// guarantees it; this re-checks).
     pub fn new(
+        slots: HashMap<String, Slot>,
+        upstreams: Vec<UpstreamSetup>,
+        settings: PipelineSettings,
+    ) -> Result<Arc<Pipeline>, String> {
+        Self::succeeding(None, slots, upstreams, settings)
+    }
+
+    /// Like [`Pipeline::new`], for a config reload: an upstream that is the
+    /// very same object in `previous` keeps its statistics and breaker
+    /// state, so a reload neither forgets an outage nor resets a recovery.
+    pub fn succeeding(
+        previous: Option<&Pipeline>,
         slots: HashMap<String, Slot>,
         upstreams: Vec<UpstreamSetup>,
         settings: PipelineSettings,
@@ -197,13 +212,21 @@ impl Pipeline {
         if upstreams.is_empty() {
             return Err("no upstreams configured".into());
         }
+        let kept = |u: &UpstreamSetup| {
+            let name = &u.upstream.info().name;
+            let previous = previous?;
+            previous
+                .upstreams
+                .iter()
+                .any(|p| Arc::ptr_eq(p, &u.upstream))
+                .then(|| previous.health.get(name).cloned())
+                .flatten()
+        };
         let health = upstreams
             .iter()
             .map(|u| {
-                (
-                    u.upstream.info().name.clone(),
-                    UpstreamHealth::new(u, &settings),
-                )
+                let health = kept(u).unwrap_or_else(|| Arc::new(UpstreamHealth::new(u, &settings)));
+                (u.upstream.info().name.clone(), health)
             })
             .collect();
         let upstreams = upstreams.into_iter().map(|u| u.upstream).collect();
@@ -255,6 +278,29 @@ impl Pipeline {
                     info.model.clone(),
                     state.unwrap_or(crate::domain::CircuitState::Closed),
                 )
+            })
+            .collect()
+    }
+
+    /// The upstreams as a router sees them, with their circuit state (and no
+    /// latency or error history): what a router's smoke call is given.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.upstreams
+            .iter()
+            .zip(self.circuits())
+            .map(|(u, (_, _, circuit))| {
+                let info = u.info();
+                Candidate {
+                    name: info.name.clone(),
+                    model: info.model.clone(),
+                    input_cost_per_1k: info.input_cost_per_1k,
+                    output_cost_per_1k: info.output_cost_per_1k,
+                    ewma_latency_ms: 0.0,
+                    error_rate: 0.0,
+                    circuit,
+                    weight: info.weight,
+                    tags: info.tags.clone(),
+                }
             })
             .collect()
     }
@@ -319,6 +365,14 @@ impl Pipeline {
     pub async fn chat(
         &self,
         ctx: CallContext,
+        req: CompletionRequest,
+    ) -> Result<ChatOutcome, PipelineError> {
+        with_sticky_key(ctx.sticky_key(), self.chat_inner(ctx, req)).await
+    }
+
+    async fn chat_inner(
+        &self,
+        ctx: CallContext,
         mut req: CompletionRequest,
     ) -> Result<ChatOutcome, PipelineError> {
         if !self.knows_model(&req.model) {
@@ -377,10 +431,18 @@ impl Pipeline {
     pub async fn chat_stream(
         &self,
         ctx: CallContext,
+        req: CompletionRequest,
+    ) -> Result<StreamStart, PipelineError> {
+        with_sticky_key(ctx.sticky_key(), self.chat_stream_inner(ctx, req)).await
+    }
+
+    async fn chat_stream_inner(
+        &self,
+        ctx: CallContext,
         mut req: CompletionRequest,
     ) -> Result<StreamStart, PipelineError> {
         if req.model.starts_with("agent:") || !self.settings.output_validators.is_empty() {
-            return self.chat(ctx, req).await.map(StreamStart::Buffered);
+            return self.chat_inner(ctx, req).await.map(StreamStart::Buffered);
         }
         if !self.knows_model(&req.model) {
             return Err(PipelineError::UnknownModel(req.model));

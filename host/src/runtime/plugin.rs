@@ -518,6 +518,30 @@ impl Plugin {
         }
     }
 
+    /// Instantiates the plugin once without calling its export: start
+    /// functions and constructors run, under the plugin's limits. The smoke
+    /// check for agents, whose export would call the LLM.
+    pub async fn probe(&self) -> Result<(), PluginError> {
+        let timeout = Duration::from_millis(self.limits.timeout_ms);
+        let mut store = self.new_store(None, timeout)?;
+        let started = Instant::now();
+        let span = self.call_span("probe");
+        let outcome = tokio::time::timeout(timeout, async {
+            let instantiated = match &self.pre {
+                WorldPre::Agent(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                WorldPre::Validator(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                WorldPre::Router(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                WorldPre::Recovery(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            };
+            instantiated.map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
+            Ok(())
+        })
+        .instrument(span.clone())
+        .await;
+        self.finish(&span, store, started, timeout, outcome)
+    }
+
     /// Runs a validator over `messages` at `stage`.
     pub async fn validate(
         &self,

@@ -1,6 +1,6 @@
 //! `/v1/chat/completions`, `/v1/models` and `/v1/agents/{name}/invoke`.
 
-use super::{ApiError, AppState, unix_now};
+use super::{ApiError, AppState, Live, unix_now};
 use crate::domain::{CallContext, Message, Task};
 use crate::openai::{ChatRequest, ChatResponse, ChunkWriter, ErrorBody, WireMessage, WireUsage};
 use crate::pipeline::{ChatOutcome, StreamStart};
@@ -30,10 +30,10 @@ fn new_id(prefix: &str) -> String {
 }
 
 /// The body, or the right error for a body that could not be read.
-fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+fn body(live: &Live, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(state.limits.max_body_bytes)
+            ApiError::too_large(live.limits.max_body_bytes)
         } else {
             ApiError::bad_request(format!("could not read the request body: {rejection}"))
         }
@@ -45,9 +45,10 @@ fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn context(state: &AppState, request_id: &str) -> CallContext {
-    let mut ctx = CallContext::new("anonymous", request_id, state.limits.request_timeout);
-    ctx.max_depth = state.limits.max_agent_depth;
+fn context(live: &Live, request_id: &str, end_user: Option<&str>) -> CallContext {
+    let mut ctx = CallContext::new("anonymous", request_id, live.limits.request_timeout);
+    ctx.max_depth = live.limits.max_agent_depth;
+    ctx.end_user = end_user.map(str::to_string);
     request::with_current(|s| s.set_client(&ctx.client));
     ctx
 }
@@ -55,8 +56,8 @@ fn context(state: &AppState, request_id: &str) -> CallContext {
 /// Notes the model or `agent:<name>` a request addressed, for its metrics
 /// and log line; a name that does not exist is noted as `unknown`, so
 /// clients cannot mint label values.
-fn note_target(state: &AppState, model: &str) {
-    let known = state.pipeline.knows_model(model);
+fn note_target(live: &Live, model: &str) {
+    let known = live.pipeline.knows_model(model);
     request::with_current(|s| s.set_target(if known { model } else { "unknown" }));
 }
 
@@ -82,12 +83,13 @@ pub(super) async fn completions(
     State(state): State<AppState>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let bytes = body(&state, raw)?;
+    let live = state.live.load_full();
+    let bytes = body(&live, raw)?;
     let wire: ChatRequest = parse(&bytes)?;
     if wire.model.trim().is_empty() {
         return Err(ApiError::bad_request("`model` must not be empty"));
     }
-    note_target(&state, &wire.model);
+    note_target(&live, &wire.model);
     if wire.messages.is_empty() {
         return Err(ApiError::bad_request(
             "`messages` must contain at least one message",
@@ -97,10 +99,10 @@ pub(super) async fn completions(
         .to_domain()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = new_id("chatcmpl");
-    let ctx = context(&state, &id);
+    let ctx = context(&live, &id, wire.user.as_deref());
     let created = unix_now();
     if wire.stream {
-        return Ok(match state.pipeline.chat_stream(ctx, req).await? {
+        return Ok(match live.pipeline.chat_stream(ctx, req).await? {
             StreamStart::Buffered(outcome) => {
                 let model = outcome.completion.model.clone();
                 let events = futures::stream::iter(
@@ -119,7 +121,7 @@ pub(super) async fn completions(
             }
         });
     }
-    let outcome = state.pipeline.chat(ctx, req).await?;
+    let outcome = live.pipeline.chat(ctx, req).await?;
     let body = ChatResponse::from_completion(id.clone(), created, &outcome.completion);
     Ok(with_headers(
         Json(body).into_response(),
@@ -178,7 +180,7 @@ fn json_text<T: serde::Serialize>(value: &T) -> String {
 /// `GET /v1/models`.
 pub(super) async fn models(State(state): State<AppState>) -> Response {
     let data: Vec<Value> = state
-        .pipeline
+        .pipeline()
         .models()
         .into_iter()
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "agentrouter"}))
@@ -201,8 +203,9 @@ pub(super) async fn invoke(
     Path(name): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    note_target(&state, &format!("agent:{name}"));
-    let bytes = body(&state, raw)?;
+    let live = state.live.load_full();
+    note_target(&live, &format!("agent:{name}"));
+    let bytes = body(&live, raw)?;
     let req: InvokeRequest = parse(&bytes)?;
     let input = match req.input {
         Value::String(text) if !text.trim().is_empty() => vec![Message::user(text)],
@@ -232,9 +235,9 @@ pub(super) async fn invoke(
         input,
         metadata: crate::openai::metadata_from_wire(req.metadata.as_ref()),
     };
-    let outcome = state
+    let outcome = live
         .pipeline
-        .invoke(context(&state, &id), &name, task)
+        .invoke(context(&live, &id, None), &name, task)
         .await?;
     let usage: WireUsage = outcome.completion.usage.into();
     let body = json!({

@@ -1,19 +1,24 @@
-//! The HTTP surface: an OpenAI-compatible API, agent invocation, health.
+//! The HTTP surface: an OpenAI-compatible API, agent invocation, health,
+//! and the admin API (`/admin`, see [`admin`]).
 //!
 //! Handlers parse and check the request, hand domain types to the pipeline,
 //! and render its answer; every error is rendered once, by [`ApiError`].
 
+pub mod admin;
 mod chat;
 mod error;
 mod observe;
 
+pub use admin::{AdminState, Reload, ReloadReport};
 pub use error::ApiError;
 
+use crate::config::Secret;
 use crate::domain::CircuitState;
 use crate::pipeline::Pipeline;
 use crate::resilience::Bulkhead;
 use crate::store::Store;
 use crate::telemetry::metrics::{PluginLabels, ShedLabels, UpstreamName};
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
@@ -40,26 +45,46 @@ pub struct ServerLimits {
     pub max_agent_depth: u32,
 }
 
+/// What a config reload replaces, swapped as one: a request sees either
+/// the old or the new of all of it.
+pub struct Live {
+    /// The request pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// Limits.
+    pub limits: ServerLimits,
+    /// The admin token; `None` disables the admin API.
+    pub admin_token: Option<Secret>,
+}
+
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct AppState {
-    /// The request pipeline.
-    pub pipeline: Arc<Pipeline>,
+    /// The live configuration; a handler loads it once per request and keeps
+    /// that snapshot, so a reload never changes a request midway.
+    pub live: Arc<ArcSwap<Live>>,
     /// The store (checked by readiness).
     pub store: Store,
-    /// Limits.
-    pub limits: ServerLimits,
     /// Set once shutdown begins; readiness then reports 503.
     pub draining: Arc<AtomicBool>,
     /// Global bulkhead on API requests (`resilience.max_concurrent_requests`).
     pub bulkhead: Bulkhead,
     /// Where the running config came from (readiness names it).
     pub config_origin: Arc<str>,
+    /// The admin API's control plane.
+    pub admin: AdminState,
+}
+
+impl AppState {
+    /// The current pipeline.
+    pub fn pipeline(&self) -> Arc<Pipeline> {
+        self.live.load().pipeline.clone()
+    }
 }
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
-    let limit = state.limits.max_body_bytes;
+    // Changing the body limit needs a restart: it is part of the router.
+    let limit = state.live.load().limits.max_body_bytes;
     // Only the API is behind the bulkhead: probes and scrapes must answer
     // precisely when the replica is busiest.
     let api = Router::new()
@@ -72,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .merge(admin::routes(state.clone()))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         // `Router::layer` wraps each route after matching, so the layer
@@ -138,7 +164,7 @@ async fn live() -> Response {
 async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(place) = state.bulkhead.try_enter() else {
         state
-            .pipeline
+            .pipeline()
             .metrics()
             .bulkhead_rejections
             .get_or_create(&ShedLabels {
@@ -160,9 +186,10 @@ async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Re
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let metrics = state.pipeline.metrics();
+    let pipeline = state.pipeline();
+    let metrics = pipeline.metrics();
     // Gauges of state owned elsewhere are read at scrape time.
-    for (upstream, _, circuit) in state.pipeline.circuits() {
+    for (upstream, _, circuit) in pipeline.circuits() {
         let value = match circuit {
             CircuitState::Closed => 0,
             CircuitState::HalfOpen => 1,
@@ -173,9 +200,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .get_or_create(&UpstreamName { upstream })
             .set(value);
     }
-    for slot in state.pipeline.slots().values() {
+    for slot in pipeline.slots().values() {
         let identity = slot.plugin.identity();
-        let peak = slot.plugin.stats().peak_memory_bytes;
+        let peak = slot.plugin.live().stats().peak_memory_bytes;
         metrics
             .plugin_peak_memory
             .get_or_create(&PluginLabels {
@@ -189,7 +216,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.pipeline.metrics().render(),
+        metrics.render(),
     )
         .into_response()
 }
@@ -223,10 +250,11 @@ async fn ready(State(state): State<AppState>) -> Response {
             .map(|e| e.to_string())
             .unwrap_or_else(|| "open".into()),
     );
-    let slots = state.pipeline.slots();
+    let pipeline = state.pipeline();
+    let slots = pipeline.slots();
     let mut cold: Vec<String> = slots
         .values()
-        .filter(|s| !s.plugin.is_warm())
+        .filter(|s| !s.plugin.live().is_warm())
         .map(|s| s.plugin.identity().to_string())
         .collect();
     cold.sort();
@@ -249,7 +277,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     // one provider down is the router's business, a model nobody can serve
     // is not a replica that should receive traffic.
     let mut models: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-    for (_, model, circuit) in state.pipeline.circuits() {
+    for (_, model, circuit) in pipeline.circuits() {
         let entry = models.entry(model).or_default();
         entry.0 += 1;
         if circuit != CircuitState::Open {
@@ -258,7 +286,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
     // A model whose fallback chain can serve is served (by the chain).
     let usable = |model: &str| models.get(model).is_some_and(|(_, usable)| *usable > 0);
-    let fallbacks = &state.pipeline.settings().fallbacks;
+    let fallbacks = &pipeline.settings().fallbacks;
     let down: Vec<&str> = models
         .keys()
         .filter(|model| {
@@ -276,8 +304,7 @@ async fn ready(State(state): State<AppState>) -> Response {
             models.len()
         )
     } else {
-        let open: Vec<String> = state
-            .pipeline
+        let open: Vec<String> = pipeline
             .circuits()
             .into_iter()
             .filter(|(_, m, c)| down.contains(&m.as_str()) && *c == CircuitState::Open)

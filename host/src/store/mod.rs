@@ -77,6 +77,11 @@ impl Store {
         })
     }
 
+    /// Where the store lives, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// The underlying database, for other host services.
     pub fn db(&self) -> &sled::Db {
         &self.db

@@ -1,0 +1,586 @@
+//! [`Rollouts`]: the control plane behind the admin API and `--watch`.
+//!
+//! Every change to a slot goes through here: load (compile and type-check
+//! against the slot's world), smoke-test, swap, persist. Changes are
+//! serialised by one async lock, which is never taken on the request path.
+
+use super::persist::{self, RolloutRecord, SlotRecord};
+use super::plan::{Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
+use super::{HotPlugin, SlotState, controller, unix_now};
+use crate::domain::{
+    Candidate, CompletionRequest, Failure, FailureContext, Message, RouteRequest, Stage,
+};
+use crate::runtime::{Plugin, PluginError, PluginSource, Runtime, World};
+use crate::store::{Store, StoreError};
+use serde::Serialize;
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+
+/// Why a control-plane operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// No slot by that name.
+    #[error("no plugin slot `{0}`")]
+    UnknownSlot(String),
+    /// The component did not load (not a component, wrong world, ...).
+    #[error("{0}")]
+    Load(#[from] PluginError),
+    /// The component loaded but its smoke call failed.
+    #[error(
+        "plugin {plugin} failed its smoke call ({call}); the previous version keeps serving: {source}"
+    )]
+    Smoke {
+        /// `name@version` of the refused version.
+        plugin: String,
+        /// What was called.
+        call: &'static str,
+        /// The failure.
+        source: Box<PluginError>,
+    },
+    /// The request does not fit the slot's state (no rollout, one already running).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A referenced candidate is not in the store.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// A version as `GET /admin/plugins` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionView {
+    /// Name, version and digest.
+    #[serde(flatten)]
+    pub id: VersionRef,
+    /// Where it came from (`builtin:…`, a path, `admin upload`).
+    pub origin: String,
+    /// Calls since it was loaded.
+    pub calls: u64,
+    /// Failed calls since it was loaded.
+    pub errors: u64,
+    /// Mean call latency, ms.
+    pub mean_latency_ms: f64,
+    /// Largest linear memory seen, bytes.
+    pub peak_memory_bytes: u64,
+}
+
+impl From<&Plugin> for VersionView {
+    fn from(p: &Plugin) -> Self {
+        let s = p.stats();
+        Self {
+            id: p.identity().into(),
+            origin: p.origin().to_string(),
+            calls: s.calls,
+            errors: s.errors,
+            mean_latency_ms: if s.calls == 0 {
+                0.0
+            } else {
+                s.busy_micros as f64 / s.calls as f64 / 1000.0
+            },
+            peak_memory_bytes: s.peak_memory_bytes,
+        }
+    }
+}
+
+/// A slot as `GET /admin/plugins` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlotView {
+    /// Slot name.
+    pub name: String,
+    /// Its world.
+    pub world: String,
+    /// The stable version.
+    pub live: VersionView,
+    /// The candidate of the rollout in progress.
+    pub candidate: Option<VersionView>,
+    /// The latest uploaded candidate, not necessarily in a rollout.
+    pub staged: Option<VersionRef>,
+    /// The rollout in progress, or else the last one that ended.
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// The control plane: loads, swaps and rolls out plugin versions.
+pub struct Rollouts {
+    runtime: Arc<Runtime>,
+    store: Store,
+    lock: tokio::sync::Mutex<()>,
+    me: Weak<Rollouts>,
+}
+
+impl Rollouts {
+    /// A control plane loading through `runtime` and persisting in `store`.
+    pub fn new(runtime: Arc<Runtime>, store: Store) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            runtime,
+            store,
+            lock: tokio::sync::Mutex::new(()),
+            me: me.clone(),
+        })
+    }
+
+    /// The plugin runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Serialises a change made outside this type (a config reload) with
+    /// the control plane's own.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// Compiles and type-checks `source` with the slot's limits, settings and
+    /// capabilities. Compilation runs on a blocking thread.
+    async fn load(
+        &self,
+        hot: &HotPlugin,
+        source: PluginSource,
+        version: Option<String>,
+    ) -> Result<Arc<Plugin>, RolloutError> {
+        let mut spec = hot.template().clone();
+        spec.source = source;
+        spec.version = version;
+        // A pin in config names the configured component; an operator
+        // uploading another version through the admin API means to replace it.
+        spec.sha256 = None;
+        let runtime = self.runtime.clone();
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(spec))
+            .await
+            .map_err(|e| RolloutError::Invalid(format!("plugin load task failed: {e}")))??;
+        Ok(Arc::new(plugin))
+    }
+
+    async fn load_bytes(
+        &self,
+        hot: &HotPlugin,
+        bytes: Vec<u8>,
+        version: Option<String>,
+    ) -> Result<Arc<Plugin>, RolloutError> {
+        let source = PluginSource::Bytes {
+            origin: format!("admin upload to `{}`", hot.name()),
+            bytes: Cow::Owned(bytes),
+        };
+        self.load(hot, source, version).await
+    }
+
+    async fn load_stored(
+        &self,
+        hot: &HotPlugin,
+        id: &VersionRef,
+    ) -> Result<Arc<Plugin>, RolloutError> {
+        let bytes = persist::get_wasm(&self.store, &id.digest)?.ok_or_else(|| {
+            RolloutError::NotFound(format!(
+                "no uploaded component with digest {} for slot `{}`: upload it with PUT /admin/plugins/{}/candidate",
+                id.digest,
+                hot.name(),
+                hot.name()
+            ))
+        })?;
+        // A label that is just the digest prefix was defaulted, not chosen.
+        let defaulted = id.digest.get(..12).is_some_and(|p| p == id.version);
+        let version = (!defaulted).then(|| id.version.clone());
+        self.load_bytes(hot, bytes, version).await
+    }
+
+    fn record(&self, hot: &HotPlugin) -> SlotRecord {
+        persist::load(&self.store, hot.name())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Writes what the slot serves now into its record.
+    fn save(
+        &self,
+        hot: &HotPlugin,
+        update: impl FnOnce(&mut SlotRecord),
+    ) -> Result<(), StoreError> {
+        let state = hot.state();
+        let mut record = self.record(hot);
+        record.base_digest = state.base_digest.clone();
+        record.rollout = state.rollout.as_ref().map(|r| RolloutRecord {
+            spec: r.spec.clone(),
+            candidate: r.candidate.identity().into(),
+            started_at: r.started_at,
+            progress: r.progress(),
+        });
+        update(&mut record);
+        persist::save(&self.store, hot.name(), &record)
+    }
+
+    /// Persists the slot's state, logging (not returning) a failure: used by
+    /// the controller, which has no one to report to.
+    pub(super) async fn persist_quietly(&self, hot: &HotPlugin) {
+        let _guard = self.lock.lock().await;
+        if let Err(e) = self.save(hot, |_| {}) {
+            tracing::warn!(plugin = %hot.name(), error = %e, "could not persist rollout state");
+        }
+    }
+
+    /// Replaces the slot's stable version with `bytes` after compiling,
+    /// type-checking and smoke-calling it. Calls in flight finish on the old
+    /// version; on any failure the old version keeps serving.
+    pub async fn swap(
+        &self,
+        hot: &Arc<HotPlugin>,
+        bytes: Vec<u8>,
+        version: Option<String>,
+        candidates: &[Candidate],
+    ) -> Result<Arc<Plugin>, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let digest = crate::runtime::sha256_hex(&bytes);
+        let plugin = self.load_bytes(hot, bytes.clone(), version).await?;
+        smoke(&plugin, candidates).await?;
+        persist::put_wasm(&self.store, &digest, &bytes)?;
+        self.install(hot, plugin.clone(), "admin upload");
+        self.save(hot, |r| r.live = Some(plugin.identity().into()))?;
+        Ok(plugin)
+    }
+
+    /// Makes `plugin` the stable version, keeping any rollout running.
+    fn install(&self, hot: &HotPlugin, plugin: Arc<Plugin>, why: &str) {
+        let old = hot.state();
+        tracing::info!(
+            plugin = %hot.name(),
+            old_version = %old.stable.identity().version,
+            old_digest = %old.stable.identity().digest,
+            new_version = %plugin.identity().version,
+            new_digest = %plugin.identity().digest,
+            "plugin swapped ({why})"
+        );
+        hot.store(SlotState {
+            stable: plugin,
+            rollout: old.rollout.clone(),
+            last: old.last.clone(),
+            base_digest: old.base_digest.clone(),
+        });
+    }
+
+    /// Reloads a slot from its `.wasm` file (`serve --watch`): the file is the
+    /// configured source, so it becomes the slot's base and any admin
+    /// override is dropped.
+    pub async fn reload_file(
+        &self,
+        hot: &Arc<HotPlugin>,
+        path: &Path,
+        candidates: &[Candidate],
+    ) -> Result<Arc<Plugin>, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let version = hot.template().version.clone();
+        let plugin = self
+            .load(hot, PluginSource::File(path.to_path_buf()), version)
+            .await?;
+        if plugin.identity().digest == hot.identity().digest {
+            return Ok(plugin);
+        }
+        smoke(&plugin, candidates).await?;
+        self.install(hot, plugin.clone(), "file changed");
+        let current = hot.state();
+        hot.store(SlotState {
+            stable: current.stable.clone(),
+            rollout: current.rollout.clone(),
+            last: current.last.clone(),
+            base_digest: plugin.identity().digest.clone(),
+        });
+        self.save(hot, |r| r.live = None)?;
+        Ok(plugin)
+    }
+
+    /// Stores an uploaded candidate after compiling and type-checking it.
+    /// No smoke call: finding out how a candidate behaves under real traffic
+    /// is what the rollout is for (a candidate that traps is rolled back).
+    pub async fn stage(
+        &self,
+        hot: &Arc<HotPlugin>,
+        bytes: Vec<u8>,
+        version: Option<String>,
+    ) -> Result<Arc<Plugin>, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let digest = crate::runtime::sha256_hex(&bytes);
+        let plugin = self.load_bytes(hot, bytes.clone(), version).await?;
+        persist::put_wasm(&self.store, &digest, &bytes)?;
+        self.save(hot, |r| r.staged = Some(plugin.identity().into()))?;
+        tracing::info!(plugin = %hot.name(), candidate = %plugin.identity(), digest = %digest, "candidate uploaded");
+        Ok(plugin)
+    }
+
+    /// Starts a rollout of a stored candidate.
+    pub async fn start(
+        &self,
+        hot: &Arc<HotPlugin>,
+        req: RolloutRequest,
+    ) -> Result<RolloutStatus, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let spec = req.resolve().map_err(RolloutError::Invalid)?;
+        let state = hot.state();
+        if let Some(r) = &state.rollout {
+            return Err(RolloutError::Conflict(format!(
+                "slot `{}` already has a {} rollout of {} in progress: promote or roll it back first",
+                hot.name(),
+                r.spec.mode.as_str(),
+                r.candidate.identity()
+            )));
+        }
+        let record = self.record(hot);
+        let wanted = match &req.candidate {
+            Some(d) => d.trim().trim_start_matches("sha256:").to_ascii_lowercase(),
+            None => record.staged.as_ref().map(|s| s.digest.clone()).ok_or_else(|| {
+                RolloutError::Invalid(format!(
+                    "no candidate for slot `{}`: upload one with PUT /admin/plugins/{}/candidate or name its digest in `candidate`",
+                    hot.name(),
+                    hot.name()
+                ))
+            })?,
+        };
+        if wanted.len() != 64 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RolloutError::Invalid(format!(
+                "rollout `candidate` must be a sha256 digest (64 hex digits, optionally prefixed `sha256:`), got `{wanted}`"
+            )));
+        }
+        let id = match &record.staged {
+            Some(staged) if staged.digest == wanted => staged.clone(),
+            _ => VersionRef {
+                name: hot.name().to_string(),
+                version: wanted[..12].to_string(),
+                digest: wanted.clone(),
+            },
+        };
+        let candidate = self.load_stored(hot, &id).await?;
+        let rollout = Arc::new(Rollout::new(spec, candidate, unix_now(), None));
+        rollout.event(format!(
+            "started {} of {} at {}% against {}",
+            rollout.spec.mode.as_str(),
+            rollout.candidate.identity(),
+            rollout.percent(),
+            state.stable.identity()
+        ));
+        hot.store(SlotState {
+            stable: state.stable.clone(),
+            rollout: Some(rollout.clone()),
+            last: state.last.clone(),
+            base_digest: state.base_digest.clone(),
+        });
+        self.save(hot, |_| {})?;
+        self.supervise(hot, &rollout);
+        Ok(rollout.status(state.stable.identity()))
+    }
+
+    fn supervise(&self, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) {
+        controller::spawn(
+            self.me.clone(),
+            Arc::downgrade(hot),
+            Arc::downgrade(rollout),
+        );
+    }
+
+    /// Ends the slot's rollout by the operator's decision.
+    pub async fn conclude(
+        &self,
+        hot: &Arc<HotPlugin>,
+        phase: Phase,
+    ) -> Result<RolloutStatus, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let Some(rollout) = hot.state().rollout.clone() else {
+            return Err(RolloutError::Conflict(format!(
+                "slot `{}` has no rollout in progress",
+                hot.name()
+            )));
+        };
+        let reason = match phase {
+            Phase::Promoted => "promoted by the operator",
+            _ => "rolled back by the operator",
+        };
+        self.end_locked(hot, &rollout, phase, reason.to_string())?;
+        let state = hot.state();
+        Ok(rollout.status(state.stable.identity()))
+    }
+
+    /// Ends `rollout` if it is still the slot's (the controller's path).
+    pub(super) async fn end(
+        &self,
+        hot: &Arc<HotPlugin>,
+        rollout: &Arc<Rollout>,
+        phase: Phase,
+        reason: String,
+    ) -> Result<(), RolloutError> {
+        let _guard = self.lock.lock().await;
+        if !hot.is_current(rollout) {
+            return Ok(());
+        }
+        self.end_locked(hot, rollout, phase, reason)
+    }
+
+    fn end_locked(
+        &self,
+        hot: &Arc<HotPlugin>,
+        rollout: &Arc<Rollout>,
+        phase: Phase,
+        reason: String,
+    ) -> Result<(), RolloutError> {
+        let state = hot.state();
+        rollout.finish(phase, reason);
+        let stable = match phase {
+            Phase::Promoted => rollout.candidate.clone(),
+            _ => state.stable.clone(),
+        };
+        if phase == Phase::Promoted {
+            tracing::info!(
+                plugin = %hot.name(),
+                old_digest = %state.stable.identity().digest,
+                new_digest = %stable.identity().digest,
+                "candidate promoted to stable"
+            );
+        }
+        hot.store(SlotState {
+            stable: stable.clone(),
+            rollout: None,
+            last: Some(rollout.clone()),
+            base_digest: state.base_digest.clone(),
+        });
+        self.save(hot, |r| {
+            if phase == Phase::Promoted {
+                r.live = Some(stable.identity().into());
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Re-applies what the store remembers about a freshly loaded slot: an
+    /// admin-installed version, then a rollout in progress (its controller
+    /// restarts). Problems are logged and leave the configured version
+    /// serving: a stale record must never stop the gateway from starting.
+    pub async fn restore(&self, hot: &Arc<HotPlugin>) {
+        let _guard = self.lock.lock().await;
+        let record = self.record(hot);
+        let base = hot.state().base_digest.clone();
+        if record.base_digest != base {
+            if !record.base_digest.is_empty() {
+                tracing::info!(plugin = %hot.name(), old = %record.base_digest, new = %base, "configured plugin changed: admin-installed version and rollout discarded");
+            }
+            let fresh = SlotRecord {
+                base_digest: base,
+                ..Default::default()
+            };
+            if let Err(e) = persist::save(&self.store, hot.name(), &fresh) {
+                tracing::warn!(plugin = %hot.name(), error = %e, "could not persist rollout state");
+            }
+            return;
+        }
+        if let Some(live) = &record.live
+            && live.digest != base
+        {
+            match self.load_stored(hot, live).await {
+                Ok(plugin) => self.install(hot, plugin, "restored from the store"),
+                Err(e) => {
+                    tracing::warn!(plugin = %hot.name(), error = %e, "could not restore the admin-installed version; serving the configured one")
+                }
+            }
+        }
+        if let Some(r) = record.rollout {
+            match self.load_stored(hot, &r.candidate).await {
+                Ok(candidate) => {
+                    let rollout = Arc::new(Rollout::new(
+                        r.spec,
+                        candidate,
+                        r.started_at,
+                        Some(r.progress),
+                    ));
+                    rollout.event(format!("resumed after restart at {}%", rollout.percent()));
+                    let state = hot.state();
+                    hot.store(SlotState {
+                        stable: state.stable.clone(),
+                        rollout: Some(rollout.clone()),
+                        last: None,
+                        base_digest: state.base_digest.clone(),
+                    });
+                    self.supervise(hot, &rollout);
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %hot.name(), error = %e, "could not resume the rollout; serving the stable version")
+                }
+            }
+        }
+    }
+
+    /// The admin API's view of a slot.
+    pub fn view(&self, hot: &HotPlugin) -> SlotView {
+        let state = hot.state();
+        let shown = state.rollout.as_ref().or(state.last.as_ref());
+        SlotView {
+            name: hot.name().to_string(),
+            world: hot.world().to_string(),
+            live: state.stable.as_ref().into(),
+            candidate: state.rollout.as_ref().map(|r| r.candidate.as_ref().into()),
+            staged: self.record(hot).staged,
+            rollout: shown.map(|r| r.status(state.stable.identity())),
+        }
+    }
+}
+
+/// Calls a freshly loaded version once with a harmless input; it must not
+/// fail. Validators validate one short user message (any verdict passes);
+/// routers order the pipeline's real upstream candidates; recovery
+/// strategies advise on a timeout of the first candidate; agents are only
+/// instantiated, since their export would call the LLM.
+pub async fn smoke(plugin: &Plugin, candidates: &[Candidate]) -> Result<(), RolloutError> {
+    let model = candidates
+        .first()
+        .map(|c| c.model.clone())
+        .unwrap_or_default();
+    let request = CompletionRequest {
+        model: model.clone(),
+        messages: vec![Message::user("ping")],
+        ..Default::default()
+    };
+    let (call, result) = match plugin.world() {
+        World::Validator => (
+            "validate one user message",
+            plugin
+                .validate(Stage::Input, &request.messages)
+                .await
+                .map(drop),
+        ),
+        World::Router => {
+            let req = RouteRequest {
+                model,
+                prompt_tokens: 1,
+                message_count: 1,
+                ..Default::default()
+            };
+            (
+                "route over the configured upstreams",
+                plugin.route(&req, candidates).await.map(drop),
+            )
+        }
+        World::Recovery => {
+            let ctx = FailureContext {
+                failure: Failure::Timeout,
+                upstream: candidates
+                    .first()
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default(),
+                attempt: 1,
+                max_attempts: 3,
+                remaining_ms: 10_000,
+                alternatives: candidates.iter().skip(1).map(|c| c.name.clone()).collect(),
+                request,
+            };
+            (
+                "recover from an upstream timeout",
+                plugin.recover(&ctx).await.map(drop),
+            )
+        }
+        World::Agent => ("instantiate", plugin.probe().await),
+    };
+    result.map_err(|source| RolloutError::Smoke {
+        plugin: plugin.identity().to_string(),
+        call,
+        source: Box::new(source),
+    })
+}
