@@ -203,7 +203,10 @@ async fn assemble(
     let mut upstreams = Vec::new();
     for (name, up) in &config.upstreams {
         let reused = previous.as_ref().and_then(|p| {
-            (p.config.upstreams.get(name)? == up)
+            // The retry budget is per upstream but configured globally: a
+            // changed budget rebuilds the upstream's health with it.
+            (p.config.upstreams.get(name)? == up
+                && p.config.resilience.retry_budget == config.resilience.retry_budget)
                 .then(|| {
                     p.live
                         .pipeline
