@@ -1,8 +1,11 @@
 //! Assembles a running gateway from a [`Config`]: store, plugin runtime,
 //! plugins, upstreams, pipeline and HTTP server.
 
+use crate::auth::Auth;
+use crate::cache::ResponseCache;
 use crate::config::{Config, UpstreamKind};
 use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
+use crate::ratelimit::RateLimiter;
 use crate::runtime::Runtime;
 use crate::server::{self, AppState, ServerLimits};
 use crate::store::Store;
@@ -33,6 +36,9 @@ pub enum AppError {
     /// The pipeline's wiring is inconsistent.
     #[error("pipeline: {0}")]
     Pipeline(String),
+    /// The API keys could not be loaded.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A gateway ready to serve.
@@ -105,15 +111,53 @@ impl App {
             ..Default::default()
         };
         let pipeline = Pipeline::new(slots, upstreams, settings).map_err(AppError::Pipeline)?;
+        let auth = Auth::new(&config.auth, &store)?;
+        if !auth.enabled() {
+            tracing::warn!(
+                "authentication is off ([auth] enabled = false): every client is served as `anonymous`"
+            );
+        }
+        let validators = config
+            .pipeline
+            .input_validators
+            .iter()
+            .chain(&config.pipeline.output_validators)
+            .filter_map(|name| {
+                let slot = pipeline.slots().get(name)?;
+                Some((name.as_str(), slot.plugin.identity().digest.as_str()))
+            });
+        let generation = ResponseCache::generation(validators);
+        let cache = ResponseCache::from_config(
+            &config.cache,
+            &store,
+            generation,
+            pipeline.metrics().clone(),
+        )
+        .map(Arc::new);
+        let rate_limits = Arc::new(RateLimiter::from_config(
+            &config.rate_limits,
+            pipeline.metrics().clone(),
+        ));
+        let s = &config.server;
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         let state = AppState {
             pipeline,
             store,
             limits: ServerLimits {
-                max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
-                request_timeout: Duration::from_millis(config.server.request_timeout_ms),
-                max_agent_depth: config.server.max_agent_depth,
+                max_body_bytes: size(s.max_body_bytes),
+                request_timeout: Duration::from_millis(s.request_timeout_ms),
+                max_agent_depth: s.max_agent_depth,
+                max_messages: s.max_messages as usize,
+                max_message_chars: size(s.max_message_chars),
+                max_headers: s.max_headers as usize,
+                max_header_bytes: size(s.max_header_bytes),
+                header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+                body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
             },
             draining: Arc::new(AtomicBool::new(false)),
+            cache,
+            auth: Arc::new(auth),
+            rate_limits,
         };
         Ok(App {
             state,
@@ -130,6 +174,16 @@ impl App {
     /// The pipeline.
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.state.pipeline
+    }
+
+    /// The API key registry (create, rotate and revoke keys while serving).
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.state.auth
+    }
+
+    /// The response cache, when enabled.
+    pub fn cache(&self) -> Option<&Arc<ResponseCache>> {
+        self.state.cache.as_ref()
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.

@@ -5,15 +5,20 @@
 
 mod chat;
 mod error;
+mod guard;
 
 pub use error::ApiError;
 
+use crate::auth::Auth;
+use crate::cache::ResponseCache;
 use crate::domain::CircuitState;
 use crate::pipeline::Pipeline;
+use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -31,6 +36,35 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// Bound on nested agent calls.
     pub max_agent_depth: u32,
+    /// Most messages in one request.
+    pub max_messages: usize,
+    /// Longest message content, in characters.
+    pub max_message_chars: usize,
+    /// Most request headers (HTTP/1).
+    pub max_headers: usize,
+    /// Largest request head, bytes.
+    pub max_header_bytes: usize,
+    /// Time to receive a request's headers; also the keep-alive idle bound.
+    pub header_read_timeout: Duration,
+    /// Time to receive a request's body.
+    pub body_read_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        use crate::config as c;
+        Self {
+            max_body_bytes: c::DEFAULT_MAX_BODY_BYTES as usize,
+            request_timeout: Duration::from_millis(c::DEFAULT_REQUEST_TIMEOUT_MS),
+            max_agent_depth: c::DEFAULT_MAX_AGENT_DEPTH,
+            max_messages: c::DEFAULT_MAX_MESSAGES as usize,
+            max_message_chars: c::DEFAULT_MAX_MESSAGE_CHARS as usize,
+            max_headers: c::DEFAULT_MAX_HEADERS as usize,
+            max_header_bytes: c::DEFAULT_MAX_HEADER_BYTES as usize,
+            header_read_timeout: Duration::from_millis(c::DEFAULT_HEADER_READ_TIMEOUT_MS),
+            body_read_timeout: Duration::from_millis(c::DEFAULT_BODY_READ_TIMEOUT_MS),
+        }
+    }
 }
 
 /// Everything a handler needs.
@@ -44,15 +78,26 @@ pub struct AppState {
     pub limits: ServerLimits,
     /// Set once shutdown begins; readiness then reports 503.
     pub draining: Arc<AtomicBool>,
+    /// The response cache, when enabled.
+    pub cache: Option<Arc<ResponseCache>>,
+    /// API keys and budgets.
+    pub auth: Arc<Auth>,
+    /// Per-client and per-model rate limits.
+    pub rate_limits: Arc<RateLimiter>,
 }
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     let limit = state.limits.max_body_bytes;
-    Router::new()
+    // The API needs a key (when auth is on) and passes the request limits;
+    // health and metrics stay open for probes and scrapers.
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(chat::models))
         .route("/v1/agents/{name}/invoke", post(chat::invoke))
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::admit));
+    Router::new()
+        .merge(api)
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -63,29 +108,72 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for at
 /// most `grace` before returning.
+///
+/// Connections are served by hyper directly (not `axum::serve`) because the
+/// slow-client bounds live on hyper's builder: a client has
+/// `header_read_timeout` to send a request head — which also closes idle
+/// keep-alive connections — and heads are bounded in count and bytes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
     let draining = state.draining.clone();
-    let started_drain = Arc::new(tokio::sync::Notify::new());
-    let notify = started_drain.clone();
+    let limits = state.limits;
     let app = router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        draining.store(true, Ordering::SeqCst);
-        tracing::info!("shutting down: draining in-flight requests");
-        notify.notify_one();
-    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather
+                    // than spin; per-connection errors are not fatal.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    draining.store(true, Ordering::SeqCst);
+    tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {
-        result = server => result,
-        _ = async { started_drain.notified().await; tokio::time::sleep(grace).await } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "drain grace period expired; abandoning in-flight requests");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 async fn live() -> Response {
@@ -169,6 +257,11 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    crate::cache::now_ms()
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -177,9 +270,13 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The current UTC time as RFC 3339 (civil-from-days, no calendar crate).
+/// The current UTC time as RFC 3339.
 fn now_rfc3339() -> String {
-    let secs = unix_now();
+    rfc3339(unix_now())
+}
+
+/// Unix seconds as an RFC 3339 UTC time (civil-from-days, no calendar crate).
+pub fn rfc3339(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
