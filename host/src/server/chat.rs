@@ -20,7 +20,7 @@ use rand::distr::Alphanumeric;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 fn new_id(prefix: &str) -> String {
     let suffix: String = rand::rng()
@@ -261,8 +261,9 @@ pub(super) async fn completions(
 }
 
 /// Watches a live stream to the end: charges its usage and cost, and stores
-/// the whole answer in the cache when the request was cacheable. A stream
-/// that breaks off is charged for nothing it did not report and never cached.
+/// the whole answer in the cache when the request was cacheable — before the
+/// final event reaches the client, so a client that saw the end of the
+/// stream finds the answer cached. A stream that breaks off is never cached.
 fn settle_live(
     state: AppState,
     identity: Identity,
@@ -271,40 +272,54 @@ fn settle_live(
     cached: Option<(Arc<ResponseCache>, CacheKey)>,
     events: EventStream,
 ) -> EventStream {
-    let mut text = String::new();
-    let mut tool_calls = Vec::new();
-    Box::pin(events.inspect(move |event| match event {
-        Ok(StreamEvent::Delta(piece)) => {
-            if cached.is_some() {
-                text.push_str(piece);
+    let seen = Arc::new(Mutex::new(Message::assistant("")));
+    let settle = Arc::new((state, identity, target, ctx, cached));
+    Box::pin(events.then(move |event| {
+        let seen = seen.clone();
+        let settle = settle.clone();
+        async move {
+            let (state, identity, target, ctx, cached) = &*settle;
+            match &event {
+                Ok(StreamEvent::Delta(piece)) if cached.is_some() => {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .content
+                        .push_str(piece);
+                }
+                Ok(StreamEvent::ToolCalls(calls)) if cached.is_some() => {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .tool_calls
+                        .extend(calls.iter().cloned());
+                }
+                Ok(StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                    model,
+                }) => {
+                    // The pipeline recorded the step (and its cost) before
+                    // the event reached this layer.
+                    let cost = ctx.steps.cost_usd();
+                    account(state, identity, target, *usage, cost);
+                    if let Some((cache, key)) = cached {
+                        let message = std::mem::replace(
+                            &mut *seen.lock().unwrap_or_else(|e| e.into_inner()),
+                            Message::assistant(""),
+                        );
+                        let completion = Completion {
+                            message,
+                            model: model.clone(),
+                            finish_reason: finish_reason.clone(),
+                            usage: *usage,
+                            cached: false,
+                        };
+                        cache.store(key, &completion, cost).await;
+                    }
+                }
+                _ => {}
             }
+            event
         }
-        Ok(StreamEvent::ToolCalls(calls)) => tool_calls.extend(calls.iter().cloned()),
-        Ok(StreamEvent::Done {
-            finish_reason,
-            usage,
-            model,
-        }) => {
-            // The pipeline recorded the step (and its cost) before the event
-            // reached this layer.
-            let cost = ctx.steps.cost_usd();
-            account(&state, &identity, &target, *usage, cost);
-            if let Some((cache, key)) = cached.clone() {
-                let mut message = Message::assistant(std::mem::take(&mut text));
-                message.tool_calls = std::mem::take(&mut tool_calls);
-                let completion = Completion {
-                    message,
-                    model: model.clone(),
-                    finish_reason: finish_reason.clone(),
-                    usage: *usage,
-                    cached: false,
-                };
-                tokio::spawn(async move {
-                    cache.store(&key, &completion, cost).await;
-                });
-            }
-        }
-        Err(_) => {}
     }))
 }
 
