@@ -277,7 +277,7 @@ async fn an_exhausted_daily_budget_refuses_with_budget_exceeded() {
     assert!(refused.text.contains("thrifty"), "{}", refused.text);
     let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=86_400).contains(&retry), "until UTC midnight: {retry}");
-    // Agents are charged too, and other keys are unaffected.
+    // Other keys are unaffected.
     assert_eq!(
         chat_as(&gw, CONFIG_KEY, &chat("hi", None)).await.status,
         200

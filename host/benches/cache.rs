@@ -1,8 +1,11 @@
 //! What a cache hit costs next to the upstream path it replaces.
 //!
 //! Three ways to answer the same request, in process (no HTTP):
-//! - `upstream`: the pipeline with a simulated upstream answering at once
-//!   (0 ms latency) — the floor of a miss; real upstreams add 100s of ms;
+//! - `upstream_instant`: the pipeline with an upstream that answers in the
+//!   same poll — the gateway's own floor for a miss;
+//! - `upstream_sim_0ms`: the pipeline with the simulator at 0 ms latency (its
+//!   `sleep(0)` still waits for the next 1 ms timer tick) — real upstreams
+//!   add hundreds of ms on top;
 //! - `l1_hit`: key the request (normalise + SHA-256) and read it from memory;
 //! - `l2_hit`: the same from the sled store on disk (L1 off).
 //!
@@ -10,33 +13,74 @@
 
 use agentrouter::cache::{CacheKey, CacheTier, MemoryTier, ResponseCache, SledTier};
 use agentrouter::config::{CachePolicy, CacheScope};
-use agentrouter::domain::{CallContext, CompletionRequest, Message};
+use agentrouter::domain::{CallContext, Completion, CompletionRequest, Failure, Message, Usage};
 use agentrouter::pipeline::{Pipeline, PipelineSettings, UpstreamSetup};
 use agentrouter::store::Store;
 use agentrouter::telemetry::Metrics;
 use agentrouter::upstream::sim::{SimSettings, SimUpstream, Simulator};
-use agentrouter::upstream::{Upstream, UpstreamInfo};
+use agentrouter::upstream::{EventStream, Upstream, UpstreamInfo};
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn pipeline() -> Arc<Pipeline> {
-    let info = UpstreamInfo {
-        name: "sim".into(),
+fn info() -> UpstreamInfo {
+    UpstreamInfo {
+        name: "up".into(),
         model: "m".into(),
         input_cost_per_1k: 0.001,
         output_cost_per_1k: 0.002,
         tags: vec![],
         weight: 1,
-    };
-    let sim = Simulator::new(SimSettings {
-        latency_ms: 0,
-        jitter_ms: 0,
-        ..Default::default()
-    });
-    let upstream: Arc<dyn Upstream> = Arc::new(SimUpstream::new(info, Arc::new(sim)));
+    }
+}
+
+/// An upstream that answers without waiting at all.
+struct Instant(UpstreamInfo);
+
+impl Upstream for Instant {
+    fn info(&self) -> &UpstreamInfo {
+        &self.0
+    }
+
+    fn complete(
+        &self,
+        req: CompletionRequest,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<Completion, Failure>> {
+        let text = format!(
+            "[m] You said: {}",
+            req.messages
+                .last()
+                .map(|m| m.content.as_str())
+                .unwrap_or("")
+        );
+        Box::pin(async move {
+            Ok(Completion {
+                message: Message::assistant(text),
+                model: "m".into(),
+                finish_reason: "stop".into(),
+                usage: Usage {
+                    prompt_tokens: 20,
+                    completion_tokens: 20,
+                },
+                cached: false,
+            })
+        })
+    }
+
+    fn stream(
+        &self,
+        _req: CompletionRequest,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<EventStream, Failure>> {
+        Box::pin(async { Err(Failure::Internal("not benchmarked".into())) })
+    }
+}
+
+fn pipeline(upstream: Arc<dyn Upstream>) -> Arc<Pipeline> {
     let setup = UpstreamSetup {
         upstream,
         timeout: Duration::from_secs(5),
@@ -74,7 +118,13 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let pipeline = pipeline();
+    let sim = Simulator::new(SimSettings {
+        latency_ms: 0,
+        jitter_ms: 0,
+        ..Default::default()
+    });
+    let simulated = pipeline(Arc::new(SimUpstream::new(info(), Arc::new(sim))));
+    let pipeline = pipeline(Arc::new(Instant(info())));
     let req = request();
     let raw: Map<String, Value> = Map::new();
     let ctx = || CallContext::new("bench", "r", Duration::from_secs(30));
@@ -94,9 +144,13 @@ fn bench(c: &mut Criterion) {
     });
 
     let mut group = c.benchmark_group("answer");
-    group.bench_function("upstream", |b| {
+    group.bench_function("upstream_instant", |b| {
         b.to_async(&tokio)
             .iter(|| async { pipeline.chat(ctx(), req.clone()).await.unwrap() })
+    });
+    group.bench_function("upstream_sim_0ms", |b| {
+        b.to_async(&tokio)
+            .iter(|| async { simulated.chat(ctx(), req.clone()).await.unwrap() })
     });
     group.bench_function("l1_hit", |b| {
         b.to_async(&tokio).iter(|| async {

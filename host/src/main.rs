@@ -387,6 +387,10 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             }
             anyhow::ensure!(burst != Some(0), "--burst must be at least 1");
             anyhow::ensure!(
+                burst.is_none() || requests_per_s.is_some(),
+                "--burst needs --requests-per-s"
+            );
+            anyhow::ensure!(
                 tokens_per_min != Some(0),
                 "--tokens-per-min must be positive"
             );
