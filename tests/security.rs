@@ -417,3 +417,46 @@ async fn the_production_example_checks_out() {
         "{stderr}"
     );
 }
+
+/// Sends `bytes` on a fresh connection and returns whatever the server
+/// answers before closing (or within 5 s).
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test]
+async fn a_trickling_body_gets_408_and_a_header_flood_431() {
+    let up = SimUpstream::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        &up.config("").replace(
+            "[server]\n",
+            "[server]\nbody_read_timeout_ms = 300\nmax_headers = 10\n",
+        ),
+        dir.path(),
+    )
+    .await;
+    // Announces 100 bytes, sends 10, then waits.
+    let partial = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":",
+        gw.addr
+    );
+    let answer = raw_exchange(gw.addr, partial.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.body_read_timeout_ms"), "{answer}");
+
+    let mut flood = format!("GET /health/live HTTP/1.1\r\nhost: {}\r\n", gw.addr);
+    for i in 0..20 {
+        flood.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    flood.push_str("\r\n");
+    let answer = raw_exchange(gw.addr, flood.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // Within the bounds, the same requests are served.
+    assert_eq!(gw.chat(&chat("hi", None)).await.status, 200);
+    gw.stop().await;
+}
