@@ -45,6 +45,13 @@ impl Flights {
         })
     }
 
+    /// Followers waiting on `key`.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self, key: &CacheKey) -> usize {
+        let map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).map_or(0, |tx| tx.receiver_count())
+    }
+
     fn end(&self, key: &CacheKey, answer: Answer) {
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = map.remove(key)

@@ -394,6 +394,72 @@ mod tests {
         assert_eq!(l2.sweep().unwrap(), 1, "the other stale entry");
     }
 
+    #[tokio::test]
+    async fn a_failed_leader_releases_its_followers_to_try_themselves() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let store = Store::temporary().unwrap();
+        let cache = Arc::new(cache(&store, Duration::from_secs(60)));
+        let key = CacheKey([9; 32]);
+        let fills = Arc::new(AtomicU32::new(0));
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let leader = {
+            let (cache, fills) = (cache.clone(), fills.clone());
+            let mut signals = Some((started_tx, released));
+            tokio::spawn(async move {
+                cache
+                    .get_or_fill(key, || {
+                        fills.fetch_add(1, Ordering::SeqCst);
+                        let signals = signals.take();
+                        async move {
+                            if let Some((started, released)) = signals {
+                                let _ = started.send(());
+                                let _ = released.await;
+                            }
+                            Err::<ChatOutcome, &str>("upstream down")
+                        }
+                    })
+                    .await
+            })
+        };
+        started.await.unwrap();
+        let follower = {
+            let (cache, fills) = (cache.clone(), fills.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_fill(key, || {
+                        fills.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            Ok::<_, &str>(ChatOutcome {
+                                completion: completion("second try"),
+                                steps: Vec::new(),
+                                cost_usd: 0.1,
+                            })
+                        }
+                    })
+                    .await
+            })
+        };
+        // Release the leader only once the follower waits on it.
+        while cache.flights.waiting(&key) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(fills.load(Ordering::SeqCst), 1);
+        release.send(()).unwrap();
+        assert!(
+            leader.await.unwrap().is_err(),
+            "the failure stays with the leader"
+        );
+        match follower.await.unwrap() {
+            Ok(Served::Miss(outcome)) => {
+                assert_eq!(outcome.completion.message.content, "second try")
+            }
+            _ => panic!("the follower should have filled after the leader failed"),
+        }
+        assert_eq!(fills.load(Ordering::SeqCst), 2);
+        assert!(cache.lookup(&key).await.is_some(), "the success was stored");
+    }
+
     #[test]
     fn policy_caches_deterministic_or_opted_in_model_requests_only() {
         let store = Store::temporary().unwrap();
