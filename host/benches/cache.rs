@@ -81,11 +81,7 @@ impl Upstream for Instant {
 }
 
 fn pipeline(upstream: Arc<dyn Upstream>) -> Arc<Pipeline> {
-    let setup = UpstreamSetup {
-        upstream,
-        timeout: Duration::from_secs(5),
-        breaker: Default::default(),
-    };
+    let setup = UpstreamSetup::new(upstream, Duration::from_secs(5));
     Pipeline::new(HashMap::new(), vec![setup], PipelineSettings::default()).unwrap()
 }
 

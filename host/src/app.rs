@@ -7,11 +7,12 @@ use crate::config::{Config, UpstreamKind};
 use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
 use crate::ratelimit::RateLimiter;
 use crate::runtime::Runtime;
-use crate::server::{self, AppState, ServerLimits};
+use crate::server::{self, AppState, ServerLimits, Shutdown};
 use crate::store::Store;
+use crate::telemetry::Metrics;
 use crate::upstream::openai::{OpenAiUpstream, http_client};
 use crate::upstream::sim::{SimUpstream, Simulator};
-use crate::upstream::{Upstream, UpstreamInfo};
+use crate::upstream::{ObservedUpstream, Upstream, UpstreamInfo};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub enum AppError {
 /// A gateway ready to serve.
 pub struct App {
     state: AppState,
-    grace: Duration,
+    shutdown: Shutdown,
     _runtime: Arc<Runtime>,
 }
 
@@ -53,8 +54,10 @@ impl App {
     /// pipeline.
     pub async fn build(config: &Config) -> Result<App, AppError> {
         let store = Store::open(&config.store_path())?;
+        let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::new(&config.runtime_settings(), Arc::new(store.clone()))
-            .map_err(|e| AppError::Runtime(format!("{e:#}")))?;
+            .map_err(|e| AppError::Runtime(format!("{e:#}")))?
+            .with_metrics(metrics.clone());
         let mut slots = HashMap::new();
         for spec in config.plugin_specs()? {
             let policy = config
@@ -64,6 +67,12 @@ impl App {
                 .unwrap_or_default();
             let name = spec.name.clone();
             let plugin = runtime.load(spec)?;
+            // A plugin that cannot even be instantiated keeps the replica
+            // not-ready (see `/health/ready`) rather than failing the start,
+            // so the operator can read why from a running gateway.
+            if let Err(e) = plugin.warm().await {
+                tracing::error!(plugin = %plugin.identity(), error = %e, "plugin could not be instantiated");
+            }
             tracing::info!(plugin = %plugin.identity(), world = %plugin.world(), digest = %plugin.identity().digest, "plugin loaded");
             slots.insert(
                 name,
@@ -84,22 +93,30 @@ impl App {
                 tags: up.tags.clone(),
                 weight: up.weight,
             };
-            let upstream: Arc<dyn Upstream> = match up.kind {
+            let (upstream, system): (Arc<dyn Upstream>, _) = match up.kind {
                 UpstreamKind::Simulated => {
                     let settings = up.simulator.clone().unwrap_or_default();
-                    Arc::new(SimUpstream::new(info, Arc::new(Simulator::new(settings))))
+                    let sim = SimUpstream::new(info, Arc::new(Simulator::new(settings)));
+                    (Arc::new(sim), "agentrouter.simulator")
                 }
-                UpstreamKind::Openai => Arc::new(OpenAiUpstream::new(
-                    info,
-                    up.base_url.clone().unwrap_or_default(),
-                    up.api_key.as_ref().map(|k| k.expose().to_string()),
-                    client.clone(),
-                )),
+                UpstreamKind::Openai => (
+                    Arc::new(OpenAiUpstream::new(
+                        info,
+                        up.base_url.clone().unwrap_or_default(),
+                        up.api_key.as_ref().map(|k| k.expose().to_string()),
+                        client.clone(),
+                    )),
+                    "openai",
+                ),
             };
+            let upstream = Arc::new(ObservedUpstream::new(upstream, metrics.clone(), system));
             upstreams.push(UpstreamSetup {
                 upstream,
                 timeout: Duration::from_millis(up.timeout_ms),
                 breaker: up.breaker.settings(),
+                max_concurrent: up.max_concurrent,
+                first_token_timeout: up.first_token_timeout_ms.map(Duration::from_millis),
+                idle_timeout: up.idle_timeout_ms.map(Duration::from_millis),
             });
         }
         let settings = PipelineSettings {
@@ -108,7 +125,21 @@ impl App {
             router: config.pipeline.router.clone(),
             recovery: config.pipeline.recovery.clone(),
             max_depth: config.server.max_agent_depth,
-            ..Default::default()
+            max_attempts: config.resilience.max_attempts,
+            max_delay: Duration::from_millis(config.resilience.max_delay_ms),
+            retry_budget: config.resilience.retry_budget.settings(),
+            fallbacks: config
+                .resilience
+                .fallbacks
+                .iter()
+                .map(|(model, chain)| (model.clone(), chain.clone()))
+                .collect(),
+            alert_webhook: config
+                .resilience
+                .alert_webhook
+                .as_ref()
+                .map(|hook| hook.expose().trim().to_string()),
+            metrics,
         };
         let pipeline = Pipeline::new(slots, upstreams, settings).map_err(AppError::Pipeline)?;
         let auth = Auth::new(&config.auth, &store)?;
@@ -158,10 +189,15 @@ impl App {
             cache,
             auth: Arc::new(auth),
             rate_limits,
+            bulkhead: crate::resilience::Bulkhead::new(config.resilience.max_concurrent_requests),
+            config_origin: Arc::from(config.origin()),
         };
         Ok(App {
             state,
-            grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            shutdown: Shutdown {
+                drain_delay: Duration::from_millis(config.server.drain_delay_ms),
+                grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            },
             _runtime: Arc::new(runtime),
         })
     }
@@ -192,6 +228,6 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        server::serve(listener, self.state, shutdown, self.grace)
+        server::serve(listener, self.state, shutdown, self.shutdown)
     }
 }

@@ -186,6 +186,25 @@ pub enum Failure {
     Internal(String),
 }
 
+impl Failure {
+    /// A short, bounded name of the kind of failure, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::RateLimited(_) => "rate-limited",
+            Failure::TokenLimitExceeded => "token-limit",
+            Failure::UpstreamStatus(s) if *s >= 500 => "server-error",
+            Failure::UpstreamStatus(_) => "client-error",
+            Failure::InvalidResponse(_) => "invalid-response",
+            Failure::CircuitOpen(_) => "circuit-open",
+            Failure::Rejected(_) => "rejected",
+            Failure::BudgetExceeded => "budget-exceeded",
+            Failure::Denied(_) => "denied",
+            Failure::Internal(_) => "internal",
+        }
+    }
+}
+
 /// A unit of work for an agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {

@@ -2,10 +2,11 @@
 
 use agentrouter::app::App;
 use agentrouter::auth::{KeyPolicy, KeyStore};
-use agentrouter::config::{self, Config};
+use agentrouter::config::{self, Config, TelemetryConfig};
 use agentrouter::runtime::{self, RuntimeSettings, inspect};
 use agentrouter::server::rfc3339;
 use agentrouter::store::Store;
+use agentrouter::telemetry::{self, TelemetryGuard, traces::TelemetryError};
 use agentrouter::upstream::sim::{SimSettings, Simulator};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -72,6 +73,15 @@ enum Command {
         /// Fraction of requests answered with a malformed body.
         #[arg(long, default_value_t = 0.0)]
         malformed_rate: f64,
+        /// Fraction of requests delayed by an extra `--spike-ms`.
+        #[arg(long, default_value_t = 0.0)]
+        spike_rate: f64,
+        /// Extra latency of a spike, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        spike_ms: u64,
+        /// Fraction of requests never answered.
+        #[arg(long, default_value_t = 0.0)]
+        hang_rate: f64,
         /// Seed for a deterministic sequence of outcomes.
         #[arg(long)]
         seed: Option<u64>,
@@ -179,24 +189,30 @@ enum PluginCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
+impl From<LogFormat> for telemetry::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Json => telemetry::LogFormat::Json,
+            LogFormat::Pretty => telemetry::LogFormat::Pretty,
+        }
     }
+}
+
+/// Logs without trace export, for the commands that serve no requests
+/// (no exporter, so no runtime is needed yet).
+fn init_logging(format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
+    telemetry::traces::init(format.into(), &TelemetryConfig::default())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let format = cli.log_format;
     let result = match cli.command {
-        Command::Serve { config, listen } => run_async(serve(config, listen)),
-        Command::Check { config } => run_async(check(config)),
+        Command::Serve { config, listen } => serve_command(config, listen, format),
+        Command::Check { config } => run_async(async move {
+            let _logs = init_logging(format)?;
+            check(config).await
+        }),
         Command::Sim {
             listen,
             models,
@@ -205,6 +221,9 @@ fn main() -> ExitCode {
             fail_rate,
             rate_limit_rate,
             malformed_rate,
+            spike_rate,
+            spike_ms,
+            hang_rate,
             seed,
         } => {
             let settings = SimSettings {
@@ -213,15 +232,25 @@ fn main() -> ExitCode {
                 fail_rate,
                 rate_limit_rate,
                 malformed_rate,
+                spike_rate,
+                spike_ms,
+                hang_rate,
                 seed,
                 ..Default::default()
             };
-            run_async(sim(listen, models, settings))
+            run_async(async move {
+                let _logs = init_logging(format)?;
+                sim(listen, models, settings).await
+            })
         }
         Command::Plugin {
             command: PluginCommand::Inspect { file },
-        } => plugin_inspect(&file),
-        Command::Keys { command } => keys(command),
+        } => init_logging(format)
+            .map_err(Into::into)
+            .and_then(|_logs| plugin_inspect(&file)),
+        Command::Keys { command } => init_logging(format)
+            .map_err(Into::into)
+            .and_then(|_logs| keys(command)),
     };
     match result {
         Ok(code) => code,
@@ -260,16 +289,38 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-async fn serve(path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+/// `serve`: the config is read first, because its `[telemetry]` table
+/// decides where traces go; the subscriber (and its exporter) lives until
+/// the runtime has stopped serving, so queued spans are flushed on exit.
+fn serve_command(
+    path: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    format: LogFormat,
+) -> anyhow::Result<ExitCode> {
     let config = match &path {
         Some(path) => Config::from_file(path)?,
-        None => {
-            tracing::info!(
-                "no --config given: running the embedded quickstart (examples/quickstart.toml)"
-            );
-            Config::embedded_quickstart()
-        }
+        None => Config::embedded_quickstart(),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let telemetry =
+        runtime.block_on(async { telemetry::traces::init(format.into(), &config.telemetry) })?;
+    if path.is_none() {
+        tracing::info!(
+            "no --config given: running the embedded quickstart (examples/quickstart.toml)"
+        );
+    }
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        tracing::info!(%endpoint, sample_rate = config.telemetry.sample_rate, "exporting traces over OTLP/HTTP");
+    }
+    let result = runtime.block_on(serve(config, listen));
+    // Flush spans while the runtime that carries the exports still runs.
+    drop(telemetry);
+    result
+}
+
+async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let app = App::build(&config).await?;
     let addr = listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(addr)

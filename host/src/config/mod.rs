@@ -53,6 +53,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[rate_limits]`.
     pub rate_limits: RateLimitsConfig,
+    /// `[resilience]`.
+    pub resilience: ResilienceConfig,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
     /// Directory relative paths resolve against (the file's directory).
     pub base_dir: PathBuf,
     /// Where the text came from, for errors raised after parsing.
@@ -74,6 +78,8 @@ struct Document {
     cache: CacheConfig,
     auth: AuthConfig,
     rate_limits: RateLimitsConfig,
+    resilience: ResilienceConfig,
+    telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -137,6 +143,8 @@ impl Config {
             cache: doc.cache,
             auth: doc.auth,
             rate_limits: doc.rate_limits,
+            resilience: doc.resilience,
+            telemetry: doc.telemetry,
             base_dir: base_dir.to_path_buf(),
             origin: origin.to_string(),
             spans: SpanIndex::default(),
@@ -148,6 +156,11 @@ impl Config {
         }
         config.spans = spans;
         Ok(config)
+    }
+
+    /// Where the config came from (its file, or the embedded quickstart).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// An error about `key` of this config, with the key's line when known.

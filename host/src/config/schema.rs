@@ -57,6 +57,16 @@ pub const DEFAULT_CACHE_TTL_S: u64 = 3600;
 pub const DEFAULT_CACHE_L1_MAX_MB: u64 = 64;
 /// Default `auth.rotation_grace_s`.
 pub const DEFAULT_ROTATION_GRACE_S: u64 = 3600;
+/// Default `resilience.max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+/// Default `resilience.max_delay_ms`.
+pub const DEFAULT_MAX_DELAY_MS: u64 = 10_000;
+/// Default `server.drain_delay_ms`: stop accepting at once.
+pub const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
+/// Default `telemetry.sample_rate`: every trace, once an endpoint is set.
+pub const DEFAULT_SAMPLE_RATE: f64 = 1.0;
+/// Default `telemetry.service_name`.
+pub const DEFAULT_SERVICE_NAME: &str = "agentrouter";
 /// `[server]`: the HTTP listener.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +94,10 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// Time a client has to send a request's body once its headers arrived.
     pub body_read_timeout_ms: u64,
+    /// After SIGTERM/Ctrl-C, how long the server keeps accepting requests
+    /// while readiness reports 503, so load balancers take the replica out
+    /// before its listener closes.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +114,7 @@ impl Default for ServerConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
         }
     }
 }
@@ -200,6 +215,17 @@ pub struct UpstreamConfig {
     /// Circuit breaker thresholds.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Bulkhead: most calls in flight to this upstream; beyond it the host
+    /// moves on to another upstream or answers 503 at once. Unbounded when
+    /// absent.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// Streams: longest wait for the first event; `timeout_ms` when absent.
+    #[serde(default)]
+    pub first_token_timeout_ms: Option<u64>,
+    /// Streams: longest silence between two events; `timeout_ms` when absent.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// `[upstreams.<name>.breaker]`: when to stop sending traffic to an upstream.
@@ -331,6 +357,74 @@ impl LimitsConfig {
             fuel: self.fuel.or(base.fuel),
             hostcall_fuel: self.hostcall_fuel.unwrap_or(base.hostcall_fuel),
             table_elements: self.table_elements.unwrap_or(base.table_elements),
+        }
+    }
+}
+
+/// `[resilience]`: the host's bounds on retries, fallbacks and load.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceConfig {
+    /// Upstream attempts per completion: retries, refinements and
+    /// fallbacks together. The recovery plugin cannot exceed it.
+    pub max_attempts: u32,
+    /// Cap on a retry's backoff (not on an upstream's `Retry-After`).
+    pub max_delay_ms: u64,
+    /// Global bulkhead: most requests in flight in this replica; beyond it
+    /// clients get 503 with `Retry-After` at once. Unbounded when absent.
+    pub max_concurrent_requests: Option<u32>,
+    /// URL that receives a JSON POST for every alert (`${env:...}` allowed).
+    pub alert_webhook: Option<Secret>,
+    /// Retry budget, per upstream.
+    pub retry_budget: RetryBudgetConfig,
+    /// Per model, the models to fall back to, in order, when none of its
+    /// own upstreams can serve.
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_delay_ms: DEFAULT_MAX_DELAY_MS,
+            max_concurrent_requests: None,
+            alert_webhook: None,
+            retry_budget: RetryBudgetConfig::default(),
+            fallbacks: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[resilience.retry_budget]`: retries as a share of recent traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed per first attempt over the window.
+    pub ratio: f64,
+    /// Retries per second allowed whatever the traffic.
+    pub min_per_s: f64,
+    /// Length of the sliding window, seconds.
+    pub window_s: u64,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        let d = crate::resilience::BudgetSettings::default();
+        Self {
+            ratio: d.ratio,
+            min_per_s: d.min_per_s,
+            window_s: d.window.as_secs(),
+        }
+    }
+}
+
+impl RetryBudgetConfig {
+    /// The runtime form.
+    pub fn settings(&self) -> crate::resilience::BudgetSettings {
+        crate::resilience::BudgetSettings {
+            ratio: self.ratio,
+            min_per_s: self.min_per_s,
+            window: std::time::Duration::from_secs(self.window_s),
         }
     }
 }
@@ -483,4 +577,28 @@ pub struct RateLimitsConfig {
     pub tokens_per_min: Option<u64>,
     /// Limits per model, shared by every client.
     pub models: BTreeMap<String, LimitConfig>,
+}
+/// `[telemetry]`: trace export. Metrics (`/metrics`) and logs need no
+/// configuration; traces leave the process only when `otlp_endpoint` is set.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector, e.g. `http://otel-collector:4318`; spans are
+    /// posted to `{otlp_endpoint}/v1/traces`. `None`: no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces kept, in `[0, 1]`; a request carrying a W3C
+    /// `traceparent` follows its caller's sampling decision.
+    pub sample_rate: f64,
+    /// `service.name` of exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_rate: DEFAULT_SAMPLE_RATE,
+            service_name: DEFAULT_SERVICE_NAME.to_string(),
+        }
+    }
 }

@@ -373,3 +373,89 @@ fn cache_auth_limits_and_hardening_keys_are_checked_with_their_lines() {
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(errors[0].key, "auth.keys[0].secret");
 }
+
+#[test]
+fn resilience_defaults_and_fallback_chains() {
+    let c = parse(&format!(
+        "{UPSTREAM}[upstreams.b]\nkind = \"simulated\"\nmodel = \"mini\"\n\
+         [resilience.fallbacks]\nm = [\"mini\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.resilience.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(c.resilience.retry_budget.settings().ratio, 0.2);
+    assert_eq!(c.resilience.fallbacks["m"], vec!["mini".to_string()]);
+}
+
+#[test]
+fn bad_resilience_keys_name_key_and_line() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[resilience.fallbacks]\nm = [\"nope\"]\n"
+    ));
+    assert_eq!(e.key, "resilience.fallbacks.m");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("`nope` is not a model"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[resilience.fallbacks]\nm = [\"m\"]\n"));
+    assert!(e.message.contains("cannot fall back to itself"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[resilience]\nmax_attempts = 0\n"));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("resilience.max_attempts", Some(5))
+    );
+    let e = only_error(&format!(
+        "{UPSTREAM}[resilience.retry_budget]\nratio = -1.0\n"
+    ));
+    assert_eq!(e.key, "resilience.retry_budget.ratio");
+    let e = only_error(&format!(
+        "{UPSTREAM}[resilience]\nalert_webhook = \"ftp://x\"\n"
+    ));
+    assert_eq!(e.key, "resilience.alert_webhook");
+    let e = only_error(&format!("{UPSTREAM}max_concurrent = 0\n"));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("upstreams.a.max_concurrent", Some(4))
+    );
+    let e = only_error(&format!("{UPSTREAM}idle_timeout_ms = 0\n"));
+    assert_eq!(e.key, "upstreams.a.idle_timeout_ms");
+}
+
+#[test]
+fn simulator_scripts_are_checked() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[upstreams.a.simulator]\nscript = [\"ok\", \"500\", \"later\"]\n"
+    ));
+    assert_eq!(e.key, "upstreams.a.simulator.script");
+    assert!(e.message.contains("entry 3 is `later`"), "{e}");
+    let c = parse(&format!(
+        "{UPSTREAM}[upstreams.a.simulator]\nscript = [\"hang\", \"429\", \"malformed\", \"context\", \"ok\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams["a"].simulator.as_ref().unwrap().script.len(), 5);
+}
+
+#[test]
+fn telemetry_defaults_export_nothing() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(config.telemetry.otlp_endpoint, None);
+    assert_eq!(config.telemetry.sample_rate, 1.0);
+    assert_eq!(config.telemetry.service_name, "agentrouter");
+}
+
+#[test]
+fn telemetry_endpoint_and_sample_rate_are_checked_with_key_and_line() {
+    let e = only_error(&format!(
+        "{UPSTREAM}[telemetry]\notlp_endpoint = \"collector:4318\"\n"
+    ));
+    assert_eq!(e.key, "telemetry.otlp_endpoint");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("http://"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[telemetry]\nsample_rate = 1.5\n"));
+    assert_eq!(e.key, "telemetry.sample_rate");
+    assert!(e.message.contains("between 0 and 1"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}[telemetry]\nservice_name = \" \"\n"));
+    assert_eq!(e.key, "telemetry.service_name");
+    let ok = parse(&format!(
+        "{UPSTREAM}[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_rate = 0.1\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.telemetry.sample_rate, 0.1);
+}

@@ -21,6 +21,47 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     cache(config, errors);
     auth(config, errors, env);
     rate_limits(config, errors);
+    resilience(config, errors, env);
+    telemetry(config, errors);
+}
+
+fn telemetry(config: &Config, errors: &mut Errors<'_>) {
+    let t = &config.telemetry;
+    if let Some(endpoint) = &t.otlp_endpoint {
+        let rest = endpoint
+            .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"));
+        match rest {
+            None => errors.push(
+                "telemetry.otlp_endpoint",
+                format!(
+                    "must be an OTLP/HTTP URL starting with http:// or https://, got `{endpoint}` \
+                     (e.g. \"http://otel-collector:4318\")"
+                ),
+            ),
+            Some(host) if host.is_empty() || host.starts_with('/') => errors.push(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` names no host"),
+            ),
+            Some(rest) if rest.contains(char::is_whitespace) => errors.push(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` contains whitespace"),
+            ),
+            Some(_) => {}
+        }
+    }
+    if !(t.sample_rate.is_finite() && (0.0..=1.0).contains(&t.sample_rate)) {
+        errors.push(
+            "telemetry.sample_rate",
+            format!(
+                "must be a fraction between 0 and 1 (0.1 keeps one trace in ten), got {}",
+                t.sample_rate
+            ),
+        );
+    }
+    if t.service_name.trim().is_empty() {
+        errors.push("telemetry.service_name", "must not be empty");
+    }
 }
 
 fn server(config: &Config, errors: &mut Errors<'_>) {
@@ -137,6 +178,20 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                 }
             }
         }
+        if u.max_concurrent == Some(0) {
+            errors.push(
+                key("max_concurrent"),
+                "must be at least 1 (remove the upstream to take it out of service)",
+            );
+        }
+        for (field, value) in [
+            ("first_token_timeout_ms", u.first_token_timeout_ms),
+            ("idle_timeout_ms", u.idle_timeout_ms),
+        ] {
+            if value == Some(0) {
+                errors.push(key(field), "must be positive");
+            }
+        }
         if let Some(api_key) = &mut u.api_key {
             match secret::resolve(api_key.expose(), &base_dir, env) {
                 Ok(Some(resolved)) => *api_key = resolved,
@@ -152,11 +207,28 @@ fn simulator(sim: &SimSettings, prefix: &str, errors: &mut Errors<'_>) {
         ("fail_rate", sim.fail_rate),
         ("rate_limit_rate", sim.rate_limit_rate),
         ("malformed_rate", sim.malformed_rate),
+        ("spike_rate", sim.spike_rate),
+        ("hang_rate", sim.hang_rate),
     ] {
         if !(0.0..=1.0).contains(&rate) {
             errors.push(
                 format!("{prefix}.{field}"),
                 format!("must be between 0 and 1, got {rate}"),
+            );
+        }
+    }
+    for (i, step) in sim.script.iter().enumerate() {
+        let known = matches!(step.as_str(), "ok" | "hang" | "malformed" | "context")
+            || step
+                .parse::<u16>()
+                .is_ok_and(|code| (400..=599).contains(&code));
+        if !known {
+            errors.push(
+                format!("{prefix}.script"),
+                format!(
+                    "entry {} is `{step}`: expected ok, hang, malformed, context or an HTTP error status (400-599)",
+                    i + 1
+                ),
             );
         }
     }
@@ -435,5 +507,68 @@ fn rate_limits(config: &Config, errors: &mut Errors<'_>) {
             );
         }
         limit(l, &prefix, errors);
+    }
+}
+
+fn resilience(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
+    let models: std::collections::BTreeSet<String> =
+        config.upstreams.values().map(|u| u.model.clone()).collect();
+    let r = &mut config.resilience;
+    if r.max_attempts == 0 {
+        errors.push(
+            "resilience.max_attempts",
+            "must be at least 1 (the first attempt counts)",
+        );
+    }
+    if r.max_concurrent_requests == Some(0) {
+        errors.push("resilience.max_concurrent_requests", "must be at least 1");
+    }
+    let b = &r.retry_budget;
+    if !(b.ratio.is_finite() && b.ratio >= 0.0) {
+        errors.push(
+            "resilience.retry_budget.ratio",
+            format!("must be a number >= 0, got {}", b.ratio),
+        );
+    }
+    if !(b.min_per_s.is_finite() && b.min_per_s >= 0.0) {
+        errors.push(
+            "resilience.retry_budget.min_per_s",
+            format!("must be a number >= 0, got {}", b.min_per_s),
+        );
+    }
+    if b.window_s == 0 {
+        errors.push("resilience.retry_budget.window_s", "must be positive");
+    }
+    for (model, chain) in &r.fallbacks {
+        let key = format!("resilience.fallbacks.{model}");
+        if !models.contains(model) {
+            errors.push(key.clone(), format!("no upstream serves model `{model}`"));
+        }
+        for (i, next) in chain.iter().enumerate() {
+            if next == model {
+                errors.push(key.clone(), format!("`{model}` cannot fall back to itself"));
+            } else if !models.contains(next) {
+                errors.push(
+                    key.clone(),
+                    format!("fallback `{next}` is not a model any upstream serves"),
+                );
+            } else if chain[..i].contains(next) {
+                errors.push(key.clone(), format!("fallback `{next}` is listed twice"));
+            }
+        }
+    }
+    if let Some(hook) = &mut r.alert_webhook {
+        match secret::resolve(hook.expose(), &config.base_dir, env) {
+            Ok(Some(resolved)) => *hook = resolved,
+            Ok(None) => {}
+            Err(reason) => errors.push("resilience.alert_webhook", reason),
+        }
+        let url = hook.expose().trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            errors.push(
+                "resilience.alert_webhook",
+                "must be an http:// or https:// URL",
+            );
+        }
     }
 }

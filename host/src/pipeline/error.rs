@@ -36,6 +36,14 @@ pub enum PipelineError {
         /// The last failure.
         failure: Failure,
     },
+    /// Every upstream that could serve is at its concurrency limit.
+    #[error(
+        "upstream `{scope}` is at its concurrency limit and no other upstream has room; retry shortly"
+    )]
+    Overloaded {
+        /// The (first) upstream that was full.
+        scope: String,
+    },
     /// The agent itself returned a failure.
     #[error("agent `{agent}` failed: {failure}")]
     Agent {
@@ -60,6 +68,7 @@ impl PipelineError {
             PipelineError::InvalidRequest(r) => Failure::Denied(r.clone()),
             PipelineError::Rejected { reason, .. } => Failure::Rejected(reason.clone()),
             PipelineError::Plugin(e) => Failure::Internal(e.to_string()),
+            PipelineError::Overloaded { .. } => Failure::UpstreamStatus(503),
             PipelineError::Upstream { failure, .. } | PipelineError::Agent { failure, .. } => {
                 failure.clone()
             }

@@ -17,7 +17,7 @@ use crate::domain::{
     CallContext, Completion, CompletionRequest, Failure, Message, Stage, Step, Task, TaskResult,
     Verdict,
 };
-use crate::resilience::BreakerSettings;
+use crate::resilience::{Alerter, BreakerSettings, BudgetSettings};
 use crate::runtime::{AgentHost, Plugin, World};
 use crate::telemetry::Metrics;
 use crate::upstream::{EventStream, Upstream};
@@ -27,6 +27,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Default per-attempt bound of an upstream call.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,8 +63,17 @@ pub struct PipelineSettings {
     pub router: Option<String>,
     /// Recovery slot.
     pub recovery: Option<String>,
-    /// Upper bound on upstream attempts per completion (retries + fallbacks).
+    /// Upper bound on upstream attempts per completion (retries, refinements
+    /// and fallbacks together).
     pub max_attempts: u32,
+    /// Cap on a retry's backoff (an upstream's `Retry-After` may exceed it).
+    pub max_delay: Duration,
+    /// Retry budget of each upstream.
+    pub retry_budget: BudgetSettings,
+    /// Per model, the models to fall back to when its own upstreams cannot serve.
+    pub fallbacks: HashMap<String, Vec<String>>,
+    /// Where alerts are posted, besides the log and the metric.
+    pub alert_webhook: Option<String>,
     /// Bound on nested agent calls.
     pub max_depth: u32,
     /// Where the pipeline counts what it does.
@@ -77,7 +87,11 @@ impl Default for PipelineSettings {
             output_validators: Vec::new(),
             router: None,
             recovery: None,
-            max_attempts: 3,
+            max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
+            max_delay: Duration::from_millis(crate::config::DEFAULT_MAX_DELAY_MS),
+            retry_budget: BudgetSettings::default(),
+            fallbacks: HashMap::new(),
+            alert_webhook: None,
             max_depth: crate::domain::DEFAULT_MAX_DEPTH,
             metrics: Arc::new(Metrics::new()),
         }
@@ -116,6 +130,27 @@ pub struct UpstreamSetup {
     pub timeout: Duration,
     /// Its circuit breaker's thresholds.
     pub breaker: BreakerSettings,
+    /// Most calls in flight to it; unbounded when `None`.
+    pub max_concurrent: Option<u32>,
+    /// Streams: bound on the wait for the first event (`timeout` when `None`).
+    pub first_token_timeout: Option<Duration>,
+    /// Streams: bound on a silence between events (`timeout` when `None`).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl UpstreamSetup {
+    /// An upstream with default bounds: `timeout` per attempt, the default
+    /// breaker, no bulkhead.
+    pub fn new(upstream: Arc<dyn Upstream>, timeout: Duration) -> Self {
+        Self {
+            upstream,
+            timeout,
+            breaker: BreakerSettings::default(),
+            max_concurrent: None,
+            first_token_timeout: None,
+            idle_timeout: None,
+        }
+    }
 }
 
 /// The request pipeline; shared as `Arc<Pipeline>`.
@@ -125,6 +160,7 @@ pub struct Pipeline {
     /// Per upstream name: its bound, live statistics and breaker.
     health: HashMap<String, UpstreamHealth>,
     settings: PipelineSettings,
+    alerter: Alerter,
     me: Weak<Pipeline>,
 }
 
@@ -163,14 +199,25 @@ impl Pipeline {
         }
         let health = upstreams
             .iter()
-            .map(|u| (u.upstream.info().name.clone(), UpstreamHealth::new(u)))
+            .map(|u| {
+                (
+                    u.upstream.info().name.clone(),
+                    UpstreamHealth::new(u, &settings),
+                )
+            })
             .collect();
         let upstreams = upstreams.into_iter().map(|u| u.upstream).collect();
+        let alerter = Alerter::new(
+            settings.alert_webhook.clone(),
+            crate::upstream::http_client(),
+            settings.metrics.clone(),
+        );
         Ok(Arc::new_cyclic(|me| Pipeline {
             slots,
             upstreams,
             health,
             settings,
+            alerter,
             me: me.clone(),
         }))
     }
@@ -246,6 +293,20 @@ impl Pipeline {
             .filter(|s| s.plugin.world() == World::Agent)
     }
 
+    /// The span of one completion for `ctx`: routing, every upstream
+    /// attempt and the recovery decisions between them.
+    fn completion_span(ctx: &CallContext, model: &str) -> tracing::Span {
+        let model = if model.is_empty() { "-" } else { model };
+        tracing::info_span!(
+            "completion",
+            otel.name = %format_args!("completion {model}"),
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = %model,
+            agentrouter.caller = %ctx.caller(),
+            agentrouter.depth = ctx.chain.len(),
+        )
+    }
+
     fn host(&self) -> Arc<dyn AgentHost> {
         Arc::new(PipelineHost(
             self.me
@@ -287,7 +348,10 @@ impl Pipeline {
                     cached: false,
                 }
             }
-            None => self.complete(&ctx, req).await?,
+            None => {
+                let span = Self::completion_span(&ctx, &req.model);
+                self.complete(&ctx, req).instrument(span).await?
+            }
         };
         if !self.settings.output_validators.is_empty() {
             let validated = self
@@ -323,7 +387,8 @@ impl Pipeline {
         }
         req.messages = self.validate(Stage::Input, req.messages).await?;
         let model = req.model.clone();
-        let events = self.open_stream(&ctx, req).await?;
+        let span = Self::completion_span(&ctx, &model);
+        let events = self.open_stream(&ctx, req).instrument(span).await?;
         Ok(StreamStart::Live { model, events })
     }
 
@@ -351,12 +416,36 @@ impl Pipeline {
     async fn validate(
         &self,
         stage: Stage,
-        mut messages: Vec<Message>,
+        messages: Vec<Message>,
     ) -> Result<Vec<Message>, PipelineError> {
         let names = match stage {
             Stage::Input => &self.settings.input_validators,
             Stage::Output => &self.settings.output_validators,
         };
+        if names.is_empty() {
+            return Ok(messages);
+        }
+        let stage_name = match stage {
+            Stage::Input => "input",
+            Stage::Output => "output",
+        };
+        let span = tracing::info_span!(
+            "validate",
+            otel.name = %format_args!("validate {stage_name}"),
+            agentrouter.stage = stage_name,
+            agentrouter.validators = names.len(),
+        );
+        self.run_validators(names, stage, messages)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_validators(
+        &self,
+        names: &[String],
+        stage: Stage,
+        mut messages: Vec<Message>,
+    ) -> Result<Vec<Message>, PipelineError> {
         for name in names {
             let Some(slot) = self.slots.get(name) else {
                 continue;
@@ -401,12 +490,34 @@ impl Pipeline {
         };
         let steps = inner.steps.clone();
         let started = Instant::now();
-        let result = slot.plugin.handle(&task, inner, self.host()).await;
+        let span = tracing::info_span!(
+            "agent",
+            otel.name = %format_args!("invoke_agent {name}"),
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %name,
+            agentrouter.caller = %caller,
+            agentrouter.depth = depth,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let result = slot
+            .plugin
+            .handle(&task, inner, self.host())
+            .instrument(span.clone())
+            .await;
         let (usage, error) = match &result {
             Ok(Ok(r)) => (r.usage, None),
             Ok(Err(f)) => (Default::default(), Some(f.to_string())),
             Err(e) => (Default::default(), Some(e.to_string())),
         };
+        span.record("gen_ai.usage.input_tokens", usage.prompt_tokens)
+            .record("gen_ai.usage.output_tokens", usage.completion_tokens);
+        if error.is_some() {
+            span.record("otel.status_code", "ERROR")
+                .record("error.type", "agent_failed");
+        }
         steps.push(Step {
             kind: "agent".into(),
             target: name.to_string(),
@@ -452,8 +563,10 @@ impl AgentHost for PipelineHost {
                     req.model
                 )));
             }
+            let span = Pipeline::completion_span(&ctx, &req.model);
             pipeline
                 .complete(&ctx, req)
+                .instrument(span)
                 .await
                 .map_err(|e| e.to_failure())
         })

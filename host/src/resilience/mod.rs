@@ -1,7 +1,16 @@
 //! Resilience mechanisms the host applies around upstream calls, whatever
-//! the plugins decide: circuit breakers now; retries with jitter, retry
-//! budgets and bulkheads join them here.
+//! the plugins decide: circuit breakers, retry delays with full jitter and
+//! `Retry-After` floors, retry budgets, bulkheads and alerts. The pipeline
+//! (`pipeline/completion.rs`) combines them; each is tested on its own here.
 
+mod alert;
+mod backoff;
 mod breaker;
+mod budget;
+mod bulkhead;
 
+pub use alert::{Alert, Alerter};
+pub use backoff::retry_delay;
 pub use breaker::{Breaker, BreakerSettings, Permit};
+pub use budget::{BudgetSettings, RetryBudget};
+pub use bulkhead::{Bulkhead, Slot};

@@ -224,6 +224,7 @@ pub struct Runtime {
     allocator: AllocatorKind,
     cache: Option<AotCache>,
     kv: Arc<dyn KvStore>,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl Runtime {
@@ -255,7 +256,16 @@ impl Runtime {
             allocator,
             cache,
             kv,
+            metrics: None,
         })
+    }
+
+    /// Counts every call of plugins loaded from now on in `metrics`
+    /// (calls, failures by kind, duration, fuel), labelled by plugin and
+    /// version.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The shared engine.

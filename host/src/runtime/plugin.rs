@@ -19,11 +19,15 @@ use crate::domain::{
     TaskResult, Verdict,
 };
 use crate::store::KvStore;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{PluginErrorLabels, PluginLabels};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
+use tracing::field::Empty;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -135,6 +139,13 @@ pub struct Plugin {
     engine: Engine,
     kv: Arc<dyn KvStore>,
     stats: PluginStats,
+    /// Where calls are counted, with this plugin's labels.
+    metrics: Option<(Arc<Metrics>, PluginLabels)>,
+    /// `name@version`, shared with every request that calls it.
+    label: Arc<str>,
+    /// Instantiated at least once: by [`Plugin::warm`] at load, or by any
+    /// call (a version swapped in after a smoke call counts as warm).
+    warm: AtomicBool,
 }
 
 impl fmt::Debug for Plugin {
@@ -191,7 +202,14 @@ impl Plugin {
             version: version.clone(),
             digest,
         };
+        let labels = PluginLabels {
+            plugin: identity.name.clone(),
+            version: identity.version.clone(),
+        };
         Ok(Plugin {
+            metrics: rt.metrics.clone().map(|m| (m, labels)),
+            label: Arc::from(identity.to_string()),
+            warm: AtomicBool::new(false),
             info: Arc::new(PluginInfo {
                 name: spec.name,
                 version,
@@ -233,6 +251,94 @@ impl Plugin {
     /// Its counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Instantiates the plugin once without calling it, so the first
+    /// request does not pay for first-touch work (pool slot, memory image),
+    /// and proves that an instance fits its limits. Readiness reports a
+    /// plugin that never warmed.
+    pub async fn warm(&self) -> Result<(), PluginError> {
+        let timeout = Duration::from_millis(self.limits.timeout_ms);
+        let mut store = self.new_store(None, timeout)?;
+        let instantiated = match &self.pre {
+            WorldPre::Agent(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            WorldPre::Validator(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            WorldPre::Router(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            WorldPre::Recovery(pre) => pre.instantiate_async(&mut store).await.map(drop),
+        };
+        instantiated.map_err(|e| {
+            let state = store.data();
+            match state.limiter.exceeded {
+                Some((limit, used, allowed)) => self.limit(limit, used, allowed),
+                None => PluginError::Instantiate {
+                    plugin: self.identity.to_string(),
+                    detail: format!("{e:#}"),
+                },
+            }
+        })?;
+        self.warm.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether an instance has been created: by [`Plugin::warm`] or a call.
+    pub fn is_warm(&self) -> bool {
+        self.warm.load(Ordering::Relaxed)
+    }
+
+    /// The span of one call of export `op`.
+    fn call_span(&self, op: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "plugin",
+            otel.name = %format_args!("plugin {op} {}", self.identity.name),
+            otel.status_code = Empty,
+            agentrouter.plugin.name = %self.identity.name,
+            agentrouter.plugin.version = %self.identity.version,
+            agentrouter.plugin.world = %self.world,
+            agentrouter.plugin.fuel = Empty,
+            error.type = Empty,
+        )
+    }
+
+    /// Counts a call's outcome in the metrics, the span and the request.
+    fn observe(
+        &self,
+        span: &tracing::Span,
+        elapsed: Duration,
+        fuel: u64,
+        error_kind: Option<&'static str>,
+    ) {
+        span.record("agentrouter.plugin.fuel", fuel);
+        if let Some(kind) = error_kind {
+            span.record("otel.status_code", "ERROR")
+                .record("error.type", kind);
+        }
+        crate::telemetry::request::with_current(|r| r.note_plugin(&self.label));
+        let Some((metrics, labels)) = &self.metrics else {
+            return;
+        };
+        metrics.plugin_calls.get_or_create(labels).inc();
+        metrics
+            .plugin_duration
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
+        metrics.plugin_fuel.get_or_create(labels).inc_by(fuel);
+        if let Some(kind) = error_kind {
+            self.count_error(kind);
+        }
+    }
+
+    /// Counts one failed (or, for `rejected`, refusing) call of kind `kind`.
+    fn count_error(&self, kind: &str) {
+        if let Some((metrics, labels)) = &self.metrics {
+            metrics
+                .plugin_errors
+                .get_or_create(&PluginErrorLabels {
+                    plugin: labels.plugin.clone(),
+                    version: labels.version.clone(),
+                    kind: kind.to_string(),
+                })
+                .inc();
+        }
     }
 
     fn fuel_budget(&self) -> u64 {
@@ -315,6 +421,7 @@ impl Plugin {
     /// Turns the outcome of a call into a typed result and records it.
     fn finish<T>(
         &self,
+        span: &tracing::Span,
         store: Store<PluginState>,
         started: Instant,
         timeout: Duration,
@@ -340,6 +447,12 @@ impl Plugin {
             fuel_used,
             state.limiter.peak_memory,
             result.is_err(),
+        );
+        self.observe(
+            span,
+            elapsed,
+            fuel_used,
+            result.as_ref().err().map(PluginError::kind),
         );
         if let Err(e) = &result {
             tracing::warn!(plugin = %self.identity, kind = e.kind(), error = %e, "plugin call failed");
@@ -418,18 +531,25 @@ impl Plugin {
         let mut store = self.new_store(None, timeout)?;
         let args = convert::messages_to_wit(messages);
         let started = Instant::now();
+        let span = self.call_span("validate");
         let outcome = tokio::time::timeout(timeout, async {
             let instance = pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
             instance
                 .call_validate(&mut store, stage.into(), &args)
                 .await
                 .map_err(Step::Call)
         })
+        .instrument(span.clone())
         .await;
-        let verdict: Verdict = self.finish(store, started, timeout, outcome)?.into();
+        let verdict: Verdict = self.finish(&span, store, started, timeout, outcome)?.into();
+        if matches!(verdict, Verdict::Reject(_)) {
+            span.record("error.type", "rejected");
+            self.count_error("rejected");
+        }
         Ok(match verdict {
             Verdict::Reject(reason) if reason.chars().count() > MAX_REASON_CHARS => {
                 Verdict::Reject(reason.chars().take(MAX_REASON_CHARS).collect())
@@ -454,18 +574,21 @@ impl Plugin {
         let wit_req = req.into();
         let wit_candidates: Vec<_> = candidates.iter().map(Into::into).collect();
         let started = Instant::now();
+        let span = self.call_span("route");
         let outcome = tokio::time::timeout(timeout, async {
             let instance = pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
             instance
                 .call_route(&mut store, &wit_req, &wit_candidates)
                 .await
                 .map_err(Step::Call)
         })
+        .instrument(span.clone())
         .await;
-        let names = self.finish(store, started, timeout, outcome)?;
+        let names = self.finish(&span, store, started, timeout, outcome)?;
         let known: HashSet<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
         let mut seen = HashSet::new();
         let mut order = Vec::with_capacity(candidates.len());
@@ -487,18 +610,21 @@ impl Plugin {
         let mut store = self.new_store(None, timeout)?;
         let wit_ctx = ctx.into();
         let started = Instant::now();
+        let span = self.call_span("recover");
         let outcome = tokio::time::timeout(timeout, async {
             let instance = pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
             instance
                 .call_recover(&mut store, &wit_ctx)
                 .await
                 .map_err(Step::Call)
         })
+        .instrument(span.clone())
         .await;
-        Ok(self.finish(store, started, timeout, outcome)?.into())
+        Ok(self.finish(&span, store, started, timeout, outcome)?.into())
     }
 
     /// Runs an agent on `task`. `ctx` is the context inside this agent (its
@@ -518,19 +644,22 @@ impl Plugin {
         let mut store = self.new_store(Some(AgentCall { host, ctx }), timeout)?;
         let wit_task = task.into();
         let started = Instant::now();
+        let span = self.call_span("handle");
         let outcome = tokio::time::timeout(timeout, async {
             let instance = pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Step::Instantiate)?;
+            self.warm.store(true, Ordering::Relaxed);
             instance
                 .call_handle(&mut store, &wit_task)
                 .await
                 .map_err(Step::Call)
         })
+        .instrument(span.clone())
         .await;
         Ok(self
-            .finish(store, started, timeout, outcome)?
+            .finish(&span, store, started, timeout, outcome)?
             .map(Into::into)
             .map_err(Into::into))
     }

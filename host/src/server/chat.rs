@@ -7,6 +7,7 @@ use crate::cache::{CacheKey, CachedAnswer, HitFrom, ResponseCache, Served};
 use crate::domain::{CallContext, Completion, Message, Task};
 use crate::openai::{ChatRequest, ChatResponse, ChunkWriter, ErrorBody, WireMessage, WireUsage};
 use crate::pipeline::StreamStart;
+use crate::telemetry::request;
 use crate::upstream::{EventStream, StreamEvent, completion_events};
 use axum::Json;
 use axum::body::Body;
@@ -39,7 +40,16 @@ fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
 fn context(state: &AppState, request_id: &str, identity: &Identity) -> CallContext {
     let mut ctx = CallContext::new(&identity.name, request_id, state.limits.request_timeout);
     ctx.max_depth = state.limits.max_agent_depth;
+    request::with_current(|s| s.set_client(&ctx.client));
     ctx
+}
+
+/// Notes the model or `agent:<name>` a request addressed, for its metrics
+/// and log line; a name that does not exist is noted as `unknown`, so
+/// clients cannot mint label values.
+fn note_target(state: &AppState, model: &str) {
+    let known = state.pipeline.knows_model(model);
+    request::with_current(|s| s.set_target(if known { model } else { "unknown" }));
 }
 
 /// What `x-agentrouter-cache` says about an answer.
@@ -127,6 +137,7 @@ pub(super) async fn completions(
     if wire.model.trim().is_empty() {
         return Err(ApiError::bad_request("`model` must not be empty"));
     }
+    note_target(&state, &wire.model);
     if wire.messages.is_empty() {
         return Err(ApiError::bad_request(
             "`messages` must contain at least one message",
@@ -401,6 +412,7 @@ pub(super) async fn invoke(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    note_target(&state, &format!("agent:{name}"));
     let bytes = read_body(&state, body).await?;
     let req: InvokeRequest = parse(&bytes)?;
     let input = match req.input {

@@ -202,6 +202,21 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503 with `Retry-After: 1`: a bulkhead is full. Shedding load fast
+    /// beats queueing it; the client should come back in a moment.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "overloaded",
+            message,
+        );
+        e.retry_after_s = Some(1);
+        e
+    }
+}
+
 impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> Self {
         let message = e.to_string();
@@ -224,6 +239,7 @@ impl From<PipelineError> for ApiError {
                     message,
                 )
             }
+            PipelineError::Overloaded { .. } => Self::overloaded(message),
             PipelineError::Upstream { failure, .. } | PipelineError::Agent { failure, .. } => {
                 Self::from_failure(failure, message)
             }

@@ -6,6 +6,7 @@
 mod chat;
 mod error;
 mod guard;
+mod observe;
 
 pub use error::ApiError;
 
@@ -14,13 +15,18 @@ use crate::cache::ResponseCache;
 use crate::domain::CircuitState;
 use crate::pipeline::Pipeline;
 use crate::ratelimit::RateLimiter;
+use crate::resilience::Bulkhead;
 use crate::store::Store;
+use crate::telemetry::metrics::{PluginLabels, ShedLabels, UpstreamName};
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
@@ -84,30 +90,56 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Per-client and per-model rate limits.
     pub rate_limits: Arc<RateLimiter>,
+    /// Global bulkhead on API requests (`resilience.max_concurrent_requests`).
+    pub bulkhead: Bulkhead,
+    /// Where the running config came from (readiness names it).
+    pub config_origin: Arc<str>,
 }
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     let limit = state.limits.max_body_bytes;
-    // The API needs a key (when auth is on) and passes the request limits;
-    // health and metrics stay open for probes and scrapers.
+    // Only the completion routes are behind the bulkhead: probes and scrapes
+    // must answer precisely when the replica is busiest. Every /v1 route
+    // needs a key (when auth is on) and passes the key's request bucket,
+    // before it takes a bulkhead place; health and metrics stay open.
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
-        .route("/v1/models", get(chat::models))
         .route("/v1/agents/{name}/invoke", post(chat::invoke))
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed));
+    let v1 = Router::new()
+        .merge(api)
+        .route("/v1/models", get(chat::models))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::admit));
     Router::new()
-        .merge(api)
+        .merge(v1)
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
+        // `Router::layer` wraps each route after matching, so the layer
+        // sees the route template (`MatchedPath`).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests for at
-/// most `grace` before returning.
+/// How the server stops.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shutdown {
+    /// After the shutdown signal, how long to keep accepting requests while
+    /// readiness reports 503 (so load balancers stop sending traffic first).
+    pub drain_delay: Duration,
+    /// Then, how long in-flight requests may finish.
+    pub grace: Duration,
+}
+
+/// Serves until `shutdown` resolves; then reports not-ready for
+/// `timing.drain_delay` while still serving, stops accepting, and drains
+/// in-flight requests for at most `timing.grace` before returning.
 ///
 /// Connections are served by hyper directly (not `axum::serve`) because the
 /// slow-client bounds live on hyper's builder: a client has
@@ -117,7 +149,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    timing: Shutdown,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
@@ -126,6 +158,7 @@ pub async fn serve(
     let draining = state.draining.clone();
     let limits = state.limits;
     let app = router(state);
+    let grace = timing.grace;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -138,7 +171,20 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    // Resolves once the listener should close: after the signal, readiness
+    // turns 503 and new connections are still accepted for the drain delay.
+    let stop_accepting = async move {
+        shutdown.await;
+        draining.store(true, Ordering::SeqCst);
+        if !timing.drain_delay.is_zero() {
+            tracing::info!(
+                drain_delay_ms = timing.drain_delay.as_millis() as u64,
+                "shutting down: reporting not-ready before closing the listener"
+            );
+            tokio::time::sleep(timing.drain_delay).await;
+        }
+    };
+    let mut stop_accepting = std::pin::pin!(stop_accepting);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -151,7 +197,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut stop_accepting => break,
         };
         let service = TowerToHyperService::new(app.clone());
         let conn = builder
@@ -165,7 +211,6 @@ pub async fn serve(
         });
     }
     drop(listener);
-    draining.store(true, Ordering::SeqCst);
     tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {
         _ = graceful.shutdown() => {}
@@ -180,7 +225,57 @@ async fn live() -> Response {
     axum::Json(json!({"status": "ok", "timestamp": now_rfc3339()})).into_response()
 }
 
+/// The global bulkhead: a place for the whole response (a streamed body
+/// keeps it until the stream ends), or 503 with `Retry-After` at once.
+async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(place) = state.bulkhead.try_enter() else {
+        state
+            .pipeline
+            .metrics()
+            .bulkhead_rejections
+            .get_or_create(&ShedLabels {
+                scope: "global".into(),
+            })
+            .inc();
+        return ApiError::overloaded(
+            "the gateway is at resilience.max_concurrent_requests; retry shortly",
+        )
+        .into_response();
+    };
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &place;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
+    let metrics = state.pipeline.metrics();
+    // Gauges of state owned elsewhere are read at scrape time.
+    for (upstream, _, circuit) in state.pipeline.circuits() {
+        let value = match circuit {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        };
+        metrics
+            .breaker_state
+            .get_or_create(&UpstreamName { upstream })
+            .set(value);
+    }
+    for slot in state.pipeline.slots().values() {
+        let identity = slot.plugin.identity();
+        let peak = slot.plugin.stats().peak_memory_bytes;
+        metrics
+            .plugin_peak_memory
+            .get_or_create(&PluginLabels {
+                plugin: identity.name.clone(),
+                version: identity.version.clone(),
+            })
+            .set(i64::try_from(peak).unwrap_or(i64::MAX));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -220,34 +315,78 @@ async fn ready(State(state): State<AppState>) -> Response {
             .map(|e| e.to_string())
             .unwrap_or_else(|| "open".into()),
     );
-    let slots = state.pipeline.slots().len();
-    check("plugins", true, format!("{slots} plugins loaded"));
-    // Ready while any upstream's breaker lets traffic through: one provider
-    // being down is the router's business, all of them down is not a replica
-    // that should receive traffic.
-    let circuits = state.pipeline.circuits();
-    let open: Vec<&str> = circuits
-        .iter()
-        .filter(|(_, _, c)| *c == CircuitState::Open)
-        .map(|(name, _, _)| name.as_str())
+    let slots = state.pipeline.slots();
+    let mut cold: Vec<String> = slots
+        .values()
+        .filter(|s| !s.plugin.is_warm())
+        .map(|s| s.plugin.identity().to_string())
         .collect();
-    let detail = if open.is_empty() {
-        format!("{} upstreams, all circuits closed", circuits.len())
-    } else {
+    cold.sort();
+    check(
+        "plugins",
+        cold.is_empty(),
+        if cold.is_empty() {
+            format!("{} plugins loaded and warm", slots.len())
+        } else {
+            format!(
+                "{} of {} plugins could not be instantiated: {}",
+                cold.len(),
+                slots.len(),
+                cold.join(", ")
+            )
+        },
+    );
+    // Every model needs one upstream whose breaker lets traffic through
+    // (its own, or one of its fallback chain's):
+    // one provider down is the router's business, a model nobody can serve
+    // is not a replica that should receive traffic.
+    let mut models: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for (_, model, circuit) in state.pipeline.circuits() {
+        let entry = models.entry(model).or_default();
+        entry.0 += 1;
+        if circuit != CircuitState::Open {
+            entry.1 += 1;
+        }
+    }
+    // A model whose fallback chain can serve is served (by the chain).
+    let usable = |model: &str| models.get(model).is_some_and(|(_, usable)| *usable > 0);
+    let fallbacks = &state.pipeline.settings().fallbacks;
+    let down: Vec<&str> = models
+        .keys()
+        .filter(|model| {
+            !usable(model)
+                && !fallbacks
+                    .get(model.as_str())
+                    .is_some_and(|chain| chain.iter().any(|m| usable(m)))
+        })
+        .map(String::as_str)
+        .collect();
+    let upstreams: usize = models.values().map(|(n, _)| n).sum();
+    let detail = if down.is_empty() {
         format!(
-            "{} of {} upstreams have an open circuit: {}",
-            open.len(),
-            circuits.len(),
+            "{} models, each with an upstream whose circuit is not open ({upstreams} upstreams)",
+            models.len()
+        )
+    } else {
+        let open: Vec<String> = state
+            .pipeline
+            .circuits()
+            .into_iter()
+            .filter(|(_, m, c)| down.contains(&m.as_str()) && *c == CircuitState::Open)
+            .map(|(name, _, _)| name)
+            .collect();
+        format!(
+            "no upstream can serve {}: circuit open for {}",
+            down.join(", "),
             open.join(", ")
         )
     };
+    check("upstreams", !models.is_empty() && down.is_empty(), detail);
     check(
-        "upstreams",
-        !circuits.is_empty() && open.len() < circuits.len(),
-        detail,
+        "config",
+        true,
+        format!("loaded from {}", state.config_origin),
     );
-
-    check("config", true, "loaded".into());
     let status = if ok {
         StatusCode::OK
     } else {

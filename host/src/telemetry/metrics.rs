@@ -145,6 +145,7 @@ pub struct TokenLabels {
 /// Every series the gateway exports.
 pub struct Metrics {
     registry: Registry,
+    families: Vec<String>,
     /// Requests served, by route, target and status.
     pub requests: Family<RequestLabels, Counter>,
     /// Request latency, by route, target and status.
@@ -204,6 +205,7 @@ impl Metrics {
             || -> HistogramFamily<_> { Family::new_with_constructor(latency_histogram) };
         let mut m = Metrics {
             registry: Registry::with_prefix("agentrouter"),
+            families: Vec::new(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             gateway_overhead: Family::new_with_constructor(latency_histogram),
@@ -224,91 +226,107 @@ impl Metrics {
             tokens: Family::default(),
             cost_usd: Family::default(),
         };
+        let mut families = Vec::new();
         let r = &mut m.registry;
-        r.register("http_requests", "HTTP requests served", m.requests.clone());
-        r.register(
+        // Records each family's exposed name as it is registered.
+        macro_rules! register {
+            ($name:expr, $help:expr, $metric:expr $(,)?) => {{
+                families.push(format!("agentrouter_{}", $name));
+                r.register($name, $help, $metric);
+            }};
+        }
+        register!("http_requests", "HTTP requests served", m.requests.clone());
+        register!(
             "http_request_duration_seconds",
             "HTTP request latency",
             m.request_duration.clone(),
         );
-        r.register(
+        register!(
             "gateway_overhead_seconds",
             "Time spent in the gateway, not waiting on upstreams",
             m.gateway_overhead.clone(),
         );
-        r.register(
+        register!(
             "upstream_attempts",
             "Upstream attempts by outcome",
             m.upstream_attempts.clone(),
         );
-        r.register(
+        register!(
             "upstream_duration_seconds",
             "Upstream attempt latency",
             m.upstream_duration.clone(),
         );
-        r.register(
+        register!(
             "upstream_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
             m.breaker_state.clone(),
         );
-        r.register(
+        register!(
             "recovery_actions",
             "Recovery actions carried out by the host",
             m.recovery_actions.clone(),
         );
-        r.register(
+        register!(
             "bulkhead_rejections",
             "Requests refused because a concurrency bulkhead was full",
             m.bulkhead_rejections.clone(),
         );
-        r.register(
+        register!(
             "retry_budget_exhausted",
             "Retries refused because the retry budget was spent",
             m.retry_budget_exhausted.clone(),
         );
-        r.register("alerts", "Alerts raised", m.alerts.clone());
-        r.register(
+        register!("alerts", "Alerts raised", m.alerts.clone());
+        register!(
             "cache_lookups",
             "Response cache lookups by level and result",
             m.cache_lookups.clone(),
         );
-        r.register(
+        register!(
             "rate_limited",
             "Requests refused by a rate limit or budget",
             m.rate_limited.clone(),
         );
-        r.register("plugin_calls", "Plugin calls", m.plugin_calls.clone());
-        r.register(
+        register!("plugin_calls", "Plugin calls", m.plugin_calls.clone());
+        register!(
             "plugin_errors",
             "Failed plugin calls by kind",
             m.plugin_errors.clone(),
         );
-        r.register(
+        register!(
             "plugin_call_duration_seconds",
             "Plugin call duration, instantiation included",
             m.plugin_duration.clone(),
         );
-        r.register(
+        register!(
             "plugin_fuel_consumed",
             "Fuel consumed by plugin calls",
             m.plugin_fuel.clone(),
         );
-        r.register(
+        register!(
             "plugin_peak_memory_bytes",
             "Largest linear memory seen in one plugin call",
             m.plugin_peak_memory.clone(),
         );
-        r.register(
+        register!(
             "tokens",
             "Tokens by key, model and direction",
             m.tokens.clone(),
         );
-        r.register(
+        register!(
             "cost_usd",
             "Cost in USD by key and model",
             m.cost_usd.clone(),
         );
+        m.families = families;
         m
+    }
+
+    /// The exposed name of every family (`agentrouter_…`, without the
+    /// `_total`/`_bucket` suffixes), including families with no series yet
+    /// (which the exposition leaves out).
+    pub fn families(&self) -> &[String] {
+        &self.families
     }
 
     /// The Prometheus text exposition of every series.

@@ -1,6 +1,10 @@
-//! Telemetry: Prometheus metrics today; traces and log setup live here too
-//! as they grow.
+//! Telemetry: Prometheus metrics, the per-request record the server logs
+//! and measures, and log/trace setup (JSON logs, OpenTelemetry export, W3C
+//! trace context). The operator's reference is `docs/observability.md`.
 
 pub mod metrics;
+pub mod request;
+pub mod traces;
 
 pub use metrics::Metrics;
+pub use traces::{LogFormat, TelemetryGuard};

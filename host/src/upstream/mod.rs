@@ -19,6 +19,7 @@
 //! says nothing about how long the upstream takes, and lets a breaker count it
 //! as an upstream error, whereas `Timeout` is kept for "the deadline passed".
 
+pub mod observed;
 pub mod openai;
 pub mod sim;
 pub mod sim_server;
@@ -29,6 +30,7 @@ use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use std::time::{Duration, SystemTime};
 
+pub use observed::ObservedUpstream;
 pub use openai::{OpenAiUpstream, http_client};
 pub use sim::{SimOutcome, SimSettings, SimUpstream, Simulator};
 

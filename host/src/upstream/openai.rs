@@ -110,7 +110,14 @@ impl Inner {
         body.model = self.info.model.clone();
         // The timeout covers connect, headers and the whole body, the
         // streamed body included.
-        let mut http = self.client.post(&self.url).timeout(timeout).json(&body);
+        let mut trace = reqwest::header::HeaderMap::new();
+        crate::telemetry::traces::inject_current(&mut trace);
+        let mut http = self
+            .client
+            .post(&self.url)
+            .timeout(timeout)
+            .headers(trace)
+            .json(&body);
         if stream {
             http = http.header(reqwest::header::ACCEPT, "text/event-stream");
         }

@@ -13,13 +13,15 @@ use super::{
     EventStream, Upstream, UpstreamInfo, completion_events, estimate_tokens, prompt_chars,
 };
 use crate::domain::{Completion, CompletionRequest, Failure, Message, Role, ToolCall, Usage};
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Behaviour of a simulated provider; also the `[upstreams.<name>.simulator]`
 /// config table. Defaults: 20 ms latency plus up to 10 ms jitter, no faults,
@@ -43,6 +45,19 @@ pub struct SimSettings {
     pub context_chars: usize,
     /// Retry hint sent with a 429.
     pub retry_after_ms: u32,
+    /// Share of requests delayed by an extra `spike_ms` (a latency spike).
+    pub spike_rate: f64,
+    /// Extra latency of a spike.
+    pub spike_ms: u64,
+    /// Share of requests never answered (the caller's timeout ends them).
+    pub hang_rate: f64,
+    /// Pause between the events of a streamed answer.
+    pub chunk_interval_ms: u64,
+    /// Outcomes of the first requests, in order, before any drawn fault:
+    /// `ok`, `hang`, `malformed`, `context` (context overflow) or an HTTP
+    /// status such as `500` or `429`. For tests and demos that need an exact
+    /// sequence, e.g. `["malformed", "ok"]`.
+    pub script: Vec<String>,
 }
 
 impl Default for SimSettings {
@@ -56,6 +71,11 @@ impl Default for SimSettings {
             seed: None,
             context_chars: 32_000,
             retry_after_ms: 1000,
+            spike_rate: 0.0,
+            spike_ms: 1000,
+            hang_rate: 0.0,
+            chunk_interval_ms: 0,
+            script: Vec::new(),
         }
     }
 }
@@ -80,12 +100,32 @@ pub enum SimOutcome {
     Malformed,
 }
 
+/// How long a hung request waits: longer than any sane timeout.
+const HANG: Duration = Duration::from_secs(3600);
+/// Decisions kept in the log (the newest).
+const LOG_LIMIT: usize = 10_000;
+
+/// One decided request, for tests that check what the provider saw when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimRecord {
+    /// When it was decided (when it "arrived").
+    pub at: Instant,
+    /// The HTTP status it got; 200 for answers and malformed bodies, 0 for
+    /// requests left hanging.
+    pub status: u16,
+    /// The retry hint sent with it, if any.
+    pub retry_after_ms: Option<u32>,
+}
+
 /// Decides latency and outcome of simulated requests; shareable across tasks.
 #[derive(Debug)]
 pub struct Simulator {
-    settings: SimSettings,
+    settings: RwLock<SimSettings>,
     rng: Mutex<StdRng>,
     requests: AtomicU64,
+    /// Position in the script, reset when the settings change.
+    scripted: AtomicUsize,
+    log: Mutex<VecDeque<SimRecord>>,
 }
 
 impl Simulator {
@@ -96,15 +136,59 @@ impl Simulator {
             None => StdRng::from_os_rng(),
         };
         Self {
-            settings,
+            settings: RwLock::new(settings),
             rng: Mutex::new(rng),
             requests: AtomicU64::new(0),
+            scripted: AtomicUsize::new(0),
+            log: Mutex::new(VecDeque::new()),
         }
     }
 
     /// The settings in force.
-    pub fn settings(&self) -> &SimSettings {
-        &self.settings
+    pub fn settings(&self) -> SimSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the behaviour from the next request on (a provider going
+    /// down or recovering); the script starts over. The random sequence
+    /// carries on.
+    pub fn set_settings(&self, settings: SimSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+        self.scripted.store(0, Ordering::SeqCst);
+    }
+
+    /// The most recent decisions, oldest first.
+    pub fn log(&self) -> Vec<SimRecord> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn remember(&self, latency: Duration, outcome: &SimOutcome) {
+        let (status, retry_after_ms) = match outcome {
+            _ if latency >= HANG => (0, None),
+            SimOutcome::Answer(_) | SimOutcome::Malformed => (200, None),
+            SimOutcome::Fail {
+                status,
+                retry_after_ms,
+                ..
+            } => (*status, *retry_after_ms),
+        };
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back(SimRecord {
+            at: Instant::now(),
+            status,
+            retry_after_ms,
+        });
     }
 
     /// Requests decided so far.
@@ -114,9 +198,11 @@ impl Simulator {
 
     /// Latency and outcome of one request answered as `model`.
     ///
-    /// Faults are drawn in order rate limit (429), failure (500), malformed
-    /// body; then a prompt over `context_chars` is refused (400
-    /// `context_length_exceeded`). Otherwise the answer is:
+    /// A scripted outcome comes first (see [`SimSettings::script`]); then
+    /// faults are drawn in order hang, rate limit (429), failure (500),
+    /// malformed body; then a prompt over `context_chars` is refused (400
+    /// `context_length_exceeded`). A spike adds `spike_ms` to the latency.
+    /// Otherwise the answer is:
     /// - tools offered and no tool result after the last user message: one
     ///   call per tool, id `call_<i>`, arguments `{"task": <last user
     ///   message, first 200 chars>}`, finish reason `tool_calls`;
@@ -128,53 +214,77 @@ impl Simulator {
     /// Usage is chars / 4 rounded up, at least 1, for prompt and answer.
     pub fn decide(&self, model: &str, req: &CompletionRequest) -> (Duration, SimOutcome) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let s = &self.settings;
+        let s = self.settings();
         // Every request draws the same number of values in the same order,
-        // so a seed fixes the whole sequence whatever the requests contain.
-        let (jitter, rate_limited, failed, malformed) = {
+        // so a seed fixes the whole sequence whatever the requests contain
+        // (spikes and hangs draw only when enabled, so enabling them does
+        // not change the sequence of configurations without them).
+        let (jitter, rate_limited, failed, malformed, spiked, hung) = {
             // A poisoned lock only means another thread panicked mid-draw;
             // the generator state is still usable.
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
             let jitter = rng.random_range(0..=s.jitter_ms);
             let draws: [f64; 3] = [rng.random(), rng.random(), rng.random()];
+            let spiked = s.spike_rate > 0.0 && rng.random::<f64>() < s.spike_rate;
+            let hung = s.hang_rate > 0.0 && rng.random::<f64>() < s.hang_rate;
             (
                 jitter,
                 draws[0] < s.rate_limit_rate,
                 draws[1] < s.fail_rate,
                 draws[2] < s.malformed_rate,
+                spiked,
+                hung,
             )
         };
-        let latency = Duration::from_millis(s.latency_ms.saturating_add(jitter));
-        let outcome = if rate_limited {
-            SimOutcome::Fail {
-                status: 429,
-                retry_after_ms: Some(s.retry_after_ms),
-                code: "rate_limit_exceeded",
-                message: "simulated rate limit".into(),
-            }
-        } else if failed {
-            SimOutcome::Fail {
-                status: 500,
-                retry_after_ms: None,
-                code: "server_error",
-                message: "simulated upstream failure".into(),
-            }
-        } else if malformed {
-            SimOutcome::Malformed
-        } else if prompt_chars(req) > s.context_chars {
-            SimOutcome::Fail {
-                status: 400,
-                retry_after_ms: None,
-                code: "context_length_exceeded",
-                message: format!(
-                    "prompt of {} chars exceeds the context of {} chars",
-                    prompt_chars(req),
-                    s.context_chars
-                ),
-            }
-        } else {
-            SimOutcome::Answer(answer(model, req))
+        let mut latency = Duration::from_millis(s.latency_ms.saturating_add(jitter));
+        if spiked {
+            latency += Duration::from_millis(s.spike_ms);
+        }
+        let step = self.scripted.fetch_add(1, Ordering::SeqCst);
+        let scripted = s.script.get(step).map(String::as_str);
+        let context_overflow = || SimOutcome::Fail {
+            status: 400,
+            retry_after_ms: None,
+            code: "context_length_exceeded",
+            message: format!(
+                "prompt of {} chars exceeds the context of {} chars",
+                prompt_chars(req),
+                s.context_chars
+            ),
         };
+        let rate_limit = || SimOutcome::Fail {
+            status: 429,
+            retry_after_ms: Some(s.retry_after_ms),
+            code: "rate_limit_exceeded",
+            message: "simulated rate limit".into(),
+        };
+        let server_error = |status: u16| SimOutcome::Fail {
+            status,
+            retry_after_ms: None,
+            code: "server_error",
+            message: "simulated upstream failure".into(),
+        };
+        let outcome = match scripted {
+            Some("ok") => SimOutcome::Answer(answer(model, req)),
+            Some("hang") => {
+                latency = HANG;
+                SimOutcome::Answer(answer(model, req))
+            }
+            Some("malformed") => SimOutcome::Malformed,
+            Some("context") => context_overflow(),
+            Some("429") => rate_limit(),
+            Some(status) => server_error(status.parse().unwrap_or(500)),
+            None if hung => {
+                latency = HANG;
+                SimOutcome::Answer(answer(model, req))
+            }
+            None if rate_limited => rate_limit(),
+            None if failed => server_error(500),
+            None if malformed => SimOutcome::Malformed,
+            None if prompt_chars(req) > s.context_chars => context_overflow(),
+            None => SimOutcome::Answer(answer(model, req)),
+        };
+        self.remember(latency, &outcome);
         (latency, outcome)
     }
 }
@@ -299,7 +409,7 @@ impl std::fmt::Debug for SimUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimUpstream")
             .field("info", &self.info)
-            .field("settings", self.sim.settings())
+            .field("settings", &self.sim.settings())
             .finish()
     }
 }
@@ -323,9 +433,21 @@ impl Upstream for SimUpstream {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<EventStream, Failure>> {
         let answer = self.run(req, timeout);
+        let interval = Duration::from_millis(self.sim.settings().chunk_interval_ms);
         Box::pin(async move {
             let events = completion_events(answer.await?);
-            let stream: EventStream = Box::pin(futures::stream::iter(events.into_iter().map(Ok)));
+            let events = futures::stream::iter(events.into_iter().enumerate());
+            let stream: EventStream = if interval.is_zero() {
+                Box::pin(events.map(|(_, e)| Ok(e)))
+            } else {
+                // The first event comes with the answer; the rest trickle.
+                Box::pin(events.then(move |(i, e)| async move {
+                    if i > 0 {
+                        tokio::time::sleep(interval).await;
+                    }
+                    Ok(e)
+                }))
+            };
             Ok(stream)
         })
     }

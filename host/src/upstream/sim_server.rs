@@ -15,11 +15,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde_json::json;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What a malformed answer looks like: JSON cut off mid-way.
 const MALFORMED_BODY: &str = r#"{"id":"x","choices":["#;
@@ -102,12 +103,13 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
         );
     }
     let (latency, outcome) = state.sim.decide(&wire.model, &req);
+    let interval = Duration::from_millis(state.sim.settings().chunk_interval_ms);
     tokio::time::sleep(latency).await;
     let id = format!("chatcmpl-sim-{}", state.sim.requests());
     match outcome {
         SimOutcome::Answer(c) if wire.stream => {
             let include_usage = wire.stream_options.is_some_and(|o| o.include_usage);
-            sse(chunks(&id, &c, include_usage))
+            sse(chunks(&id, &c, include_usage), interval)
         }
         SimOutcome::Answer(c) => {
             axum::Json(ChatResponse::from_completion(id, unix_now(), &c)).into_response()
@@ -131,7 +133,9 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
             }
             resp
         }
-        SimOutcome::Malformed if wire.stream => sse(vec![MALFORMED_BODY.to_string()]),
+        SimOutcome::Malformed if wire.stream => {
+            sse(vec![MALFORMED_BODY.to_string()], Duration::ZERO)
+        }
         SimOutcome::Malformed => {
             ([(header::CONTENT_TYPE, "application/json")], MALFORMED_BODY).into_response()
         }
@@ -168,16 +172,21 @@ fn chunks(id: &str, c: &Completion, include_usage: bool) -> Vec<String> {
     out
 }
 
-fn sse(payloads: Vec<String>) -> Response {
-    let frames = payloads
-        .into_iter()
-        .map(|p| Ok::<_, Infallible>(Bytes::from(format!("data: {p}\n\n"))));
+/// Server-sent events, `interval` apart after the first.
+fn sse(payloads: Vec<String>, interval: Duration) -> Response {
+    let frames =
+        futures::stream::iter(payloads.into_iter().enumerate()).then(move |(i, p)| async move {
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            Ok::<_, Infallible>(Bytes::from(format!("data: {p}\n\n")))
+        });
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        Body::from_stream(futures::stream::iter(frames)),
+        Body::from_stream(frames),
     )
         .into_response()
 }

@@ -3,7 +3,8 @@
 //! Transient failures are retried with exponential backoff, persistent ones
 //! fall back to an alternative upstream, oversized input is chunked, and
 //! unparsable answers are retried with a nudge to the model. Failures that no
-//! retry can fix end the request; host-side ones also alert the operator.
+//! retry can fix end the request; host-side ones, and a provider refusing
+//! our credentials (401/403), also alert the operator.
 #![warn(missing_docs)]
 
 use agentrouter_sdk::recovery::{
@@ -86,7 +87,10 @@ pub fn decide(ctx: &FailureContext, settings: &Settings) -> Action {
                 fallback().unwrap_or(Action::Fail(false))
             }
         }
-        // Client errors would fail the same way anywhere.
+        // The provider refused our credentials: every request will fail
+        // until an operator fixes the key, so say so loudly.
+        Failure::UpstreamStatus(401 | 403) => Action::Fail(true),
+        // Other client errors would fail the same way anywhere.
         Failure::UpstreamStatus(_) => Action::Fail(false),
         Failure::CircuitOpen(_) => fallback().unwrap_or(Action::Fail(false)),
         // Policy outcomes, not faults: retrying would not change them.
@@ -247,6 +251,14 @@ mod tests {
         assert_eq!(
             show(run(Failure::UpstreamStatus(429), 1, &["b"])),
             "fail (alert: false)"
+        );
+        assert_eq!(
+            show(run(Failure::UpstreamStatus(401), 1, &["b"])),
+            "fail (alert: true)"
+        );
+        assert_eq!(
+            show(run(Failure::UpstreamStatus(403), 1, &[])),
+            "fail (alert: true)"
         );
     }
 
