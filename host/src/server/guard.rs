@@ -26,6 +26,8 @@ pub(super) async fn admit(State(state): State<AppState>, mut req: Request, next:
             return ApiError::from(e).into_response();
         }
     };
+    // Logged and counted under the key from here on, refusals included.
+    crate::telemetry::request::with_current(|s| s.set_client(&identity.name));
     if let Err(limited) = state
         .rate_limits
         .admit_request(&identity.name, identity.limits())
