@@ -87,3 +87,88 @@ fn plugin_inspect_refuses_foreign_and_broken_files_with_the_reason() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("missing.wasm"), "{}", text(&out).1);
 }
+
+#[test]
+fn keys_create_list_rotate_revoke_round_trip() {
+    use agentrouter::auth::{Auth, AuthError};
+    use agentrouter::config::Config;
+    use agentrouter::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[auth]\nenabled = true\n\n[upstreams.m]\nkind = \"simulated\"\nmodel = \"m\"\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["keys"];
+        all.extend_from_slice(args);
+        let out = agentrouter(&all);
+        let (stdout, stderr) = text(&out);
+        (out.status.success(), stdout, stderr)
+    };
+
+    let (ok, secret, stderr) = run(&["create", "--config", config, "team-x", "--models", "m"]);
+    assert!(ok, "{stderr}");
+    let secret = secret.trim().to_string();
+    assert!(secret.starts_with("sk-ar-"), "{secret}");
+    assert!(stderr.contains("shown once"), "{stderr}");
+    let (ok, _, stderr) = run(&["create", "--config", config, "team-x"]);
+    assert!(!ok && stderr.contains("already exists"), "{stderr}");
+    let (ok, _, stderr) = run(&["create", "--config", config, "other", "--models", "gpt-9"]);
+    assert!(!ok && stderr.contains("gpt-9"), "{stderr}");
+
+    let (ok, list, _) = run(&["list", "--config", config]);
+    assert!(ok);
+    let line = list.lines().find(|l| l.starts_with("team-x")).unwrap();
+    assert!(
+        line.contains("store") && line.contains("active") && line.contains(r#""models":["m"]"#),
+        "{list}"
+    );
+
+    let (ok, rotated, stderr) = run(&["rotate", "--config", config, "team-x", "--grace", "1h"]);
+    assert!(ok, "{stderr}");
+    let rotated = rotated.trim().to_string();
+    assert!(rotated.starts_with("sk-ar-") && rotated != secret);
+    let (_, list, _) = run(&["list", "--config", config]);
+    assert!(list.contains("old secret until"), "{list}");
+
+    // Only hashes reached the disk, and both secrets work within the grace.
+    for entry in std::fs::read_dir(dir.path().join("data")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains(&secret) && !text.contains(&rotated),
+                "{path:?}"
+            );
+        }
+    }
+    let check = |secret: &str| {
+        let config = Config::from_file(&path).unwrap();
+        let store = Store::open(&config.store_path()).unwrap();
+        let auth = Auth::new(&config.auth, &store).unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {secret}").parse().unwrap());
+        auth.authenticate(&headers).map(|id| id.name)
+    };
+    assert_eq!(check(&secret).unwrap(), "team-x");
+    assert_eq!(check(&rotated).unwrap(), "team-x");
+
+    let (ok, _, stderr) = run(&["revoke", "--config", config, "team-x"]);
+    assert!(ok, "{stderr}");
+    let (_, list, _) = run(&["list", "--config", config]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("team-x") && l.contains("revoked")),
+        "{list}"
+    );
+    assert!(matches!(check(&rotated), Err(AuthError::Revoked(name)) if name == "team-x"));
+    let (ok, _, stderr) = run(&["rotate", "--config", config, "team-x"]);
+    assert!(!ok && stderr.contains("revoked"), "{stderr}");
+    let (ok, _, stderr) = run(&["revoke", "--config", config, "nobody"]);
+    assert!(!ok && stderr.contains("no key named `nobody`"), "{stderr}");
+}

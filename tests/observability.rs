@@ -795,7 +795,8 @@ async fn each_request_logs_one_event_with_route_key_target_status_tokens_and_plu
     assert_eq!(f["status"], 200);
     assert_eq!(f["key"], "anonymous");
     assert_eq!(f["target"], "usf-mini");
-    assert_eq!(f["cache"], "-");
+    // Not cacheable (no `temperature: 0`): the cache was bypassed.
+    assert_eq!(f["cache"], "bypass");
     assert_eq!(f["trace_id"], answer.header("x-trace-id"));
     assert_eq!(f["prompt_tokens"], answer.body["usage"]["prompt_tokens"]);
     assert_eq!(

@@ -2,8 +2,11 @@
 //! plugins, upstreams, pipeline and HTTP server — and re-assembles the
 //! pipeline on `POST /admin/reload`, keeping what did not change.
 
+use crate::auth::Auth;
+use crate::cache::ResponseCache;
 use crate::config::{Config, UpstreamKind};
 use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
+use crate::ratelimit::RateLimiter;
 use crate::rollout::watch::{self, Watch};
 use crate::rollout::{HotPlugin, Rollouts};
 use crate::runtime::{PluginSource, Runtime, sha256_hex};
@@ -41,6 +44,9 @@ pub enum AppError {
     /// The pipeline's wiring is inconsistent.
     #[error("pipeline: {0}")]
     Pipeline(String),
+    /// The API keys could not be loaded.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A gateway ready to serve.
@@ -70,10 +76,26 @@ impl App {
                 live: live.clone(),
             }) as Arc<dyn Reload>
         });
+        let pipeline = live.load().pipeline.clone();
+        let auth = Auth::new(&config.auth, &store)?;
+        if !auth.enabled() {
+            tracing::warn!(
+                "authentication is off ([auth] enabled = false): every client is served as `anonymous`"
+            );
+        }
+        let cache = ResponseCache::from_config(&config.cache, &store, pipeline.metrics().clone())
+            .map(Arc::new);
+        let rate_limits = Arc::new(RateLimiter::from_config(
+            &config.rate_limits,
+            pipeline.metrics().clone(),
+        ));
         let state = AppState {
             live,
             store,
             draining: Arc::new(AtomicBool::new(false)),
+            cache,
+            auth: Arc::new(auth),
+            rate_limits,
             bulkhead: crate::resilience::Bulkhead::new(config.resilience.max_concurrent_requests),
             config_origin: Arc::from(config.origin()),
             admin: AdminState {
@@ -115,6 +137,16 @@ impl App {
             (slots, pipeline.candidates())
         });
         watch::watch(Arc::downgrade(&self.rollouts), lookup)
+    }
+
+    /// The API key registry (create, rotate and revoke keys while serving).
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.state.auth
+    }
+
+    /// The response cache, when enabled.
+    pub fn cache(&self) -> Option<&Arc<ResponseCache>> {
+        self.state.cache.as_ref()
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -308,6 +340,18 @@ async fn assemble(
                     != config.resilience.max_concurrent_requests,
             ),
             ("telemetry", p.config.telemetry != config.telemetry),
+            ("cache", p.config.cache != config.cache),
+            ("auth", p.config.auth != config.auth),
+            ("rate_limits", p.config.rate_limits != config.rate_limits),
+            ("server.max_headers", old.max_headers != new.max_headers),
+            (
+                "server.max_header_bytes",
+                old.max_header_bytes != new.max_header_bytes,
+            ),
+            (
+                "server.header_read_timeout_ms",
+                old.header_read_timeout_ms != new.header_read_timeout_ms,
+            ),
             ("store", p.config.store != config.store),
             ("runtime", p.config.runtime != config.runtime),
         ] {
@@ -316,12 +360,20 @@ async fn assemble(
             }
         }
     }
+    let s = &config.server;
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let live = Live {
         pipeline,
         limits: ServerLimits {
-            max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
-            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
-            max_agent_depth: config.server.max_agent_depth,
+            max_body_bytes: size(s.max_body_bytes),
+            request_timeout: Duration::from_millis(s.request_timeout_ms),
+            max_agent_depth: s.max_agent_depth,
+            max_messages: s.max_messages as usize,
+            max_message_chars: size(s.max_message_chars),
+            max_headers: s.max_headers as usize,
+            max_header_bytes: size(s.max_header_bytes),
+            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
         },
         admin_token: config.admin.token.clone(),
     };

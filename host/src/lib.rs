@@ -6,11 +6,14 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod openai;
 pub mod pipeline;
 pub mod plugins;
+pub mod ratelimit;
 pub mod resilience;
 pub mod rollout;
 pub mod runtime;

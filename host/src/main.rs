@@ -1,8 +1,10 @@
 //! The `agentrouter` command line.
 
 use agentrouter::app::App;
+use agentrouter::auth::{KeyPolicy, KeyStore};
 use agentrouter::config::{self, Config, TelemetryConfig};
 use agentrouter::runtime::{self, RuntimeSettings, inspect};
+use agentrouter::server::rfc3339;
 use agentrouter::store::Store;
 use agentrouter::telemetry::{self, TelemetryGuard, traces::TelemetryError};
 use agentrouter::upstream::sim::{SimSettings, Simulator};
@@ -12,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// AgentRouter: a production host for multi-agent AI systems.
 #[derive(Parser)]
@@ -92,6 +95,93 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Manage API keys in the store of a config. sled admits one process at
+    /// a time: run these while the gateway using that store is stopped.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its secret (shown once; only its hash is stored).
+    Create {
+        /// The gateway's TOML config (its store holds the keys).
+        #[arg(long)]
+        config: PathBuf,
+        /// Key name: the client identity in logs, metrics and limits.
+        name: String,
+        /// Models the key may use (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Agents the key may use (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',')]
+        agents: Option<Vec<String>>,
+        /// Sustained requests per second.
+        #[arg(long)]
+        requests_per_s: Option<f64>,
+        /// Requests allowed at once above the sustained rate.
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Tokens (prompt + completion) per minute.
+        #[arg(long)]
+        tokens_per_min: Option<u64>,
+        /// Spend allowed per UTC day, USD.
+        #[arg(long)]
+        daily_budget_usd: Option<f64>,
+    },
+    /// List keys (config and store) with their status.
+    List {
+        /// The gateway's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Revoke a key: refused from now on.
+    Revoke {
+        /// The gateway's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Key name.
+        name: String,
+    },
+    /// Give a key a new secret; the old one keeps working for the grace period.
+    Rotate {
+        /// The gateway's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Key name.
+        name: String,
+        /// How long the old secret keeps working, e.g. `90s`, `30m`, `1h`, `2d`
+        /// (default: `auth.rotation_grace_s`).
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
+    },
+}
+
+/// `500ms`, `90s`, `30m`, `1h`, `2d`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 90s, 30m, 1h or 2d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
 #[derive(Subcommand)]
@@ -166,6 +256,9 @@ fn main() -> ExitCode {
         } => init_logging(format)
             .map_err(Into::into)
             .and_then(|_logs| plugin_inspect(&file)),
+        Command::Keys { command } => init_logging(format)
+            .map_err(Into::into)
+            .and_then(|_logs| keys(command)),
     };
     match result {
         Ok(code) => code,
@@ -241,7 +334,6 @@ async fn serve(
     listen: Option<SocketAddr>,
     watch: bool,
 ) -> anyhow::Result<ExitCode> {
-    tracing::warn!("authentication is not configured: every client is served as `anonymous`");
     let app = App::build(&config).await?;
     if config.admin.token.is_none() {
         tracing::info!("admin API disabled: set [admin] token to enable hot swap and rollouts");
@@ -319,6 +411,146 @@ fn plugin_inspect(file: &PathBuf) -> anyhow::Result<ExitCode> {
         Err(why) => {
             eprintln!("error: {}: {why}", file.display());
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The config and the key store of its gateway.
+fn key_store(path: &std::path::Path) -> anyhow::Result<(Config, KeyStore)> {
+    let config = Config::from_file(path)?;
+    let dir = config.store_path();
+    let store = Store::open(&dir).with_context(|| {
+        format!(
+            "cannot open the store at {} (is a gateway using it running? sled admits one process at a time)",
+            dir.display()
+        )
+    })?;
+    Ok((config, KeyStore::new(store)))
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Create {
+            config,
+            name,
+            models,
+            agents,
+            requests_per_s,
+            burst,
+            tokens_per_min,
+            daily_budget_usd,
+        } => {
+            let (config, store) = key_store(&config)?;
+            if config.auth.keys.iter().any(|k| k.name == name) {
+                anyhow::bail!("key `{name}` is declared in the config file ([[auth.keys]])");
+            }
+            let known: Vec<String> = config.upstreams.values().map(|u| u.model.clone()).collect();
+            for m in models.iter().flatten() {
+                anyhow::ensure!(known.contains(m), "--models: no model `{m}` is configured");
+            }
+            let agent_names: Vec<&str> = config.agents().collect();
+            for a in agents.iter().flatten() {
+                anyhow::ensure!(
+                    agent_names.contains(&a.as_str()),
+                    "--agents: no agent `{a}` is configured"
+                );
+            }
+            if let Some(rate) = requests_per_s {
+                anyhow::ensure!(
+                    rate.is_finite() && rate > 0.0,
+                    "--requests-per-s must be > 0"
+                );
+            }
+            anyhow::ensure!(burst != Some(0), "--burst must be at least 1");
+            anyhow::ensure!(
+                burst.is_none() || requests_per_s.is_some(),
+                "--burst needs --requests-per-s"
+            );
+            anyhow::ensure!(
+                tokens_per_min != Some(0),
+                "--tokens-per-min must be positive"
+            );
+            if let Some(b) = daily_budget_usd {
+                anyhow::ensure!(b.is_finite() && b >= 0.0, "--daily-budget-usd must be >= 0");
+            }
+            let policy = KeyPolicy {
+                models,
+                agents,
+                requests_per_s,
+                burst,
+                tokens_per_min,
+                daily_budget_usd,
+            };
+            let (record, secret) = store.create(&name, policy)?;
+            eprintln!(
+                "created key `{}`; its secret is shown once, store it now:",
+                record.name
+            );
+            println!("{secret}");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::List { config } => {
+            let (config, store) = key_store(&config)?;
+            let now_ms = agentrouter::server::unix_now_ms();
+            let row = |name: &str, source: &str, status: &str, created: &str, policy: &str| {
+                println!("{name:<24} {source:<7} {status:<44} {created:<22} {policy}");
+            };
+            row("NAME", "SOURCE", "STATUS", "CREATED", "POLICY");
+            for k in &config.auth.keys {
+                row(&k.name, "config", "active", "-", "(see the config file)");
+            }
+            for k in store.list()? {
+                let status = match (&k.revoked_at_ms, &k.previous) {
+                    (Some(at), _) => format!("revoked {}", rfc3339(at / 1000)),
+                    (None, Some(p)) if p.valid_until_ms > now_ms => {
+                        format!(
+                            "active (old secret until {})",
+                            rfc3339(p.valid_until_ms / 1000)
+                        )
+                    }
+                    _ => "active".to_string(),
+                };
+                let policy = serde_json::to_string(&k.policy).unwrap_or_default();
+                row(
+                    &k.name,
+                    "store",
+                    &status,
+                    &rfc3339(k.created_at_ms / 1000),
+                    &policy,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Revoke { config, name } => {
+            let (config, store) = key_store(&config)?;
+            if config.auth.keys.iter().any(|k| k.name == name) {
+                anyhow::bail!(
+                    "key `{name}` is declared in the config file ([[auth.keys]]); remove it there"
+                );
+            }
+            store.revoke(&name)?;
+            println!("revoked key `{name}`");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Rotate {
+            config,
+            name,
+            grace,
+        } => {
+            let (config, store) = key_store(&config)?;
+            if config.auth.keys.iter().any(|k| k.name == name) {
+                anyhow::bail!(
+                    "key `{name}` is declared in the config file ([[auth.keys]]); change its secret there"
+                );
+            }
+            let grace = grace.unwrap_or(Duration::from_secs(config.auth.rotation_grace_s));
+            let (_, secret) = store.rotate(&name, grace)?;
+            eprintln!(
+                "rotated key `{name}`; the old secret works for {}s more. The new secret is shown once:",
+                grace.as_secs()
+            );
+            println!("{secret}");
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -20,6 +20,7 @@ pub use check::{CheckReport, SlotSummary, UpstreamSummary, check};
 pub use error::ConfigError;
 pub use schema::*;
 pub use secret::{Secret, SettingValue};
+pub use validate::valid_key_name;
 
 use crate::plugins;
 use crate::runtime::{EngineSettings, PluginSource, PluginSpec, RuntimeSettings, World};
@@ -48,6 +49,12 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// `[pipeline]`.
     pub pipeline: PipelineConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[rate_limits]`.
+    pub rate_limits: RateLimitsConfig,
     /// `[resilience]`.
     pub resilience: ResilienceConfig,
     /// `[telemetry]`.
@@ -73,6 +80,9 @@ struct Document {
     upstreams: BTreeMap<String, UpstreamConfig>,
     plugins: BTreeMap<String, PluginConfig>,
     pipeline: PipelineConfig,
+    cache: CacheConfig,
+    auth: AuthConfig,
+    rate_limits: RateLimitsConfig,
     resilience: ResilienceConfig,
     telemetry: TelemetryConfig,
 }
@@ -144,6 +154,9 @@ impl Config {
             upstreams: doc.upstreams,
             plugins: doc.plugins,
             pipeline: doc.pipeline,
+            cache: doc.cache,
+            auth: doc.auth,
+            rate_limits: doc.rate_limits,
             resilience: doc.resilience,
             telemetry: doc.telemetry,
             base_dir: base_dir.to_path_buf(),

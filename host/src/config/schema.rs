@@ -37,6 +37,26 @@ pub const DEFAULT_EPOCH_TICK_MS: u64 = 1;
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Default `upstreams.<name>.timeout_ms`.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// Default `server.max_messages`.
+pub const DEFAULT_MAX_MESSAGES: u32 = 1024;
+/// Default `server.max_message_chars`.
+pub const DEFAULT_MAX_MESSAGE_CHARS: u64 = 262_144;
+/// Default `server.max_headers`.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// Default `server.max_header_bytes` (64 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// Smallest `server.max_header_bytes` hyper accepts.
+pub const MIN_MAX_HEADER_BYTES: u64 = 8192;
+/// Default `server.header_read_timeout_ms`.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default `server.body_read_timeout_ms`.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default `cache.ttl_s`.
+pub const DEFAULT_CACHE_TTL_S: u64 = 3600;
+/// Default `cache.l1_max_mb`.
+pub const DEFAULT_CACHE_L1_MAX_MB: u64 = 64;
+/// Default `auth.rotation_grace_s`.
+pub const DEFAULT_ROTATION_GRACE_S: u64 = 3600;
 /// Default `resilience.max_attempts`.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 /// Default `resilience.max_delay_ms`.
@@ -61,6 +81,19 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Deepest chain of agent-to-agent calls.
     pub max_agent_depth: u32,
+    /// Most messages one request may carry.
+    pub max_messages: u32,
+    /// Longest content of one message, in characters.
+    pub max_message_chars: u64,
+    /// Most request headers (HTTP/1; more is answered 431).
+    pub max_headers: u32,
+    /// Largest request head (start line + headers), in bytes.
+    pub max_header_bytes: u64,
+    /// Time a client has to send a request's headers (slow clients are cut
+    /// off); also how long an idle keep-alive connection stays open.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body once its headers arrived.
+    pub body_read_timeout_ms: u64,
     /// After SIGTERM/Ctrl-C, how long the server keeps accepting requests
     /// while readiness reports 503, so load balancers take the replica out
     /// before its listener closes.
@@ -75,6 +108,12 @@ impl Default for ServerConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             max_agent_depth: DEFAULT_MAX_AGENT_DEPTH,
+            max_messages: DEFAULT_MAX_MESSAGES,
+            max_message_chars: DEFAULT_MAX_MESSAGE_CHARS,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
         }
     }
@@ -413,6 +452,141 @@ pub struct PipelineConfig {
     pub recovery: Option<String>,
 }
 
+/// Which requests the response cache may answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CachePolicy {
+    /// Requests with `temperature = 0`, or `metadata.cache = "true"`.
+    #[default]
+    Deterministic,
+    /// Only requests with `metadata.cache = "true"`.
+    OptIn,
+}
+
+/// Who shares cached answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheScope {
+    /// Every client: an answer cached for one key serves identical requests
+    /// of every other key.
+    #[default]
+    Global,
+    /// Each API key has its own entries.
+    PerKey,
+}
+
+/// `[cache]`: the response cache (L1 memory, L2 sled, L3 reserved).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether model completions are cached at all.
+    pub enabled: bool,
+    /// Lifetime of a cached answer, seconds.
+    pub ttl_s: u64,
+    /// Bound of the in-memory tier, MiB.
+    pub l1_max_mb: u64,
+    /// Whether the sled tier (survives restarts) is used.
+    pub l2: bool,
+    /// Which requests are cacheable.
+    pub policy: CachePolicy,
+    /// Who shares entries.
+    pub scope: CacheScope,
+    /// Reserved for the shared Redis tier (L3); refused until it exists.
+    pub redis_url: Option<Secret>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_s: DEFAULT_CACHE_TTL_S,
+            l1_max_mb: DEFAULT_CACHE_L1_MAX_MB,
+            l2: true,
+            policy: CachePolicy::default(),
+            scope: CacheScope::default(),
+            redis_url: None,
+        }
+    }
+}
+
+/// `[auth]`: API keys.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether `/v1/*` requires an API key.
+    pub enabled: bool,
+    /// Also accept the key in an `x-api-key` header (besides `Authorization: Bearer`).
+    pub accept_x_api_key: bool,
+    /// Default grace period of `agentrouter keys rotate`, seconds.
+    pub rotation_grace_s: u64,
+    /// Keys declared in the file.
+    pub keys: Vec<KeyConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            accept_x_api_key: true,
+            rotation_grace_s: DEFAULT_ROTATION_GRACE_S,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// `[[auth.keys]]`: one API key declared in the config.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Key name: the client identity in logs, metrics and limits.
+    pub name: String,
+    /// The secret clients present (resolved; use `${env:...}`).
+    pub secret: Secret,
+    /// Models the key may use; absent means every model.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Agents the key may use; absent means every agent.
+    #[serde(default)]
+    pub agents: Option<Vec<String>>,
+    /// Sustained requests per second.
+    #[serde(default)]
+    pub requests_per_s: Option<f64>,
+    /// Requests allowed at once above the sustained rate.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Tokens (prompt + completion) per minute.
+    #[serde(default)]
+    pub tokens_per_min: Option<u64>,
+    /// Spend allowed per UTC day, USD.
+    #[serde(default)]
+    pub daily_budget_usd: Option<f64>,
+}
+
+/// A request and token limit (`[rate_limits]` defaults, or one model's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitConfig {
+    /// Sustained requests per second.
+    pub requests_per_s: Option<f64>,
+    /// Requests allowed at once above the sustained rate.
+    pub burst: Option<u32>,
+    /// Tokens (prompt + completion) per minute.
+    pub tokens_per_min: Option<u64>,
+}
+
+/// `[rate_limits]`: defaults per client, and limits per model.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Sustained requests per second of a client without its own limit.
+    pub requests_per_s: Option<f64>,
+    /// Burst of a client without its own limit.
+    pub burst: Option<u32>,
+    /// Tokens per minute of a client without its own limit.
+    pub tokens_per_min: Option<u64>,
+    /// Limits per model, shared by every client.
+    pub models: BTreeMap<String, LimitConfig>,
+}
 /// `[telemetry]`: trace export. Metrics (`/metrics`) and logs need no
 /// configuration; traces leave the process only when `otlp_endpoint` is set.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -324,6 +324,57 @@ fn config_file_paths_resolve_against_its_directory() {
 }
 
 #[test]
+fn cache_auth_limits_and_hardening_keys_are_checked_with_their_lines() {
+    let text = format!(
+        "{UPSTREAM}[server]\nmax_header_bytes = 100\nmax_messages = 0\n\
+         [cache]\nredis_url = \"redis://x\"\n\
+         [auth]\nenabled = true\n\
+         [[auth.keys]]\nname = \"a\"\nsecret = \"short\"\nmodels = [\"m\", \"gpt-9\"]\nburst = 5\n\
+         [[auth.keys]]\nname = \"a\"\nsecret = \"${{env:AR_TEST_KEY}}xxxxxxxx\"\n\
+         [rate_limits.models.nope]\nrequests_per_s = -1.0\n"
+    );
+    let errors = parse(&text).unwrap_err();
+    let found: Vec<(String, Option<usize>)> =
+        errors.iter().map(|e| (e.key.clone(), e.line)).collect();
+    for (key, line) in [
+        ("server.max_header_bytes", 5),
+        ("server.max_messages", 6),
+        ("cache.redis_url", 8),
+        ("auth.keys[0].secret", 13),
+        ("auth.keys[0].models[1]", 14),
+        ("auth.keys[0].burst", 15),
+        ("auth.keys[1].name", 17),
+        ("rate_limits.models.nope", 19),
+        ("rate_limits.models.nope.requests_per_s", 20),
+    ] {
+        assert!(
+            found.contains(&(key.to_string(), Some(line))),
+            "{key}:{line} in {errors:#?}"
+        );
+    }
+    let secret = errors
+        .iter()
+        .find(|e| e.key == "auth.keys[0].secret")
+        .unwrap();
+    assert!(secret.message.contains("at least 16"), "{secret}");
+    // A literal that merely contains a reference is not one: the env value
+    // is not resolved, and the secret is long enough.
+    assert!(
+        !found.iter().any(|(k, _)| k == "auth.keys[1].secret"),
+        "{errors:#?}"
+    );
+
+    let ok = parse(&format!(
+        "{UPSTREAM}[auth]\nenabled = true\n[[auth.keys]]\nname = \"team.a\"\n\
+         secret = \"${{env:AR_TEST_KEY}}\"\n[cache]\nscope = \"per-key\"\npolicy = \"opt-in\"\n"
+    ));
+    // `sk-live-123` is 11 characters: too short once resolved.
+    let errors = ok.unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "auth.keys[0].secret");
+}
+
+#[test]
 fn resilience_defaults_and_fallback_chains() {
     let c = parse(&format!(
         "{UPSTREAM}[upstreams.b]\nkind = \"simulated\"\nmodel = \"mini\"\n\

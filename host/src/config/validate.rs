@@ -7,7 +7,7 @@
 
 use super::Config;
 use super::error::Errors;
-use super::schema::{SimSettings, SourceRef, UpstreamKind};
+use super::schema::{LimitConfig, MIN_MAX_HEADER_BYTES, SimSettings, SourceRef, UpstreamKind};
 use super::secret::{self, EnvLookup, SettingValue};
 use crate::plugins;
 use crate::runtime::{PluginError, World};
@@ -19,6 +19,9 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     upstreams(config, errors, env);
     plugin_slots(config, errors, env);
     pipeline(config, errors);
+    cache(config, errors);
+    auth(config, errors, env);
+    rate_limits(config, errors);
     resilience(config, errors, env);
     telemetry(config, errors);
 }
@@ -74,6 +77,26 @@ fn server(config: &Config, errors: &mut Errors<'_>) {
         errors.push(
             "server.max_agent_depth",
             "must be at least 1 (the agent a request addresses counts)",
+        );
+    }
+    for (field, value) in [
+        ("max_messages", u64::from(s.max_messages)),
+        ("max_message_chars", s.max_message_chars),
+        ("max_headers", u64::from(s.max_headers)),
+        ("header_read_timeout_ms", s.header_read_timeout_ms),
+        ("body_read_timeout_ms", s.body_read_timeout_ms),
+    ] {
+        if value == 0 {
+            errors.push(format!("server.{field}"), "must be positive");
+        }
+    }
+    if s.max_header_bytes < MIN_MAX_HEADER_BYTES {
+        errors.push(
+            "server.max_header_bytes",
+            format!(
+                "must be at least {MIN_MAX_HEADER_BYTES} (HTTP/1 needs room for one request head), got {}",
+                s.max_header_bytes
+            ),
         );
     }
     let r = &config.runtime;
@@ -351,6 +374,158 @@ fn pipeline(config: &Config, errors: &mut Errors<'_>) {
 
 fn article(world: World) -> &'static str {
     if world == World::Agent { "an" } else { "a" }
+}
+
+fn cache(config: &Config, errors: &mut Errors<'_>) {
+    let c = &config.cache;
+    if c.ttl_s == 0 {
+        errors.push(
+            "cache.ttl_s",
+            "must be positive (set `enabled = false` to turn the cache off)",
+        );
+    }
+    if c.l1_max_mb == 0 {
+        errors.push("cache.l1_max_mb", "must be positive");
+    }
+    if c.redis_url.is_some() {
+        errors.push(
+            "cache.redis_url",
+            "is reserved for the shared Redis tier (L3), which this version does not provide; remove it",
+        );
+    }
+}
+
+/// Whether `name` may name an API key: 1-64 letters, digits, `-`, `_` or
+/// `.` (it appears in logs, metric labels and store keys).
+pub fn valid_key_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Shortest secret accepted for a key declared in the config.
+const MIN_SECRET_CHARS: usize = 16;
+
+fn auth(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
+    let base_dir = config.base_dir.clone();
+    let models: Vec<String> = config.upstreams.values().map(|u| u.model.clone()).collect();
+    let agents: Vec<String> = config.agents().map(str::to_string).collect();
+    let mut seen = std::collections::HashSet::new();
+    for (i, k) in config.auth.keys.iter_mut().enumerate() {
+        let key = |field: &str| format!("auth.keys[{i}].{field}");
+        if !valid_key_name(&k.name) {
+            errors.push(
+                key("name"),
+                format!(
+                    "`{}` is not a valid key name: use 1-64 letters, digits, `-`, `_` or `.`",
+                    k.name
+                ),
+            );
+        } else if !seen.insert(k.name.clone()) {
+            errors.push(key("name"), format!("key `{}` is declared twice", k.name));
+        }
+        let resolved = match secret::resolve(k.secret.expose(), &base_dir, env) {
+            Ok(Some(resolved)) => {
+                k.secret = resolved;
+                true
+            }
+            Ok(None) => true,
+            Err(reason) => {
+                errors.push(key("secret"), reason);
+                false
+            }
+        };
+        if resolved && k.secret.expose().chars().count() < MIN_SECRET_CHARS {
+            errors.push(
+                key("secret"),
+                format!(
+                    "key `{}`: a secret must have at least {MIN_SECRET_CHARS} characters (generate one with `agentrouter keys create`)",
+                    k.name
+                ),
+            );
+        }
+        for (field, list, known, what) in [
+            ("models", &k.models, &models, "model"),
+            ("agents", &k.agents, &agents, "agent"),
+        ] {
+            for (j, name) in list.iter().flatten().enumerate() {
+                if !known.contains(name) {
+                    errors.push(
+                        format!("auth.keys[{i}].{field}[{j}]"),
+                        format!("key `{}`: no {what} `{name}` is configured", k.name),
+                    );
+                }
+            }
+        }
+        limit(
+            &LimitConfig {
+                requests_per_s: k.requests_per_s,
+                burst: k.burst,
+                tokens_per_min: k.tokens_per_min,
+            },
+            &format!("auth.keys[{i}]"),
+            errors,
+        );
+        if let Some(budget) = k.daily_budget_usd
+            && !(budget.is_finite() && budget >= 0.0)
+        {
+            errors.push(
+                key("daily_budget_usd"),
+                format!("must be an amount >= 0, got {budget}"),
+            );
+        }
+    }
+    if config.auth.rotation_grace_s > 30 * 86_400 {
+        errors.push("auth.rotation_grace_s", "must be at most 30 days (2592000)");
+    }
+}
+
+fn limit(l: &LimitConfig, prefix: &str, errors: &mut Errors<'_>) {
+    if let Some(rate) = l.requests_per_s
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        errors.push(
+            format!("{prefix}.requests_per_s"),
+            format!("must be a rate > 0, got {rate}"),
+        );
+    }
+    if l.burst == Some(0) {
+        errors.push(format!("{prefix}.burst"), "must be at least 1");
+    }
+    if l.burst.is_some() && l.requests_per_s.is_none() {
+        errors.push(
+            format!("{prefix}.burst"),
+            "needs `requests_per_s` next to it",
+        );
+    }
+    if l.tokens_per_min == Some(0) {
+        errors.push(format!("{prefix}.tokens_per_min"), "must be positive");
+    }
+}
+
+fn rate_limits(config: &Config, errors: &mut Errors<'_>) {
+    let r = &config.rate_limits;
+    limit(
+        &LimitConfig {
+            requests_per_s: r.requests_per_s,
+            burst: r.burst,
+            tokens_per_min: r.tokens_per_min,
+        },
+        "rate_limits",
+        errors,
+    );
+    for (model, l) in &r.models {
+        let prefix = format!("rate_limits.models.{model}");
+        if !config.upstreams.values().any(|u| &u.model == model) {
+            errors.push(
+                prefix.clone(),
+                format!("no upstream serves model `{model}`"),
+            );
+        }
+        limit(l, &prefix, errors);
+    }
 }
 
 fn resilience(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {

@@ -1,8 +1,10 @@
 //! The one place errors become HTTP: OpenAI-style bodies with the right status.
 
+use crate::auth::{AuthError, BudgetExceeded};
 use crate::domain::Failure;
 use crate::openai::ErrorBody;
 use crate::pipeline::PipelineError;
+use crate::ratelimit::Limited;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -67,6 +69,74 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// Adds a `Retry-After` of `secs` seconds.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_s = Some(secs.max(1));
+        self
+    }
+
+    /// 400: one field of the request is over a server limit.
+    pub fn over_limit(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        )
+    }
+
+    /// 403: the key may not use this model or agent.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "model_not_allowed",
+            message,
+        )
+    }
+
+    /// 408: the client did not send its body in time.
+    pub fn body_timeout(limit_ms: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {limit_ms} ms (server.body_read_timeout_ms)"
+            ),
+        )
+    }
+
+    /// 429: a gateway rate limit refused the request.
+    pub fn rate_limited(limited: &Limited) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            limited.message.clone(),
+        )
+        .with_retry_after(limited.retry_after_s())
+    }
+
+    /// 429: the key's daily budget is spent.
+    pub fn budget_exceeded(key: &str, b: &BudgetExceeded) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "budget_exceeded",
+            "budget_exceeded",
+            format!(
+                "daily budget exhausted for API key `{key}`: spent ${:.6} of ${:.6}; it resets at 00:00 UTC",
+                b.spent_usd, b.budget_usd
+            ),
+        )
+        .with_retry_after(b.resets_in_s)
     }
 
     fn from_failure(failure: &Failure, message: String) -> Self {
@@ -177,6 +247,33 @@ impl From<PipelineError> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let code = match &e {
+            AuthError::Missing => "missing_api_key",
+            AuthError::Malformed => "invalid_authorization_header",
+            AuthError::Revoked(_) => "revoked_api_key",
+            AuthError::GraceEnded(_) => "expired_api_key",
+            AuthError::Unknown => "invalid_api_key",
+            _ => {
+                tracing::error!(error = %e, "key registry failure");
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "auth_error",
+                    "the key registry failed",
+                );
+            }
+        };
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            code,
+            e.to_string(),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody::new(self.message, self.kind, self.code);
@@ -185,6 +282,11 @@ impl IntoResponse for ApiError {
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -7,14 +7,18 @@
 pub mod admin;
 mod chat;
 mod error;
+mod guard;
 mod observe;
 
 pub use admin::{AdminState, Reload, ReloadReport};
 pub use error::ApiError;
 
+use crate::auth::Auth;
+use crate::cache::ResponseCache;
 use crate::config::Secret;
 use crate::domain::CircuitState;
 use crate::pipeline::Pipeline;
+use crate::ratelimit::RateLimiter;
 use crate::resilience::Bulkhead;
 use crate::store::Store;
 use crate::telemetry::metrics::{PluginLabels, ShedLabels, UpstreamName};
@@ -43,6 +47,35 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// Bound on nested agent calls.
     pub max_agent_depth: u32,
+    /// Most messages in one request.
+    pub max_messages: usize,
+    /// Longest message content, in characters.
+    pub max_message_chars: usize,
+    /// Most request headers (HTTP/1).
+    pub max_headers: usize,
+    /// Largest request head, bytes.
+    pub max_header_bytes: usize,
+    /// Time to receive a request's headers; also the keep-alive idle bound.
+    pub header_read_timeout: Duration,
+    /// Time to receive a request's body.
+    pub body_read_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        use crate::config as c;
+        Self {
+            max_body_bytes: c::DEFAULT_MAX_BODY_BYTES as usize,
+            request_timeout: Duration::from_millis(c::DEFAULT_REQUEST_TIMEOUT_MS),
+            max_agent_depth: c::DEFAULT_MAX_AGENT_DEPTH,
+            max_messages: c::DEFAULT_MAX_MESSAGES as usize,
+            max_message_chars: c::DEFAULT_MAX_MESSAGE_CHARS as usize,
+            max_headers: c::DEFAULT_MAX_HEADERS as usize,
+            max_header_bytes: c::DEFAULT_MAX_HEADER_BYTES as usize,
+            header_read_timeout: Duration::from_millis(c::DEFAULT_HEADER_READ_TIMEOUT_MS),
+            body_read_timeout: Duration::from_millis(c::DEFAULT_BODY_READ_TIMEOUT_MS),
+        }
+    }
 }
 
 /// What a config reload replaces, swapped as one: a request sees either
@@ -66,6 +99,12 @@ pub struct AppState {
     pub store: Store,
     /// Set once shutdown begins; readiness then reports 503.
     pub draining: Arc<AtomicBool>,
+    /// The response cache, when enabled.
+    pub cache: Option<Arc<ResponseCache>>,
+    /// API keys and budgets.
+    pub auth: Arc<Auth>,
+    /// Per-client and per-model rate limits.
+    pub rate_limits: Arc<RateLimiter>,
     /// Global bulkhead on API requests (`resilience.max_concurrent_requests`).
     pub bulkhead: Bulkhead,
     /// Where the running config came from (readiness names it).
@@ -79,21 +118,31 @@ impl AppState {
     pub fn pipeline(&self) -> Arc<Pipeline> {
         self.live.load().pipeline.clone()
     }
+
+    /// The current request limits.
+    pub fn limits(&self) -> ServerLimits {
+        self.live.load().limits
+    }
 }
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     // Changing the body limit needs a restart: it is part of the router.
-    let limit = state.live.load().limits.max_body_bytes;
-    // Only the API is behind the bulkhead: probes and scrapes must answer
-    // precisely when the replica is busiest.
+    let limit = state.limits().max_body_bytes;
+    // Only the completion routes are behind the bulkhead: probes and scrapes
+    // must answer precisely when the replica is busiest. Every /v1 route
+    // needs a key (when auth is on) and passes the key's request bucket,
+    // before it takes a bulkhead place; health and metrics stay open.
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/agents/{name}/invoke", post(chat::invoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), shed));
-    Router::new()
+    let v1 = Router::new()
         .merge(api)
         .route("/v1/models", get(chat::models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::admit));
+    Router::new()
+        .merge(v1)
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -122,18 +171,40 @@ pub struct Shutdown {
 /// Serves until `shutdown` resolves; then reports not-ready for
 /// `timing.drain_delay` while still serving, stops accepting, and drains
 /// in-flight requests for at most `timing.grace` before returning.
+///
+/// Connections are served by hyper directly (not `axum::serve`) because the
+/// slow-client bounds live on hyper's builder: a client has
+/// `header_read_timeout` to send a request head — which also closes idle
+/// keep-alive connections — and heads are bounded in count and bytes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     timing: Shutdown,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
     let draining = state.draining.clone();
-    let started_drain = Arc::new(tokio::sync::Notify::new());
-    let notify = started_drain.clone();
+    let limits = state.limits();
     let app = router(state);
     let grace = timing.grace;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Resolves once the listener should close: after the signal, readiness
+    // turns 503 and new connections are still accepted for the drain delay.
+    let stop_accepting = async move {
         shutdown.await;
         draining.store(true, Ordering::SeqCst);
         if !timing.drain_delay.is_zero() {
@@ -143,16 +214,42 @@ pub async fn serve(
             );
             tokio::time::sleep(timing.drain_delay).await;
         }
-        tracing::info!("shutting down: draining in-flight requests");
-        notify.notify_one();
-    });
+    };
+    let mut stop_accepting = std::pin::pin!(stop_accepting);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather
+                    // than spin; per-connection errors are not fatal.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop_accepting => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {
-        result = server => result,
-        _ = async { started_drain.notified().await; tokio::time::sleep(grace).await } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "drain grace period expired; abandoning in-flight requests");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 async fn live() -> Response {
@@ -331,6 +428,11 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    crate::cache::now_ms()
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -339,9 +441,13 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The current UTC time as RFC 3339 (civil-from-days, no calendar crate).
+/// The current UTC time as RFC 3339.
 fn now_rfc3339() -> String {
-    let secs = unix_now();
+    rfc3339(unix_now())
+}
+
+/// Unix seconds as an RFC 3339 UTC time (civil-from-days, no calendar crate).
+pub fn rfc3339(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
