@@ -20,6 +20,14 @@ async fn an_l2_hit_survives_a_restart_without_calling_the_upstream() {
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("x-agentrouter-cache"), Some("miss"));
     assert_eq!(up.requests(), 1);
+    // One request, one lookup per level (the leader's re-check is not counted).
+    let metrics = gw.get("/metrics").await.text;
+    for series in [
+        r#"agentrouter_cache_lookups_total{level="l1",result="miss"} 1"#,
+        r#"agentrouter_cache_lookups_total{level="l2",result="miss"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
     gw.stop().await;
 
     let gw = Gateway::start(&config, dir.path()).await;

@@ -223,10 +223,25 @@ impl ResponseCache {
     /// The answer under `key` from the fastest tier holding it; faster tiers
     /// that missed are filled on the way back.
     pub async fn lookup(&self, key: &CacheKey) -> Option<(Arc<CachedAnswer>, &'static str)> {
+        self.find(key, true).await
+    }
+
+    /// [`Self::lookup`]; `counted = false` for a re-check that must not
+    /// count the same request's lookup twice.
+    async fn find(
+        &self,
+        key: &CacheKey,
+        counted: bool,
+    ) -> Option<(Arc<CachedAnswer>, &'static str)> {
+        let count = |level: &str, hit: bool| {
+            if counted {
+                self.count(level, hit);
+            }
+        };
         for (i, tier) in self.tiers.iter().enumerate() {
             match tier.get(key).await {
                 Ok(Some(answer)) => {
-                    self.count(tier.level(), true);
+                    count(tier.level(), true);
                     for upper in &self.tiers[..i] {
                         if let Err(e) = upper.put(key, &answer).await {
                             tracing::warn!(level = upper.level(), error = %e, "cache fill failed");
@@ -234,9 +249,9 @@ impl ResponseCache {
                     }
                     return Some((answer, tier.level()));
                 }
-                Ok(None) => self.count(tier.level(), false),
+                Ok(None) => count(tier.level(), false),
                 Err(e) => {
-                    self.count(tier.level(), false);
+                    count(tier.level(), false);
                     tracing::warn!(level = tier.level(), error = %e, "cache lookup failed; treating as a miss");
                 }
             }
@@ -285,8 +300,8 @@ impl ResponseCache {
             match self.flights.join(key) {
                 Join::Leader(leader) => {
                     // The previous leader may have stored the answer between
-                    // our lookup and our joining.
-                    if let Some((answer, level)) = self.lookup(&key).await {
+                    // our lookup and our joining (already counted above).
+                    if let Some((answer, level)) = self.find(&key, false).await {
                         leader.finish(Some(answer.clone()));
                         return Ok(Served::Hit(answer, HitFrom::Tier(level)));
                     }
