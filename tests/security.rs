@@ -191,6 +191,17 @@ async fn a_burst_of_twelve_against_a_bucket_of_five_gets_exactly_seven_429s() {
         metrics.contains(r#"agentrouter_rate_limited_total{key="bursty",limit="requests"} 7"#),
         "{metrics}"
     );
+    // The refusals are requests served too: counted by status.
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("agentrouter_http_requests_total{")
+                && l.contains(r#"route="/v1/chat/completions""#)
+                && l.contains(r#"status="429""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused, 7.0, "{metrics}");
     gw.stop().await;
 }
 
