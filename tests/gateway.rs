@@ -2,75 +2,16 @@
 //! plugins, a real sled store, simulated upstreams (in process, and the
 //! simulator's HTTP server behind an `openai` upstream).
 
-use agentrouter::app::App;
-use agentrouter::config::Config;
+mod support;
+
 use serde_json::{Value, json};
 use std::path::Path;
+use support::{Gateway, chat, content};
 use tokio::sync::oneshot;
 
-/// A running gateway and the means to stop it.
-struct Gateway {
-    base: String,
-    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    async fn start(extra: &str) -> Gateway {
-        Self::start_with(&quickstart_with(extra)).await
-    }
-
-    async fn start_with(toml: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(toml, "test.toml", dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let app = App::build(&config).await.unwrap_or_else(|e| panic!("{e}"));
-        let draining = app.draining();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Gateway {
-            base,
-            draining,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            done,
-            _dir: dir,
-        }
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        self.done.await.unwrap().unwrap();
-    }
+/// A gateway on the quickstart config with `extra` appended.
+async fn quickstart(extra: &str) -> Gateway {
+    Gateway::start(&quickstart_with(extra)).await
 }
 
 /// The quickstart config with a few overrides appended (later tables win
@@ -83,19 +24,9 @@ fn quickstart_with(extra: &str) -> String {
     )
 }
 
-fn chat(model: &str, content: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": content}]})
-}
-
-fn content(body: &Value) -> &str {
-    body["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no content in {body}"))
-}
-
 #[tokio::test]
 async fn completes_through_a_model_with_an_openai_shaped_response() {
-    let gw = Gateway::start("").await;
+    let gw = quickstart("").await;
     let (status, body) = gw
         .post("/v1/chat/completions", &chat("usf-mini", "What is WASI?"))
         .await;
@@ -118,7 +49,7 @@ async fn completes_through_a_model_with_an_openai_shaped_response() {
 
 #[tokio::test]
 async fn manager_agent_delegates_to_both_workers_visible_in_steps() {
-    let gw = Gateway::start("").await;
+    let gw = quickstart("").await;
     let (status, body) = gw
         .post(
             "/v1/agents/manager/invoke",
@@ -212,7 +143,7 @@ async fn stream_chunks(gw: &Gateway, body: &Value) -> (Vec<Value>, String) {
 
 #[tokio::test]
 async fn streams_models_and_agents_as_chunks_ending_with_done() {
-    let gw = Gateway::start("").await;
+    let gw = quickstart("").await;
     for model in ["usf-mini", "agent:researcher"] {
         let mut req = chat(model, "Tell me about components in one line");
         let (_, whole) = gw.post("/v1/chat/completions", &req).await;
@@ -238,7 +169,7 @@ async fn streams_live_from_the_upstream_when_no_output_validator_needs_the_whole
     // No validators at all: the stream comes straight from the upstream. The
     // first upstream refuses before sending anything, so the gateway falls
     // back to the second before the first byte reaches the client.
-    let gw = Gateway::start_with(
+    let gw = Gateway::start(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -268,7 +199,7 @@ model = "shared"
 
 #[tokio::test]
 async fn lists_upstream_models_and_agents() {
-    let gw = Gateway::start("").await;
+    let gw = quickstart("").await;
     let (status, body) = gw.get("/v1/models").await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = body["data"]
@@ -302,7 +233,7 @@ fn assert_error(status: u16, body: &Value, expected: u16, code: &str) {
 
 #[tokio::test]
 async fn client_mistakes_get_openai_errors_with_the_right_status() {
-    let gw = Gateway::start("").await;
+    let gw = quickstart("").await;
     let url = format!("{}/v1/chat/completions", gw.base);
     let resp = gw
         .client
@@ -379,7 +310,7 @@ async fn client_mistakes_get_openai_errors_with_the_right_status() {
 
 #[tokio::test]
 async fn validators_reject_rewrite_and_redact() {
-    let gw = Gateway::start("").await;
+    let gw = quickstart("").await;
     let (status, body) = gw
         .post(
             "/v1/chat/completions",
@@ -426,7 +357,7 @@ async fn validators_reject_rewrite_and_redact() {
 
 #[tokio::test]
 async fn upstream_failures_and_timeouts_map_to_502_and_504() {
-    let gw = Gateway::start(
+    let gw = quickstart(
         r#"
 [upstreams.broken]
 kind = "simulated"
@@ -468,7 +399,7 @@ async fn openai_upstreams_work_against_the_simulator_over_http() {
             let _ = stopped.await;
         },
     ));
-    let gw = Gateway::start(&format!(
+    let gw = quickstart(&format!(
         r#"
 [upstreams.remote]
 kind = "openai"
@@ -510,7 +441,7 @@ async fn a_failing_upstream_opens_its_breaker_and_stops_receiving_traffic() {
             let _ = stopped.await;
         },
     ));
-    let gw = Gateway::start_with(&format!(
+    let gw = Gateway::start(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -572,7 +503,7 @@ recovery = "standard-recovery"
 
 #[tokio::test]
 async fn readiness_reports_checks_and_liveness_answers() {
-    let gw = Gateway::start("").await;
+    let gw = quickstart("").await;
     let (status, body) = gw.get("/health/live").await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
@@ -639,7 +570,7 @@ async fn held_upstream() -> (
 #[tokio::test]
 async fn shutdown_finishes_the_in_flight_request() {
     let (addr, arrived, release) = held_upstream().await;
-    let mut gw = Gateway::start(&format!(
+    let mut gw = quickstart(&format!(
         r#"
 [upstreams.held]
 kind = "openai"
@@ -659,7 +590,7 @@ base_url = "http://{addr}/v1"
     });
     arrived.await.unwrap();
     // Shutdown begins while the request waits on the upstream...
-    let _ = gw.stop.take().map(|s| s.send(()));
+    gw.begin_shutdown();
     while !gw.draining.load(std::sync::atomic::Ordering::SeqCst) {
         tokio::task::yield_now().await;
     }
@@ -672,7 +603,7 @@ base_url = "http://{addr}/v1"
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(content(&body), "finished");
-    gw.done.await.unwrap().unwrap();
+    gw.stop().await;
 }
 
 #[test]

@@ -87,9 +87,14 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Sends the shutdown signal without waiting: draining begins.
+    pub fn begin_shutdown(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+    }
+
     /// Stops it and waits for the drain to finish.
     pub async fn stop(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
+        self.begin_shutdown();
         self.done.await.unwrap().unwrap();
     }
 }
