@@ -109,30 +109,13 @@ impl Accounting {
     fn failed(&self, failure: &Failure) {
         self.span
             .record("otel.status_code", "ERROR")
-            .record("error.type", failure_kind(failure));
+            .record("error.type", failure.kind());
     }
 
     fn waited(&self, started: Instant) {
         if let Some(scope) = &self.scope {
             scope.add_upstream_wait(started, Instant::now());
         }
-    }
-}
-
-/// A short, bounded name for a failure (span `error.type`).
-fn failure_kind(failure: &Failure) -> &'static str {
-    match failure {
-        Failure::Timeout => "timeout",
-        Failure::RateLimited(_) => "rate_limited",
-        Failure::TokenLimitExceeded => "token_limit_exceeded",
-        Failure::UpstreamStatus(s) if *s >= 500 => "server_error",
-        Failure::UpstreamStatus(_) => "client_error",
-        Failure::InvalidResponse(_) => "invalid_response",
-        Failure::CircuitOpen(_) => "circuit_open",
-        Failure::Rejected(_) => "rejected",
-        Failure::BudgetExceeded => "budget_exceeded",
-        Failure::Denied(_) => "denied",
-        Failure::Internal(_) => "internal",
     }
 }
 
