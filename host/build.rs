@@ -11,7 +11,7 @@
 use std::env;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 const WORLDS: [&str; 4] = ["agent", "validator", "router", "recovery"];
 
@@ -23,7 +23,12 @@ struct PluginCrate {
     is_bin: bool,
 }
 
-fn main() {
+fn main() -> ExitCode {
+    if let Err(message) = ensure_wasm_target() {
+        // One line a newcomer can act on; a panic would bury it in a backtrace.
+        eprintln!("error: {message}");
+        return ExitCode::FAILURE;
+    }
     let manifest_dir =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir
@@ -95,6 +100,73 @@ fn main() {
     writeln!(generated, "/// Directory holding the compiled test fixtures.\npub(crate) const FIXTURE_DIR: &str = {:?};", release.display().to_string()).unwrap();
     std::fs::write(out_dir.join("builtin_plugins.rs"), generated)
         .expect("write builtin_plugins.rs");
+    ExitCode::SUCCESS
+}
+
+/// The target the plugins are compiled for.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Makes sure the toolchain running this build can compile for wasm32-wasip2,
+/// adding the target with rustup when it is missing.
+///
+/// `rust-toolchain.toml` lists the target, but rustup installs listed targets
+/// only together with the toolchain: with the toolchain already present (and
+/// `RUSTUP_AUTO_INSTALL=0`) the target stays missing. Left to the nested
+/// plugin build, that surfaces as "can't find crate for core" after the
+/// nested cargo has spent minutes competing with the host build for the
+/// jobserver. Checking here costs one `rustc --print` and fails (or heals)
+/// before anything else is compiled.
+fn ensure_wasm_target() -> Result<(), String> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
+        .map_err(|e| format!("could not run `{rustc} --print target-libdir`: {e}"))?;
+    let libdir = PathBuf::from(String::from_utf8_lossy(&libdir.stdout).trim());
+    if has_core(&libdir) {
+        return Ok(());
+    }
+    // The proxy that started cargo names the toolchain; without it, rustup
+    // resolves rust-toolchain.toml from the working directory as cargo did.
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    let exact = match &toolchain {
+        Some(toolchain) => format!("rustup target add {WASM_TARGET} --toolchain {toolchain}"),
+        None => format!("rustup target add {WASM_TARGET}"),
+    };
+    if Command::new("rustup").arg("--version").output().is_err() {
+        // <sysroot>/lib/rustlib/<target>/lib
+        let sysroot = libdir.ancestors().nth(4).unwrap_or(&libdir).display();
+        return Err(format!(
+            "the {WASM_TARGET} target is not installed for the Rust toolchain at {sysroot}, and rustup is not on PATH to add it: install that target's standard library (with rustup: `{exact}`), then build again"
+        ));
+    }
+    println!(
+        "cargo:warning=the {WASM_TARGET} target is missing; running `{exact}` to build the plugins"
+    );
+    eprintln!("agentrouter build: running `{exact}`");
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", WASM_TARGET]);
+    if let Some(toolchain) = &toolchain {
+        add.args(["--toolchain", toolchain]);
+    }
+    let added = add.status();
+    // A concurrent build (tests and clippy at once) may have added it meanwhile.
+    if has_core(&libdir) {
+        return Ok(());
+    }
+    Err(match added {
+        Err(e) => format!("could not run `{exact}`: {e}; run it by hand, then build again"),
+        Ok(status) => format!("`{exact}` failed ({status}); run it by hand, then build again"),
+    })
+}
+
+/// Whether `libdir` holds the target's standard library.
+fn has_core(libdir: &Path) -> bool {
+    std::fs::read_dir(libdir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+    })
 }
 
 fn crate_dir(plugins: &Path, c: &PluginCrate) -> PathBuf {
@@ -180,12 +252,6 @@ fn build(plugins: &Path, target_dir: &Path, batch: &[&PluginCrate]) {
         .unwrap_or_else(|e| panic!("could not run cargo to build plugins {names:?}: {e}"));
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint =
-            if stderr.contains("wasm32-wasip2") && stderr.contains("target may not be installed") {
-                "\nhint: run `rustup target add wasm32-wasip2`"
-            } else {
-                ""
-            };
-        panic!("building plugins {names:?} for wasm32-wasip2 failed:\n{stderr}{hint}");
+        panic!("building plugins {names:?} for wasm32-wasip2 failed:\n{stderr}");
     }
 }

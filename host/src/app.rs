@@ -30,22 +30,22 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The config is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The store could not be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// The plugin runtime could not start.
     #[error("plugin runtime: {0}")]
     Runtime(String),
     /// A plugin failed to load.
-    #[error("{0}")]
+    #[error(transparent)]
     Plugin(#[from] crate::runtime::PluginError),
     /// The pipeline's wiring is inconsistent.
     #[error("pipeline: {0}")]
     Pipeline(String),
     /// The API keys could not be loaded.
-    #[error("auth: {0}")]
+    #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
 }
 

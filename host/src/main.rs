@@ -263,10 +263,40 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes as one line, each cause once: a cause whose text
+/// an outer message already quotes is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+/// Binds `addr`, saying what to do when another process holds it.
+async fn listen(addr: SocketAddr, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "cannot listen on {addr}: the address is already in use (is another agentrouter running?); stop that process, or choose another address with {setting}"
+            )
+        } else {
+            anyhow::anyhow!("cannot listen on {addr}: {e}")
+        }
+    })
 }
 
 fn run_async(
@@ -307,6 +337,10 @@ fn serve_command(
     format: LogFormat,
 ) -> anyhow::Result<ExitCode> {
     let config = match &path {
+        Some(path) if !path.exists() => anyhow::bail!(
+            "{}: no such config file; pass an existing file, or omit --config to run the embedded quickstart",
+            path.display()
+        ),
         Some(path) => Config::from_file(path)?,
         None => Config::embedded_quickstart(),
     };
@@ -348,9 +382,7 @@ async fn serve(
         None
     };
     let addr = listen.unwrap_or(config.server.listen);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = self::listen(addr, "--listen or [server] listen").await?;
     tracing::info!(addr = %listener.local_addr()?, models = ?app.pipeline().models(), "agentrouter listening");
     app.serve(listener, shutdown_signal()).await?;
     tracing::info!("stopped");
@@ -379,9 +411,7 @@ async fn sim(
     models: Vec<String>,
     settings: SimSettings,
 ) -> anyhow::Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = self::listen(listen, "--listen").await?;
     tracing::info!(addr = %listener.local_addr()?, ?models, "simulated upstream listening");
     let sim = Arc::new(Simulator::new(settings));
     agentrouter::upstream::sim_server::serve(listener, sim, models, shutdown_signal()).await?;
@@ -419,12 +449,8 @@ fn plugin_inspect(file: &PathBuf) -> anyhow::Result<ExitCode> {
 fn key_store(path: &std::path::Path) -> anyhow::Result<(Config, KeyStore)> {
     let config = Config::from_file(path)?;
     let dir = config.store_path();
-    let store = Store::open(&dir).with_context(|| {
-        format!(
-            "cannot open the store at {} (is a gateway using it running? sled admits one process at a time)",
-            dir.display()
-        )
-    })?;
+    // A store held by a running gateway is refused with the reason.
+    let store = Store::open(&dir)?;
     Ok((config, KeyStore::new(store)))
 }
 

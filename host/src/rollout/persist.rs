@@ -48,10 +48,10 @@ fn wasm_key(digest: &str) -> Vec<u8> {
     [b"rollout\0wasm\0".as_slice(), digest.as_bytes()].concat()
 }
 
-fn sled_err(store: &Store, source: sled::Error) -> StoreError {
+fn sled_err(store: &Store, cause: sled::Error) -> StoreError {
     StoreError::Sled {
         path: store.path().to_string(),
-        source,
+        cause,
     }
 }
 

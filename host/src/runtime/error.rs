@@ -55,14 +55,14 @@ impl fmt::Display for LimitKind {
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The `.wasm` file could not be read.
-    #[error("plugin `{plugin}`: cannot read {}: {source}", path.display())]
+    #[error("plugin `{plugin}`: cannot read {}: {cause}", path.display())]
     Read {
         /// Configured plugin name.
         plugin: String,
         /// Path that failed.
         path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error (in the message, so it is not a separate cause).
+        cause: std::io::Error,
     },
     /// The bytes are not a WebAssembly component.
     #[error("plugin `{plugin}` ({origin}) is not a WebAssembly component: {reason}")]

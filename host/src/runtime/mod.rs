@@ -245,7 +245,10 @@ impl Runtime {
         )?;
         let cache = match &settings.cache_dir {
             Some(dir) => Some(AotCache::open(dir, &engine).map_err(|e| {
-                wasmtime::Error::msg(format!("cannot open plugin cache {}: {e}", dir.display()))
+                wasmtime::Error::msg(format!(
+                    "cannot open the plugin cache at {}: {e}; set [runtime] cache_dir to a writable directory",
+                    dir.display()
+                ))
             })?),
             None => None,
         };
@@ -345,9 +348,9 @@ fn read_source(plugin: &str, source: &PluginSource) -> Result<Cow<'static, [u8]>
 }
 
 fn read_file(plugin: &str, path: &Path) -> Result<Vec<u8>, PluginError> {
-    std::fs::read(path).map_err(|source| PluginError::Read {
+    std::fs::read(path).map_err(|cause| PluginError::Read {
         plugin: plugin.to_string(),
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }

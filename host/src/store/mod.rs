@@ -10,17 +10,51 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled failed (I/O, corruption).
-    #[error("store at {path}: {source}")]
+    /// Another process holds the store's lock: sled admits one process at a time.
+    #[error(
+        "the store at {path} is in use by another process (an agentrouter serving from it, or `agentrouter keys` on it); stop that process, or set [store] path to another directory"
+    )]
+    Locked {
+        /// The store's directory.
+        path: String,
+    },
+    /// The store could not be opened (missing permissions, not a directory, ...).
+    #[error("cannot open the store at {path}: {cause}; set [store] path to a writable directory")]
+    Open {
+        /// The store's directory.
+        path: String,
+        /// What the file system said.
+        cause: sled::Error,
+    },
+    /// sled failed while serving (I/O, corruption).
+    #[error("store at {path}: {cause}")]
     Sled {
         /// The store's directory.
         path: String,
-        /// Underlying error.
-        source: sled::Error,
+        /// Underlying error (part of the message, not a separate cause, so
+        /// a chain of errors never prints it twice).
+        cause: sled::Error,
     },
     /// A key or value exceeds the store's bounds.
     #[error("{0}")]
     TooLarge(String),
+}
+
+impl StoreError {
+    /// The error for a failed `sled::open` of `path`: a held lock is named
+    /// as such, because sled reports it as a bare I/O error.
+    fn opening(path: String, cause: sled::Error) -> StoreError {
+        // sled wraps the lock's EWOULDBLOCK in an error of its own kind
+        // whose text is all that says what happened.
+        let locked = matches!(&cause, sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock"));
+        if locked {
+            StoreError::Locked { path }
+        } else {
+            StoreError::Open { path, cause }
+        }
+    }
 }
 
 /// Largest key a plugin may use, in bytes.
@@ -55,10 +89,7 @@ impl Store {
     /// Open (or create) a store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let db = sled::open(dir).map_err(|source| StoreError::Sled {
-            path: path.clone(),
-            source,
-        })?;
+        let db = sled::open(dir).map_err(|cause| StoreError::opening(path.clone(), cause))?;
         Ok(Self { db, path })
     }
 
@@ -67,9 +98,9 @@ impl Store {
         let db = sled::Config::new()
             .temporary(true)
             .open()
-            .map_err(|source| StoreError::Sled {
+            .map_err(|cause| StoreError::Open {
                 path: "<temporary>".into(),
-                source,
+                cause,
             })?;
         Ok(Self {
             db,
@@ -87,10 +118,10 @@ impl Store {
         &self.db
     }
 
-    fn err(&self, source: sled::Error) -> StoreError {
+    fn err(&self, cause: sled::Error) -> StoreError {
         StoreError::Sled {
             path: self.path.clone(),
-            source,
+            cause,
         }
     }
 
