@@ -9,6 +9,7 @@ modules split the work by concern:
 - `procs`     child processes: own process groups, readiness polls, cleanup
 - `targets`   what each target is: its configs, its request, its processes
 - `machine`   /proc readers: CPU time, RSS, load, the machine's description
+- `cells`     the measurements of one target (preflight, warm-up, c=1, c=64, RSS)
 - `load`      wrk runs and their JSON summary
 - `wire`      a minimal HTTP/1.1 client for streams and idle connections
 - `stream`    time to first token and chunk rate of a streamed completion

@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "machine": machine.describe(),
         "run": {"load_start": load_start, "binary": str(binary), "commit": commit_of(REPO),
+                "binary_given": bool(args.binary),
                 "build_s": round(build_s, 1), "duration_s": args.duration,
                 "warmup_s": args.warmup, "threads": args.threads, "high_c": args.concurrency,
                 "quick": args.quick, "wait_quiet": args.wait_quiet,

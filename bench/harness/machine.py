@@ -57,6 +57,40 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def all_process_ticks() -> dict[int, tuple[str, int]]:
+    """Every process's name and utime+stime in ticks: the basis for naming
+    what else ran on the machine during a cell."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+            fields = _stat_fields(int(entry))
+            out[int(entry)] = (comm, int(fields[11]) + int(fields[12]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def top_others(before: dict[int, tuple[str, int]], exclude: set[int],
+               wall_s: float, top: int = 3) -> list[dict]:
+    """The `top` process names that used the most CPU since `before`,
+    outside `exclude`, in cores (processes of one name summed: six rustc
+    are one line). Processes that started and ended in between are
+    invisible, so this names the contention rather than measuring it."""
+    used: dict[str, int] = {}
+    for pid, (comm, ticks) in all_process_ticks().items():
+        if pid in exclude:
+            continue
+        delta = ticks - before.get(pid, (comm, 0))[1]
+        if delta > 0:
+            used[comm] = used.get(comm, 0) + delta
+    ranked = sorted(used.items(), key=lambda kv: -kv[1])[:top]
+    return [{"name": n, "cores": round(t / CLK_TCK / max(wall_s, 1e-9), 2)} for n, t in ranked]
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time of `pids`, in seconds.
 
@@ -212,11 +246,13 @@ class Window:
     busy0: int = 0
     total0: int = 0
     load0: float = 0.0
+    procs0: dict | None = None
 
     def begin(self) -> None:
         """Take the first reading, as close to the start of the load as
         possible."""
         self.load0 = loadavg()[0]
+        self.procs0 = all_process_ticks()
         self.busy0, self.total0 = machine_jiffies()
         self.server0 = cpu_seconds(self.server)
         self.helpers0 = cpu_seconds(self.helpers)
@@ -230,6 +266,8 @@ class Window:
         helpers = cpu_seconds(self.helpers) - self.helpers0
         own = children_cpu_seconds() + self_cpu_seconds() - self.own0
         busy, total = machine_jiffies()
+        ours = set(self.server) | set(self.helpers) | {os.getpid()}
+        others = top_others(self.procs0 or {}, ours, wall)
         cores = os.cpu_count() or 1
         # /proc/stat sums all CPUs: total ticks = wall × cores × CLK_TCK.
         machine_busy_cores = (busy - self.busy0) / max(total - self.total0, 1) * cores
@@ -241,6 +279,7 @@ class Window:
             "bench_cpu_s": own,
             "machine_busy_cores": machine_busy_cores,
             "other_cores": max(machine_busy_cores - ours_cores, 0.0),
+            "other_top": others,
             "load1_start": self.load0,
             "load1_end": loadavg()[0],
         }

@@ -97,6 +97,24 @@ def _mib(kib: float | None) -> str:
     return "n/a" if kib is None else f"{kib / MIB:.1f} MiB"
 
 
+def _contention(results: dict) -> list[str]:
+    """Per target, the other processes that used the most CPU during its
+    cells, e.g. `bare: rustc 0.9 / cargo 0.1`, for cells above the
+    contention mark."""
+    lines = []
+    for name, t in results["targets"].items():
+        parts = []
+        for cell in ("c1", "high"):
+            acc = t[cell]["accounting"]
+            if acc["other_cores"] > CONTENDED_CORES and acc.get("other_top"):
+                parts.append(", ".join(f"{o['name']} {o['cores']:.2f}" for o in acc["other_top"]))
+            else:
+                parts.append("-")
+        if parts != ["-", "-"]:
+            lines.append(f"{name}: {' / '.join(parts)}")
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The run as markdown: machine and load, the main table, ratios to
     nginx's hop, streams, idle connections, the budget."""
@@ -107,7 +125,9 @@ def markdown(results: dict) -> str:
                f"kernel {m['kernel']}")
     out.append(f"- load average (1/5/15 min): start {' '.join(map(str, run['load_start']))}, "
                f"end {' '.join(map(str, run['load_end']))}")
-    out.append(f"- binary: `{run['binary']}` (commit {run['commit']})")
+    how = ("given with --binary; the repository is at commit" if run.get("binary_given")
+           else "built by cargo from commit")
+    out.append(f"- binary: `{run['binary']}` ({how} {run['commit']})")
     out.append("- tools: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()))
     out.append(f"- cells: {run['duration_s']:g} s each after a {run['warmup_s']:g} s warm-up; "
                f"wrk -t{run['threads']}, c=1 and c={hi}; same box as the servers")
@@ -132,6 +152,11 @@ def markdown(results: dict) -> str:
                "of the target's cells. Other load: cores busy with processes outside the bench "
                f"during the cell (from /proc/stat); ⚠ above {CONTENDED_CORES} cores, where the "
                "cell measured contention as much as the server.")
+    named = _contention(results)
+    if named:
+        out.append("")
+        out.append("What else ran during the cells (other processes' CPU, cores, c=1 / c=" + str(hi)
+                   + "): " + "; ".join(named) + ".")
     out.append("")
 
     rat = results["ratios"]
