@@ -70,8 +70,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if args.duration < 1 or args.warmup < 0:
         p.error("--duration must be at least 1 and --warmup at least 0")
-    if args.targets and "litellm" in args.targets.split(","):
-        args.with_litellm = True
+    if args.targets:
+        wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names + ["idle"]]
+        if unknown:
+            p.error(f"--targets: unknown {', '.join(unknown)}; known: {', '.join(names)}, idle")
+        args.with_litellm = args.with_litellm or "litellm" in wanted
     return args
 
 
@@ -121,6 +125,59 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _measure_all(run: targets.Run, plan: cells.Plan, args: argparse.Namespace,
+                 load_targets: list[targets.Target], idle_targets: list[targets.Target],
+                 results: dict, outdir: Path) -> int:
+    """Start the shared upstreams, then measure every target in turn into
+    `results`; return 1 if any target failed, else 0.
+
+    A target that fails (did not start, answered wrongly, saw error
+    statuses) is recorded and the run goes on: the other rows are still
+    worth having, and the exit code says that one is missing.
+    """
+    code = 0
+    needs = {n for t in load_targets + idle_targets for n in t.needs}
+    if "mock" in needs or idle_targets:
+        print("== starting the nginx mock upstream", flush=True)
+        run.mock = targets.start_mock(run)
+    if "sim" in needs:
+        print("== starting agentrouter sim (streaming upstream)", flush=True)
+        run.sim = targets.start_sim(run)
+    for t in load_targets:
+        print(f"== {t.name}: {t.label}", flush=True)
+        quiet = _wait_quiet(args)
+        try:
+            r = cells.measure(run, t, plan, outdir)
+        except (RuntimeError, OSError) as e:
+            results["errors"].append(f"{t.name}: {e}")
+            print(f"bench: {t.name} failed: {e}", file=sys.stderr, flush=True)
+            code = 1
+            continue
+        r["quiet_wait"] = quiet
+        results["targets"][t.name] = r
+        bad = r["c1"]["failures"] + r["high"]["failures"]
+        if any("status" in f or "connect" in f for f in bad):
+            results["errors"].append(f"{t.name}: {'; '.join(bad)}")
+            code = 1
+        print(f"   c=1 p50 {r['c1']['p50_us']:.0f} µs, c={plan.high_c} "
+              f"{r['high']['rps']:,.0f} req/s, CPU {r['high']['cpu_us_per_request'] or 0:.0f} µs/req"
+              + (f", {'; '.join(bad)}" if bad else ""), flush=True)
+    for t in idle_targets:
+        print(f"== idle: {args.idle_conns} keep-alive connections to {t.name}", flush=True)
+        quiet = _wait_quiet(args)
+        try:
+            r = cells.measure_idle(run, t, plan, outdir)
+        except (RuntimeError, OSError) as e:
+            results["errors"].append(f"idle {t.name}: {e}")
+            print(f"bench: idle {t.name} failed: {e}", file=sys.stderr, flush=True)
+            code = 1
+            continue
+        r["quiet_wait"] = quiet
+        results["idle"][t.name] = r
+        print(f"   {r['per_connection_kib']:.1f} KiB per connection", flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; return 0 when every cell measured what it claims, 1
     when one failed (an error status, a server that did not start), 130
@@ -146,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except install.SetupError as e:
         print(f"bench: setup failed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted during setup", file=sys.stderr)
+        return 130
 
     tmp = Path(tempfile.mkdtemp(prefix="agentrouter-bench-"))
     sup = Supervisor(tmp)
@@ -165,51 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         "baselines": {t.name: t.baseline for t in load_targets},
         "targets": {}, "idle": {}, "errors": [],
     }
-    code = 0
     try:
-        needs = {n for t in load_targets + idle_targets for n in t.needs}
-        if "mock" in needs or idle_targets:
-            print("== starting the nginx mock upstream", flush=True)
-            run.mock = targets.start_mock(run)
-        if "sim" in needs:
-            print("== starting agentrouter sim (streaming upstream)", flush=True)
-            run.sim = targets.start_sim(run)
-        for t in load_targets:
-            print(f"== {t.name}: {t.label}", flush=True)
-            quiet = _wait_quiet(args)
-            try:
-                r = cells.measure(run, t, plan, outdir)
-                r["quiet_wait"] = quiet
-            except (cells.CellError, RuntimeError, OSError) as e:
-                results["errors"].append(f"{t.name}: {e}")
-                print(f"bench: {t.name} failed: {e}", file=sys.stderr, flush=True)
-                code = 1
-                continue
-            results["targets"][t.name] = r
-            bad = r["c1"]["failures"] + r["high"]["failures"]
-            if any("status" in f or "connect" in f for f in bad):
-                results["errors"].append(f"{t.name}: {'; '.join(bad)}")
-                code = 1
-            print(f"   c=1 p50 {r['c1']['p50_us']:.0f} µs, c={plan.high_c} "
-                  f"{r['high']['rps']:,.0f} req/s, CPU {r['high']['cpu_us_per_request'] or 0:.0f} µs/req"
-                  + (f", {'; '.join(bad)}" if bad else ""), flush=True)
-        for t in idle_targets:
-            print(f"== idle: {args.idle_conns} keep-alive connections to {t.name}", flush=True)
-            quiet = _wait_quiet(args)
-            try:
-                r = cells.measure_idle(run, t, plan, outdir)
-                r["quiet_wait"] = quiet
-            except (cells.CellError, RuntimeError, OSError) as e:
-                results["errors"].append(f"idle {t.name}: {e}")
-                print(f"bench: idle {t.name} failed: {e}", file=sys.stderr, flush=True)
-                code = 1
-                continue
-            results["idle"][t.name] = r
-            print(f"   {r['per_connection_kib']:.1f} KiB per connection", flush=True)
+        code = _measure_all(run, plan, args, load_targets, idle_targets, results, outdir)
     except KeyboardInterrupt:
         print("bench: interrupted; stopping servers", file=sys.stderr)
         code = 130
-    except Exception as e:  # a service that would not start, most often
+    except (RuntimeError, OSError) as e:  # the mock or the simulator did not start
         results["errors"].append(str(e))
         print(f"bench: {e}", file=sys.stderr)
         code = 1

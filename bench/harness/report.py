@@ -68,8 +68,11 @@ def budget(results: dict, rat: dict) -> list[dict]:
          bare and bare["high"]["rps"], nginx and nginx["high"]["rps"], False, "req/s")
     line("features: added c=1 p50 ≤ nginx hop + 60 µs",
          added.get("features", {}).get("added_p50_us"), hop and hop["p50"] + 60, True, "µs")
-    line("features: added c=1 p90 ≤ nginx p90 hop + 100 µs",
-         added.get("features", {}).get("added_p90_us"), hop and hop["p90"] + 100, True, "µs")
+    # The p90 line is measured against nginx's p50 hop too: on a contended
+    # machine nginx's own p90 hop can reach milliseconds and would let
+    # anything pass.
+    line("features: added c=1 p90 ≤ nginx hop + 100 µs",
+         added.get("features", {}).get("added_p90_us"), hop and hop["p50"] + 100, True, "µs")
     line(f"features: c={hi} req/s ≥ 60 % of nginx",
          feat and feat["high"]["rps"], nginx and nginx["high"]["rps"] * 0.6, False, "req/s")
     for cell, label in (("c1", "c=1"), ("high", f"c={hi}")):
@@ -169,6 +172,8 @@ def markdown(results: dict) -> str:
                    f"| c={hi} req/s ÷ nginx | self-reported overhead (mean, c=1 / c={hi}) |")
         out.append("|---|---|---:|---:|---:|---:|---:|")
         for name, r in rat["targets"].items():
+            if results["baselines"][name] != "direct":
+                continue  # streams: see their own table
             t = results["targets"][name]
             own = [t[c].get("self_reported", {}).get("overhead_mean_us") for c in ("c1", "high")]
             own_s = " / ".join(_us(v) for v in own) if any(v is not None for v in own) else ""
@@ -181,13 +186,15 @@ def markdown(results: dict) -> str:
     if streams:
         out.append("## Streams (one at a time, Python client, keep-alive)")
         out.append("")
-        out.append("| target | streams | TTFT p50 | TTFT p90 | TTFT p99 | stream p50 | chunks/stream "
-                   "| chunks/s (median) |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("| target | streams | TTFT p50 | TTFT p90 | TTFT p99 | added TTFT p50 | stream p50 "
+                   "| chunks/stream | chunks/s (median) |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, t in streams.items():
             s = t["stream"]
+            added = rat["targets"].get(name, {}).get("added_ttft_p50_us")
             out.append(f"| {t['label']} | {s['streams']} | {_us(s['ttft_p50_us'])} "
                        f"| {_us(s['ttft_p90_us'])} | {_us(s['ttft_p99_us'])} "
+                       f"| {_us(added) if added is not None else '-'} "
                        f"| {_us(s['stream_p50_us'])} | {_n(s['chunks_per_stream'])} "
                        f"| {_n(s['chunks_per_s'])} |")
         out.append("")

@@ -109,7 +109,8 @@ def _nginx(run: Run, name: str, workers: str, http: str) -> Service:
 
 def start_mock(run: Run) -> Service:
     """The static upstream: nginx with `return 200 '<chat completion>'`,
-    one worker per core, as TOOLCHAIN.md's method describes."""
+    one worker per core (`auto`), so that the mock is never what limits
+    a target in front of it."""
     answer = MOCK_ANSWER.replace("\\", "\\\\").replace("'", "\\'")
     http = ("    server {\n        listen 127.0.0.1:PORT;\n"
             "        location / {\n            default_type application/json;\n"
