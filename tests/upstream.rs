@@ -3,9 +3,10 @@
 //! hang or are gone, and the in-process simulated upstream.
 
 use agentrouter::domain::*;
+use agentrouter::net::http_client;
 use agentrouter::upstream::{
     EventStream, OpenAiUpstream, SimOutcome, SimSettings, SimUpstream, Simulator, StreamEvent,
-    Upstream, UpstreamInfo, http_client, sim_server,
+    Upstream, UpstreamInfo, sim_server,
 };
 use futures::StreamExt;
 use std::sync::Arc;

@@ -5,17 +5,18 @@
 use crate::auth::Auth;
 use crate::cache::ResponseCache;
 use crate::config::{Config, UpstreamKind};
-use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
+use crate::gateway::{Gateway, Live, ServerLimits};
+use crate::net::http_client;
+use crate::pipeline::{GuardedUpstream, Pipeline, PipelineSettings, Slot};
 use crate::ratelimit::RateLimiter;
+use crate::resilience::HealthSettings;
 use crate::rollout::watch::{self, Watch};
 use crate::rollout::{HotPlugin, Rollouts};
 use crate::runtime::{PluginSource, Runtime, sha256_hex};
-use crate::server::{
-    self, AdminState, AppState, Live, Reload, ReloadReport, ServerLimits, Shutdown,
-};
+use crate::server::{self, AdminState, AppState, Reload, ReloadReport, Shutdown};
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::upstream::openai::{OpenAiUpstream, http_client};
+use crate::upstream::openai::OpenAiUpstream;
 use crate::upstream::sim::{SimUpstream, Simulator};
 use crate::upstream::{ObservedUpstream, Upstream, UpstreamInfo};
 use arc_swap::ArcSwap;
@@ -43,7 +44,7 @@ pub enum AppError {
     Plugin(#[from] crate::runtime::PluginError),
     /// The pipeline's wiring is inconsistent.
     #[error("pipeline: {0}")]
-    Pipeline(String),
+    Pipeline(#[from] crate::pipeline::WiringError),
     /// The API keys could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
@@ -89,13 +90,11 @@ impl App {
             &config.rate_limits,
             pipeline.metrics().clone(),
         ));
+        let gateway = Arc::new(Gateway::new(live, cache, Arc::new(auth), rate_limits));
         let state = AppState {
-            live,
+            gateway,
             store,
             draining: Arc::new(AtomicBool::new(false)),
-            cache,
-            auth: Arc::new(auth),
-            rate_limits,
             bulkhead: crate::resilience::Bulkhead::new(config.resilience.max_concurrent_requests),
             config_origin: Arc::from(config.origin()),
             admin: AdminState {
@@ -126,7 +125,7 @@ impl App {
     /// Reloads file plugins when their `.wasm` changes (`serve --watch`);
     /// watching stops when the returned [`Watch`] is dropped.
     pub fn watch(&self) -> Result<Watch, notify::Error> {
-        let live = self.state.live.clone();
+        let live = self.state.gateway.live().clone();
         let lookup: watch::SlotLookup = Arc::new(move || {
             let pipeline = live.load().pipeline.clone();
             let slots = pipeline
@@ -141,12 +140,12 @@ impl App {
 
     /// The API key registry (create, rotate and revoke keys while serving).
     pub fn auth(&self) -> &Arc<Auth> {
-        &self.state.auth
+        self.state.gateway.auth()
     }
 
     /// The response cache, when enabled.
     pub fn cache(&self) -> Option<&Arc<ResponseCache>> {
-        self.state.cache.as_ref()
+        self.state.gateway.cache()
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -244,12 +243,12 @@ async fn assemble(
                         .pipeline
                         .upstreams()
                         .iter()
-                        .find(|u| &u.info().name == name)
+                        .find(|u| u.name() == name)
                         .cloned()
                 })
                 .flatten()
         });
-        let upstream: Arc<dyn Upstream> = match reused {
+        let upstream: Arc<GuardedUpstream> = match reused {
             Some(upstream) => {
                 report.upstreams_kept.push(name.clone());
                 upstream
@@ -280,28 +279,30 @@ async fn assemble(
                         "openai",
                     ),
                 };
-                Arc::new(ObservedUpstream::new(upstream, metrics.clone(), system))
+                let observed = Arc::new(ObservedUpstream::new(upstream, metrics.clone(), system));
+                let timeout = Duration::from_millis(up.timeout_ms);
+                let guards = HealthSettings {
+                    timeout,
+                    first_token_timeout: up
+                        .first_token_timeout_ms
+                        .map_or(timeout, Duration::from_millis),
+                    idle_timeout: up.idle_timeout_ms.map_or(timeout, Duration::from_millis),
+                    breaker: up.breaker.settings(),
+                    max_concurrent: up.max_concurrent,
+                    retry_budget: config.resilience.retry_budget.settings(),
+                };
+                Arc::new(GuardedUpstream::new(observed, guards, metrics.clone()))
             }
         };
-        upstreams.push(UpstreamSetup {
-            upstream,
-            timeout: Duration::from_millis(up.timeout_ms),
-            breaker: up.breaker.settings(),
-            max_concurrent: up.max_concurrent,
-            first_token_timeout: up.first_token_timeout_ms.map(Duration::from_millis),
-            idle_timeout: up.idle_timeout_ms.map(Duration::from_millis),
-        });
+        upstreams.push(upstream);
     }
-    let previous_pipeline = previous.as_ref().map(|p| p.live.pipeline.as_ref());
     let settings = PipelineSettings {
         input_validators: config.pipeline.input_validators.clone(),
         output_validators: config.pipeline.output_validators.clone(),
         router: config.pipeline.router.clone(),
         recovery: config.pipeline.recovery.clone(),
-        max_depth: config.server.max_agent_depth,
         max_attempts: config.resilience.max_attempts,
         max_delay: Duration::from_millis(config.resilience.max_delay_ms),
-        retry_budget: config.resilience.retry_budget.settings(),
         fallbacks: config
             .resilience
             .fallbacks
@@ -316,8 +317,7 @@ async fn assemble(
         // One metrics registry per gateway: a reload must not reset counters.
         metrics,
     };
-    let pipeline = Pipeline::succeeding(previous_pipeline, slots, upstreams, settings)
-        .map_err(AppError::Pipeline)?;
+    let pipeline = Pipeline::new(slots, upstreams, settings)?;
     if let Some(p) = &previous {
         let (old, new) = (&p.config.server, &config.server);
         for (key, changed) in [

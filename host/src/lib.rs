@@ -3,13 +3,40 @@
 //! The native host owns networking, state and limits; agents, validators,
 //! routers and recovery strategies are sandboxed WebAssembly components
 //! loaded through the `agentrouter:plugin` WIT contract (see `wit/`).
+//!
+//! # How the modules depend on each other
+//!
+//! Data flows one way, and so do imports — a module uses only the ones
+//! below it:
+//!
+//! ```text
+//! app           assembles everything from a Config; reload re-assembles
+//! server        HTTP ⇄ domain types, admin API, one error mapping (ApiError)
+//! gateway       serves one request for a caller: rules, key admission,
+//!               cache, accounting, stream settlement
+//! pipeline      validators → agent | completion plan over guarded
+//!               upstreams → validators; the request's ledger
+//! rollout runtime upstream resilience cache auth ratelimit telemetry
+//!               hot-swappable slots, the sandbox, providers, breakers and
+//!               budgets, the response cache, keys, limits, metrics
+//! domain clock net store openai
+//!               small shared types, wall-clock time, the HTTP client,
+//!               sled, the OpenAI wire format
+//! ```
+//!
+//! `config` is the schema beside this stack: it names the settings types
+//! of the modules it configures. WIT-generated types stay inside `runtime`,
+//! HTTP types inside `server` (and the clients that speak HTTP).
 #![deny(missing_docs)]
 
 pub mod app;
 pub mod auth;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod gateway;
+pub mod net;
 pub mod openai;
 pub mod pipeline;
 pub mod plugins;

@@ -2,9 +2,9 @@
 
 use agentrouter::app::App;
 use agentrouter::auth::{KeyPolicy, KeyStore};
+use agentrouter::clock::rfc3339;
 use agentrouter::config::{self, Config, TelemetryConfig};
 use agentrouter::runtime::{self, RuntimeSettings, inspect};
-use agentrouter::server::rfc3339;
 use agentrouter::store::Store;
 use agentrouter::telemetry::{self, TelemetryGuard, traces::TelemetryError};
 use agentrouter::upstream::sim::{SimSettings, Simulator};
@@ -517,7 +517,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         }
         KeysCommand::List { config } => {
             let (config, store) = key_store(&config)?;
-            let now_ms = agentrouter::server::unix_now_ms();
+            let now_ms = agentrouter::clock::unix_ms();
             let row = |name: &str, source: &str, status: &str, created: &str, policy: &str| {
                 println!("{name:<24} {source:<7} {status:<44} {created:<22} {policy}");
             };

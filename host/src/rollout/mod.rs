@@ -13,7 +13,7 @@
 //! - **shadow**: every call is answered by stable; a share is mirrored to the
 //!   candidate in a spawned task (bounded concurrency), whose answer is only
 //!   compared, never returned;
-//! - **A/B**: a sticky split by a hash of the caller ([`sticky_key`]), with
+//! - **A/B**: a sticky split by a hash of the caller (`CallContext::sticky_key`), with
 //!   per-arm counters and a two-proportion z-test.
 //!
 //! [`Rollouts`] is the control plane behind the admin API: it loads and
@@ -40,32 +40,13 @@ use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::sync::Semaphore;
 
 /// Shadow calls of one slot allowed in flight at once; beyond it mirrors are
 /// dropped (and counted), so a slow candidate cannot pile up work.
 pub const SHADOW_CONCURRENCY: usize = 16;
-
-tokio::task_local! {
-    static STICKY: Arc<str>;
-}
-
-/// Runs `fut` with `key` as the caller identity A/B rollouts split on. The
-/// pipeline sets it once per request, so routers and recovery plugins deep in
-/// the completion path are assigned like the validators and agents.
-pub async fn with_sticky_key<F: Future>(key: String, fut: F) -> F::Output {
-    STICKY.scope(Arc::from(key), fut).await
-}
-
-/// The caller identity of the current request (empty outside a request).
-pub fn sticky_key() -> Arc<str> {
-    STICKY
-        .try_with(Arc::clone)
-        .unwrap_or_else(|_| Arc::from(""))
-}
 
 /// Maps `key` to a bucket in 0..10000 with sha256, so the assignment is the
 /// same in every process and release (unlike std's seeded hasher).
@@ -81,10 +62,7 @@ fn bucket(slot: &str, key: &str) -> u32 {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::unix_s()
 }
 
 /// What a slot serves right now.
@@ -220,7 +198,7 @@ impl HotPlugin {
 
     /// Picks the version for one call: one atomic load, then a coin (canary,
     /// shadow) or a hash of the caller (A/B).
-    fn pick(&self) -> Pick {
+    fn pick(&self, ctx: &CallContext) -> Pick {
         let state = self.state.load();
         let Some(rollout) = &state.rollout else {
             return Pick {
@@ -243,7 +221,7 @@ impl HotPlugin {
         match rollout.spec.mode {
             Mode::Canary if rand::rng().random_range(0..10_000) < bp => candidate(),
             Mode::Canary => stable,
-            Mode::Ab if bucket(&self.name, &sticky_key()) < bp => candidate(),
+            Mode::Ab if bucket(&self.name, &ctx.sticky_key()) < bp => candidate(),
             Mode::Ab => stable,
             Mode::Shadow => Pick {
                 shadow: (rand::rng().random_range(0..10_000) < bp).then(|| rollout.clone()),
@@ -277,10 +255,11 @@ impl HotPlugin {
     /// Runs the slot's validator (see [`Plugin::validate`]).
     pub async fn validate(
         &self,
+        ctx: &CallContext,
         stage: Stage,
         messages: &[Message],
     ) -> Result<Verdict, PluginError> {
-        let pick = self.pick();
+        let pick = self.pick(ctx);
         let started = Instant::now();
         let result = pick.primary.validate(stage, messages).await;
         pick.record(started, result.is_err());
@@ -306,10 +285,11 @@ impl HotPlugin {
     /// first choice, the upstream that would have been called.
     pub async fn route(
         &self,
+        ctx: &CallContext,
         req: &RouteRequest,
         candidates: &[Candidate],
     ) -> Result<Vec<String>, PluginError> {
-        let pick = self.pick();
+        let pick = self.pick(ctx);
         let started = Instant::now();
         let result = pick.primary.route(req, candidates).await;
         pick.record(started, result.is_err());
@@ -335,8 +315,12 @@ impl HotPlugin {
     }
 
     /// Runs the slot's recovery strategy (see [`Plugin::recover`]).
-    pub async fn recover(&self, ctx: &FailureContext) -> Result<Action, PluginError> {
-        let pick = self.pick();
+    pub async fn recover(
+        &self,
+        call: &CallContext,
+        ctx: &FailureContext,
+    ) -> Result<Action, PluginError> {
+        let pick = self.pick(call);
         let started = Instant::now();
         let result = pick.primary.recover(ctx).await;
         pick.record(started, result.is_err());
@@ -368,10 +352,10 @@ impl HotPlugin {
         ctx: CallContext,
         host: Arc<dyn AgentHost>,
     ) -> Result<Result<TaskResult, Failure>, PluginError> {
-        let pick = self.pick();
+        let pick = self.pick(&ctx);
         let shadow_ctx = pick.shadow.as_ref().map(|_| {
             let mut copy = ctx.clone();
-            copy.steps = Default::default();
+            copy.ledger = Default::default();
             copy
         });
         let started = Instant::now();

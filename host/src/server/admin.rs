@@ -86,7 +86,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Lets a request through only with `Authorization: Bearer <admin.token>`.
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let live = state.live.load();
+    let live = state.gateway.live().load();
     let Some(token) = live.admin_token.as_ref() else {
         return admin_error(
             StatusCode::FORBIDDEN,

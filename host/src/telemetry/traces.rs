@@ -73,7 +73,7 @@ pub fn tracer_provider(
         return Ok(None);
     };
     let client = TokioHttpClient {
-        client: crate::upstream::http_client(),
+        client: crate::net::http_client(),
         runtime: tokio::runtime::Handle::current(),
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -27,28 +27,6 @@ const MAX_BODY: usize = 16 << 20;
 /// Largest error body read (the rest is ignored: only the code matters).
 const MAX_ERROR_BODY: usize = 64 << 10;
 
-/// The shared HTTP client for every HTTP upstream.
-///
-/// One pool for the process: connections to a provider are reused across
-/// requests and upstreams. The connect timeout is short because a provider
-/// that cannot accept a connection in seconds is down, whatever the
-/// request's own deadline; per-request deadlines are set on each call.
-///
-/// # Panics
-/// If the TLS backend cannot initialise, which is a broken build rather than
-/// a runtime condition.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .tcp_keepalive(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .user_agent(concat!("agentrouter/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the rustls TLS backend initialises")
-}
-
 /// An upstream speaking the OpenAI chat-completions API.
 #[derive(Clone)]
 pub struct OpenAiUpstream {
