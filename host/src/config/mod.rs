@@ -19,7 +19,7 @@ mod validate;
 pub use check::{CheckReport, SlotSummary, UpstreamSummary, check};
 pub use error::ConfigError;
 pub use schema::*;
-pub use secret::{Secret, SettingValue};
+pub use secret::{Secret, SecretError, SettingValue};
 pub use validate::valid_key_name;
 
 use crate::plugins;

@@ -114,7 +114,7 @@ fn admin(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
         match secret::resolve(token.expose(), &base_dir, env) {
             Ok(Some(resolved)) => *token = resolved,
             Ok(None) => {}
-            Err(reason) => return errors.push("admin.token", reason),
+            Err(reason) => return errors.push("admin.token", reason.to_string()),
         }
         if token.expose().trim().len() < 16 {
             errors.push(
@@ -214,7 +214,7 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
             match secret::resolve(api_key.expose(), &base_dir, env) {
                 Ok(Some(resolved)) => *api_key = resolved,
                 Ok(None) => {}
-                Err(reason) => errors.push(key("api_key"), reason),
+                Err(reason) => errors.push(key("api_key"), reason.to_string()),
             }
         }
     }
@@ -326,7 +326,7 @@ fn plugin_slots(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>
             match secret::resolve(text, &base_dir, env) {
                 Ok(Some(resolved)) => *value = SettingValue::Secret(resolved),
                 Ok(None) => {}
-                Err(reason) => errors.push(key(&format!("settings.{name}")), reason),
+                Err(reason) => errors.push(key(&format!("settings.{name}")), reason.to_string()),
             }
         }
     }
@@ -433,7 +433,7 @@ fn auth(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
             }
             Ok(None) => true,
             Err(reason) => {
-                errors.push(key("secret"), reason);
+                errors.push(key("secret"), reason.to_string());
                 false
             }
         };
@@ -579,7 +579,7 @@ fn resilience(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) 
         match secret::resolve(hook.expose(), &config.base_dir, env) {
             Ok(Some(resolved)) => *hook = resolved,
             Ok(None) => {}
-            Err(reason) => errors.push("resilience.alert_webhook", reason),
+            Err(reason) => errors.push("resilience.alert_webhook", reason.to_string()),
         }
         let url = hook.expose().trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
