@@ -5,7 +5,7 @@
 //! serialised by one async lock, which is never taken on the request path.
 
 use super::persist::{self, RolloutRecord, SlotRecord};
-use super::plan::{Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
+use super::plan::{OutOfRange, Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
 use super::{HotPlugin, SlotState, controller, unix_now};
 use crate::domain::{
     Candidate, CompletionRequest, Failure, FailureContext, Message, RouteRequest, Stage,
@@ -44,6 +44,13 @@ pub enum RolloutError {
     /// The request is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// A rollout setting is out of range.
+    #[error("{0}")]
+    OutOfRange(#[from] OutOfRange),
+    /// The blocking task compiling the component died (a panic in the
+    /// compiler).
+    #[error("plugin load task failed: {0}")]
+    LoadTask(#[from] tokio::task::JoinError),
     /// A referenced candidate is not in the store.
     #[error("{0}")]
     NotFound(String),
@@ -150,9 +157,7 @@ impl Rollouts {
         // uploading another version through the admin API means to replace it.
         spec.sha256 = None;
         let runtime = self.runtime.clone();
-        let plugin = tokio::task::spawn_blocking(move || runtime.load(spec))
-            .await
-            .map_err(|e| RolloutError::Invalid(format!("plugin load task failed: {e}")))??;
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(spec)).await??;
         Ok(Arc::new(plugin))
     }
 
@@ -317,7 +322,7 @@ impl Rollouts {
         req: RolloutRequest,
     ) -> Result<RolloutStatus, RolloutError> {
         let _guard = self.lock.lock().await;
-        let spec = req.resolve().map_err(RolloutError::Invalid)?;
+        let spec = req.resolve()?;
         let state = hot.state();
         if let Some(r) = &state.rollout {
             return Err(RolloutError::Conflict(format!(

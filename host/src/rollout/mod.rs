@@ -29,7 +29,9 @@ pub mod stats;
 pub mod watch;
 
 pub use manager::{RolloutError, Rollouts, SlotView, VersionView, smoke};
-pub use plan::{Mode, Phase, Rollout, RolloutRequest, RolloutSpec, RolloutStatus, VersionRef};
+pub use plan::{
+    Mode, OutOfRange, Phase, Rollout, RolloutRequest, RolloutSpec, RolloutStatus, VersionRef,
+};
 
 use crate::domain::{
     Action, CallContext, Candidate, Failure, FailureContext, Message, RouteRequest, Stage, Task,

@@ -131,7 +131,7 @@ impl From<RolloutError> for ApiError {
                 admin_error(StatusCode::UNPROCESSABLE_ENTITY, "plugin_rejected", message)
             }
             RolloutError::Conflict(_) => admin_error(StatusCode::CONFLICT, "conflict", message),
-            RolloutError::Invalid(_) => {
+            RolloutError::Invalid(_) | RolloutError::OutOfRange(_) | RolloutError::LoadTask(_) => {
                 admin_error(StatusCode::BAD_REQUEST, "invalid_request", message)
             }
             RolloutError::NotFound(_) => {
