@@ -1,11 +1,14 @@
 //! The configuration schema: these structs are what the TOML file may say.
 //!
 //! Every table rejects unknown keys, so a typo is an error rather than a
-//! silently ignored setting. All defaults are the constants at the top.
+//! silently ignored setting. Defaults are the constants at the top; where
+//! another module owns the concept (agent depth, upstream timeout, the
+//! plugin engine, breakers, retry budgets) the default is that module's and
+//! the schema refers to it.
 
 use super::secret::{Secret, SettingValue};
 pub use crate::pipeline::FailurePolicy;
-use crate::runtime::{AllocatorChoice, Capabilities, PluginLimits, World};
+use crate::runtime::{AllocatorChoice, Capabilities, EngineSettings, PluginLimits, World};
 pub use crate::upstream::sim::SimSettings;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -22,21 +25,18 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Default `server.shutdown_grace_ms`.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
-/// Default `server.max_agent_depth`.
-pub const DEFAULT_MAX_AGENT_DEPTH: u32 = 4;
+/// Default `server.max_agent_depth`: the domain's bound on nested agent calls.
+pub const DEFAULT_MAX_AGENT_DEPTH: u32 = crate::domain::DEFAULT_MAX_DEPTH;
 /// Default `store.path`.
 pub const DEFAULT_STORE_PATH: &str = "data";
 /// Directory under the store holding compiled plugins when
 /// `runtime.cache_dir` is not set.
 pub const DEFAULT_CACHE_SUBDIR: &str = "plugin-cache";
-/// Default `runtime.pool_instances`.
-pub const DEFAULT_POOL_INSTANCES: u32 = 256;
-/// Default `runtime.epoch_tick_ms`.
-pub const DEFAULT_EPOCH_TICK_MS: u64 = 1;
 /// Default `upstreams.<name>.weight`.
 pub const DEFAULT_WEIGHT: u32 = 1;
-/// Default `upstreams.<name>.timeout_ms`.
-pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// Default `upstreams.<name>.timeout_ms`: the upstream module's bound on
+/// one call.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = crate::upstream::DEFAULT_TIMEOUT.as_millis() as u64;
 /// Default `server.max_messages`.
 pub const DEFAULT_MAX_MESSAGES: u32 = 1024;
 /// Default `server.max_message_chars`.
@@ -159,12 +159,18 @@ pub struct RuntimeConfig {
 }
 
 impl Default for RuntimeConfig {
+    /// The engine's own defaults (`runtime::EngineSettings`).
     fn default() -> Self {
+        let EngineSettings {
+            allocator,
+            pool_instances,
+            epoch_tick_ms,
+        } = EngineSettings::default();
         Self {
             cache_dir: None,
-            allocator: AllocatorChoice::Auto,
-            pool_instances: DEFAULT_POOL_INSTANCES,
-            epoch_tick_ms: DEFAULT_EPOCH_TICK_MS,
+            allocator,
+            pool_instances,
+            epoch_tick_ms,
         }
     }
 }
@@ -250,11 +256,13 @@ pub struct BreakerConfig {
 }
 
 impl Default for BreakerConfig {
+    /// The breaker's own defaults (`resilience::BreakerSettings`).
     fn default() -> Self {
+        let d = crate::resilience::BreakerSettings::default();
         Self {
-            failure_threshold: 5,
-            recovery_timeout_s: 30,
-            half_open_probes: 1,
+            failure_threshold: d.failure_threshold,
+            recovery_timeout_s: d.recovery_timeout.as_secs(),
+            half_open_probes: d.half_open_probes,
         }
     }
 }

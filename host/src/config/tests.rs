@@ -479,3 +479,21 @@ fn admin_token_is_a_secret_that_must_resolve_and_be_long_enough() {
     assert_eq!(missing.key, "admin.token");
     assert!(missing.message.contains("`NOPE` is not set"), "{missing}");
 }
+
+#[test]
+fn defaults_of_other_modules_are_theirs() {
+    let c = parse(UPSTREAM).unwrap();
+    let engine = crate::runtime::EngineSettings::default();
+    assert_eq!(c.runtime.pool_instances, engine.pool_instances);
+    assert_eq!(c.runtime.epoch_tick_ms, engine.epoch_tick_ms);
+    assert_eq!(c.server.max_agent_depth, crate::domain::DEFAULT_MAX_DEPTH);
+    let up = &c.upstreams["a"];
+    assert_eq!(
+        std::time::Duration::from_millis(up.timeout_ms),
+        crate::upstream::DEFAULT_TIMEOUT
+    );
+    assert_eq!(
+        up.breaker.settings(),
+        crate::resilience::BreakerSettings::default()
+    );
+}

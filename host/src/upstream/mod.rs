@@ -34,6 +34,12 @@ pub use observed::ObservedUpstream;
 pub use openai::{OpenAiUpstream, http_client};
 pub use sim::{SimOutcome, SimSettings, SimUpstream, Simulator};
 
+/// Default bound of one upstream call (`upstreams.<name>.timeout_ms`): long
+/// enough for a slow model's whole answer, short enough that a hung
+/// provider is given up on while the request's own deadline still leaves
+/// room for a fallback.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the gateway knows about an upstream, for routing and accounting.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamInfo {
