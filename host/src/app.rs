@@ -4,7 +4,7 @@
 
 use crate::auth::Auth;
 use crate::cache::ResponseCache;
-use crate::config::{Config, UpstreamKind};
+use crate::config::{Config, StartupConfig, UpstreamKind};
 use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
 use crate::ratelimit::RateLimiter;
 use crate::rollout::watch::{self, Watch};
@@ -67,26 +67,28 @@ impl App {
             .map_err(|e| AppError::Runtime(format!("{e:#}")))?
             .with_metrics(metrics.clone());
         let rollouts = Rollouts::new(Arc::new(runtime), store.clone());
-        let (live, _) = assemble(config, &rollouts, None, metrics).await?;
+        let startup = &config.startup;
+        let (live, _) = assemble(config, startup, &rollouts, None, metrics).await?;
         let live = Arc::new(ArcSwap::from_pointee(live));
         let reloader = config.file().map(|_| {
             Arc::new(ConfigReloader {
+                startup: startup.clone(),
                 current: tokio::sync::Mutex::new(config.clone()),
                 rollouts: rollouts.clone(),
                 live: live.clone(),
             }) as Arc<dyn Reload>
         });
         let pipeline = live.load().pipeline.clone();
-        let auth = Auth::new(&config.auth, &store)?;
+        let auth = Auth::new(&startup.auth, &store)?;
         if !auth.enabled() {
             tracing::warn!(
                 "authentication is off ([auth] enabled = false): every client is served as `anonymous`"
             );
         }
-        let cache = ResponseCache::from_config(&config.cache, &store, pipeline.metrics().clone())
+        let cache = ResponseCache::from_config(&startup.cache, &store, pipeline.metrics().clone())
             .map(Arc::new);
         let rate_limits = Arc::new(RateLimiter::from_config(
-            &config.rate_limits,
+            &startup.rate_limits,
             pipeline.metrics().clone(),
         ));
         let state = AppState {
@@ -96,7 +98,7 @@ impl App {
             cache,
             auth: Arc::new(auth),
             rate_limits,
-            bulkhead: crate::resilience::Bulkhead::new(config.resilience.max_concurrent_requests),
+            bulkhead: crate::resilience::Bulkhead::new(startup.resilience.max_concurrent_requests),
             config_origin: Arc::from(config.origin()),
             admin: AdminState {
                 rollouts: rollouts.clone(),
@@ -106,8 +108,8 @@ impl App {
         Ok(App {
             state,
             shutdown: Shutdown {
-                drain_delay: Duration::from_millis(config.server.drain_delay_ms),
-                grace: Duration::from_millis(config.server.shutdown_grace_ms),
+                drain_delay: Duration::from_millis(startup.server.drain_delay_ms),
+                grace: Duration::from_millis(startup.server.shutdown_grace_ms),
             },
             rollouts,
         })
@@ -165,12 +167,15 @@ struct Previous<'a> {
     live: &'a Live,
 }
 
-/// Builds the live state for `config`. With `previous`, slots whose config
-/// (and file contents) did not change keep their [`HotPlugin`] — swapped
-/// versions, rollouts and counters included — and unchanged upstreams keep
-/// their client, statistics and breaker.
+/// Builds the live state for `config`, with the startup settings the
+/// gateway runs with (`startup`: at a reload, the ones it started with, not
+/// the file's). With `previous`, slots whose config (and file contents) did
+/// not change keep their [`HotPlugin`] — swapped versions, rollouts and
+/// counters included — and unchanged upstreams keep their client,
+/// statistics and breaker.
 async fn assemble(
     config: &Config,
+    startup: &StartupConfig,
     rollouts: &Arc<Rollouts>,
     previous: Option<Previous<'_>>,
     metrics: Arc<Metrics>,
@@ -179,11 +184,11 @@ async fn assemble(
     let mut slots = HashMap::new();
     for spec in config.plugin_specs()? {
         let name = spec.name.clone();
-        let slot_config = config.plugins.get(&name);
+        let slot_config = config.reloadable.plugins.get(&name);
         let policy = slot_config.map(|p| p.failure_policy).unwrap_or_default();
         let kept = previous.as_ref().and_then(|p| {
             let old = p.live.pipeline.slots().get(&name)?;
-            let mut before = p.config.plugins.get(&name)?.clone();
+            let mut before = p.config.reloadable.plugins.get(&name)?.clone();
             let after = slot_config?;
             // The policy is the slot's, not the plugin's: it may change alone.
             before.failure_policy = after.failure_policy;
@@ -233,12 +238,13 @@ async fn assemble(
     }
     let client = http_client();
     let mut upstreams = Vec::new();
-    for (name, up) in &config.upstreams {
+    for (name, up) in &config.reloadable.upstreams {
         let reused = previous.as_ref().and_then(|p| {
             // The retry budget is per upstream but configured globally: a
             // changed budget rebuilds the upstream's health with it.
-            (p.config.upstreams.get(name)? == up
-                && p.config.resilience.retry_budget == config.resilience.retry_budget)
+            let (before, after) = (&p.config.reloadable, &config.reloadable);
+            (before.upstreams.get(name)? == up
+                && before.resilience.retry_budget == after.resilience.retry_budget)
                 .then(|| {
                     p.live
                         .pipeline
@@ -293,22 +299,23 @@ async fn assemble(
         });
     }
     let previous_pipeline = previous.as_ref().map(|p| p.live.pipeline.as_ref());
+    let r = &config.reloadable;
     let settings = PipelineSettings {
-        input_validators: config.pipeline.input_validators.clone(),
-        output_validators: config.pipeline.output_validators.clone(),
-        router: config.pipeline.router.clone(),
-        recovery: config.pipeline.recovery.clone(),
-        max_depth: config.server.max_agent_depth,
-        max_attempts: config.resilience.max_attempts,
-        max_delay: Duration::from_millis(config.resilience.max_delay_ms),
-        retry_budget: config.resilience.retry_budget.settings(),
-        fallbacks: config
+        input_validators: r.pipeline.input_validators.clone(),
+        output_validators: r.pipeline.output_validators.clone(),
+        router: r.pipeline.router.clone(),
+        recovery: r.pipeline.recovery.clone(),
+        max_depth: r.server.max_agent_depth,
+        max_attempts: r.resilience.max_attempts,
+        max_delay: Duration::from_millis(r.resilience.max_delay_ms),
+        retry_budget: r.resilience.retry_budget.settings(),
+        fallbacks: r
             .resilience
             .fallbacks
             .iter()
             .map(|(model, chain)| (model.clone(), chain.clone()))
             .collect(),
-        alert_webhook: config
+        alert_webhook: r
             .resilience
             .alert_webhook
             .as_ref()
@@ -318,71 +325,32 @@ async fn assemble(
     };
     let pipeline = Pipeline::succeeding(previous_pipeline, slots, upstreams, settings)
         .map_err(AppError::Pipeline)?;
-    if let Some(p) = &previous {
-        let (old, new) = (&p.config.server, &config.server);
-        for (key, changed) in [
-            ("server.listen", old.listen != new.listen),
-            (
-                "server.max_body_bytes",
-                old.max_body_bytes != new.max_body_bytes,
-            ),
-            (
-                "server.shutdown_grace_ms",
-                old.shutdown_grace_ms != new.shutdown_grace_ms,
-            ),
-            (
-                "server.drain_delay_ms",
-                old.drain_delay_ms != new.drain_delay_ms,
-            ),
-            (
-                "resilience.max_concurrent_requests",
-                p.config.resilience.max_concurrent_requests
-                    != config.resilience.max_concurrent_requests,
-            ),
-            ("telemetry", p.config.telemetry != config.telemetry),
-            ("cache", p.config.cache != config.cache),
-            ("auth", p.config.auth != config.auth),
-            ("rate_limits", p.config.rate_limits != config.rate_limits),
-            ("server.max_headers", old.max_headers != new.max_headers),
-            (
-                "server.max_header_bytes",
-                old.max_header_bytes != new.max_header_bytes,
-            ),
-            (
-                "server.header_read_timeout_ms",
-                old.header_read_timeout_ms != new.header_read_timeout_ms,
-            ),
-            ("store", p.config.store != config.store),
-            ("runtime", p.config.runtime != config.runtime),
-        ] {
-            if changed {
-                report.needs_restart.push(key.to_string());
-            }
-        }
-    }
-    let s = &config.server;
+    let (s, r) = (&startup.server, &config.reloadable.server);
     let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let live = Live {
         pipeline,
         limits: ServerLimits {
             max_body_bytes: size(s.max_body_bytes),
-            request_timeout: Duration::from_millis(s.request_timeout_ms),
-            max_agent_depth: s.max_agent_depth,
-            max_messages: s.max_messages as usize,
-            max_message_chars: size(s.max_message_chars),
+            request_timeout: Duration::from_millis(r.request_timeout_ms),
+            max_agent_depth: r.max_agent_depth,
+            max_messages: r.max_messages as usize,
+            max_message_chars: size(r.max_message_chars),
             max_headers: s.max_headers as usize,
             max_header_bytes: size(s.max_header_bytes),
             header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
-            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(r.body_read_timeout_ms),
         },
-        admin_token: config.admin.token.clone(),
+        admin_token: config.reloadable.admin.token.clone(),
     };
     Ok((live, report))
 }
 
 /// `POST /admin/reload`: re-reads the config file the gateway started from.
 struct ConfigReloader {
-    /// The config in effect; the lock also serialises reloads.
+    /// The startup settings the gateway runs with: a reload never changes
+    /// them, and reports where the file differs from them.
+    startup: StartupConfig,
+    /// The config last applied; the lock also serialises reloads.
     current: tokio::sync::Mutex<Config>,
     rollouts: Arc<Rollouts>,
     live: Arc<ArcSwap<Live>>,
@@ -400,6 +368,7 @@ impl Reload for ConfigReloader {
             let metrics = old.pipeline.metrics().clone();
             let (live, mut report) = assemble(
                 &config,
+                &self.startup,
                 &self.rollouts,
                 Some(Previous {
                     config: &current,
@@ -410,6 +379,7 @@ impl Reload for ConfigReloader {
             .await
             .map_err(|e| format!("{}: {e}", path.display()))?;
             self.live.store(Arc::new(live));
+            report.needs_restart = self.startup.needs_restart(&config.startup);
             report.file = path.display().to_string();
             tracing::info!(?report, "config reloaded");
             *current = config;

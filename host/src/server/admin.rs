@@ -42,7 +42,9 @@ pub struct ReloadReport {
     pub upstreams_rebuilt: Vec<String>,
     /// Upstreams kept with their statistics and breaker state.
     pub upstreams_kept: Vec<String>,
-    /// Changed settings that only take effect after a restart.
+    /// Dotted keys (`server.listen`, `auth.keys[0].secret`) of settings read
+    /// only at start whose value in the file differs from the running one:
+    /// they take effect after a restart (see `config::StartupConfig`).
     pub needs_restart: Vec<String>,
 }
 
