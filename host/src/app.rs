@@ -1,15 +1,28 @@
 //! Assembles a running gateway from a [`Config`]: store, plugin runtime,
 //! plugins, upstreams, pipeline and HTTP server — and re-assembles the
 //! pipeline on `POST /admin/reload`, keeping what did not change.
+//!
+//! Assembly is a few small steps: keep or load
+//! each plugin slot ([`load_slots`]), keep or build each upstream
+//! ([`build_upstreams`]), map the config onto the pipeline
+//! ([`pipeline_settings`], [`upstream_setup`]) and the request limits
+//! ([`server_limits`]); only when nothing can fail any more do the freshly
+//! loaded slots take over what the store remembers about them. What needs a
+//! restart is not decided here: the config's [`StartupConfig`] is read once,
+//! and a reload reports where the file differs from it.
 
 use crate::auth::Auth;
 use crate::cache::ResponseCache;
-use crate::config::{Config, StartupConfig, UpstreamKind};
+use crate::config::{
+    Config, ListenerConfig, ReloadableConfig, RequestLimitsConfig, StartupConfig, UpstreamConfig,
+    UpstreamKind,
+};
 use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
 use crate::ratelimit::RateLimiter;
 use crate::rollout::watch::{self, Watch};
 use crate::rollout::{HotPlugin, Rollouts};
-use crate::runtime::{PluginSource, Runtime, sha256_hex};
+use crate::runtime::{PluginSource, PluginSpec, Runtime, sha256_hex};
+use crate::server::admin::ReloadError;
 use crate::server::{
     self, AdminState, AppState, Live, Reload, ReloadReport, ServerLimits, Shutdown,
 };
@@ -26,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-/// Why the gateway could not start.
+/// Why the gateway could not start, or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The config is invalid.
@@ -35,9 +48,13 @@ pub enum AppError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    /// The plugin runtime could not start.
-    #[error("plugin runtime: {0}")]
-    Runtime(String),
+    /// The plugin runtime could not start (the wasmtime engine refused its
+    /// settings).
+    #[error("plugin runtime: {0:#}")]
+    Runtime(wasmtime::Error),
+    /// The blocking task compiling a plugin died (a panic in the compiler).
+    #[error("plugin runtime: plugin load task failed: {0}")]
+    LoadTask(#[from] tokio::task::JoinError),
     /// A plugin failed to load.
     #[error(transparent)]
     Plugin(#[from] crate::runtime::PluginError),
@@ -61,14 +78,14 @@ impl App {
     /// versions and resuming rollouts the store remembers), connects
     /// upstreams and wires the pipeline.
     pub async fn build(config: &Config) -> Result<App, AppError> {
+        let startup = &config.startup;
         let store = Store::open(&config.store_path())?;
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::new(&config.runtime_settings(), Arc::new(store.clone()))
-            .map_err(|e| AppError::Runtime(format!("{e:#}")))?
+            .map_err(AppError::Runtime)?
             .with_metrics(metrics.clone());
         let rollouts = Rollouts::new(Arc::new(runtime), store.clone());
-        let startup = &config.startup;
-        let (live, _) = assemble(config, startup, &rollouts, None, metrics).await?;
+        let (live, _) = assemble(&rollouts, config, startup, None, metrics).await?;
         let live = Arc::new(ArcSwap::from_pointee(live));
         let reloader = config.file().map(|_| {
             Arc::new(ConfigReloader {
@@ -174,175 +191,264 @@ struct Previous<'a> {
 /// counters included — and unchanged upstreams keep their client,
 /// statistics and breaker.
 async fn assemble(
+    rollouts: &Rollouts,
     config: &Config,
     startup: &StartupConfig,
-    rollouts: &Arc<Rollouts>,
     previous: Option<Previous<'_>>,
     metrics: Arc<Metrics>,
 ) -> Result<(Live, ReloadReport), AppError> {
     let mut report = ReloadReport::default();
-    let mut slots = HashMap::new();
+    let slots = load_slots(rollouts.runtime(), config, previous.as_ref(), &mut report).await?;
+    let upstreams = build_upstreams(&config.reloadable, previous.as_ref(), &metrics, &mut report);
+    let pipeline = Pipeline::succeeding(
+        previous.as_ref().map(|p| p.live.pipeline.as_ref()),
+        slots.serving,
+        upstreams,
+        pipeline_settings(&config.reloadable, metrics),
+    )
+    .map_err(AppError::Pipeline)?;
+    // Only now, with nothing left to fail, do fresh slots take over their
+    // records: a refused reload must not reset a record, or resume a
+    // rollout, for a slot that never serves.
+    for hot in &slots.fresh {
+        rollouts.restore(hot).await;
+    }
+    let live = Live {
+        pipeline,
+        limits: server_limits(&startup.server, &config.reloadable.server),
+        admin_token: config.reloadable.admin.token.clone(),
+    };
+    Ok((live, report))
+}
+
+/// The slots a pipeline serves, and which of them were loaded anew.
+#[derive(Default)]
+struct Slots {
+    serving: HashMap<String, Slot>,
+    /// Loaded by this assembly; their stored records are not applied yet.
+    fresh: Vec<Arc<HotPlugin>>,
+}
+
+/// Keeps or loads every configured slot, noting which in `report`.
+async fn load_slots(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    previous: Option<&Previous<'_>>,
+    report: &mut ReloadReport,
+) -> Result<Slots, AppError> {
+    let mut slots = Slots::default();
     for spec in config.plugin_specs()? {
         let name = spec.name.clone();
-        let slot_config = config.reloadable.plugins.get(&name);
-        let policy = slot_config.map(|p| p.failure_policy).unwrap_or_default();
-        let kept = previous.as_ref().and_then(|p| {
-            let old = p.live.pipeline.slots().get(&name)?;
-            let mut before = p.config.reloadable.plugins.get(&name)?.clone();
-            let after = slot_config?;
-            // The policy is the slot's, not the plugin's: it may change alone.
-            before.failure_policy = after.failure_policy;
-            let same_file = match &spec.source {
-                PluginSource::File(path) => std::fs::read(path)
-                    .map(|b| sha256_hex(&b) == old.plugin.state().base_digest)
-                    .unwrap_or(false),
-                PluginSource::Bytes { .. } => true,
-            };
-            (before == *after && same_file).then(|| old.plugin.clone())
-        });
-        let plugin = match kept {
+        let policy = config
+            .reloadable
+            .plugins
+            .get(&name)
+            .map(|p| p.failure_policy)
+            .unwrap_or_default();
+        let plugin = match previous.and_then(|p| reusable_slot(p, config, &spec)) {
             Some(hot) => {
                 report.plugins_kept.push(name.clone());
                 hot
             }
             None => {
-                let runtime = rollouts.runtime().clone();
-                let template = spec.clone();
-                let plugin = tokio::task::spawn_blocking(move || runtime.load(spec))
-                    .await
-                    .map_err(|e| AppError::Runtime(format!("plugin load task failed: {e}")))??;
-                // A plugin that cannot even be instantiated keeps the replica
-                // not-ready (see `/health/ready`) rather than failing the
-                // start, so the operator can read why from a running gateway.
-                if let Err(e) = plugin.warm().await {
-                    tracing::error!(plugin = %plugin.identity(), error = %e, "plugin could not be instantiated");
-                }
-                tracing::info!(plugin = %plugin.identity(), world = %plugin.world(), digest = %plugin.identity().digest, "plugin loaded");
-                let hot = Arc::new(HotPlugin::new(template, Arc::new(plugin)));
-                rollouts.restore(&hot).await;
+                let hot = load_slot(runtime, spec).await?;
                 report.plugins_loaded.push(name.clone());
+                slots.fresh.push(hot.clone());
                 hot
             }
         };
-        slots.insert(name, Slot { plugin, policy });
+        slots.serving.insert(name, Slot { plugin, policy });
     }
-    if let Some(p) = &previous {
+    if let Some(p) = previous {
         report.plugins_removed = p
             .live
             .pipeline
             .slots()
             .keys()
-            .filter(|n| !slots.contains_key(*n))
+            .filter(|n| !slots.serving.contains_key(*n))
             .cloned()
             .collect();
     }
-    let client = http_client();
-    let mut upstreams = Vec::new();
-    for (name, up) in &config.reloadable.upstreams {
-        let reused = previous.as_ref().and_then(|p| {
-            // The retry budget is per upstream but configured globally: a
-            // changed budget rebuilds the upstream's health with it.
-            let (before, after) = (&p.config.reloadable, &config.reloadable);
-            (before.upstreams.get(name)? == up
-                && before.resilience.retry_budget == after.resilience.retry_budget)
-                .then(|| {
-                    p.live
-                        .pipeline
-                        .upstreams()
-                        .iter()
-                        .find(|u| &u.info().name == name)
-                        .cloned()
-                })
-                .flatten()
-        });
-        let upstream: Arc<dyn Upstream> = match reused {
-            Some(upstream) => {
-                report.upstreams_kept.push(name.clone());
-                upstream
-            }
-            None => {
-                report.upstreams_rebuilt.push(name.clone());
-                let info = UpstreamInfo {
-                    name: name.clone(),
-                    model: up.model.clone(),
-                    input_cost_per_1k: up.input_cost_per_1k,
-                    output_cost_per_1k: up.output_cost_per_1k,
-                    tags: up.tags.clone(),
-                    weight: up.weight,
-                };
-                let (upstream, system): (Arc<dyn Upstream>, _) = match up.kind {
-                    UpstreamKind::Simulated => {
-                        let settings = up.simulator.clone().unwrap_or_default();
-                        let sim = SimUpstream::new(info, Arc::new(Simulator::new(settings)));
-                        (Arc::new(sim), "agentrouter.simulator")
-                    }
-                    UpstreamKind::Openai => (
-                        Arc::new(OpenAiUpstream::new(
-                            info,
-                            up.base_url.clone().unwrap_or_default(),
-                            up.api_key.as_ref().map(|k| k.expose().to_string()),
-                            client.clone(),
-                        )),
-                        "openai",
-                    ),
-                };
-                Arc::new(ObservedUpstream::new(upstream, metrics.clone(), system))
-            }
-        };
-        upstreams.push(UpstreamSetup {
-            upstream,
-            timeout: Duration::from_millis(up.timeout_ms),
-            breaker: up.breaker.settings(),
-            max_concurrent: up.max_concurrent,
-            first_token_timeout: up.first_token_timeout_ms.map(Duration::from_millis),
-            idle_timeout: up.idle_timeout_ms.map(Duration::from_millis),
-        });
+    Ok(slots)
+}
+
+/// The slot `previous` served under `spec`'s name, if nothing that shapes
+/// it changed: its `[plugins.<slot>]` table and, for a file source, the
+/// file's contents.
+fn reusable_slot(
+    previous: &Previous<'_>,
+    config: &Config,
+    spec: &PluginSpec,
+) -> Option<Arc<HotPlugin>> {
+    let old = previous.live.pipeline.slots().get(&spec.name)?;
+    let mut before = previous.config.reloadable.plugins.get(&spec.name)?.clone();
+    let after = config.reloadable.plugins.get(&spec.name)?;
+    // The policy is the slot's, not the plugin's: it may change alone.
+    before.failure_policy = after.failure_policy;
+    let same_file = match &spec.source {
+        PluginSource::File(path) => std::fs::read(path)
+            .map(|b| sha256_hex(&b) == old.plugin.state().base_digest)
+            .unwrap_or(false),
+        PluginSource::Bytes { .. } => true,
+    };
+    (before == *after && same_file).then(|| old.plugin.clone())
+}
+
+/// Loads one slot: compile (on a blocking thread) and type-check, then one
+/// instantiation. A plugin that cannot even be instantiated keeps the
+/// replica not-ready (see `/health/ready`) rather than failing the start,
+/// so the operator can read why from a running gateway.
+async fn load_slot(runtime: &Arc<Runtime>, spec: PluginSpec) -> Result<Arc<HotPlugin>, AppError> {
+    let template = spec.clone();
+    let runtime = runtime.clone();
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(spec)).await??;
+    if let Err(e) = plugin.warm().await {
+        tracing::error!(plugin = %plugin.identity(), error = %e, "plugin could not be instantiated");
     }
-    let previous_pipeline = previous.as_ref().map(|p| p.live.pipeline.as_ref());
-    let r = &config.reloadable;
-    let settings = PipelineSettings {
-        input_validators: r.pipeline.input_validators.clone(),
-        output_validators: r.pipeline.output_validators.clone(),
-        router: r.pipeline.router.clone(),
-        recovery: r.pipeline.recovery.clone(),
-        max_depth: r.server.max_agent_depth,
-        max_attempts: r.resilience.max_attempts,
-        max_delay: Duration::from_millis(r.resilience.max_delay_ms),
-        retry_budget: r.resilience.retry_budget.settings(),
-        fallbacks: r
-            .resilience
+    tracing::info!(plugin = %plugin.identity(), world = %plugin.world(), digest = %plugin.identity().digest, "plugin loaded");
+    Ok(Arc::new(HotPlugin::new(template, Arc::new(plugin))))
+}
+
+/// Keeps or builds every configured upstream, noting which in `report`.
+fn build_upstreams(
+    config: &ReloadableConfig,
+    previous: Option<&Previous<'_>>,
+    metrics: &Arc<Metrics>,
+    report: &mut ReloadReport,
+) -> Vec<UpstreamSetup> {
+    let client = http_client();
+    config
+        .upstreams
+        .iter()
+        .map(|(name, up)| {
+            let upstream = match previous.and_then(|p| reusable_upstream(p, config, name)) {
+                Some(upstream) => {
+                    report.upstreams_kept.push(name.clone());
+                    upstream
+                }
+                None => {
+                    report.upstreams_rebuilt.push(name.clone());
+                    build_upstream(name, up, &client, metrics)
+                }
+            };
+            upstream_setup(upstream, up)
+        })
+        .collect()
+}
+
+/// The upstream `previous` served as `name`, if its table is unchanged.
+fn reusable_upstream(
+    previous: &Previous<'_>,
+    config: &ReloadableConfig,
+    name: &str,
+) -> Option<Arc<dyn Upstream>> {
+    let before = &previous.config.reloadable;
+    // The retry budget is per upstream but configured globally: a changed
+    // budget rebuilds the upstream's health with it.
+    let unchanged = before.upstreams.get(name)? == config.upstreams.get(name)?
+        && before.resilience.retry_budget == config.resilience.retry_budget;
+    if !unchanged {
+        return None;
+    }
+    previous
+        .live
+        .pipeline
+        .upstreams()
+        .iter()
+        .find(|u| u.info().name == name)
+        .cloned()
+}
+
+/// Builds upstream `name` from its table: the simulator or an
+/// OpenAI-compatible client (sharing `client`'s connection pool), observed
+/// by `metrics`.
+fn build_upstream(
+    name: &str,
+    up: &UpstreamConfig,
+    client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn Upstream> {
+    let info = UpstreamInfo {
+        name: name.to_string(),
+        model: up.model.clone(),
+        input_cost_per_1k: up.input_cost_per_1k,
+        output_cost_per_1k: up.output_cost_per_1k,
+        tags: up.tags.clone(),
+        weight: up.weight,
+    };
+    let (upstream, system): (Arc<dyn Upstream>, _) = match up.kind {
+        UpstreamKind::Simulated => {
+            let settings = up.simulator.clone().unwrap_or_default();
+            let sim = SimUpstream::new(info, Arc::new(Simulator::new(settings)));
+            (Arc::new(sim), "agentrouter.simulator")
+        }
+        UpstreamKind::Openai => (
+            Arc::new(OpenAiUpstream::new(
+                info,
+                up.base_url.clone().unwrap_or_default(),
+                up.api_key.as_ref().map(|k| k.expose().to_string()),
+                client.clone(),
+            )),
+            "openai",
+        ),
+    };
+    Arc::new(ObservedUpstream::new(upstream, metrics.clone(), system))
+}
+
+/// The pipeline's view of one upstream: it, with the host's bounds around
+/// it from its table.
+fn upstream_setup(upstream: Arc<dyn Upstream>, up: &UpstreamConfig) -> UpstreamSetup {
+    UpstreamSetup {
+        upstream,
+        timeout: Duration::from_millis(up.timeout_ms),
+        breaker: up.breaker.settings(),
+        max_concurrent: up.max_concurrent,
+        first_token_timeout: up.first_token_timeout_ms.map(Duration::from_millis),
+        idle_timeout: up.idle_timeout_ms.map(Duration::from_millis),
+    }
+}
+
+/// How the pipeline is wired and bounded, from the config. `metrics` is the
+/// gateway's one registry: a reload must not reset counters.
+fn pipeline_settings(config: &ReloadableConfig, metrics: Arc<Metrics>) -> PipelineSettings {
+    let resilience = &config.resilience;
+    PipelineSettings {
+        input_validators: config.pipeline.input_validators.clone(),
+        output_validators: config.pipeline.output_validators.clone(),
+        router: config.pipeline.router.clone(),
+        recovery: config.pipeline.recovery.clone(),
+        max_depth: config.server.max_agent_depth,
+        max_attempts: resilience.max_attempts,
+        max_delay: Duration::from_millis(resilience.max_delay_ms),
+        retry_budget: resilience.retry_budget.settings(),
+        fallbacks: resilience
             .fallbacks
             .iter()
             .map(|(model, chain)| (model.clone(), chain.clone()))
             .collect(),
-        alert_webhook: r
-            .resilience
+        alert_webhook: resilience
             .alert_webhook
             .as_ref()
             .map(|hook| hook.expose().trim().to_string()),
-        // One metrics registry per gateway: a reload must not reset counters.
         metrics,
-    };
-    let pipeline = Pipeline::succeeding(previous_pipeline, slots, upstreams, settings)
-        .map_err(AppError::Pipeline)?;
-    let (s, r) = (&startup.server, &config.reloadable.server);
+    }
+}
+
+/// The server's limits: the listener's, read once at start, and the
+/// per-request ones, which a reload replaces.
+fn server_limits(listener: &ListenerConfig, request: &RequestLimitsConfig) -> ServerLimits {
     let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-    let live = Live {
-        pipeline,
-        limits: ServerLimits {
-            max_body_bytes: size(s.max_body_bytes),
-            request_timeout: Duration::from_millis(r.request_timeout_ms),
-            max_agent_depth: r.max_agent_depth,
-            max_messages: r.max_messages as usize,
-            max_message_chars: size(r.max_message_chars),
-            max_headers: s.max_headers as usize,
-            max_header_bytes: size(s.max_header_bytes),
-            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
-            body_read_timeout: Duration::from_millis(r.body_read_timeout_ms),
-        },
-        admin_token: config.reloadable.admin.token.clone(),
-    };
-    Ok((live, report))
+    ServerLimits {
+        max_body_bytes: size(listener.max_body_bytes),
+        request_timeout: Duration::from_millis(request.request_timeout_ms),
+        max_agent_depth: request.max_agent_depth,
+        max_messages: request.max_messages as usize,
+        max_message_chars: size(request.max_message_chars),
+        max_headers: listener.max_headers as usize,
+        max_header_bytes: size(listener.max_header_bytes),
+        header_read_timeout: Duration::from_millis(listener.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(request.body_read_timeout_ms),
+    }
 }
 
 /// `POST /admin/reload`: re-reads the config file the gateway started from.
@@ -350,34 +456,40 @@ struct ConfigReloader {
     /// The startup settings the gateway runs with: a reload never changes
     /// them, and reports where the file differs from them.
     startup: StartupConfig,
-    /// The config last applied; the lock also serialises reloads.
+    /// The config last applied (slots and upstreams are kept by comparing
+    /// with it); the lock also serialises reloads.
     current: tokio::sync::Mutex<Config>,
     rollouts: Arc<Rollouts>,
     live: Arc<ArcSwap<Live>>,
 }
 
 impl Reload for ConfigReloader {
-    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, String>> {
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, ReloadError>> {
         Box::pin(async move {
             let mut current = self.current.lock().await;
-            let Some(path) = current.file().map(|p| p.to_path_buf()) else {
-                return Err("the gateway was not started from a config file".into());
-            };
-            let config = Config::from_file(&path).map_err(|e| e.to_string())?;
+            let path = current
+                .file()
+                .ok_or(ReloadError::NoConfigFile)?
+                .to_path_buf();
+            let config = Config::from_file(&path)?;
             let old = self.live.load_full();
+            let previous = Previous {
+                config: &current,
+                live: &old,
+            };
             let metrics = old.pipeline.metrics().clone();
             let (live, mut report) = assemble(
+                &self.rollouts,
                 &config,
                 &self.startup,
-                &self.rollouts,
-                Some(Previous {
-                    config: &current,
-                    live: &old,
-                }),
+                Some(previous),
                 metrics,
             )
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| ReloadError::Apply {
+                file: path.display().to_string(),
+                source: Box::new(e),
+            })?;
             self.live.store(Arc::new(live));
             report.needs_restart = self.startup.needs_restart(&config.startup);
             report.file = path.display().to_string();

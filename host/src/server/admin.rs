@@ -6,6 +6,7 @@
 //! digests so that not even the token's length leaks through timing.
 
 use super::{ApiError, AppState};
+use crate::config::ConfigError;
 use crate::rollout::{HotPlugin, Phase, RolloutError, RolloutRequest, Rollouts};
 use axum::Json;
 use axum::Router;
@@ -48,11 +49,31 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
 }
 
+/// Why a config reload was refused; the running config stays in effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The gateway runs a config that was not read from a file.
+    #[error("the gateway was not started from a config file")]
+    NoConfigFile,
+    /// The file is invalid; the error names file, line and key.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The file is valid but could not be applied (a plugin that does not
+    /// load, an inconsistent pipeline).
+    #[error("{file}: {source}")]
+    Apply {
+        /// The config file.
+        file: String,
+        /// What failed, from the assembly.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
 /// Re-reads the config and swaps in what it says (implemented by the app,
 /// which knows how to assemble a pipeline).
 pub trait Reload: Send + Sync {
     /// Validates the config file and applies it, or explains (file:line) why not.
-    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, String>>;
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, ReloadError>>;
 }
 
 /// What the admin routes need besides the live pipeline.
