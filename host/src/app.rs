@@ -2,7 +2,9 @@
 //! plugins, upstreams, pipeline and HTTP server — and re-assembles the
 //! pipeline on `POST /admin/reload`, keeping what did not change.
 //!
-//! Assembly is a few small steps: keep or load
+//! Assembly runs under the control-plane guard ([`ControlGuard`]), at start
+//! as on every reload, so a reload never interleaves with an admin swap, a
+//! rollout step or a `--watch` reload. It is a few small steps: keep or load
 //! each plugin slot ([`load_slots`]), keep or build each upstream
 //! ([`build_upstreams`]), map the config onto the pipeline
 //! ([`pipeline_settings`], [`upstream_setup`]) and the request limits
@@ -20,7 +22,7 @@ use crate::config::{
 use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
 use crate::ratelimit::RateLimiter;
 use crate::rollout::watch::{self, Watch};
-use crate::rollout::{HotPlugin, Rollouts};
+use crate::rollout::{ControlGuard, HotPlugin, Rollouts};
 use crate::runtime::{PluginSource, PluginSpec, Runtime, sha256_hex};
 use crate::server::admin::ReloadError;
 use crate::server::{
@@ -85,12 +87,15 @@ impl App {
             .map_err(AppError::Runtime)?
             .with_metrics(metrics.clone());
         let rollouts = Rollouts::new(Arc::new(runtime), store.clone());
-        let (live, _) = assemble(&rollouts, config, startup, None, metrics).await?;
+        let (live, _) = {
+            let guard = rollouts.lock().await;
+            assemble(&guard, &rollouts, config, startup, None, metrics).await?
+        };
         let live = Arc::new(ArcSwap::from_pointee(live));
         let reloader = config.file().map(|_| {
             Arc::new(ConfigReloader {
                 startup: startup.clone(),
-                current: tokio::sync::Mutex::new(config.clone()),
+                current: ArcSwap::from_pointee(config.clone()),
                 rollouts: rollouts.clone(),
                 live: live.clone(),
             }) as Arc<dyn Reload>
@@ -191,6 +196,7 @@ struct Previous<'a> {
 /// counters included — and unchanged upstreams keep their client,
 /// statistics and breaker.
 async fn assemble(
+    guard: &ControlGuard<'_>,
     rollouts: &Rollouts,
     config: &Config,
     startup: &StartupConfig,
@@ -211,7 +217,7 @@ async fn assemble(
     // records: a refused reload must not reset a record, or resume a
     // rollout, for a slot that never serves.
     for hot in &slots.fresh {
-        rollouts.restore(hot).await;
+        rollouts.restore(guard, hot).await;
     }
     let live = Live {
         pipeline,
@@ -451,14 +457,30 @@ fn server_limits(listener: &ListenerConfig, request: &RequestLimitsConfig) -> Se
     }
 }
 
+/// Retires every slot of `old` that `new` no longer serves (replaced or
+/// removed), so its controller and any late change leave the slot's record
+/// to its successor.
+fn retire_replaced(guard: &ControlGuard<'_>, rollouts: &Rollouts, old: &Live, new: &Live) {
+    for (name, slot) in old.pipeline.slots() {
+        let kept = new
+            .pipeline
+            .slots()
+            .get(name)
+            .is_some_and(|s| Arc::ptr_eq(&s.plugin, &slot.plugin));
+        if !kept {
+            rollouts.retire(guard, &slot.plugin);
+        }
+    }
+}
+
 /// `POST /admin/reload`: re-reads the config file the gateway started from.
 struct ConfigReloader {
     /// The startup settings the gateway runs with: a reload never changes
     /// them, and reports where the file differs from them.
     startup: StartupConfig,
-    /// The config last applied (slots and upstreams are kept by comparing
-    /// with it); the lock also serialises reloads.
-    current: tokio::sync::Mutex<Config>,
+    /// The config last applied; slots and upstreams are kept by comparing
+    /// with it.
+    current: ArcSwap<Config>,
     rollouts: Arc<Rollouts>,
     live: Arc<ArcSwap<Live>>,
 }
@@ -466,7 +488,11 @@ struct ConfigReloader {
 impl Reload for ConfigReloader {
     fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, ReloadError>> {
         Box::pin(async move {
-            let mut current = self.current.lock().await;
+            // Held from reading the file to swapping the pipeline in: reloads
+            // apply in order, and no admin change or rollout step lands on a
+            // slot this reload is about to replace.
+            let guard = self.rollouts.lock().await;
+            let current = self.current.load_full();
             let path = current
                 .file()
                 .ok_or(ReloadError::NoConfigFile)?
@@ -479,6 +505,7 @@ impl Reload for ConfigReloader {
             };
             let metrics = old.pipeline.metrics().clone();
             let (live, mut report) = assemble(
+                &guard,
                 &self.rollouts,
                 &config,
                 &self.startup,
@@ -490,11 +517,13 @@ impl Reload for ConfigReloader {
                 file: path.display().to_string(),
                 source: Box::new(e),
             })?;
-            self.live.store(Arc::new(live));
+            let live = Arc::new(live);
+            self.live.store(live.clone());
+            retire_replaced(&guard, &self.rollouts, &old, &live);
             report.needs_restart = self.startup.needs_restart(&config.startup);
             report.file = path.display().to_string();
             tracing::info!(?report, "config reloaded");
-            *current = config;
+            self.current.store(Arc::new(config));
             Ok(report)
         })
     }
