@@ -150,7 +150,7 @@ fn keys_create_list_rotate_revoke_round_trip() {
     let check = |secret: &str| {
         let config = Config::from_file(&path).unwrap();
         let store = Store::open(&config.store_path()).unwrap();
-        let auth = Auth::new(&config.auth, &store).unwrap();
+        let auth = Auth::new(&config.startup.auth, &store).unwrap();
         let mut headers = axum::http::HeaderMap::new();
         headers.insert("authorization", format!("Bearer {secret}").parse().unwrap());
         auth.authenticate(&headers).map(|id| id.name)

@@ -708,6 +708,194 @@ async fn watch_reloads_a_plugin_when_its_wasm_file_changes() {
     gw.stop().await;
 }
 
+/// The test config with `generation` in the slot's settings: a changed
+/// `[plugins.redact]` table, so a reload loads the slot anew and restores
+/// it from the store (the reload path that takes the control plane's guard
+/// and then restores under it).
+fn generation_config(generation: u64) -> String {
+    config("closed", "").replace(
+        "failure_policy = \"closed\"",
+        &format!(
+            "failure_policy = \"closed\"\n[plugins.redact.settings]\ngeneration = \"{generation}\""
+        ),
+    )
+}
+
+/// Awaits `task`, failing (rather than hanging) if it never returns.
+async fn returns<T>(what: &str, task: tokio::task::JoinHandle<T>) -> T {
+    // A bound on a hang, not on speed: every operation here takes
+    // milliseconds, so only a deadlock comes near it.
+    match tokio::time::timeout(Duration::from_secs(300), task).await {
+        Ok(result) => result.unwrap(),
+        Err(_) => panic!("{what} never returned: the control plane is stuck"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_swaps_and_rollouts_run_concurrently_under_load_and_leave_one_consistent_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let gw = Arc::new(Gateway::start_in(dir.path(), &generation_config(0)).await);
+
+    // Client traffic throughout: every answer is a 200 from one version.
+    let stop_traffic = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (gw, stop) = (gw.clone(), stop_traffic.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut served, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let (status, text) = answer_as(&gw, &format!("client-{c}"), EMAIL_PROMPT).await;
+                served += 1;
+                if status != 200 || (text != REDACTED && text != UNREDACTED) {
+                    failed.push((status, text));
+                }
+            }
+            (served, failed)
+        }));
+    }
+
+    // Reloads, each replacing the slot, until told to stop (at least six).
+    let stop_reloads = Arc::new(AtomicBool::new(false));
+    let reloader = tokio::spawn({
+        let (gw, stop, file) = (gw.clone(), stop_reloads.clone(), file.clone());
+        async move {
+            let mut generation = 0;
+            while generation < 6 || !stop.load(Ordering::SeqCst) {
+                generation += 1;
+                std::fs::write(&file, generation_config(generation)).unwrap();
+                let (status, body) = gw.admin_post("/admin/reload", &json!({})).await;
+                assert_eq!(status, 200, "reload {generation}: {body}");
+                assert_eq!(
+                    body["report"]["plugins_loaded"],
+                    json!(["redact"]),
+                    "{body}"
+                );
+            }
+            generation
+        }
+    });
+
+    // Straight swaps, alternating two versions.
+    let swapper = tokio::spawn({
+        let gw = gw.clone();
+        async move {
+            for round in 0..6 {
+                let wasm = if round % 2 == 0 {
+                    fixture("slow_ok")
+                } else {
+                    builtin("pii-redact")
+                };
+                let (status, body) = gw
+                    .admin_put(
+                        &format!("/admin/plugins/redact?version=2.0.{round}"),
+                        wasm.clone(),
+                    )
+                    .await;
+                assert_eq!(status, 200, "swap {round}: {body}");
+                assert_eq!(body["live"]["digest"], sha256_hex(&wasm), "{body}");
+            }
+        }
+    });
+
+    // Candidate uploads and rollouts: a canary its controller steps and ends,
+    // an A/B the operator promotes, a shadow the operator rolls back.
+    let rollouts = tokio::spawn({
+        let gw = gw.clone();
+        async move {
+            let rounds = [
+                (
+                    fixture("slow_ok"),
+                    json!({"mode": "canary", "percent": 50, "step": 50, "interval_s": 0.02, "min_samples": 3}),
+                    None,
+                ),
+                (
+                    builtin("pii-redact"),
+                    json!({"mode": "ab", "percent": 50}),
+                    Some("promote"),
+                ),
+                (
+                    fixture("slow_ok"),
+                    json!({"mode": "shadow"}),
+                    Some("rollback"),
+                ),
+            ];
+            for (wasm, request, end) in rounds {
+                let (status, body) = gw.admin_put("/admin/plugins/redact/candidate", wasm).await;
+                assert_eq!(status, 201, "{body}");
+                let (status, body) = gw
+                    .admin_post("/admin/plugins/redact/rollout", &request)
+                    .await;
+                assert_eq!(status, 201, "{body}");
+                match end {
+                    Some(end) => {
+                        let path = format!("/admin/plugins/redact/rollout/{end}");
+                        let (status, body) = gw.admin_post(&path, &json!({})).await;
+                        assert_eq!(status, 200, "{end}: {body}");
+                    }
+                    // Nobody else ends it: once the slot has no candidate,
+                    // its controller has promoted or rolled it back.
+                    None => assert!(
+                        eventually(2000, || async {
+                            gw.admin_get("/admin/plugins/redact").await.1["candidate"].is_null()
+                        })
+                        .await,
+                        "the canary controller never ended its rollout"
+                    ),
+                }
+            }
+        }
+    });
+
+    returns("the rollouts", rollouts).await;
+    returns("the swaps", swapper).await;
+    // The last change to the slot, while reloads and traffic go on.
+    let last = fixture("slow_ok");
+    let (status, body) = gw
+        .admin_put("/admin/plugins/redact?version=final", last.clone())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    stop_reloads.store(true, Ordering::SeqCst);
+    let reloads = returns("the reloads", reloader).await;
+    assert!(reloads >= 6, "{reloads}");
+    stop_traffic.store(true, Ordering::SeqCst);
+    let mut served = 0;
+    for client in clients {
+        let (count, failed) = returns("a client", client).await;
+        assert!(failed.is_empty(), "failed client requests: {failed:?}");
+        served += count;
+    }
+    assert!(served > 0);
+
+    // The slot serves what the last operation installed, and says so.
+    let expect = |view: &Value| {
+        let slot = &view["plugins"][0];
+        assert_eq!(slot["name"], "redact");
+        assert_eq!(slot["live"]["digest"], sha256_hex(&last), "{slot:#}");
+        assert_eq!(slot["live"]["version"], "final", "{slot:#}");
+        assert!(slot["candidate"].is_null(), "{slot:#}");
+        assert_ne!(slot["rollout"]["phase"], "active", "{slot:#}");
+    };
+    expect(&gw.admin_get("/admin/plugins").await.1);
+    for _ in 0..10 {
+        assert_eq!(
+            answer(&gw, EMAIL_PROMPT).await,
+            (200, UNREDACTED.to_string())
+        );
+    }
+    Arc::into_inner(gw).unwrap().stop().await;
+
+    // And the store agrees: a restart serves the same, with no rollout.
+    let toml = std::fs::read_to_string(&file).unwrap();
+    let gw = Gateway::start_in(dir.path(), &toml).await;
+    expect(&gw.admin_get("/admin/plugins").await.1);
+    assert_eq!(
+        answer(&gw, EMAIL_PROMPT).await,
+        (200, UNREDACTED.to_string())
+    );
+    gw.stop().await;
+}
+
 /// Kills the child process when dropped, so a failing test leaves none behind.
 struct Child(std::process::Child);
 

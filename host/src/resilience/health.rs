@@ -12,7 +12,10 @@ use crate::domain::{CircuitState, Failure};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Default bound of one upstream call (`upstreams.<name>.timeout_ms`).
+/// Default bound of one upstream call (`upstreams.<name>.timeout_ms`): long
+/// enough for a slow model's whole answer, short enough that a hung
+/// provider is given up on while the request's own deadline still leaves
+/// room for a fallback.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Weight of the newest sample in the moving averages.

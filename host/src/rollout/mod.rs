@@ -28,8 +28,10 @@ pub mod plan;
 pub mod stats;
 pub mod watch;
 
-pub use manager::{RolloutError, Rollouts, SlotView, VersionView, smoke};
-pub use plan::{Mode, Phase, Rollout, RolloutRequest, RolloutSpec, RolloutStatus, VersionRef};
+pub use manager::{ControlGuard, RolloutError, Rollouts, SlotView, VersionView, smoke};
+pub use plan::{
+    Mode, OutOfRange, Phase, Rollout, RolloutRequest, RolloutSpec, RolloutStatus, VersionRef,
+};
 
 use crate::domain::{
     Action, CallContext, Candidate, Failure, FailureContext, Message, RouteRequest, Stage, Task,
@@ -65,8 +67,9 @@ pub(crate) fn unix_now() -> u64 {
     crate::clock::unix_s()
 }
 
-/// What a slot serves right now.
-#[derive(Debug)]
+/// What a slot serves right now. Changed only through
+/// [`HotPlugin::update`], under the control-plane guard.
+#[derive(Clone, Debug)]
 pub struct SlotState {
     /// The version answering calls.
     pub stable: Arc<Plugin>,
@@ -77,6 +80,10 @@ pub struct SlotState {
     /// Digest of what the config loads into this slot. An admin-installed
     /// version survives restarts only while this stays the same.
     pub base_digest: String,
+    /// Replaced or removed by a config reload: calls in flight may still
+    /// finish here, but no control-plane change applies to it any more (its
+    /// successor owns the slot's record in the store).
+    pub retired: bool,
 }
 
 /// Which version a call runs on.
@@ -146,6 +153,7 @@ impl HotPlugin {
                 rollout: None,
                 last: None,
                 base_digest,
+                retired: false,
             }),
             shadow_permits: Arc::new(Semaphore::new(SHADOW_CONCURRENCY)),
         }
@@ -181,10 +189,21 @@ impl HotPlugin {
         self.state.load_full()
     }
 
-    /// Replaces what the slot serves. Calls in flight finish on the versions
-    /// they picked.
-    pub(crate) fn store(&self, state: SlotState) {
-        self.state.store(Arc::new(state));
+    /// Changes what the slot serves: `change` edits a copy of the current
+    /// state, which then replaces it in one atomic store, so a call sees the
+    /// state before or after, never half of it, and calls in flight finish
+    /// on the versions they picked. The guard is the only way in: every
+    /// change is the control plane's, one at a time, so the load-then-store
+    /// here cannot lose a concurrent change.
+    fn update(&self, _guard: &ControlGuard<'_>, change: impl FnOnce(&mut SlotState)) {
+        let mut next = SlotState::clone(&self.state.load());
+        change(&mut next);
+        self.state.store(Arc::new(next));
+    }
+
+    /// Whether a config reload replaced or removed this slot.
+    pub fn is_retired(&self) -> bool {
+        self.state.load().retired
     }
 
     /// Whether `rollout` is the one in progress here.

@@ -89,11 +89,21 @@ pub struct RolloutSpec {
     pub min_samples: u64,
 }
 
+/// A rollout setting outside its range, naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rollout `{field}` is out of range: {allowed}")]
+pub struct OutOfRange {
+    /// The field of the request, e.g. `percent`.
+    pub field: &'static str,
+    /// What it may be, e.g. `0 to 100`.
+    pub allowed: &'static str,
+}
+
 impl RolloutRequest {
     /// Fills in defaults (canary 10% stepping by 10 every 30 s, 5% errors,
     /// 3× latency, 20 samples; shadow mirrors 100%; A/B splits 50/50) and
     /// checks ranges, naming the offending field.
-    pub fn resolve(&self) -> Result<RolloutSpec, String> {
+    pub fn resolve(&self) -> Result<RolloutSpec, OutOfRange> {
         let default_percent = match self.mode {
             Mode::Canary => 10.0,
             Mode::Shadow => 100.0,
@@ -109,35 +119,33 @@ impl RolloutRequest {
             min_samples: self.min_samples.unwrap_or(20),
         };
         let checks = [
-            ("percent", (0.0..=100.0).contains(&spec.percent)),
-            ("step", spec.step > 0.0 && spec.step <= 100.0),
+            ("percent", (0.0..=100.0).contains(&spec.percent), "0 to 100"),
+            (
+                "step",
+                spec.step > 0.0 && spec.step <= 100.0,
+                "above 0, at most 100",
+            ),
             (
                 "interval_s",
                 spec.interval_s.is_finite() && spec.interval_s >= 0.001,
+                "at least 0.001 seconds",
             ),
-            ("max_error_rate", (0.0..=1.0).contains(&spec.max_error_rate)),
+            (
+                "max_error_rate",
+                (0.0..=1.0).contains(&spec.max_error_rate),
+                "0 to 1",
+            ),
             (
                 "max_latency_ratio",
                 spec.max_latency_ratio.is_finite() && spec.max_latency_ratio > 0.0,
+                "above 0",
             ),
-            ("min_samples", spec.min_samples >= 1),
+            ("min_samples", spec.min_samples >= 1, "at least 1"),
         ];
-        for (field, ok) in checks {
-            if !ok {
-                return Err(format!(
-                    "rollout `{field}` is out of range: {}",
-                    match field {
-                        "percent" => "0 to 100",
-                        "step" => "above 0, at most 100",
-                        "interval_s" => "at least 0.001 seconds",
-                        "max_error_rate" => "0 to 1",
-                        "max_latency_ratio" => "above 0",
-                        _ => "at least 1",
-                    }
-                ));
-            }
+        match checks.into_iter().find(|(_, ok, _)| !ok) {
+            Some((field, _, allowed)) => Err(OutOfRange { field, allowed }),
+            None => Ok(spec),
         }
-        Ok(spec)
     }
 }
 
