@@ -19,14 +19,16 @@
 //! rollout runtime upstream resilience cache auth ratelimit telemetry
 //!               hot-swappable slots, the sandbox, providers, breakers and
 //!               budgets, the response cache, keys, limits, metrics
-//! domain clock net store openai
+//! domain clock net secret store openai
 //!               small shared types, wall-clock time, the HTTP client,
-//!               sled, the OpenAI wire format
+//!               secret values, sled, the OpenAI wire format
 //! ```
 //!
-//! `config` is the schema beside this stack: it names the settings types
-//! of the modules it configures. WIT-generated types stay inside `runtime`,
-//! HTTP types inside `server` (and the clients that speak HTTP).
+//! `config` sits on top with `app`: it is the schema, naming the settings
+//! of the modules it configures (each module owns its section's type, so a
+//! module never needs `config`); only `app`, `main` and the admin API's
+//! reload errors use it. WIT-generated types stay inside `runtime`, HTTP
+//! types inside `server` (and the clients that speak HTTP).
 #![deny(missing_docs)]
 
 pub mod app;
@@ -44,6 +46,7 @@ pub mod ratelimit;
 pub mod resilience;
 pub mod rollout;
 pub mod runtime;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod telemetry;

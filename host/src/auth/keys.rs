@@ -149,7 +149,7 @@ impl KeyStore {
 
     /// Creates a key; returns it and its secret (shown once, never stored).
     pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<(KeyRecord, String), AuthError> {
-        if !crate::config::valid_key_name(name) {
+        if !super::valid_key_name(name) {
             return Err(AuthError::InvalidName(name.to_string()));
         }
         if self.get(name)?.is_some() {

@@ -8,15 +8,16 @@
 //! allowed, `x-api-key: <key>`. The admin token is a separate credential.
 
 mod budget;
+mod config;
 mod keys;
 
 pub use budget::{Spend, seconds_to_midnight, utc_day};
+pub use config::{AuthConfig, DEFAULT_ROTATION_GRACE_S, KeyConfig, valid_key_name};
 pub use keys::{
     KeyPolicy, KeyRecord, KeyStore, PreviousSecret, SECRET_PREFIX, generate_secret, hash_secret,
 };
 
 use crate::clock;
-use crate::config::AuthConfig;
 use crate::domain::Target;
 use crate::ratelimit::Limits;
 use crate::store::Store;

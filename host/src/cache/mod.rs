@@ -15,17 +15,20 @@
 //! Concurrent identical misses are coalesced ([`flight`]): one request calls
 //! the upstream, the others wait for its answer.
 
+mod config;
 mod flight;
 mod key;
 mod memory;
 mod sled_tier;
 
+pub use config::{
+    CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
+};
 pub use key::{CacheKey, SAMPLING_PARAMS};
 pub use memory::MemoryTier;
 pub use sled_tier::SledTier;
 
 use crate::clock;
-use crate::config::{CacheConfig, CachePolicy, CacheScope};
 use crate::domain::{Completion, CompletionRequest, Target};
 use crate::store::Store;
 use crate::telemetry::Metrics;

@@ -17,12 +17,12 @@ mod split;
 mod tests;
 mod validate;
 
+pub use crate::auth::valid_key_name;
 pub use check::{CheckReport, SlotSummary, UpstreamSummary, check};
 pub use error::ConfigError;
 pub use schema::*;
 pub use secret::{Secret, SecretError, SettingValue};
 pub use split::{ReloadableConfig, StartupConfig};
-pub use validate::valid_key_name;
 
 use crate::plugins;
 use crate::runtime::{EngineSettings, PluginSource, PluginSpec, RuntimeSettings, World};

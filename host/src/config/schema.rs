@@ -11,8 +11,14 @@
 //! [`super::split`] for how the file's tables are divided.
 
 use super::secret::{Secret, SettingValue};
+pub use crate::auth::{AuthConfig, DEFAULT_ROTATION_GRACE_S, KeyConfig};
+pub use crate::cache::{
+    CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
+};
 pub use crate::pipeline::FailurePolicy;
+pub use crate::ratelimit::{LimitConfig, RateLimitsConfig};
 use crate::runtime::{AllocatorChoice, Capabilities, EngineSettings, PluginLimits, World};
+pub use crate::telemetry::config::{DEFAULT_SAMPLE_RATE, DEFAULT_SERVICE_NAME, TelemetryConfig};
 pub use crate::upstream::sim::SimSettings;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -56,22 +62,12 @@ pub const MIN_MAX_HEADER_BYTES: u64 = 8192;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default `server.body_read_timeout_ms`.
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
-/// Default `cache.ttl_s`.
-pub const DEFAULT_CACHE_TTL_S: u64 = 3600;
-/// Default `cache.l1_max_mb`.
-pub const DEFAULT_CACHE_L1_MAX_MB: u64 = 64;
-/// Default `auth.rotation_grace_s`.
-pub const DEFAULT_ROTATION_GRACE_S: u64 = 3600;
 /// Default `resilience.max_attempts`.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = crate::pipeline::DEFAULT_MAX_ATTEMPTS;
 /// Default `resilience.max_delay_ms`.
 pub const DEFAULT_MAX_DELAY_MS: u64 = crate::pipeline::DEFAULT_MAX_DELAY.as_millis() as u64;
 /// Default `server.drain_delay_ms`: stop accepting at once.
 pub const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
-/// Default `telemetry.sample_rate`: every trace, once an endpoint is set.
-pub const DEFAULT_SAMPLE_RATE: f64 = 1.0;
-/// Default `telemetry.service_name`.
-pub const DEFAULT_SERVICE_NAME: &str = "agentrouter";
 
 /// Serialises a path for comparison, lossily: a non-UTF-8 path must not make
 /// the comparison fail.
@@ -503,164 +499,4 @@ pub struct PipelineConfig {
     pub router: Option<String>,
     /// Recovery slot deciding what to do after a failure.
     pub recovery: Option<String>,
-}
-
-/// Which requests the response cache may answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CachePolicy {
-    /// Requests with `temperature = 0`, or `metadata.cache = "true"`.
-    #[default]
-    Deterministic,
-    /// Only requests with `metadata.cache = "true"`.
-    OptIn,
-}
-
-/// Who shares cached answers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CacheScope {
-    /// Every client: an answer cached for one key serves identical requests
-    /// of every other key.
-    #[default]
-    Global,
-    /// Each API key has its own entries.
-    PerKey,
-}
-
-/// `[cache]`: the response cache (L1 memory, L2 sled, L3 reserved).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    /// Whether model completions are cached at all.
-    pub enabled: bool,
-    /// Lifetime of a cached answer, seconds.
-    pub ttl_s: u64,
-    /// Bound of the in-memory tier, MiB.
-    pub l1_max_mb: u64,
-    /// Whether the sled tier (survives restarts) is used.
-    pub l2: bool,
-    /// Which requests are cacheable.
-    pub policy: CachePolicy,
-    /// Who shares entries.
-    pub scope: CacheScope,
-    /// Reserved for the shared Redis tier (L3); refused until it exists.
-    pub redis_url: Option<Secret>,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ttl_s: DEFAULT_CACHE_TTL_S,
-            l1_max_mb: DEFAULT_CACHE_L1_MAX_MB,
-            l2: true,
-            policy: CachePolicy::default(),
-            scope: CacheScope::default(),
-            redis_url: None,
-        }
-    }
-}
-
-/// `[auth]`: API keys.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Whether `/v1/*` requires an API key.
-    pub enabled: bool,
-    /// Also accept the key in an `x-api-key` header (besides `Authorization: Bearer`).
-    pub accept_x_api_key: bool,
-    /// Default grace period of `agentrouter keys rotate`, seconds.
-    pub rotation_grace_s: u64,
-    /// Keys declared in the file.
-    pub keys: Vec<KeyConfig>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            accept_x_api_key: true,
-            rotation_grace_s: DEFAULT_ROTATION_GRACE_S,
-            keys: Vec::new(),
-        }
-    }
-}
-
-/// `[[auth.keys]]`: one API key declared in the config.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyConfig {
-    /// Key name: the client identity in logs, metrics and limits.
-    pub name: String,
-    /// The secret clients present (resolved; use `${env:...}`).
-    pub secret: Secret,
-    /// Models the key may use; absent means every model.
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-    /// Agents the key may use; absent means every agent.
-    #[serde(default)]
-    pub agents: Option<Vec<String>>,
-    /// Sustained requests per second.
-    #[serde(default)]
-    pub requests_per_s: Option<f64>,
-    /// Requests allowed at once above the sustained rate.
-    #[serde(default)]
-    pub burst: Option<u32>,
-    /// Tokens (prompt + completion) per minute.
-    #[serde(default)]
-    pub tokens_per_min: Option<u64>,
-    /// Spend allowed per UTC day, USD.
-    #[serde(default)]
-    pub daily_budget_usd: Option<f64>,
-}
-
-/// A request and token limit (`[rate_limits]` defaults, or one model's).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitConfig {
-    /// Sustained requests per second.
-    pub requests_per_s: Option<f64>,
-    /// Requests allowed at once above the sustained rate.
-    pub burst: Option<u32>,
-    /// Tokens (prompt + completion) per minute.
-    pub tokens_per_min: Option<u64>,
-}
-
-/// `[rate_limits]`: defaults per client, and limits per model.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitsConfig {
-    /// Sustained requests per second of a client without its own limit.
-    pub requests_per_s: Option<f64>,
-    /// Burst of a client without its own limit.
-    pub burst: Option<u32>,
-    /// Tokens per minute of a client without its own limit.
-    pub tokens_per_min: Option<u64>,
-    /// Limits per model, shared by every client.
-    pub models: BTreeMap<String, LimitConfig>,
-}
-/// `[telemetry]`: trace export. Metrics (`/metrics`) and logs need no
-/// configuration; traces leave the process only when `otlp_endpoint` is set.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// OTLP/HTTP collector, e.g. `http://otel-collector:4318`; spans are
-    /// posted to `{otlp_endpoint}/v1/traces`. `None`: no trace export.
-    pub otlp_endpoint: Option<String>,
-    /// Fraction of new traces kept, in `[0, 1]`; a request carrying a W3C
-    /// `traceparent` follows its caller's sampling decision.
-    pub sample_rate: f64,
-    /// `service.name` of exported spans.
-    pub service_name: String,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            otlp_endpoint: None,
-            sample_rate: DEFAULT_SAMPLE_RATE,
-            service_name: DEFAULT_SERVICE_NAME.to_string(),
-        }
-    }
 }

@@ -5,52 +5,12 @@
 //! `PATH` relative to the config file's directory). Resolved values live in
 //! [`Secret`], whose `Debug` never shows them, so a logged config is safe.
 
+use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
-use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-/// A value that must never be printed: API keys, resolved secret references.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value itself, for the one place that needs it (a request header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// Serialises as a fingerprint, never the value: a sha256 of the value
-/// under a key drawn once per process. Equal secrets serialise alike within
-/// one process, which is all a reload needs to tell that one changed, and
-/// the output is worthless anywhere else (no dictionary attack on a
-/// fingerprint whose key never left the process).
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-        let key = KEY.get_or_init(rand::random);
-        let digest = Sha256::new()
-            .chain_update(key)
-            .chain_update(self.0.as_bytes())
-            .finalize();
-        s.serialize_str(&format!("secret:{}", hex::encode(&digest[..8])))
-    }
-}
+pub use crate::secret::Secret;
 
 /// A plugin setting: plain text, or a resolved secret reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,7 +114,7 @@ pub(crate) fn resolve(
             return Err(SecretError::NoVariable);
         }
         return env(var)
-            .map(|v| Some(Secret(v)))
+            .map(|v| Some(Secret::new(v)))
             .ok_or_else(|| SecretError::Unset(var.to_string()));
     }
     if let Some(file) = inner.strip_prefix("file:") {
@@ -163,7 +123,7 @@ pub(crate) fn resolve(
             .map_err(|source| SecretError::Unreadable { path, source })?;
         let trimmed = text.strip_suffix('\n').unwrap_or(&text);
         let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-        return Ok(Some(Secret(trimmed.to_string())));
+        return Ok(Some(Secret::new(trimmed)));
     }
     // Looks like a reference but is not one we know: a typo such as
     // `${ENV:KEY}` must not silently become the literal setting.

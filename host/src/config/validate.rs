@@ -9,6 +9,7 @@ use super::Config;
 use super::error::Errors;
 use super::schema::{LimitConfig, MIN_MAX_HEADER_BYTES, SimSettings, SourceRef, UpstreamKind};
 use super::secret::{self, EnvLookup, SettingValue};
+use crate::auth::valid_key_name;
 use crate::plugins;
 use crate::runtime::{PluginError, World};
 
@@ -393,16 +394,6 @@ fn cache(config: &Config, errors: &mut Errors<'_>) {
             "is reserved for the shared Redis tier (L3), which this version does not provide; remove it",
         );
     }
-}
-
-/// Whether `name` may name an API key: 1-64 letters, digits, `-`, `_` or
-/// `.` (it appears in logs, metric labels and store keys).
-pub fn valid_key_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Shortest secret accepted for a key declared in the config.

@@ -21,10 +21,10 @@ pub use error::GatewayError;
 
 use crate::auth::{Auth, Identity};
 use crate::cache::{CacheKey, CachedAnswer, Filled, HitFrom, ResponseCache, Served};
-use crate::config::Secret;
 use crate::domain::{CallContext, Completion, CompletionRequest, Message, Metadata, Step, Target};
 use crate::pipeline::{MessageRules, Output, Pipeline};
 use crate::ratelimit::RateLimiter;
+use crate::secret::Secret;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::RateLimitLabels;
 use crate::telemetry::request;
@@ -56,23 +56,6 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// Time to receive a request's body.
     pub body_read_timeout: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        use crate::config as c;
-        Self {
-            max_body_bytes: c::DEFAULT_MAX_BODY_BYTES as usize,
-            request_timeout: Duration::from_millis(c::DEFAULT_REQUEST_TIMEOUT_MS),
-            max_agent_depth: c::DEFAULT_MAX_AGENT_DEPTH,
-            max_messages: c::DEFAULT_MAX_MESSAGES as usize,
-            max_message_chars: c::DEFAULT_MAX_MESSAGE_CHARS as usize,
-            max_headers: c::DEFAULT_MAX_HEADERS as usize,
-            max_header_bytes: c::DEFAULT_MAX_HEADER_BYTES as usize,
-            header_read_timeout: Duration::from_millis(c::DEFAULT_HEADER_READ_TIMEOUT_MS),
-            body_read_timeout: Duration::from_millis(c::DEFAULT_BODY_READ_TIMEOUT_MS),
-        }
-    }
 }
 
 impl ServerLimits {

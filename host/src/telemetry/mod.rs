@@ -3,6 +3,7 @@
 //! OpenTelemetry export, W3C trace context). The operator's reference is
 //! `docs/observability.md`.
 
+pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod request;

@@ -12,7 +12,7 @@
 //! runs on its own thread, and borrowing the runtime avoids a second HTTP
 //! stack and a second TLS configuration.
 
-use crate::config::TelemetryConfig;
+use super::config::TelemetryConfig;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
