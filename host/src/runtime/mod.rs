@@ -78,6 +78,15 @@ impl World {
         }
     }
 
+    /// The `agentrouter:plugin` interfaces the world imports: its
+    /// capabilities, and all its linker holds besides WASI.
+    pub fn imports(self) -> &'static [&'static str] {
+        match self {
+            World::Agent => &["types", "llm", "agents", "kv", "log", "settings"],
+            World::Validator | World::Router | World::Recovery => &["types", "log", "settings"],
+        }
+    }
+
     /// The function the world exports.
     pub fn export(self) -> &'static str {
         match self {

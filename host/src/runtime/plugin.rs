@@ -177,7 +177,8 @@ impl Plugin {
             ))
         })?;
         let missing_export = |e: wasmtime::Error| {
-            let found = super::inspect::describe(rt.engine(), &component);
+            let (imports, exports) = super::inspect::names(rt.engine(), &component);
+            let found = super::inspect::describe(&super::inspect::detect_world(&imports, &exports));
             mismatch(format!("{e:#}; {found}"))
         };
         let pre = match spec.world {
