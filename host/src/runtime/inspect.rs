@@ -1,6 +1,7 @@
 //! What a `.wasm` file is: a component of which world, importing and
-//! exporting what. Used by `agentrouter plugin inspect` and to explain
-//! world mismatches at load time.
+//! exporting what. Used by `agentrouter plugin inspect` and by
+//! [`Runtime::load`](super::Runtime::load), which refuses a component whose
+//! imports exceed its world in the same words `plugin inspect` uses.
 
 use super::World;
 use wasmtime::Engine;
