@@ -179,6 +179,7 @@ impl Pipeline {
     /// The upstreams to try, in order.
     async fn route(
         &self,
+        ctx: &CallContext,
         req: &CompletionRequest,
     ) -> Result<Vec<Arc<dyn Upstream>>, PipelineError> {
         let candidates: Vec<Arc<dyn Upstream>> = self
@@ -209,7 +210,7 @@ impl Pipeline {
             .iter()
             .map(|u| self.candidate(u.as_ref()))
             .collect();
-        match router.plugin.route(&route_req, &described).await {
+        match router.plugin.route(ctx, &route_req, &described).await {
             Ok(order) if !order.is_empty() => Ok(order
                 .iter()
                 .filter_map(|n| candidates.iter().find(|u| &u.info().name == n).cloned())
@@ -228,6 +229,7 @@ impl Pipeline {
     /// the router like a request for that model), once.
     async fn extend_with_chain(
         &self,
+        ctx: &CallContext,
         req: &CompletionRequest,
         order: &mut Vec<Arc<dyn Upstream>>,
     ) -> Result<(), PipelineError> {
@@ -237,7 +239,7 @@ impl Pipeline {
         for model in chain {
             let mut next = req.clone();
             next.model = model.clone();
-            for upstream in self.route(&next).await? {
+            for upstream in self.route(ctx, &next).await? {
                 if !order.iter().any(|u| u.info().name == upstream.info().name) {
                     order.push(upstream);
                 }
@@ -259,14 +261,15 @@ impl Pipeline {
     /// `chained` tells whether the chain has been added.
     async fn plan(
         &self,
+        ctx: &CallContext,
         req: &CompletionRequest,
     ) -> Result<(Vec<Arc<dyn Upstream>>, bool), PipelineError> {
-        let mut order = self.route(req).await?;
+        let mut order = self.route(ctx, req).await?;
         let now = Instant::now();
         if order.iter().any(|u| self.is_healthy(u.as_ref(), now)) {
             return Ok((order, false));
         }
-        self.extend_with_chain(req, &mut order).await?;
+        self.extend_with_chain(ctx, req, &mut order).await?;
         // Healthy ones first: the chain when the model's own are all down.
         order.sort_by_key(|u| !self.is_healthy(u.as_ref(), now));
         Ok((order, true))
@@ -300,7 +303,11 @@ impl Pipeline {
 
     /// What to do after `failure`: the recovery plugin's choice, or — with
     /// no recovery plugin — the next upstream in the routed order.
-    async fn decide(&self, fctx: &FailureContext) -> Result<Action, PipelineError> {
+    async fn decide(
+        &self,
+        ctx: &CallContext,
+        fctx: &FailureContext,
+    ) -> Result<Action, PipelineError> {
         let default = || match fctx.alternatives.first() {
             Some(next) => Action::Fallback(next.clone()),
             None => Action::Fail(false),
@@ -313,7 +320,7 @@ impl Pipeline {
         else {
             return Ok(default());
         };
-        match slot.plugin.recover(fctx).await {
+        match slot.plugin.recover(ctx, fctx).await {
             Ok(action) => Ok(action),
             Err(e) if slot.policy == FailurePolicy::Open => {
                 tracing::warn!(recovery = %slot.plugin.identity(), error = %e, "recovery plugin failed; falling back to the next upstream");
@@ -503,7 +510,7 @@ impl Pipeline {
         ctx: &CallContext,
         mut req: CompletionRequest,
     ) -> Result<Completion, PipelineError> {
-        let (mut order, mut chained) = self.plan(&req).await?;
+        let (mut order, mut chained) = self.plan(ctx, &req).await?;
         let model = req.model.clone();
         let give_up = |failure| PipelineError::Upstream {
             model: model.clone(),
@@ -528,7 +535,7 @@ impl Pipeline {
                 Err(AttemptError::Saturated) => {
                     saturated.push(name.clone());
                     if !chained {
-                        self.extend_with_chain(&req, &mut order).await?;
+                        self.extend_with_chain(ctx, &req, &mut order).await?;
                         chained = true;
                     }
                     match order.iter().find(|u| !saturated.contains(&u.info().name)) {
@@ -549,7 +556,7 @@ impl Pipeline {
                 return Err(give_up(failure));
             }
             if !chained {
-                self.extend_with_chain(&req, &mut order).await?;
+                self.extend_with_chain(ctx, &req, &mut order).await?;
                 chained = true;
             }
             let fctx = FailureContext {
@@ -561,7 +568,7 @@ impl Pipeline {
                 alternatives: self.alternatives(&order, &name, &tried),
                 request: req.clone(),
             };
-            let action = self.decide(&fctx).await?;
+            let action = self.decide(ctx, &fctx).await?;
             self.metrics()
                 .recovery_actions
                 .get_or_create(&ActionLabels {
@@ -676,9 +683,9 @@ impl Pipeline {
         ctx: &CallContext,
         req: CompletionRequest,
     ) -> Result<EventStream, PipelineError> {
-        let (mut order, chained) = self.plan(&req).await?;
+        let (mut order, chained) = self.plan(ctx, &req).await?;
         if !chained {
-            self.extend_with_chain(&req, &mut order).await?;
+            self.extend_with_chain(ctx, &req, &mut order).await?;
         }
         let mut last = None;
         let mut attempts = 0;

@@ -18,7 +18,7 @@ use crate::domain::{
     TaskResult, Verdict,
 };
 use crate::resilience::{Alerter, BreakerSettings, BudgetSettings};
-use crate::rollout::{HotPlugin, with_sticky_key};
+use crate::rollout::HotPlugin;
 use crate::runtime::{AgentHost, World};
 use crate::telemetry::Metrics;
 use crate::upstream::{EventStream, Upstream};
@@ -367,7 +367,7 @@ impl Pipeline {
         ctx: CallContext,
         req: CompletionRequest,
     ) -> Result<ChatOutcome, PipelineError> {
-        with_sticky_key(ctx.sticky_key(), self.chat_inner(ctx, req)).await
+        self.chat_inner(ctx, req).await
     }
 
     async fn chat_inner(
@@ -381,7 +381,7 @@ impl Pipeline {
                 None => PipelineError::UnknownModel(req.model.clone()),
             });
         }
-        req.messages = self.validate(Stage::Input, req.messages).await?;
+        req.messages = self.validate(&ctx, Stage::Input, req.messages).await?;
         let mut completion = match req.model.strip_prefix("agent:") {
             Some(agent) => {
                 let task = Task {
@@ -409,7 +409,7 @@ impl Pipeline {
         };
         if !self.settings.output_validators.is_empty() {
             let validated = self
-                .validate(Stage::Output, vec![completion.message.clone()])
+                .validate(&ctx, Stage::Output, vec![completion.message.clone()])
                 .await?;
             if let Some(last) = validated.into_iter().last() {
                 completion.message = last;
@@ -433,7 +433,7 @@ impl Pipeline {
         ctx: CallContext,
         req: CompletionRequest,
     ) -> Result<StreamStart, PipelineError> {
-        with_sticky_key(ctx.sticky_key(), self.chat_stream_inner(ctx, req)).await
+        self.chat_stream_inner(ctx, req).await
     }
 
     async fn chat_stream_inner(
@@ -447,7 +447,7 @@ impl Pipeline {
         if !self.knows_model(&req.model) {
             return Err(PipelineError::UnknownModel(req.model));
         }
-        req.messages = self.validate(Stage::Input, req.messages).await?;
+        req.messages = self.validate(&ctx, Stage::Input, req.messages).await?;
         let model = req.model.clone();
         let span = Self::completion_span(&ctx, &model);
         let events = self.open_stream(&ctx, req).instrument(span).await?;
@@ -477,6 +477,7 @@ impl Pipeline {
     /// Runs validators of one stage in order; a rewrite feeds the next one.
     async fn validate(
         &self,
+        ctx: &CallContext,
         stage: Stage,
         messages: Vec<Message>,
     ) -> Result<Vec<Message>, PipelineError> {
@@ -497,13 +498,14 @@ impl Pipeline {
             agentrouter.stage = stage_name,
             agentrouter.validators = names.len(),
         );
-        self.run_validators(names, stage, messages)
+        self.run_validators(ctx, names, stage, messages)
             .instrument(span)
             .await
     }
 
     async fn run_validators(
         &self,
+        ctx: &CallContext,
         names: &[String],
         stage: Stage,
         mut messages: Vec<Message>,
@@ -512,7 +514,7 @@ impl Pipeline {
             let Some(slot) = self.slots.get(name) else {
                 continue;
             };
-            match slot.plugin.validate(stage, &messages).await {
+            match slot.plugin.validate(ctx, stage, &messages).await {
                 Ok(Verdict::Allow) => {}
                 Ok(Verdict::Rewrite(rewritten)) => messages = rewritten,
                 Ok(Verdict::Reject(reason)) => {
