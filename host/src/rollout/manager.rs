@@ -8,7 +8,7 @@
 
 use super::persist::{self, RolloutRecord, SlotRecord};
 use super::plan::{OutOfRange, Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
-use super::{HotPlugin, controller, unix_now};
+use super::{HotPlugin, controller};
 use crate::domain::{
     Candidate, CompletionRequest, Failure, FailureContext, Message, RouteRequest, Stage,
 };
@@ -422,7 +422,7 @@ impl Rollouts {
             },
         };
         let candidate = self.load_stored(hot, &id).await?;
-        let rollout = Arc::new(Rollout::new(spec, candidate, unix_now(), None));
+        let rollout = Arc::new(Rollout::new(spec, candidate, crate::clock::unix_s(), None));
         let stable = hot.identity();
         rollout.event(format!(
             "started {} of {} at {}% against {stable}",
