@@ -245,47 +245,79 @@ impl Gateway {
         let id = new_id("chatcmpl");
         let ctx = context(&live, caller, &id, req.end_user.clone());
         let created = crate::clock::unix_s();
-        let answer = |reply, cache| Answer {
-            id: id.clone(),
+        let (reply, cache) = match self.cache_entry(pipeline, caller, &req) {
+            None => (
+                self.run(pipeline, &ctx, caller, &req).await?,
+                CacheStatus::Bypass,
+            ),
+            Some(entry) if req.stream => {
+                self.cached_stream(pipeline, &ctx, caller, &req, entry)
+                    .await?
+            }
+            Some(entry) => {
+                self.cached_whole(pipeline, &ctx, caller, &req, entry)
+                    .await?
+            }
+        };
+        Ok(Answer {
+            id,
             created,
             reply,
             cache,
-        };
-        let Some((cache, key)) = self.cache_entry(pipeline, caller, &req) else {
-            let reply = self.run(pipeline, &ctx, caller, &req).await?;
-            return Ok(answer(reply, CacheStatus::Bypass));
-        };
-        if req.stream {
-            // A stream is not coalesced: look up, then compute on a miss.
-            if let Some((hit, level)) = cache.lookup(&key).await {
-                return Ok(answer(from_cache(&hit), CacheStatus::Hit(level)));
-            }
-            let reply = match self.run(pipeline, &ctx, caller, &req).await? {
+        })
+    }
+
+    /// A cacheable streamed request: a hit is replayed; a miss is computed
+    /// (streams are not coalesced) and stored — a whole answer at once, a
+    /// live stream when it ends.
+    async fn cached_stream(
+        &self,
+        pipeline: &Pipeline,
+        ctx: &CallContext,
+        caller: &Identity,
+        req: &ChatRequest,
+        (cache, key): (Arc<ResponseCache>, CacheKey),
+    ) -> Result<(Reply, CacheStatus), GatewayError> {
+        if let Some((hit, level)) = cache.lookup(&key).await {
+            return Ok((from_cache(&hit), CacheStatus::Hit(level)));
+        }
+        let reply = match self.run(pipeline, ctx, caller, req).await? {
+            Reply::Whole {
+                completion,
+                cost_usd,
+            } => {
+                cache.store(&key, &completion, cost_usd).await;
                 Reply::Whole {
                     completion,
                     cost_usd,
-                } => {
-                    cache.store(&key, &completion, cost_usd).await;
-                    Reply::Whole {
-                        completion,
-                        cost_usd,
-                    }
                 }
-                Reply::Live { model, events } => Reply::Live {
-                    model,
-                    events: stream::settle(
-                        events,
-                        self.settlement(caller, &req.target, &ctx),
-                        Some((cache.clone(), key)),
-                    ),
-                },
-            };
-            return Ok(answer(reply, CacheStatus::Miss));
-        }
+            }
+            Reply::Live { model, events } => Reply::Live {
+                model,
+                events: stream::settle(
+                    events,
+                    self.settlement(caller, &req.target, ctx),
+                    Some((cache, key)),
+                ),
+            },
+        };
+        Ok((reply, CacheStatus::Miss))
+    }
+
+    /// A cacheable whole request: from the cache, from a concurrent
+    /// identical request (single-flight), or computed, accounted and stored.
+    async fn cached_whole(
+        &self,
+        pipeline: &Pipeline,
+        ctx: &CallContext,
+        caller: &Identity,
+        req: &ChatRequest,
+        (cache, key): (Arc<ResponseCache>, CacheKey),
+    ) -> Result<(Reply, CacheStatus), GatewayError> {
         let served = cache
             .get_or_fill(key, || async {
                 let completion = pipeline
-                    .serve(&ctx, &req.target, req.request.clone())
+                    .serve(ctx, &req.target, req.request.clone())
                     .await?;
                 Ok::<_, GatewayError>(Filled {
                     completion,
@@ -299,17 +331,15 @@ impl Gateway {
                     HitFrom::Tier(level) => level,
                     HitFrom::Flight => "flight",
                 };
-                answer(from_cache(&hit), CacheStatus::Hit(level))
+                (from_cache(&hit), CacheStatus::Hit(level))
             }
             Served::Miss(filled) => {
-                self.account(caller, &req.target, &ctx);
-                answer(
-                    Reply::Whole {
-                        completion: filled.completion,
-                        cost_usd: filled.cost_usd,
-                    },
-                    CacheStatus::Miss,
-                )
+                self.account(caller, &req.target, ctx);
+                let reply = Reply::Whole {
+                    completion: filled.completion,
+                    cost_usd: filled.cost_usd,
+                };
+                (reply, CacheStatus::Miss)
             }
         })
     }
