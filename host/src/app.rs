@@ -28,7 +28,7 @@ use crate::rollout::watch::{self, Watch};
 use crate::rollout::{ControlGuard, HotPlugin, Rollouts};
 use crate::runtime::{PluginSource, PluginSpec, Runtime, sha256_hex};
 use crate::server::admin::ReloadError;
-use crate::server::{self, AdminState, AppState, Reload, ReloadReport, Shutdown};
+use crate::server::{self, AdminState, AppState, Reload, ReloadReport, ServerState, Shutdown};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::openai::OpenAiUpstream;
@@ -115,7 +115,7 @@ impl App {
             pipeline.metrics().clone(),
         ));
         let gateway = Arc::new(Gateway::new(live, cache, Arc::new(auth), rate_limits));
-        let state = AppState {
+        let state = AppState::new(ServerState {
             gateway,
             store,
             draining: Arc::new(AtomicBool::new(false)),
@@ -125,7 +125,7 @@ impl App {
                 rollouts: rollouts.clone(),
                 reloader,
             },
-        };
+        });
         Ok(App {
             state,
             shutdown: Shutdown {

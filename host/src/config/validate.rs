@@ -190,7 +190,11 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                     Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
                         errors.push(key("base_url"), "must start with http:// or https://")
                     }
-                    Some(_) => {}
+                    Some(url) => {
+                        if let Err(e) = reqwest::Url::parse(url) {
+                            errors.push(key("base_url"), format!("is not a valid URL: {e}"));
+                        }
+                    }
                 }
                 if u.simulator.is_some() {
                     errors.push(key("simulator"), "is only allowed for kind = \"simulated\"");

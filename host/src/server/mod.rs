@@ -38,9 +38,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Everything a handler needs.
+/// Everything a handler needs, behind one `Arc`: axum clones the state for
+/// every middleware and handler of every request, so a clone must be one
+/// reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<ServerState>);
+
+impl AppState {
+    /// A handle on `state`.
+    pub fn new(state: ServerState) -> AppState {
+        AppState(Arc::new(state))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = ServerState;
+
+    fn deref(&self) -> &ServerState {
+        &self.0
+    }
+}
+
+/// What the server holds (see [`AppState`]).
+pub struct ServerState {
     /// The request layer, with the live configuration a handler loads once
     /// per request (so a reload never changes a request midway).
     pub gateway: Arc<Gateway>,
@@ -56,7 +76,7 @@ pub struct AppState {
     pub admin: AdminState,
 }
 
-impl AppState {
+impl ServerState {
     /// The current pipeline.
     pub fn pipeline(&self) -> Arc<Pipeline> {
         self.gateway.pipeline()

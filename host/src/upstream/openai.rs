@@ -35,7 +35,10 @@ pub struct OpenAiUpstream {
 
 struct Inner {
     info: UpstreamInfo,
-    url: String,
+    /// `{base_url}/chat/completions`, parsed once: parsing a URL per request
+    /// cost more than building the request. Config validation has refused
+    /// an unparsable `base_url` already.
+    url: Result<reqwest::Url, String>,
     api_key: Option<String>,
     client: reqwest::Client,
 }
@@ -64,7 +67,8 @@ impl OpenAiUpstream {
         client: reqwest::Client,
     ) -> Self {
         let base: String = base_url.into();
-        let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+        let url = reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
+            .map_err(|e| e.to_string());
         Self {
             inner: Arc::new(Inner {
                 info,
@@ -90,9 +94,15 @@ impl Inner {
         // streamed body included.
         let mut trace = reqwest::header::HeaderMap::new();
         crate::telemetry::traces::inject_current(&mut trace);
+        let url = self.url.as_ref().map_err(|e| {
+            Failure::Internal(format!(
+                "upstream `{}`: base_url is not a valid URL: {e}",
+                self.info.name
+            ))
+        })?;
         let mut http = self
             .client
-            .post(&self.url)
+            .post(url.clone())
             .timeout(timeout)
             .headers(trace)
             .json(&body);
