@@ -193,6 +193,12 @@ pub async fn serve(
             },
             _ = &mut stop_accepting => break,
         };
+        // Answers are written in small pieces (headers, then the body; SSE
+        // events one by one): with Nagle on, a piece that follows an
+        // unacknowledged one waits for the client's delayed ACK, ~40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(app.clone());
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
