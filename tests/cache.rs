@@ -2,26 +2,34 @@
 //! directory, and a simulated upstream behind HTTP that counts the requests
 //! it receives — every assertion is on counts, never on timings.
 
-mod common;
+mod support;
 
-use common::{Gateway, SimUpstream, chat, content, sse_text};
 use futures::future::join_all;
-use serde_json::json;
+use serde_json::{Value, json};
+use support::{Gateway, SimServer, chat, content, sse_text, steady};
+
+/// A one-message request for model `m` at `temperature` (0 makes it
+/// deterministic, hence cacheable).
+fn ask(content: &str, temperature: f64) -> Value {
+    let mut body = chat("m", content);
+    body["temperature"] = json!(temperature);
+    body
+}
 
 #[tokio::test]
 async fn an_l2_hit_survives_a_restart_without_calling_the_upstream() {
-    let up = SimUpstream::start(0).await;
+    let up = SimServer::start(steady(0), &["m"]).await;
     let dir = tempfile::tempdir().unwrap();
     let config = up.config("");
-    let request = chat("What survives a restart?", Some(0.0));
+    let request = ask("What survives a restart?", 0.0);
 
-    let gw = Gateway::start(&config, dir.path()).await;
+    let gw = Gateway::start_in(dir.path(), &config).await;
     let first = gw.chat(&request).await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("x-agentrouter-cache"), Some("miss"));
     assert_eq!(up.requests(), 1);
     // One request, one lookup per level (the leader's re-check is not counted).
-    let metrics = gw.get("/metrics").await.text;
+    let metrics = gw.metrics().await;
     for series in [
         r#"agentrouter_cache_lookups_total{level="l1",result="miss"} 1"#,
         r#"agentrouter_cache_lookups_total{level="l2",result="miss"} 1"#,
@@ -30,7 +38,7 @@ async fn an_l2_hit_survives_a_restart_without_calling_the_upstream() {
     }
     gw.stop().await;
 
-    let gw = Gateway::start(&config, dir.path()).await;
+    let gw = Gateway::start_in(dir.path(), &config).await;
     let again = gw.chat(&request).await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.header("x-agentrouter-cache"), Some("hit"));
@@ -44,7 +52,7 @@ async fn an_l2_hit_survives_a_restart_without_calling_the_upstream() {
     // Promoted to L1 by the L2 hit.
     let third = gw.chat(&request).await;
     assert_eq!(third.header("x-agentrouter-cache-level"), Some("l1"));
-    let metrics = gw.get("/metrics").await.text;
+    let metrics = gw.metrics().await;
     for series in [
         r#"agentrouter_cache_lookups_total{level="l1",result="miss"} 1"#,
         r#"agentrouter_cache_lookups_total{level="l2",result="hit"} 1"#,
@@ -58,14 +66,16 @@ async fn an_l2_hit_survives_a_restart_without_calling_the_upstream() {
 #[tokio::test]
 async fn twenty_concurrent_identical_misses_make_one_upstream_call() {
     // A slow upstream keeps the first call in flight while the others arrive.
-    let up = SimUpstream::start(300).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&up.config(""), dir.path()).await;
-    let request = chat("Everyone asks this at once", Some(0.0));
+    let up = SimServer::start(steady(300), &["m"]).await;
+    let gw = Gateway::start(&up.config("")).await;
+    let request = ask("Everyone asks this at once", 0.0);
     let replies = join_all((0..20).map(|_| gw.chat(&request))).await;
     assert_eq!(up.requests(), 1);
     assert!(replies.iter().all(|r| r.status == 200));
-    let texts: Vec<String> = replies.iter().map(|r| content(&r.json())).collect();
+    let texts: Vec<String> = replies
+        .iter()
+        .map(|r| content(&r.json()).to_string())
+        .collect();
     assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
     let misses = replies
         .iter()
@@ -80,10 +90,9 @@ async fn twenty_concurrent_identical_misses_make_one_upstream_call() {
 
 #[tokio::test]
 async fn an_entry_expires_after_its_ttl() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&up.config("[cache]\nttl_s = 1\n"), dir.path()).await;
-    let request = chat("short-lived", Some(0.0));
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&up.config("[cache]\nttl_s = 1\n")).await;
+    let request = ask("short-lived", 0.0);
     assert_eq!(
         gw.chat(&request).await.header("x-agentrouter-cache"),
         Some("miss")
@@ -104,12 +113,11 @@ async fn an_entry_expires_after_its_ttl() {
 
 #[tokio::test]
 async fn a_cached_answer_is_replayed_as_a_stream_and_a_streamed_answer_is_cached() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&up.config(""), dir.path()).await;
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&up.config("")).await;
 
     // Whole first, then streamed from the cache.
-    let mut request = chat("replay me as a stream of several words please", Some(0.0));
+    let mut request = ask("replay me as a stream of several words please", 0.0);
     let whole = gw.chat(&request).await;
     assert_eq!(whole.header("x-agentrouter-cache"), Some("miss"));
     request["stream"] = json!(true);
@@ -131,7 +139,7 @@ async fn a_cached_answer_is_replayed_as_a_stream_and_a_streamed_answer_is_cached
     assert_eq!(up.requests(), 1);
 
     // Streamed live first (a miss), then served whole from the cache.
-    let mut request = chat("stream me first, then answer from the cache", Some(0.0));
+    let mut request = ask("stream me first, then answer from the cache", 0.0);
     request["stream"] = json!(true);
     let live = gw.chat(&request).await;
     assert_eq!(live.header("x-agentrouter-cache"), Some("miss"));
@@ -146,10 +154,9 @@ async fn a_cached_answer_is_replayed_as_a_stream_and_a_streamed_answer_is_cached
 
 #[tokio::test]
 async fn only_deterministic_or_opted_in_requests_are_cached() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&up.config(""), dir.path()).await;
-    let warm = chat("creative", Some(0.9));
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&up.config("")).await;
+    let warm = ask("creative", 0.9);
     assert_eq!(
         gw.chat(&warm).await.header("x-agentrouter-cache"),
         Some("bypass")

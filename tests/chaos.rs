@@ -139,9 +139,9 @@ async fn a_hanging_upstream_times_out_and_falls_back_within_the_deadline() {
     // Streams: no first token in time, so the next upstream serves the stream.
     let mut req = chat("m", "streamed");
     req["stream"] = json!(true);
-    let resp = gw.post_raw("/v1/chat/completions", &req).await;
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
+    let reply = gw.chat(&req).await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text;
     assert!(
         text.contains("You said") && text.contains("[DONE]"),
         "{text}"
@@ -197,7 +197,7 @@ async fn a_failing_upstream_opens_then_probes_and_closes_once_it_recovers() {
             .contains(r#"agentrouter_upstream_breaker_state{upstream="flaky"} 2"#)
     );
     // The provider recovers; after recovery_timeout_s probes go through.
-    flaky.sim.set_settings(sim(6));
+    flaky.set_settings(sim(6));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         gw.post("/v1/chat/completions", &chat("m", "probe 1"))
@@ -262,7 +262,7 @@ async fn a_429_storm_is_held_off_until_retry_after_expires() {
     }))
     .await;
     assert_eq!(statuses, vec![200; 8]);
-    let log = limited.sim.log();
+    let log = limited.log();
     let first_429 = log.iter().find(|r| r.status == 429).expect("a 429").at;
     let limited_count = log.iter().filter(|r| r.status == 429).count();
     let served: Vec<_> = log.iter().filter(|r| r.status == 200).collect();
@@ -279,16 +279,14 @@ async fn a_429_storm_is_held_off_until_retry_after_expires() {
     let gw = Arc::into_inner(gw).unwrap();
     // A hint longer than the request's deadline is not slept on: the
     // client gets the 429 and the hint at once.
-    limited.sim.set_settings(SimSettings {
+    limited.set_settings(SimSettings {
         script: vec!["429".into()],
         retry_after_ms: 120_000,
         ..sim(8)
     });
-    let resp = gw
-        .post_raw("/v1/chat/completions", &chat("m", "later"))
-        .await;
-    assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()["retry-after"], "120");
+    let reply = gw.chat(&chat("m", "later")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("120"));
     assert_eq!(limited.requests(), 17);
     gw.stop().await;
 }
@@ -316,7 +314,7 @@ async fn token_limits_are_chunked_and_unparsable_answers_refined() {
         "{answer}"
     );
     // An unparsable answer: the refinement asks again, with a nudge.
-    small.sim.set_settings(SimSettings {
+    small.set_settings(SimSettings {
         script: vec!["malformed".into()],
         ..sim(10)
     });
@@ -508,14 +506,9 @@ async fn full_bulkheads_move_on_then_shed_with_503_and_retry_after() {
     let send = |i: u32| {
         let gw = gw.clone();
         tokio::spawn(async move {
-            let resp = gw
-                .post_raw("/v1/chat/completions", &chat("m", &format!("r{i}")))
-                .await;
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string());
-            (resp.status().as_u16(), retry_after)
+            let reply = gw.chat(&chat("m", &format!("r{i}"))).await;
+            let retry_after = reply.header("retry-after").map(str::to_string);
+            (reply.status, retry_after)
         })
     };
     let mut held = Vec::new();
@@ -578,13 +571,10 @@ async fn the_global_bulkhead_sheds_api_requests_but_not_probes() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let resp = gw
-        .post_raw("/v1/chat/completions", &chat("m", "second"))
-        .await;
-    assert_eq!(resp.status(), 503);
-    assert_eq!(resp.headers()["retry-after"], "1");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "overloaded");
+    let reply = gw.chat(&chat("m", "second")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.json()["error"]["code"], "overloaded");
     assert_eq!(gw.get("/health/live").await.0, 200);
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(slow.requests(), 1);
@@ -703,9 +693,9 @@ chunk_interval_ms = 2000
     for model in ["m", "local"] {
         let mut req = chat(model, "one two three four five six seven eight");
         req["stream"] = json!(true);
-        let resp = gw.post_raw("/v1/chat/completions", &req).await;
-        assert_eq!(resp.status(), 200);
-        let text = resp.text().await.unwrap();
+        let reply = gw.chat(&req).await;
+        assert_eq!(reply.status, 200);
+        let text = reply.text;
         // The first chunk arrived, then silence: an error event, no [DONE].
         assert!(text.contains("chat.completion.chunk"), "{model}: {text}");
         assert!(

@@ -4,29 +4,15 @@
 
 mod support;
 
+use agentrouter::upstream::sim::SimSettings;
 use serde_json::{Value, json};
 use std::path::Path;
-use support::{Gateway, chat, content};
+use support::{Gateway, SimServer, chat, content, quickstart, sse_text};
 use tokio::sync::oneshot;
-
-/// A gateway on the quickstart config with `extra` appended.
-async fn quickstart(extra: &str) -> Gateway {
-    Gateway::start(&quickstart_with(extra)).await
-}
-
-/// The quickstart config with a few overrides appended (later tables win
-/// only where they are new; so callers add new upstreams or plugins).
-fn quickstart_with(extra: &str) -> String {
-    let text = include_str!("../examples/quickstart.toml");
-    format!(
-        "{}\n{extra}\n",
-        text.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-    )
-}
 
 #[tokio::test]
 async fn completes_through_a_model_with_an_openai_shaped_response() {
-    let gw = quickstart("").await;
+    let gw = Gateway::start(&quickstart("")).await;
     let (status, body) = gw
         .post("/v1/chat/completions", &chat("usf-mini", "What is WASI?"))
         .await;
@@ -49,7 +35,7 @@ async fn completes_through_a_model_with_an_openai_shaped_response() {
 
 #[tokio::test]
 async fn manager_agent_delegates_to_both_workers_visible_in_steps() {
-    let gw = quickstart("").await;
+    let gw = Gateway::start(&quickstart("")).await;
     let (status, body) = gw
         .post(
             "/v1/agents/manager/invoke",
@@ -102,48 +88,23 @@ async fn manager_agent_delegates_to_both_workers_visible_in_steps() {
     gw.stop().await;
 }
 
-/// Reads an SSE body into its `data:` payloads.
-async fn sse_events(gw: &Gateway, body: &Value) -> Vec<String> {
-    let resp = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.base))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+/// Streams `body`, checks it is served as an event stream ending with
+/// `[DONE]`, and returns the chunks with the text they add up to.
+async fn stream_chunks(gw: &Gateway, body: &Value) -> (Vec<Value>, String) {
+    let reply = gw.chat(body).await;
+    assert_eq!(reply.status, 200);
     assert!(
-        resp.headers()["content-type"]
-            .to_str()
+        reply
+            .header("content-type")
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let text = resp.text().await.unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Streams `body`, checks the stream ends with `[DONE]`, and returns the
-/// chunks with the text they add up to.
-async fn stream_chunks(gw: &Gateway, body: &Value) -> (Vec<Value>, String) {
-    let events = sse_events(gw, body).await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    (chunks, text)
+    sse_text(&reply.text)
 }
 
 #[tokio::test]
 async fn streams_models_and_agents_as_chunks_ending_with_done() {
-    let gw = quickstart("").await;
+    let gw = Gateway::start(&quickstart("")).await;
     for model in ["usf-mini", "agent:researcher"] {
         let mut req = chat(model, "Tell me about components in one line");
         let (_, whole) = gw.post("/v1/chat/completions", &req).await;
@@ -199,7 +160,7 @@ model = "shared"
 
 #[tokio::test]
 async fn lists_upstream_models_and_agents() {
-    let gw = quickstart("").await;
+    let gw = Gateway::start(&quickstart("")).await;
     let (status, body) = gw.get("/v1/models").await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = body["data"]
@@ -233,18 +194,16 @@ fn assert_error(status: u16, body: &Value, expected: u16, code: &str) {
 
 #[tokio::test]
 async fn client_mistakes_get_openai_errors_with_the_right_status() {
-    let gw = quickstart("").await;
-    let url = format!("{}/v1/chat/completions", gw.base);
-    let resp = gw
-        .client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    assert_error(status, &resp.json().await.unwrap(), 400, "invalid_request");
+    let gw = Gateway::start(&quickstart("")).await;
+    let reply = gw
+        .send(
+            gw.client
+                .post(gw.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+        )
+        .await;
+    assert_error(reply.status, &reply.json(), 400, "invalid_request");
 
     let (status, body) = gw
         .post("/v1/chat/completions", &json!({"model": "usf-mini"}))
@@ -310,7 +269,7 @@ async fn client_mistakes_get_openai_errors_with_the_right_status() {
 
 #[tokio::test]
 async fn validators_reject_rewrite_and_redact() {
-    let gw = quickstart("").await;
+    let gw = Gateway::start(&quickstart("")).await;
     let (status, body) = gw
         .post(
             "/v1/chat/completions",
@@ -357,7 +316,7 @@ async fn validators_reject_rewrite_and_redact() {
 
 #[tokio::test]
 async fn upstream_failures_and_timeouts_map_to_502_and_504() {
-    let gw = quickstart(
+    let gw = Gateway::start(&quickstart(
         r#"
 [upstreams.broken]
 kind = "simulated"
@@ -372,7 +331,7 @@ timeout_ms = 100
 [upstreams.slow.simulator]
 latency_ms = 5000
 "#,
-    )
+    ))
     .await;
     let (status, body) = gw
         .post("/v1/chat/completions", &chat("broken-model", "hi"))
@@ -387,27 +346,12 @@ latency_ms = 5000
 
 #[tokio::test]
 async fn openai_upstreams_work_against_the_simulator_over_http() {
-    let sim = agentrouter::upstream::sim::Simulator::new(Default::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(agentrouter::upstream::sim_server::serve(
-        listener,
-        std::sync::Arc::new(sim),
-        vec!["remote-model".into()],
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let gw = quickstart(&format!(
-        r#"
-[upstreams.remote]
-kind = "openai"
-model = "remote-model"
-base_url = "http://{addr}/v1"
-api_key = "${{env:PATH}}"
-"#
-    ))
+    let remote = SimServer::start(SimSettings::default(), &["remote-model"]).await;
+    let gw = Gateway::start(&quickstart(&remote.upstream(
+        "remote",
+        "remote-model",
+        "api_key = \"${env:PATH}\"",
+    )))
     .await;
     let (status, body) = gw
         .post(
@@ -418,42 +362,30 @@ api_key = "${{env:PATH}}"
     assert_eq!(status, 200, "{body}");
     assert_eq!(content(&body), "[remote-model] You said: over the wire");
     gw.stop().await;
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    remote.stop().await;
 }
 
 #[tokio::test]
 async fn a_failing_upstream_opens_its_breaker_and_stops_receiving_traffic() {
-    let sim = std::sync::Arc::new(agentrouter::upstream::sim::Simulator::new(
-        agentrouter::upstream::sim::SimSettings {
+    let sim = SimServer::start(
+        SimSettings {
             fail_rate: 1.0,
             ..Default::default()
         },
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(agentrouter::upstream::sim_server::serve(
-        listener,
-        sim.clone(),
-        vec!["flaky-model".into()],
-        async {
-            let _ = stopped.await;
-        },
-    ));
+        &["flaky-model"],
+    )
+    .await;
+    let upstream = sim.upstream(
+        "flaky",
+        "flaky-model",
+        "[upstreams.flaky.breaker]\nfailure_threshold = 2\nrecovery_timeout_s = 3600",
+    );
     let gw = Gateway::start(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 
-[upstreams.flaky]
-kind = "openai"
-model = "flaky-model"
-base_url = "http://{addr}/v1"
-[upstreams.flaky.breaker]
-failure_threshold = 2
-recovery_timeout_s = 3600
-
+{upstream}
 [plugins.standard-recovery]
 source = "builtin:standard-recovery"
 
@@ -497,13 +429,12 @@ recovery = "standard-recovery"
         "{body}"
     );
     gw.stop().await;
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    sim.stop().await;
 }
 
 #[tokio::test]
 async fn readiness_reports_checks_and_liveness_answers() {
-    let gw = quickstart("").await;
+    let gw = Gateway::start(&quickstart("")).await;
     let (status, body) = gw.get("/health/live").await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
@@ -570,17 +501,17 @@ async fn held_upstream() -> (
 #[tokio::test]
 async fn shutdown_finishes_the_in_flight_request() {
     let (addr, arrived, release) = held_upstream().await;
-    let mut gw = quickstart(&format!(
+    let mut gw = Gateway::start(&quickstart(&format!(
         r#"
 [upstreams.held]
 kind = "openai"
 model = "held-model"
 base_url = "http://{addr}/v1"
 "#
-    ))
+    )))
     .await;
     let client = gw.client.clone();
-    let url = format!("{}/v1/chat/completions", gw.base);
+    let url = gw.url("/v1/chat/completions");
     let in_flight = tokio::spawn(async move {
         client
             .post(url)

@@ -8,8 +8,8 @@
 //! in-memory exporter) and each test picks out its own spans by trace id
 //! and its own log lines by request id.
 
-use agentrouter::app::App;
-use agentrouter::config::Config;
+mod support;
+
 use agentrouter::telemetry::LogFormat;
 use agentrouter::telemetry::traces;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
-use tokio::sync::oneshot;
+use support::{Gateway, chat, quickstart, series, sse_text, value};
 
 /// What the process-wide subscriber captured.
 struct Captured {
@@ -94,129 +94,20 @@ fn log_lines() -> Vec<Value> {
         .collect()
 }
 
-/// A running gateway and the means to stop it.
-struct Gateway {
-    base: String,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header: {:?}", self.headers))
-            .to_str()
-            .unwrap()
-    }
-}
-
-impl Gateway {
-    async fn start(toml: &str) -> Gateway {
-        captured();
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(toml, "test.toml", dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let app = App::build(&config).await.unwrap_or_else(|e| panic!("{e}"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Gateway {
-            base,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            done,
-            _dir: dir,
-        }
-    }
-
-    async fn quickstart() -> Gateway {
-        Self::start(&quickstart_with("")).await
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
-        let resp = req.send().await.unwrap();
-        Answer {
-            status: resp.status().as_u16(),
-            headers: resp.headers().clone(),
-            body: resp.json().await.unwrap_or(Value::Null),
-        }
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> Answer {
-        self.send(self.client.post(format!("{}{path}", self.base)).json(body))
-            .await
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.send(self.client.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    /// The `/metrics` text.
-    async fn metrics(&self) -> String {
-        let resp = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.text().await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        self.done.await.unwrap().unwrap();
-    }
-}
-
-fn quickstart_with(extra: &str) -> String {
-    let text = include_str!("../examples/quickstart.toml");
-    format!(
-        "{}\n{extra}\n",
-        text.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-    )
-}
-
-fn chat(model: &str, content: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": content}]})
-}
-
-/// The value of the series whose name and labels start with `prefix`
-/// (labels in declaration order), e.g. `agentrouter_tokens_total{key="a"`.
-fn series(text: &str, prefix: &str) -> Option<f64> {
-    let mut found = text
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap());
-    let value = found.next()?;
-    assert!(found.next().is_none(), "{prefix} matches several series");
-    Some(value)
-}
-
-fn value(text: &str, prefix: &str) -> f64 {
-    series(text, prefix).unwrap_or_else(|| panic!("no series {prefix} in\n{text}"))
+/// Starts the shared gateway once the capturing subscriber is installed, so
+/// its spans and log lines land in the test sinks.
+async fn gateway(toml: &str) -> Gateway {
+    captured();
+    Gateway::start(toml).await
 }
 
 #[tokio::test]
 async fn a_completion_moves_the_request_token_cost_and_plugin_series() {
-    let gw = Gateway::quickstart().await;
-    let answer = gw
-        .post("/v1/chat/completions", &chat("usf-mini", "What is WASI?"))
-        .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let usage = &answer.body["usage"];
+    let gw = gateway(&quickstart("")).await;
+    let answer = gw.chat(&chat("usf-mini", "What is WASI?")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let body = answer.json();
+    let usage = &body["usage"];
     let m = gw.metrics().await;
     assert_eq!(
         value(
@@ -253,7 +144,11 @@ async fn a_completion_moves_the_request_token_cost_and_plugin_series() {
         ),
         usage["completion_tokens"].as_f64().unwrap()
     );
-    let cost: f64 = answer.header("x-agentrouter-cost-usd").parse().unwrap();
+    let cost: f64 = answer
+        .header("x-agentrouter-cost-usd")
+        .unwrap()
+        .parse()
+        .unwrap();
     let counted = value(
         &m,
         r#"agentrouter_cost_usd_total{key="anonymous",model="usf-mini"}"#,
@@ -295,16 +190,9 @@ async fn a_completion_moves_the_request_token_cost_and_plugin_series() {
 
     // A validator's refusal and a model nobody serves are counted too, the
     // latter under a bounded label rather than the client's string.
-    let refused = gw
-        .post(
-            "/v1/chat/completions",
-            &chat("usf-mini", "please DROP TABLE users"),
-        )
-        .await;
+    let refused = gw.chat(&chat("usf-mini", "please DROP TABLE users")).await;
     assert_eq!(refused.status, 422);
-    let unknown = gw
-        .post("/v1/chat/completions", &chat("gpt-from-the-client", "hi"))
-        .await;
+    let unknown = gw.chat(&chat("gpt-from-the-client", "hi")).await;
     assert_eq!(unknown.status, 404);
     let m = gw.metrics().await;
     assert_eq!(
@@ -337,7 +225,7 @@ async fn a_completion_moves_the_request_token_cost_and_plugin_series() {
 #[tokio::test]
 async fn a_trapping_plugin_is_counted_as_a_trap_of_its_version() {
     let trap = agentrouter::plugins::fixture_dir().join("trap.wasm");
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -357,10 +245,8 @@ input_validators = ["trap"]
         trap.display()
     ))
     .await;
-    let answer = gw
-        .post("/v1/chat/completions", &chat("usf-mini", "hi"))
-        .await;
-    assert_eq!(answer.status, 500, "{}", answer.body);
+    let answer = gw.chat(&chat("usf-mini", "hi")).await;
+    assert_eq!(answer.status, 500, "{}", answer.text);
     let m = gw.metrics().await;
     assert_eq!(
         value(
@@ -388,7 +274,7 @@ input_validators = ["trap"]
 
 #[tokio::test]
 async fn an_upstream_rate_limit_surfacing_as_429_is_counted_by_status() {
-    let gw = Gateway::start(
+    let gw = gateway(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -401,10 +287,8 @@ rate_limit_rate = 1.0
 "#,
     )
     .await;
-    let answer = gw
-        .post("/v1/chat/completions", &chat("limited-model", "hi"))
-        .await;
-    assert_eq!(answer.status, 429, "{}", answer.body);
+    let answer = gw.chat(&chat("limited-model", "hi")).await;
+    assert_eq!(answer.status, 429, "{}", answer.text);
     let m = gw.metrics().await;
     assert_eq!(
         value(
@@ -418,8 +302,7 @@ rate_limit_rate = 1.0
         series(
             &m,
             r#"agentrouter_tokens_total{key="anonymous",model="limited-model",direction="output"}"#
-        )
-        .unwrap_or(0.0),
+        ),
         0.0
     );
     gw.stop().await;
@@ -467,15 +350,12 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
 
 #[tokio::test]
 async fn an_agent_request_yields_one_trace_shaped_like_the_delegation() {
-    let gw = Gateway::quickstart().await;
+    let gw = gateway(&quickstart("")).await;
     let answer = gw
-        .post(
-            "/v1/chat/completions",
-            &chat("agent:manager", "Explain WASI briefly"),
-        )
+        .chat(&chat("agent:manager", "Explain WASI briefly"))
         .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let trace_id = answer.header("x-trace-id").to_string();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let trace_id = answer.header("x-trace-id").unwrap().to_string();
     let tree = Tree(trace_spans(&trace_id));
 
     // The server span is the root, and the trace id in the header is its trace.
@@ -560,7 +440,7 @@ async fn an_agent_request_yields_one_trace_shaped_like_the_delegation() {
     }
     assert_eq!(
         input_tokens,
-        answer.body["usage"]["prompt_tokens"].as_u64().unwrap()
+        answer.json()["usage"]["prompt_tokens"].as_u64().unwrap()
     );
     assert_eq!(tree.named("plugin route cost-router").len(), 4);
     gw.stop().await;
@@ -599,7 +479,7 @@ async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>)
 #[tokio::test]
 async fn the_callers_traceparent_is_continued_and_propagated_to_the_upstream() {
     let (addr, seen) = recording_upstream().await;
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -616,13 +496,13 @@ base_url = "http://{addr}/v1"
     let answer = gw
         .send(
             gw.client
-                .post(format!("{}/v1/chat/completions", gw.base))
+                .post(gw.url("/v1/chat/completions"))
                 .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
                 .json(&chat("remote-model", "carry my trace")),
         )
         .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(answer.header("x-trace-id"), caller_trace);
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-trace-id"), Some(caller_trace));
 
     let received = seen.lock().unwrap().clone();
     assert_eq!(received.len(), 1, "{received:?}");
@@ -649,7 +529,7 @@ base_url = "http://{addr}/v1"
 
 #[tokio::test]
 async fn readiness_fails_while_any_model_has_no_upstream_with_a_closed_circuit() {
-    let gw = Gateway::start(
+    let gw = gateway(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -669,24 +549,19 @@ recovery_timeout_s = 3600
 "#,
     )
     .await;
-    let ready = gw.get("/health/ready").await;
-    assert_eq!(ready.status, 200, "{}", ready.body);
-    assert_eq!(ready.body["checks"]["plugins"]["status"], "ok");
-    assert_eq!(
-        ready.body["checks"]["config"]["detail"],
-        "loaded from test.toml"
-    );
-    let failed = gw
-        .post("/v1/chat/completions", &chat("flaky-model", "hi"))
-        .await;
-    assert_eq!(failed.status, 502, "{}", failed.body);
+    let (status, ready) = gw.get("/health/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["plugins"]["status"], "ok");
+    assert_eq!(ready["checks"]["config"]["detail"], "loaded from test.toml");
+    let failed = gw.chat(&chat("flaky-model", "hi")).await;
+    assert_eq!(failed.status, 502, "{}", failed.text);
     // `steady-model` still has a healthy upstream, but `flaky-model` has
     // none: this replica cannot serve every model it advertises.
-    let ready = gw.get("/health/ready").await;
-    assert_eq!(ready.status, 503, "{}", ready.body);
-    assert_eq!(ready.body["status"], "not_ready");
-    let upstreams = &ready.body["checks"]["upstreams"];
-    assert_eq!(upstreams["status"], "fail", "{}", ready.body);
+    let (status, ready) = gw.get("/health/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["status"], "not_ready");
+    let upstreams = &ready["checks"]["upstreams"];
+    assert_eq!(upstreams["status"], "fail", "{ready}");
     let detail = upstreams["detail"].as_str().unwrap();
     assert!(
         detail.contains("flaky-model") && detail.contains("flaky") && !detail.contains("steady"),
@@ -713,7 +588,7 @@ recovery_timeout_s = 3600
 #[tokio::test]
 async fn readiness_fails_for_a_plugin_that_cannot_be_instantiated() {
     let trap = agentrouter::plugins::fixture_dir().join("trap.wasm");
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -731,55 +606,51 @@ memory_mb = 1
         trap.display()
     ))
     .await;
-    let ready = gw.get("/health/ready").await;
-    assert_eq!(ready.status, 503, "{}", ready.body);
-    let plugins = &ready.body["checks"]["plugins"];
+    let (status, ready) = gw.get("/health/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    let plugins = &ready["checks"]["plugins"];
     assert_eq!(plugins["status"], "fail");
     assert!(
         plugins["detail"].as_str().unwrap().contains("cramped@"),
-        "{}",
-        ready.body
+        "{ready}"
     );
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn readiness_turns_503_during_the_drain_delay_while_requests_are_still_served() {
-    let mut gw = Gateway::start(&quickstart_with("").replace(
+    let mut gw = gateway(&quickstart("").replace(
         "listen = \"127.0.0.1:0\"",
         "listen = \"127.0.0.1:0\"\ndrain_delay_ms = 60000",
     ))
     .await;
-    assert_eq!(gw.get("/health/ready").await.status, 200);
-    let _ = gw.stop.take().map(|s| s.send(()));
+    assert_eq!(gw.get("/health/ready").await.0, 200);
+    gw.begin_shutdown();
     // Shutdown has begun: readiness flips, the listener stays open.
-    let mut ready = gw.get("/health/ready").await;
-    while ready.status == 200 {
+    let (mut status, mut ready) = gw.get("/health/ready").await;
+    while status == 200 {
         tokio::task::yield_now().await;
-        ready = gw.get("/health/ready").await;
+        (status, ready) = gw.get("/health/ready").await;
     }
-    assert_eq!(ready.status, 503, "{}", ready.body);
-    assert_eq!(ready.body["checks"]["accepting"]["status"], "fail");
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["checks"]["accepting"]["status"], "fail");
     assert_eq!(
-        ready.body["checks"]["accepting"]["detail"],
+        ready["checks"]["accepting"]["detail"],
         "draining for shutdown"
     );
-    assert_eq!(gw.get("/health/live").await.status, 200);
-    let answer = gw
-        .post("/v1/chat/completions", &chat("usf-mini", "still there?"))
-        .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    gw.done.abort();
+    assert_eq!(gw.get("/health/live").await.0, 200);
+    let answer = gw.chat(&chat("usf-mini", "still there?")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    // Dropped mid-drain: the server ends without waiting out the delay.
+    drop(gw);
 }
 
 #[tokio::test]
 async fn each_request_logs_one_event_with_route_key_target_status_tokens_and_plugins() {
-    let gw = Gateway::quickstart().await;
-    let answer = gw
-        .post("/v1/chat/completions", &chat("usf-mini", "log me"))
-        .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let request_id = answer.header("x-request-id").to_string();
+    let gw = gateway(&quickstart("")).await;
+    let answer = gw.chat(&chat("usf-mini", "log me")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let request_id = answer.header("x-request-id").unwrap().to_string();
     let events: Vec<Value> = log_lines()
         .into_iter()
         .filter(|l| l["fields"]["request_id"] == request_id.as_str())
@@ -797,12 +668,10 @@ async fn each_request_logs_one_event_with_route_key_target_status_tokens_and_plu
     assert_eq!(f["target"], "usf-mini");
     // Not cacheable (no `temperature: 0`): the cache was bypassed.
     assert_eq!(f["cache"], "bypass");
-    assert_eq!(f["trace_id"], answer.header("x-trace-id"));
-    assert_eq!(f["prompt_tokens"], answer.body["usage"]["prompt_tokens"]);
-    assert_eq!(
-        f["completion_tokens"],
-        answer.body["usage"]["completion_tokens"]
-    );
+    assert_eq!(f["trace_id"], answer.header("x-trace-id").unwrap());
+    let body = answer.json();
+    assert_eq!(f["prompt_tokens"], body["usage"]["prompt_tokens"]);
+    assert_eq!(f["completion_tokens"], body["usage"]["completion_tokens"]);
     assert!(f["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(f["cost_usd"].as_f64().unwrap() > 0.0);
     let version = env!("CARGO_PKG_VERSION");
@@ -818,15 +687,17 @@ async fn each_request_logs_one_event_with_route_key_target_status_tokens_and_plu
 
 #[tokio::test]
 async fn plugin_log_calls_carry_the_plugin_name_and_version() {
-    let gw = Gateway::quickstart().await;
+    let gw = gateway(&quickstart("")).await;
     let answer = gw
-        .post(
-            "/v1/agents/manager/invoke",
-            &json!({"input": "Explain WASI"}),
+        .send(
+            gw.client
+                .post(gw.url("/v1/agents/manager/invoke"))
+                .json(&json!({"input": "Explain WASI"})),
         )
         .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let task = answer.body["id"].as_str().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let body = answer.json();
+    let task = body["id"].as_str().unwrap();
     // The manager logs each iteration through the `log` import, with the
     // task id among its fields.
     let events: Vec<Value> = log_lines()
@@ -839,7 +710,7 @@ async fn plugin_log_calls_carry_the_plugin_name_and_version() {
         })
         .collect();
     assert!(!events.is_empty(), "no plugin log event for {task}");
-    let trace_id = answer.header("x-trace-id");
+    let trace_id = answer.header("x-trace-id").unwrap();
     for event in &events {
         // The request's span (outermost) carries its trace id on every line.
         assert_eq!(event["spans"][0]["trace_id"], trace_id, "{event}");
@@ -896,7 +767,7 @@ fn every_exported_family_is_in_the_metrics_reference() {
 #[tokio::test]
 async fn a_live_stream_is_counted_and_logged_with_its_tokens_once_its_body_ends() {
     // No output validators: the answer streams live from the upstream.
-    let gw = Gateway::start(
+    let gw = gateway(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -911,23 +782,12 @@ output_cost_per_1k = 1.0
     .await;
     let mut req = chat("stream-model", "stream a few words back to me please");
     req["stream"] = json!(true);
-    let resp = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.base))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-    let trace_id = resp.headers()["x-trace-id"].to_str().unwrap().to_string();
-    let text = resp.text().await.unwrap();
-    let last: Value = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .rfind(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .unwrap();
+    let reply = gw.chat(&req).await;
+    assert_eq!(reply.status, 200);
+    let request_id = reply.header("x-request-id").unwrap();
+    let trace_id = reply.header("x-trace-id").unwrap();
+    let (chunks, _) = sse_text(&reply.text);
+    let last = chunks.last().unwrap();
     let output = last["usage"]["completion_tokens"].as_f64().unwrap();
     assert!(output > 0.0, "{last}");
 
@@ -948,13 +808,13 @@ output_cost_per_1k = 1.0
     );
     let events: Vec<Value> = log_lines()
         .into_iter()
-        .filter(|l| l["fields"]["request_id"] == request_id.as_str())
+        .filter(|l| l["fields"]["request_id"] == request_id)
         .collect();
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(
         events[0]["fields"]["completion_tokens"].as_f64(),
         Some(output)
     );
-    assert_eq!(events[0]["fields"]["trace_id"], trace_id.as_str());
+    assert_eq!(events[0]["fields"]["trace_id"], trace_id);
     gw.stop().await;
 }

@@ -10,19 +10,17 @@
 //! (`interval_s` is a float), and every wait is a bounded poll on state,
 //! never a timed assertion.
 
-use agentrouter::app::App;
-use agentrouter::config::Config;
+mod support;
+
 use agentrouter::plugins;
-use agentrouter::rollout::watch::Watch;
 use agentrouter::runtime::sha256_hex;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use support::{ADMIN_TOKEN, Gateway};
 
-const TOKEN: &str = "test-admin-token-0123456789";
 const EMAIL_PROMPT: &str = "mail me at jane@example.com";
 const REDACTED: &str = "[usf-mini] You said: mail me at [REDACTED_EMAIL]";
 const UNREDACTED: &str = "[usf-mini] You said: mail me at jane@example.com";
@@ -44,7 +42,7 @@ fn config(policy: &str, extra: &str) -> String {
 listen = "127.0.0.1:0"
 
 [admin]
-token = "{TOKEN}"
+token = "{ADMIN_TOKEN}"
 
 [store]
 path = "data"
@@ -69,136 +67,62 @@ output_validators = ["redact"]
     )
 }
 
-/// A running gateway and the means to stop it.
-struct Gateway {
-    base: String,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-    _watch: Option<Watch>,
-}
-
-impl Gateway {
-    /// Writes `toml` to `<dir>/gateway.toml` and serves it.
-    async fn start(dir: &Path, toml: &str) -> Gateway {
-        Self::start_with(dir, toml, false).await
-    }
-
-    async fn start_with(dir: &Path, toml: &str, watch: bool) -> Gateway {
-        let path = dir.join("gateway.toml");
-        std::fs::write(&path, toml).unwrap();
-        let config = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-        let app = App::build(&config).await.unwrap_or_else(|e| panic!("{e}"));
-        let watch = watch.then(|| app.watch().unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Gateway {
-            base,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            done,
-            _watch: watch,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        (&mut self.done).await.unwrap().unwrap();
-    }
-
-    /// One chat request as end user `user`; the status and the answer text
-    /// (or the error body).
-    async fn chat_as(&self, user: &str, content: &str) -> (u16, String) {
-        let resp = self
-            .client
-            .post(format!("{}/v1/chat/completions", self.base))
-            .json(&json!({
+/// One chat request as end user `user`; the status and the answer text
+/// (or the error body).
+async fn answer_as(gw: &Gateway, user: &str, content: &str) -> (u16, String) {
+    let (status, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({
                 "model": "usf-mini",
                 "user": user,
                 "messages": [{"role": "user", "content": content}],
-            }))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let text = body["choices"][0]["message"]["content"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| body.to_string());
-        (status, text)
-    }
+            }),
+        )
+        .await;
+    let text = body["choices"][0]["message"]["content"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
+    (status, text)
+}
 
-    async fn chat(&self, content: &str) -> (u16, String) {
-        self.chat_as("tester", content).await
-    }
+/// [`answer_as`] for one steady end user.
+async fn answer(gw: &Gateway, content: &str) -> (u16, String) {
+    answer_as(gw, "tester", content).await
+}
 
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<reqwest::Body>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            req = req.body(body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
+/// The digest of the version the `redact` slot serves.
+async fn live_digest(gw: &Gateway) -> String {
+    let (status, body) = gw.admin_get("/admin/plugins/redact").await;
+    assert_eq!(status, 200, "{body}");
+    body["live"]["digest"].as_str().unwrap().to_string()
+}
 
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.admin(reqwest::Method::GET, path, None).await
-    }
+/// The state of the `redact` slot's rollout.
+async fn rollout_status(gw: &Gateway) -> Value {
+    let (status, body) = gw.admin_get("/admin/plugins/redact/rollout").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
 
-    async fn put(&self, path: &str, wasm: Vec<u8>) -> (u16, Value) {
-        self.admin(reqwest::Method::PUT, path, Some(wasm.into()))
-            .await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.admin(reqwest::Method::POST, path, Some(body.to_string().into()))
-            .await
-    }
-
-    async fn live_digest(&self) -> String {
-        let (status, body) = self.get("/admin/plugins/redact").await;
-        assert_eq!(status, 200, "{body}");
-        body["live"]["digest"].as_str().unwrap().to_string()
-    }
-
-    async fn rollout(&self) -> Value {
-        let (status, body) = self.get("/admin/plugins/redact/rollout").await;
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    /// Sends requests (checking each succeeds) until the rollout reaches
-    /// `phase`, at most `max` requests; returns the final status.
-    async fn drive_until(&self, phase: &str, max: usize) -> Value {
-        for i in 0..max {
-            let (status, text) = self.chat(EMAIL_PROMPT).await;
-            assert_eq!(status, 200, "request {i} failed: {text}");
-            if i % 5 == 4 {
-                let rollout = self.rollout().await;
-                if rollout["phase"] == phase {
-                    return rollout;
-                }
+/// Sends requests (checking each succeeds) until the rollout reaches
+/// `phase`, at most `max` requests; returns the final status.
+async fn drive_until(gw: &Gateway, phase: &str, max: usize) -> Value {
+    for i in 0..max {
+        let (status, text) = answer(gw, EMAIL_PROMPT).await;
+        assert_eq!(status, 200, "request {i} failed: {text}");
+        if i % 5 == 4 {
+            let rollout = rollout_status(gw).await;
+            if rollout["phase"] == phase {
+                return rollout;
             }
         }
-        panic!(
-            "rollout never reached {phase} in {max} requests: {:#}",
-            self.rollout().await
-        );
     }
+    panic!(
+        "rollout never reached {phase} in {max} requests: {:#}",
+        rollout_status(gw).await
+    );
 }
 
 /// Polls `check` up to `tries` times, 50 ms apart.
@@ -219,7 +143,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn swap_under_load_fails_no_request_and_switches_every_client_to_the_new_version() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Arc::new(Gateway::start(dir.path(), &config("closed", "")).await);
+    let gw = Arc::new(Gateway::start_in(dir.path(), &config("closed", "")).await);
     let swapped = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
@@ -231,7 +155,7 @@ async fn swap_under_load_fails_no_request_and_switches_every_client_to_the_new_v
             let mut after = 0;
             while after < 10 {
                 let was_swapped = swapped.load(Ordering::SeqCst);
-                let (status, text) = gw.chat_as(&format!("client-{c}"), EMAIL_PROMPT).await;
+                let (status, text) = answer_as(&gw, &format!("client-{c}"), EMAIL_PROMPT).await;
                 served.fetch_add(1, Ordering::SeqCst);
                 seen.push((was_swapped, status, text));
                 after += usize::from(was_swapped);
@@ -241,7 +165,7 @@ async fn swap_under_load_fails_no_request_and_switches_every_client_to_the_new_v
     }
     assert!(eventually(200, || async { served.load(Ordering::SeqCst) >= 40 }).await);
     let (status, body) = gw
-        .put("/admin/plugins/redact?version=2.0.0", fixture("slow_ok"))
+        .admin_put("/admin/plugins/redact?version=2.0.0", fixture("slow_ok"))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["live"]["version"], "2.0.0");
@@ -270,7 +194,7 @@ async fn swap_under_load_fails_no_request_and_switches_every_client_to_the_new_v
         before_swap_old > 0,
         "no request was served by the old version"
     );
-    let (_, view) = gw.get("/admin/plugins").await;
+    let (_, view) = gw.admin_get("/admin/plugins").await;
     let slot = &view["plugins"][0];
     assert_eq!(slot["name"], "redact");
     assert_eq!(slot["live"]["version"], "2.0.0");
@@ -281,12 +205,12 @@ async fn swap_under_load_fails_no_request_and_switches_every_client_to_the_new_v
 #[tokio::test]
 async fn bad_uploads_are_refused_with_422_and_the_old_version_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config("closed", "")).await;
-    let original = gw.live_digest().await;
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
+    let original = live_digest(&gw).await;
     assert_eq!(original, sha256_hex(&builtin("pii-redact")));
 
     let (status, body) = gw
-        .put("/admin/plugins/redact", b"junk bytes".to_vec())
+        .admin_put("/admin/plugins/redact", b"junk bytes".to_vec())
         .await;
     assert_eq!(status, 422, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -296,7 +220,7 @@ async fn bad_uploads_are_refused_with_422_and_the_old_version_keeps_serving() {
     );
 
     let (status, body) = gw
-        .put("/admin/plugins/redact", builtin("cost-router"))
+        .admin_put("/admin/plugins/redact", builtin("cost-router"))
         .await;
     assert_eq!(status, 422, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -306,7 +230,7 @@ async fn bad_uploads_are_refused_with_422_and_the_old_version_keeps_serving() {
     );
 
     let (status, body) = gw
-        .put("/admin/plugins/redact?version=9.9.9", fixture("trap"))
+        .admin_put("/admin/plugins/redact?version=9.9.9", fixture("trap"))
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "plugin_rejected");
@@ -318,11 +242,103 @@ async fn bad_uploads_are_refused_with_422_and_the_old_version_keeps_serving() {
         "{message}"
     );
 
-    let (status, body) = gw.put("/admin/plugins/nope", fixture("slow_ok")).await;
+    let (status, body) = gw
+        .admin_put("/admin/plugins/nope", fixture("slow_ok"))
+        .await;
     assert_eq!(status, 404, "{body}");
 
-    assert_eq!(gw.live_digest().await, original);
-    assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert_eq!(live_digest(&gw).await, original);
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    gw.stop().await;
+}
+
+/// What `plugin inspect` says of the `kv-validator` fixture, a validator
+/// that also imports `kv` (and would keep one request's message for the next).
+const KV_VALIDATOR_SENTENCE: &str = "exports `validate` like a validator but imports \
+     `agentrouter:plugin/kv@0.1.0`, which the validator world does not provide";
+
+#[tokio::test]
+async fn serve_refuses_a_validator_that_imports_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("leaky.wasm");
+    std::fs::write(&wasm, fixture("kv_validator")).unwrap();
+    let toml = config("closed", "").replace(
+        "source = \"builtin:pii-redact\"",
+        "source = \"leaky.wasm\"\nworld = \"validator\"",
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = agentrouter::config::Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let Err(err) = agentrouter::app::App::build(&config).await else {
+        panic!("a validator importing kv was served");
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("plugin `redact`")
+            && message.contains("leaky.wasm")
+            && message.ends_with(KV_VALIDATOR_SENTENCE),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn uploads_of_a_validator_that_imports_kv_are_refused_with_422() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
+    let original = live_digest(&gw).await;
+    for path in ["/admin/plugins/redact", "/admin/plugins/redact/candidate"] {
+        let (status, body) = gw.admin_put(path, fixture("kv_validator")).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "plugin_rejected", "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("plugin `redact` (admin upload")
+                && message.contains(") does not fit world `validator`: ")
+                && message.ends_with(KV_VALIDATOR_SENTENCE),
+            "{path}: {message}"
+        );
+    }
+    assert_eq!(live_digest(&gw).await, original);
+    // Two requests in a row: neither sees the other's message.
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn reload_refuses_a_validator_that_imports_kv_and_keeps_the_running_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leaky.wasm"), fixture("kv_validator")).unwrap();
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
+    let leaky = config(
+        "closed",
+        "[plugins.leaky]\nsource = \"leaky.wasm\"\nworld = \"validator\"\n",
+    )
+    .replace(
+        "output_validators = [\"redact\"]",
+        "input_validators = [\"leaky\"]\noutput_validators = [\"redact\"]",
+    );
+    std::fs::write(dir.path().join("gateway.toml"), &leaky).unwrap();
+    let (status, body) = gw.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("running config stays")
+            && message.contains("plugin `leaky`")
+            && message.ends_with(KV_VALIDATOR_SENTENCE),
+        "{message}"
+    );
+    let (_, view) = gw.admin_get("/admin/plugins").await;
+    let slots: Vec<&str> = view["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(slots, ["redact"], "{view}");
+    // The old config serves, and no request sees another's message.
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert_eq!(answer(&gw, "second request").await.0, 200);
     gw.stop().await;
 }
 
@@ -330,22 +346,19 @@ async fn bad_uploads_are_refused_with_422_and_the_old_version_keeps_serving() {
 async fn agent_swaps_are_smoke_tested_by_instantiation_and_serve_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "[plugins.helper]\nsource = \"builtin:worker\"\n[plugins.helper.settings]\nrole = \"researcher\"\n";
-    let gw = Gateway::start(dir.path(), &config("closed", extra)).await;
+    let gw = Gateway::start_in(dir.path(), &config("closed", extra)).await;
     let invoke = || async {
-        let resp = gw
-            .client
-            .post(format!("{}/v1/agents/helper/invoke", gw.base))
-            .json(&json!({"input": "hello"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let body: Value = resp.json().await.unwrap();
+        let (status, body) = gw
+            .post("/v1/agents/helper/invoke", &json!({"input": "hello"}))
+            .await;
+        assert_eq!(status, 200);
         body["output"].as_str().unwrap().to_string()
     };
     let before = invoke().await;
 
-    let (status, body) = gw.put("/admin/plugins/helper", builtin("pii-redact")).await;
+    let (status, body) = gw
+        .admin_put("/admin/plugins/helper", builtin("pii-redact"))
+        .await;
     assert_eq!(status, 422, "{body}");
     assert!(
         body["error"]["message"]
@@ -357,10 +370,10 @@ async fn agent_swaps_are_smoke_tested_by_instantiation_and_serve_at_once() {
 
     // The same worker under another version label: instantiated, then live.
     let (status, body) = gw
-        .put("/admin/plugins/helper?version=2.0.0", builtin("worker"))
+        .admin_put("/admin/plugins/helper?version=2.0.0", builtin("worker"))
         .await;
     assert_eq!(status, 200, "{body}");
-    let (_, view) = gw.get("/admin/plugins/helper").await;
+    let (_, view) = gw.admin_get("/admin/plugins/helper").await;
     assert_eq!(view["live"]["version"], "2.0.0");
     assert_eq!(view["world"], "agent");
     // The smoke probe instantiated it once without calling the LLM.
@@ -372,33 +385,27 @@ async fn agent_swaps_are_smoke_tested_by_instantiation_and_serve_at_once() {
 #[tokio::test]
 async fn admin_api_needs_the_token_and_is_off_without_one() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config("closed", "")).await;
-    let url = format!("{}/admin/plugins", gw.base);
-    let resp = gw.client.get(&url).send().await.unwrap();
-    assert_eq!(resp.status(), 401);
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
+    let url = gw.url("/admin/plugins");
+    let resp = gw.send(gw.client.get(&url)).await;
+    assert_eq!(resp.status, 401);
+    let resp = gw.send(gw.client.get(&url).bearer_auth("wrong")).await;
+    assert_eq!(resp.status, 401);
     let resp = gw
-        .client
-        .get(&url)
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    let resp = gw
-        .client
-        .put(format!("{}/admin/plugins/redact", gw.base))
-        .body(fixture("slow_ok"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    assert_eq!(gw.live_digest().await, sha256_hex(&builtin("pii-redact")));
+        .send(
+            gw.client
+                .put(gw.url("/admin/plugins/redact"))
+                .body(fixture("slow_ok")),
+        )
+        .await;
+    assert_eq!(resp.status, 401);
+    assert_eq!(live_digest(&gw).await, sha256_hex(&builtin("pii-redact")));
     gw.stop().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let toml = config("closed", "").replace(&format!("[admin]\ntoken = \"{TOKEN}\""), "");
-    let gw = Gateway::start(dir.path(), &toml).await;
-    let (status, body) = gw.get("/admin/plugins").await;
+    let toml = config("closed", "").replace(&format!("[admin]\ntoken = \"{ADMIN_TOKEN}\""), "");
+    let gw = Gateway::start_in(dir.path(), &toml).await;
+    let (status, body) = gw.admin_get("/admin/plugins").await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "admin_disabled");
     assert!(
@@ -413,10 +420,12 @@ async fn admin_api_needs_the_token_and_is_off_without_one() {
 /// Uploads `wasm` as the slot's candidate and starts a rollout of it.
 async fn roll_out(gw: &Gateway, wasm: Vec<u8>, rollout: Value) -> Value {
     let digest = sha256_hex(&wasm);
-    let (status, body) = gw.put("/admin/plugins/redact/candidate", wasm).await;
+    let (status, body) = gw.admin_put("/admin/plugins/redact/candidate", wasm).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["digest"], digest);
-    let (status, body) = gw.post("/admin/plugins/redact/rollout", rollout).await;
+    let (status, body) = gw
+        .admin_post("/admin/plugins/redact/rollout", &rollout)
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["phase"], "active");
     assert_eq!(body["candidate"]["digest"], digest);
@@ -428,7 +437,7 @@ async fn canary_of_a_trapping_candidate_rolls_back_by_itself() {
     // Fail-open: a candidate trap is counted by the controller but the
     // client still gets an answer (fail-closed would turn it into a 500).
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config("open", "")).await;
+    let gw = Gateway::start_in(dir.path(), &config("open", "")).await;
     roll_out(
         &gw,
         fixture("trap"),
@@ -436,7 +445,7 @@ async fn canary_of_a_trapping_candidate_rolls_back_by_itself() {
                "min_samples": 5, "max_error_rate": 0.2, "max_latency_ratio": 1000}),
     )
     .await;
-    let status = gw.drive_until("rolled_back", 400).await;
+    let status = drive_until(&gw, "rolled_back", 400).await;
     let reason = status["reason"].as_str().unwrap();
     assert!(
         reason.contains("error rate") && reason.contains("max_error_rate"),
@@ -447,11 +456,11 @@ async fn canary_of_a_trapping_candidate_rolls_back_by_itself() {
     assert_eq!(candidate["errors"], candidate["calls"], "{status:#}");
     assert_eq!(status["arms"]["stable"]["errors"], 0);
     assert!(status["events"].to_string().contains("rolled back"));
-    assert_eq!(gw.live_digest().await, sha256_hex(&builtin("pii-redact")));
-    assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert_eq!(live_digest(&gw).await, sha256_hex(&builtin("pii-redact")));
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
     // Ended: promote has nothing to act on.
     let (code, _) = gw
-        .post("/admin/plugins/redact/rollout/promote", json!({}))
+        .admin_post("/admin/plugins/redact/rollout/promote", &json!({}))
         .await;
     assert_eq!(code, 409);
     gw.stop().await;
@@ -460,7 +469,7 @@ async fn canary_of_a_trapping_candidate_rolls_back_by_itself() {
 #[tokio::test]
 async fn canary_of_a_healthy_candidate_steps_up_and_promotes() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config("closed", "")).await;
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
     roll_out(
         &gw,
         fixture("slow_ok"),
@@ -468,12 +477,15 @@ async fn canary_of_a_healthy_candidate_steps_up_and_promotes() {
                "min_samples": 3, "max_error_rate": 0.1, "max_latency_ratio": 1000}),
     )
     .await;
-    let status = gw.drive_until("promoted", 600).await;
+    let status = drive_until(&gw, "promoted", 600).await;
     assert_eq!(status["arms"]["candidate"]["errors"], 0);
     let events = status["events"].to_string();
     assert!(events.contains("raised to 60%"), "{events}");
-    assert_eq!(gw.live_digest().await, sha256_hex(&fixture("slow_ok")));
-    assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, UNREDACTED.to_string()));
+    assert_eq!(live_digest(&gw).await, sha256_hex(&fixture("slow_ok")));
+    assert_eq!(
+        answer(&gw, EMAIL_PROMPT).await,
+        (200, UNREDACTED.to_string())
+    );
     gw.stop().await;
 }
 
@@ -481,17 +493,17 @@ async fn canary_of_a_healthy_candidate_steps_up_and_promotes() {
 async fn shadow_of_a_failing_candidate_reaches_no_client_and_records_diffs() {
     // Fail-closed, so a shadow failure that leaked would be a 500.
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config("closed", "")).await;
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
     roll_out(&gw, fixture("trap"), json!({"mode": "shadow"})).await;
     for _ in 0..20 {
-        assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+        assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
     }
     let mirrored = |s: &Value| {
         let shadow = &s["shadow"];
         shadow["candidate_error"].as_u64().unwrap() + shadow["dropped"].as_u64().unwrap()
     };
-    assert!(eventually(100, || async { mirrored(&gw.rollout().await) == 20 }).await);
-    let status = gw.rollout().await;
+    assert!(eventually(100, || async { mirrored(&rollout_status(&gw).await) == 20 }).await);
+    let status = rollout_status(&gw).await;
     let shadow = &status["shadow"];
     assert!(
         shadow["candidate_error"].as_u64().unwrap() >= 1,
@@ -515,13 +527,13 @@ async fn shadow_of_a_failing_candidate_reaches_no_client_and_records_diffs() {
 
     // A candidate that answers differently: diffs, not errors.
     let (code, body) = gw
-        .post("/admin/plugins/redact/rollout/rollback", json!({}))
+        .admin_post("/admin/plugins/redact/rollout/rollback", &json!({}))
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["phase"], "rolled_back");
     roll_out(&gw, fixture("slow_ok"), json!({"mode": "shadow"})).await;
     for _ in 0..10 {
-        assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+        assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
     }
     let compared = |s: &Value| {
         let shadow = &s["shadow"];
@@ -530,8 +542,8 @@ async fn shadow_of_a_failing_candidate_reaches_no_client_and_records_diffs() {
             .map(|k| shadow[*k].as_u64().unwrap())
             .sum::<u64>()
     };
-    assert!(eventually(100, || async { compared(&gw.rollout().await) == 10 }).await);
-    let status = gw.rollout().await;
+    assert!(eventually(100, || async { compared(&rollout_status(&gw).await) == 10 }).await);
+    let status = rollout_status(&gw).await;
     assert!(
         status["shadow"]["different"].as_u64().unwrap() >= 1,
         "{status:#}"
@@ -560,19 +572,19 @@ source = "builtin:cost-router"
         .replace("[upstreams.sim]", "[upstreams.b-cheap]")
         .replace("[upstreams.sim.simulator]", "[upstreams.b-cheap.simulator]")
         .replace("[pipeline]", "[pipeline]\nrouter = \"router\"");
-    let gw = Gateway::start(dir.path(), &toml).await;
+    let gw = Gateway::start_in(dir.path(), &toml).await;
     let wasm = fixture("chaos_router");
-    let (status, body) = gw.put("/admin/plugins/router/candidate", wasm).await;
+    let (status, body) = gw.admin_put("/admin/plugins/router/candidate", wasm).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = gw
-        .post("/admin/plugins/router/rollout", json!({"mode": "shadow"}))
+        .admin_post("/admin/plugins/router/rollout", &json!({"mode": "shadow"}))
         .await;
     assert_eq!(status, 201, "{body}");
     for _ in 0..10 {
-        assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+        assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
     }
     let shadow = || async {
-        let (status, body) = gw.get("/admin/plugins/router/rollout").await;
+        let (status, body) = gw.admin_get("/admin/plugins/router/rollout").await;
         assert_eq!(status, 200, "{body}");
         body["shadow"].clone()
     };
@@ -601,7 +613,7 @@ source = "builtin:cost-router"
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ab_assignment_is_sticky_per_client_over_100_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Arc::new(Gateway::start(dir.path(), &config("closed", "")).await);
+    let gw = Arc::new(Gateway::start_in(dir.path(), &config("closed", "")).await);
     roll_out(
         &gw,
         fixture("slow_ok"),
@@ -614,7 +626,7 @@ async fn ab_assignment_is_sticky_per_client_over_100_requests() {
         clients.push(tokio::spawn(async move {
             let mut answers = std::collections::BTreeSet::new();
             for _ in 0..100 {
-                let (status, text) = gw.chat_as(&format!("user-{c}"), EMAIL_PROMPT).await;
+                let (status, text) = answer_as(&gw, &format!("user-{c}"), EMAIL_PROMPT).await;
                 assert_eq!(status, 200, "{text}");
                 answers.insert(text);
             }
@@ -628,7 +640,7 @@ async fn ab_assignment_is_sticky_per_client_over_100_requests() {
         *arms.entry(answers.into_iter().next().unwrap()).or_insert(0) += 1;
     }
     assert_eq!(arms.len(), 2, "both arms should have clients: {arms:?}");
-    let status = gw.rollout().await;
+    let status = rollout_status(&gw).await;
     let (stable, candidate) = (&status["arms"]["stable"], &status["arms"]["candidate"]);
     assert_eq!(
         stable["calls"].as_u64().unwrap() + candidate["calls"].as_u64().unwrap(),
@@ -645,7 +657,7 @@ async fn ab_assignment_is_sticky_per_client_over_100_requests() {
 async fn restart_mid_rollout_resumes_it_and_keeps_promoted_versions() {
     let dir = tempfile::tempdir().unwrap();
     let toml = config("closed", "");
-    let gw = Gateway::start(dir.path(), &toml).await;
+    let gw = Gateway::start_in(dir.path(), &toml).await;
     // min_samples out of reach: the canary stays at 30% until promoted.
     let started = roll_out(
         &gw,
@@ -654,12 +666,12 @@ async fn restart_mid_rollout_resumes_it_and_keeps_promoted_versions() {
     )
     .await;
     for _ in 0..10 {
-        assert_eq!(gw.chat(EMAIL_PROMPT).await.0, 200);
+        assert_eq!(answer(&gw, EMAIL_PROMPT).await.0, 200);
     }
     gw.stop().await;
 
-    let gw = Gateway::start(dir.path(), &toml).await;
-    let status = gw.rollout().await;
+    let gw = Gateway::start_in(dir.path(), &toml).await;
+    let status = rollout_status(&gw).await;
     assert_eq!(status["phase"], "active", "{status:#}");
     assert_eq!(status["mode"], "canary");
     assert_eq!(status["percent"], 30.0);
@@ -673,41 +685,39 @@ async fn restart_mid_rollout_resumes_it_and_keeps_promoted_versions() {
     // Still splitting traffic: both versions answer within bounded tries.
     let mut answers = std::collections::BTreeSet::new();
     for _ in 0..200 {
-        answers.insert(gw.chat(EMAIL_PROMPT).await.1);
+        answers.insert(answer(&gw, EMAIL_PROMPT).await.1);
         if answers.len() == 2 {
             break;
         }
     }
     assert_eq!(answers.len(), 2, "{answers:?}");
     let (code, body) = gw
-        .post("/admin/plugins/redact/rollout/promote", json!({}))
+        .admin_post("/admin/plugins/redact/rollout/promote", &json!({}))
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["phase"], "promoted");
     gw.stop().await;
 
     // The promoted version is what the slot serves after the next restart.
-    let gw = Gateway::start(dir.path(), &toml).await;
-    assert_eq!(gw.live_digest().await, sha256_hex(&fixture("slow_ok")));
-    assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, UNREDACTED.to_string()));
+    let gw = Gateway::start_in(dir.path(), &toml).await;
+    assert_eq!(live_digest(&gw).await, sha256_hex(&fixture("slow_ok")));
+    assert_eq!(
+        answer(&gw, EMAIL_PROMPT).await,
+        (200, UNREDACTED.to_string())
+    );
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn reload_applies_a_valid_config_and_keeps_the_running_one_on_error() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config("closed", "")).await;
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
     let attack = "please DROP TABLE users";
-    assert_eq!(gw.chat(attack).await.0, 200);
+    assert_eq!(answer(&gw, attack).await.0, 200);
 
     // Unauthenticated reloads are refused.
-    let resp = gw
-        .client
-        .post(format!("{}/admin/reload", gw.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+    let resp = gw.send(gw.client.post(gw.url("/admin/reload"))).await;
+    assert_eq!(resp.status, 401);
 
     // Add an input guard.
     let guarded = config(
@@ -719,20 +729,20 @@ async fn reload_applies_a_valid_config_and_keeps_the_running_one_on_error() {
         "input_validators = [\"guard\"]\noutput_validators = [\"redact\"]",
     );
     std::fs::write(dir.path().join("gateway.toml"), &guarded).unwrap();
-    let (status, body) = gw.post("/admin/reload", json!({})).await;
+    let (status, body) = gw.admin_post("/admin/reload", &json!({})).await;
     assert_eq!(status, 200, "{body}");
     let report = &body["report"];
     assert_eq!(report["plugins_loaded"], json!(["guard"]), "{report}");
     assert_eq!(report["plugins_kept"], json!(["redact"]), "{report}");
     assert_eq!(report["upstreams_kept"], json!(["sim"]), "{report}");
-    let (status, text) = gw.chat(attack).await;
+    let (status, text) = answer(&gw, attack).await;
     assert_eq!(status, 422, "{text}");
-    assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
 
     // A broken config is refused with file, line and key; the running one stays.
     let broken = guarded.replace("[pipeline]", "[pipeline]\nrouter = \"guard\"");
     std::fs::write(dir.path().join("gateway.toml"), &broken).unwrap();
-    let (status, body) = gw.post("/admin/reload", json!({})).await;
+    let (status, body) = gw.admin_post("/admin/reload", &json!({})).await;
     assert_eq!(status, 422, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     let line = broken
@@ -745,8 +755,8 @@ async fn reload_applies_a_valid_config_and_keeps_the_running_one_on_error() {
             && message.contains("running config stays"),
         "{message}"
     );
-    assert_eq!(gw.chat(attack).await.0, 422);
-    assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert_eq!(answer(&gw, attack).await.0, 422);
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
     gw.stop().await;
 }
 
@@ -759,8 +769,8 @@ async fn watch_reloads_a_plugin_when_its_wasm_file_changes() {
         "source = \"builtin:pii-redact\"",
         "source = \"redact.wasm\"\nworld = \"validator\"",
     );
-    let gw = Gateway::start_with(dir.path(), &toml, true).await;
-    assert_eq!(gw.live_digest().await, sha256_hex(&builtin("pii-redact")));
+    let gw = Gateway::start_watching(dir.path(), &toml).await;
+    assert_eq!(live_digest(&gw).await, sha256_hex(&builtin("pii-redact")));
 
     let replace = |bytes: Vec<u8>| {
         // As a build tool does it: write elsewhere, rename over.
@@ -771,17 +781,208 @@ async fn watch_reloads_a_plugin_when_its_wasm_file_changes() {
     replace(fixture("slow_ok"));
     let new = sha256_hex(&fixture("slow_ok"));
     assert!(
-        eventually(200, || async { gw.live_digest().await == new }).await,
+        eventually(200, || async { live_digest(&gw).await == new }).await,
         "the new file was never picked up"
     );
-    assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, UNREDACTED.to_string()));
+    assert_eq!(
+        answer(&gw, EMAIL_PROMPT).await,
+        (200, UNREDACTED.to_string())
+    );
 
     // A broken file is refused (logged); the watch keeps working.
     replace(b"not wasm".to_vec());
     replace(builtin("pii-redact"));
     let back = sha256_hex(&builtin("pii-redact"));
-    assert!(eventually(200, || async { gw.live_digest().await == back }).await);
-    assert_eq!(gw.chat(EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert!(eventually(200, || async { live_digest(&gw).await == back }).await);
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    gw.stop().await;
+}
+
+/// The test config with `generation` in the slot's settings: a changed
+/// `[plugins.redact]` table, so a reload loads the slot anew and restores
+/// it from the store (the reload path that takes the control plane's guard
+/// and then restores under it).
+fn generation_config(generation: u64) -> String {
+    config("closed", "").replace(
+        "failure_policy = \"closed\"",
+        &format!(
+            "failure_policy = \"closed\"\n[plugins.redact.settings]\ngeneration = \"{generation}\""
+        ),
+    )
+}
+
+/// Awaits `task`, failing (rather than hanging) if it never returns.
+async fn returns<T>(what: &str, task: tokio::task::JoinHandle<T>) -> T {
+    // A bound on a hang, not on speed: every operation here takes
+    // milliseconds, so only a deadlock comes near it.
+    match tokio::time::timeout(Duration::from_secs(300), task).await {
+        Ok(result) => result.unwrap(),
+        Err(_) => panic!("{what} never returned: the control plane is stuck"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_swaps_and_rollouts_run_concurrently_under_load_and_leave_one_consistent_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let gw = Arc::new(Gateway::start_in(dir.path(), &generation_config(0)).await);
+
+    // Client traffic throughout: every answer is a 200 from one version.
+    let stop_traffic = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (gw, stop) = (gw.clone(), stop_traffic.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut served, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let (status, text) = answer_as(&gw, &format!("client-{c}"), EMAIL_PROMPT).await;
+                served += 1;
+                if status != 200 || (text != REDACTED && text != UNREDACTED) {
+                    failed.push((status, text));
+                }
+            }
+            (served, failed)
+        }));
+    }
+
+    // Reloads, each replacing the slot, until told to stop (at least six).
+    let stop_reloads = Arc::new(AtomicBool::new(false));
+    let reloader = tokio::spawn({
+        let (gw, stop, file) = (gw.clone(), stop_reloads.clone(), file.clone());
+        async move {
+            let mut generation = 0;
+            while generation < 6 || !stop.load(Ordering::SeqCst) {
+                generation += 1;
+                std::fs::write(&file, generation_config(generation)).unwrap();
+                let (status, body) = gw.admin_post("/admin/reload", &json!({})).await;
+                assert_eq!(status, 200, "reload {generation}: {body}");
+                assert_eq!(
+                    body["report"]["plugins_loaded"],
+                    json!(["redact"]),
+                    "{body}"
+                );
+            }
+            generation
+        }
+    });
+
+    // Straight swaps, alternating two versions.
+    let swapper = tokio::spawn({
+        let gw = gw.clone();
+        async move {
+            for round in 0..6 {
+                let wasm = if round % 2 == 0 {
+                    fixture("slow_ok")
+                } else {
+                    builtin("pii-redact")
+                };
+                let (status, body) = gw
+                    .admin_put(
+                        &format!("/admin/plugins/redact?version=2.0.{round}"),
+                        wasm.clone(),
+                    )
+                    .await;
+                assert_eq!(status, 200, "swap {round}: {body}");
+                assert_eq!(body["live"]["digest"], sha256_hex(&wasm), "{body}");
+            }
+        }
+    });
+
+    // Candidate uploads and rollouts: a canary its controller steps and ends,
+    // an A/B the operator promotes, a shadow the operator rolls back.
+    let rollouts = tokio::spawn({
+        let gw = gw.clone();
+        async move {
+            let rounds = [
+                (
+                    fixture("slow_ok"),
+                    json!({"mode": "canary", "percent": 50, "step": 50, "interval_s": 0.02, "min_samples": 3}),
+                    None,
+                ),
+                (
+                    builtin("pii-redact"),
+                    json!({"mode": "ab", "percent": 50}),
+                    Some("promote"),
+                ),
+                (
+                    fixture("slow_ok"),
+                    json!({"mode": "shadow"}),
+                    Some("rollback"),
+                ),
+            ];
+            for (wasm, request, end) in rounds {
+                let (status, body) = gw.admin_put("/admin/plugins/redact/candidate", wasm).await;
+                assert_eq!(status, 201, "{body}");
+                let (status, body) = gw
+                    .admin_post("/admin/plugins/redact/rollout", &request)
+                    .await;
+                assert_eq!(status, 201, "{body}");
+                match end {
+                    Some(end) => {
+                        let path = format!("/admin/plugins/redact/rollout/{end}");
+                        let (status, body) = gw.admin_post(&path, &json!({})).await;
+                        assert_eq!(status, 200, "{end}: {body}");
+                    }
+                    // Nobody else ends it: once the slot has no candidate,
+                    // its controller has promoted or rolled it back.
+                    None => assert!(
+                        eventually(2000, || async {
+                            gw.admin_get("/admin/plugins/redact").await.1["candidate"].is_null()
+                        })
+                        .await,
+                        "the canary controller never ended its rollout"
+                    ),
+                }
+            }
+        }
+    });
+
+    returns("the rollouts", rollouts).await;
+    returns("the swaps", swapper).await;
+    // The last change to the slot, while reloads and traffic go on.
+    let last = fixture("slow_ok");
+    let (status, body) = gw
+        .admin_put("/admin/plugins/redact?version=final", last.clone())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    stop_reloads.store(true, Ordering::SeqCst);
+    let reloads = returns("the reloads", reloader).await;
+    assert!(reloads >= 6, "{reloads}");
+    stop_traffic.store(true, Ordering::SeqCst);
+    let mut served = 0;
+    for client in clients {
+        let (count, failed) = returns("a client", client).await;
+        assert!(failed.is_empty(), "failed client requests: {failed:?}");
+        served += count;
+    }
+    assert!(served > 0);
+
+    // The slot serves what the last operation installed, and says so.
+    let expect = |view: &Value| {
+        let slot = &view["plugins"][0];
+        assert_eq!(slot["name"], "redact");
+        assert_eq!(slot["live"]["digest"], sha256_hex(&last), "{slot:#}");
+        assert_eq!(slot["live"]["version"], "final", "{slot:#}");
+        assert!(slot["candidate"].is_null(), "{slot:#}");
+        assert_ne!(slot["rollout"]["phase"], "active", "{slot:#}");
+    };
+    expect(&gw.admin_get("/admin/plugins").await.1);
+    for _ in 0..10 {
+        assert_eq!(
+            answer(&gw, EMAIL_PROMPT).await,
+            (200, UNREDACTED.to_string())
+        );
+    }
+    Arc::into_inner(gw).unwrap().stop().await;
+
+    // And the store agrees: a restart serves the same, with no rollout.
+    let toml = std::fs::read_to_string(&file).unwrap();
+    let gw = Gateway::start_in(dir.path(), &toml).await;
+    expect(&gw.admin_get("/admin/plugins").await.1);
+    assert_eq!(
+        answer(&gw, EMAIL_PROMPT).await,
+        (200, UNREDACTED.to_string())
+    );
     gw.stop().await;
 }
 
@@ -827,7 +1028,7 @@ async fn agentrouter_serve_watch_picks_up_a_replaced_plugin_file() {
     let digest = || async {
         let resp = client
             .get(format!("http://127.0.0.1:{port}/admin/plugins/redact"))
-            .bearer_auth(TOKEN)
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .ok()?;
@@ -873,7 +1074,7 @@ async fn agentrouter_serve_watch_picks_up_a_replaced_plugin_file() {
 #[ignore = "a measurement, not a check; prints figures"]
 async fn measure_upload_to_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config("closed", "")).await;
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
     // Alternate two versions: the first upload of each compiles (AOT cache
     // miss), every later one loads the cached artifact.
     let versions = [
@@ -881,13 +1082,13 @@ async fn measure_upload_to_serving() {
         (builtin("pii-redact"), REDACTED),
     ];
     for round in 0..6 {
-        let (wasm, answer) = &versions[round % 2];
+        let (wasm, expected) = &versions[round % 2];
         let cold = round == 0;
         let started = Instant::now();
-        let (status, body) = gw.put("/admin/plugins/redact", wasm.clone()).await;
+        let (status, body) = gw.admin_put("/admin/plugins/redact", wasm.clone()).await;
         assert_eq!(status, 200, "{body}");
         let swapped = started.elapsed();
-        assert_eq!(gw.chat(EMAIL_PROMPT).await.1, *answer);
+        assert_eq!(answer(&gw, EMAIL_PROMPT).await.1, *expected);
         let serving = started.elapsed();
         println!(
             "round {round} ({} bytes, {}): upload+compile+smoke+swap {:.1} ms, first answer from new version at {:.1} ms",

@@ -2,17 +2,17 @@
 //! HTTP on 127.0.0.1, a real sled store, raw TCP for slow clients. Limits
 //! are set so that counts are exact (rates far below the test's duration).
 
-mod common;
+mod support;
 
 use agentrouter::auth::KeyPolicy;
-use common::{Gateway, Reply, SimUpstream, chat};
 use serde_json::json;
 use std::time::Duration;
+use support::{Gateway, Reply, SimServer, chat, steady};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONFIG_KEY: &str = "sk-config-key-0123456789";
 
-fn with_auth(up: &SimUpstream, extra: &str) -> String {
+fn with_auth(up: &SimServer, extra: &str) -> String {
     up.config(&format!(
         r#"
 [auth]
@@ -42,51 +42,43 @@ fn assert_refused(reply: &Reply, status: u16, code: &str) {
     );
 }
 
-async fn chat_as(gw: &Gateway, key: &str, body: &serde_json::Value) -> Reply {
-    gw.post_as(Some(key), "/v1/chat/completions", body).await
-}
-
 #[tokio::test]
 async fn missing_unknown_and_revoked_keys_get_401_and_a_foreign_model_403() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        &with_auth(
-            &up,
-            "[upstreams.other]\nkind = \"simulated\"\nmodel = \"other\"\n",
-        ),
-        dir.path(),
-    )
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&with_auth(
+        &up,
+        "[upstreams.other]\nkind = \"simulated\"\nmodel = \"other\"\n",
+    ))
     .await;
-    let hi = chat("hi", None);
+    let hi = chat("m", "hi");
 
     let missing = gw.chat(&hi).await;
     assert_refused(&missing, 401, "missing_api_key");
     assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
     assert_refused(
-        &chat_as(&gw, "sk-ar-guess", &hi).await,
+        &gw.chat_as("sk-ar-guess", &hi).await,
         401,
         "invalid_api_key",
     );
-    let models = gw.get("/v1/models").await;
-    assert_eq!(models.status, 401, "the API needs a key, health does not");
-    assert_eq!(gw.get("/health/live").await.status, 200);
+    let (status, _) = gw.get("/v1/models").await;
+    assert_eq!(status, 401, "the API needs a key, health does not");
+    assert_eq!(gw.get("/health/live").await.0, 200);
 
     // The declared key works by Bearer and by x-api-key...
-    assert_eq!(chat_as(&gw, CONFIG_KEY, &hi).await.status, 200);
+    assert_eq!(gw.chat_as(CONFIG_KEY, &hi).await.status, 200);
     let by_header = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.base))
-        .header("x-api-key", CONFIG_KEY)
-        .json(&hi)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_header.status(), 200);
+        .send(
+            gw.client
+                .post(gw.url("/v1/chat/completions"))
+                .header("x-api-key", CONFIG_KEY)
+                .json(&hi),
+        )
+        .await;
+    assert_eq!(by_header.status, 200);
     // ...but only for its models, and lists only those.
     let mut other = hi.clone();
     other["model"] = json!("other");
-    let denied = chat_as(&gw, CONFIG_KEY, &other).await;
+    let denied = gw.chat_as(CONFIG_KEY, &other).await;
     assert_refused(&denied, 403, "model_not_allowed");
     let message = denied.json()["error"]["message"]
         .as_str()
@@ -97,22 +89,16 @@ async fn missing_unknown_and_revoked_keys_get_401_and_a_foreign_model_403() {
         "{message}"
     );
     let listed = gw
-        .client
-        .get(format!("{}/v1/models", gw.base))
-        .bearer_auth(CONFIG_KEY)
-        .send()
+        .send(gw.client.get(gw.url("/v1/models")).bearer_auth(CONFIG_KEY))
         .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+        .json();
     assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
 
     // A created key works until it is revoked.
     let secret = gw.auth.create("temp", KeyPolicy::default()).unwrap();
-    assert_eq!(chat_as(&gw, &secret, &hi).await.status, 200);
+    assert_eq!(gw.chat_as(&secret, &hi).await.status, 200);
     gw.auth.revoke("temp").unwrap();
-    let revoked = chat_as(&gw, &secret, &hi).await;
+    let revoked = gw.chat_as(&secret, &hi).await;
     assert_refused(&revoked, 401, "revoked_api_key");
     assert!(revoked.text.contains("temp"), "{}", revoked.text);
     // Config keys are changed in the config, not at runtime.
@@ -122,38 +108,33 @@ async fn missing_unknown_and_revoked_keys_get_401_and_a_foreign_model_403() {
 
 #[tokio::test]
 async fn a_rotated_key_works_old_and_new_within_the_grace_period_then_only_new() {
-    let up = SimUpstream::start(0).await;
+    let up = SimServer::start(steady(0), &["m"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&with_auth(&up, ""), dir.path()).await;
-    let hi = chat("hi", None);
+    let gw = Gateway::start_in(dir.path(), &with_auth(&up, "")).await;
+    let hi = chat("m", "hi");
     let old = gw.auth.create("rotor", KeyPolicy::default()).unwrap();
-    assert_eq!(chat_as(&gw, &old, &hi).await.status, 200);
+    assert_eq!(gw.chat_as(&old, &hi).await.status, 200);
     let new = gw.auth.rotate("rotor", Duration::from_millis(800)).unwrap();
     assert_ne!(old, new);
-    assert_eq!(
-        chat_as(&gw, &old, &hi).await.status,
-        200,
-        "old, within grace"
-    );
-    assert_eq!(chat_as(&gw, &new, &hi).await.status, 200, "new");
+    assert_eq!(gw.chat_as(&old, &hi).await.status, 200, "old, within grace");
+    assert_eq!(gw.chat_as(&new, &hi).await.status, 200, "new");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let expired = chat_as(&gw, &old, &hi).await;
+    let expired = gw.chat_as(&old, &hi).await;
     assert_refused(&expired, 401, "expired_api_key");
-    assert_eq!(chat_as(&gw, &new, &hi).await.status, 200);
+    assert_eq!(gw.chat_as(&new, &hi).await.status, 200);
     gw.stop().await;
 
     // The rotation is in the store: a restarted gateway agrees.
-    let gw = Gateway::start(&with_auth(&up, ""), dir.path()).await;
-    assert_refused(&chat_as(&gw, &old, &hi).await, 401, "expired_api_key");
-    assert_eq!(chat_as(&gw, &new, &hi).await.status, 200);
+    let gw = Gateway::start_in(dir.path(), &with_auth(&up, "")).await;
+    assert_refused(&gw.chat_as(&old, &hi).await, 401, "expired_api_key");
+    assert_eq!(gw.chat_as(&new, &hi).await.status, 200);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn a_burst_of_twelve_against_a_bucket_of_five_gets_exactly_seven_429s() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&with_auth(&up, ""), dir.path()).await;
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&with_auth(&up, "")).await;
     let key = gw
         .auth
         .create(
@@ -168,7 +149,7 @@ async fn a_burst_of_twelve_against_a_bucket_of_five_gets_exactly_seven_429s() {
     let mut ok = 0;
     let mut limited = Vec::new();
     for _ in 0..12 {
-        let reply = chat_as(&gw, &key, &chat("hi", None)).await;
+        let reply = gw.chat_as(&key, &chat("m", "hi")).await;
         match reply.status {
             200 => ok += 1,
             _ => limited.push(reply),
@@ -182,11 +163,8 @@ async fn a_burst_of_twelve_against_a_bucket_of_five_gets_exactly_seven_429s() {
         assert!(retry >= 1, "{retry}");
     }
     // Other keys have their own buckets.
-    assert_eq!(
-        chat_as(&gw, CONFIG_KEY, &chat("hi", None)).await.status,
-        200
-    );
-    let metrics = gw.get("/metrics").await.text;
+    assert_eq!(gw.chat_as(CONFIG_KEY, &chat("m", "hi")).await.status, 200);
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"agentrouter_rate_limited_total{key="bursty",limit="requests"} 7"#),
         "{metrics}"
@@ -207,11 +185,9 @@ async fn a_burst_of_twelve_against_a_bucket_of_five_gets_exactly_seven_429s() {
 
 #[tokio::test]
 async fn token_and_model_limits_refuse_once_spent() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        &up.config(
-            r#"
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&up.config(
+        r#"
 [rate_limits]
 tokens_per_min = 50
 
@@ -219,13 +195,11 @@ tokens_per_min = 50
 requests_per_s = 0.001
 burst = 3
 "#,
-        ),
-        dir.path(),
-    )
+    ))
     .await;
     // ~100 prompt tokens: the first request passes (the bucket is full) and
     // puts the client in debt; the next is refused until it is repaid.
-    let long = chat(&"word ".repeat(80), None);
+    let long = chat("m", &"word ".repeat(80));
     assert_eq!(gw.chat(&long).await.status, 200);
     let refused = gw.chat(&long).await;
     assert_refused(&refused, 429, "rate_limit_exceeded");
@@ -233,7 +207,7 @@ burst = 3
     let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!(retry >= 30, "a debt of ~100 tokens at 50/min: {retry}");
 
-    let metrics = gw.get("/metrics").await.text;
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"agentrouter_rate_limited_total{key="anonymous",limit="tokens"} 1"#),
         "{metrics}"
@@ -241,13 +215,10 @@ burst = 3
     gw.stop().await;
 
     // The model's own bucket: three requests, then 429 for everyone.
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        &up.config("[rate_limits.models.m]\nrequests_per_s = 0.001\nburst = 3\n"),
-        dir.path(),
-    )
-    .await;
-    let hi = chat("hi", None);
+    let gw =
+        Gateway::start(&up.config("[rate_limits.models.m]\nrequests_per_s = 0.001\nburst = 3\n"))
+            .await;
+    let hi = chat("m", "hi");
     let statuses: Vec<u16> = futures::future::join_all((0..5).map(|_| gw.chat(&hi)))
         .await
         .iter()
@@ -258,7 +229,7 @@ burst = 3
         3,
         "{statuses:?}"
     );
-    let refused = gw.chat(&chat("hi", None)).await;
+    let refused = gw.chat(&chat("m", "hi")).await;
     assert_refused(&refused, 429, "rate_limit_exceeded");
     assert!(refused.text.contains("model `m`"), "{}", refused.text);
     gw.stop().await;
@@ -266,9 +237,8 @@ burst = 3
 
 #[tokio::test]
 async fn an_exhausted_daily_budget_refuses_with_budget_exceeded() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&with_auth(&up, ""), dir.path()).await;
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&with_auth(&up, "")).await;
     // One request at USD 1 per 1k tokens costs more than this.
     let key = gw
         .auth
@@ -280,35 +250,28 @@ async fn an_exhausted_daily_budget_refuses_with_budget_exceeded() {
             },
         )
         .unwrap();
-    let first = chat_as(&gw, &key, &chat("spend it all", None)).await;
+    let first = gw.chat_as(&key, &chat("m", "spend it all")).await;
     assert_eq!(first.status, 200, "{}", first.text);
-    let refused = chat_as(&gw, &key, &chat("and more", None)).await;
+    let refused = gw.chat_as(&key, &chat("m", "and more")).await;
     assert_refused(&refused, 429, "budget_exceeded");
     assert_eq!(refused.json()["error"]["type"], "budget_exceeded");
     assert!(refused.text.contains("thrifty"), "{}", refused.text);
     let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=86_400).contains(&retry), "until UTC midnight: {retry}");
     // Other keys are unaffected.
-    assert_eq!(
-        chat_as(&gw, CONFIG_KEY, &chat("hi", None)).await.status,
-        200
-    );
+    assert_eq!(gw.chat_as(CONFIG_KEY, &chat("m", "hi")).await.status, 200);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn oversized_bodies_and_conversations_are_refused_with_the_limit_named() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        &up.config("").replace(
-            "[server]\n",
-            "[server]\nmax_body_bytes = 4096\nmax_messages = 3\nmax_message_chars = 100\n",
-        ),
-        dir.path(),
-    )
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&up.config("").replace(
+        "[server]\n",
+        "[server]\nmax_body_bytes = 4096\nmax_messages = 3\nmax_message_chars = 100\n",
+    ))
     .await;
-    let huge = gw.chat(&chat(&"x".repeat(5000), None)).await;
+    let huge = gw.chat(&chat("m", &"x".repeat(5000))).await;
     assert_refused(&huge, 413, "request_too_large");
 
     let message = json!({"role": "user", "content": "hi"});
@@ -321,21 +284,19 @@ async fn oversized_bodies_and_conversations_are_refused_with_the_limit_named() {
         refused.text
     );
 
-    let long = gw.chat(&chat(&"y".repeat(101), None)).await;
+    let long = gw.chat(&chat("m", &"y".repeat(101))).await;
     assert_refused(&long, 400, "message_too_long");
     assert!(long.text.contains("messages[0]"), "{}", long.text);
-    assert_eq!(gw.chat(&chat(&"y".repeat(100), None)).await.status, 200);
+    assert_eq!(gw.chat(&chat("m", &"y".repeat(100))).await.status, 200);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn a_slow_client_is_cut_off_while_others_are_served() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
+    let up = SimServer::start(steady(0), &["m"]).await;
     let gw = Gateway::start(
         &up.config("")
             .replace("[server]\n", "[server]\nheader_read_timeout_ms = 300\n"),
-        dir.path(),
     )
     .await;
     let head = format!(
@@ -359,7 +320,7 @@ async fn a_slow_client_is_cut_off_while_others_are_served() {
     });
     // Meanwhile, other clients are served.
     for _ in 0..3 {
-        assert_eq!(gw.chat(&chat("hi", None)).await.status, 200);
+        assert_eq!(gw.chat(&chat("m", "hi")).await.status, 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let answer = slow.await.unwrap();
@@ -429,34 +390,20 @@ async fn the_production_example_checks_out() {
     );
 }
 
-/// Sends `bytes` on a fresh connection and returns whatever the server
-/// answers before closing (or within 5 s).
-async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    socket.write_all(bytes).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).to_string()
-}
-
 #[tokio::test]
 async fn a_trickling_body_gets_408_and_a_header_flood_431() {
-    let up = SimUpstream::start(0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        &up.config("").replace(
-            "[server]\n",
-            "[server]\nbody_read_timeout_ms = 300\nmax_headers = 10\n",
-        ),
-        dir.path(),
-    )
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let gw = Gateway::start(&up.config("").replace(
+        "[server]\n",
+        "[server]\nbody_read_timeout_ms = 300\nmax_headers = 10\n",
+    ))
     .await;
     // Announces 100 bytes, sends 10, then waits.
     let partial = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":",
         gw.addr
     );
-    let answer = raw_exchange(gw.addr, partial.as_bytes()).await;
+    let answer = gw.raw(partial.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("server.body_read_timeout_ms"), "{answer}");
 
@@ -465,9 +412,9 @@ async fn a_trickling_body_gets_408_and_a_header_flood_431() {
         flood.push_str(&format!("x-h{i}: v\r\n"));
     }
     flood.push_str("\r\n");
-    let answer = raw_exchange(gw.addr, flood.as_bytes()).await;
+    let answer = gw.raw(flood.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     // Within the bounds, the same requests are served.
-    assert_eq!(gw.chat(&chat("hi", None)).await.status, 200);
+    assert_eq!(gw.chat(&chat("m", "hi")).await.status, 200);
     gw.stop().await;
 }

@@ -2,14 +2,18 @@
 //! simulator's server (answers, streams, every fault), against peers that
 //! hang or are gone, and the in-process simulated upstream.
 
+mod support;
+
 use agentrouter::domain::*;
+use agentrouter::net::http_client;
 use agentrouter::upstream::{
     EventStream, OpenAiUpstream, SimOutcome, SimSettings, SimUpstream, Simulator, StreamEvent,
-    Upstream, UpstreamInfo, http_client, sim_server,
+    Upstream, UpstreamInfo,
 };
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
+use support::SimServer;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -27,25 +31,13 @@ fn info(name: &str) -> UpstreamInfo {
     }
 }
 
-/// A simulator server on an ephemeral port; stops when the test's runtime does.
-async fn sim_server(settings: SimSettings) -> (String, Arc<Simulator>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sim = Arc::new(Simulator::new(settings));
-    tokio::spawn(sim_server::serve(
-        listener,
-        sim.clone(),
-        vec![MODEL.into()],
-        std::future::pending(),
-    ));
-    (format!("http://{addr}/v1"), sim)
-}
-
-async fn openai(settings: SimSettings) -> (OpenAiUpstream, Arc<Simulator>) {
-    let (base, sim) = sim_server(settings).await;
+/// The HTTP client against a simulator server serving [`MODEL`]; the
+/// server stops when the returned [`SimServer`] is dropped.
+async fn openai(settings: SimSettings) -> (OpenAiUpstream, SimServer) {
+    let sim = SimServer::start(settings, &[MODEL]).await;
     let up = OpenAiUpstream::new(
         info("sim-http"),
-        base,
+        sim.base_url.clone(),
         Some("sk-very-secret".into()),
         http_client(),
     );
@@ -228,7 +220,7 @@ async fn http_faults_map_to_failures() {
         ),
     ];
     for (settings, expected) in cases {
-        let (up, _) = openai(settings).await;
+        let (up, _sim) = openai(settings).await;
         assert_eq!(up.complete(plain(), LONG).await.unwrap_err(), expected);
         let err = up.stream(plain(), LONG).await.err();
         assert_eq!(err, Some(expected), "stream refused before any event");
@@ -237,7 +229,7 @@ async fn http_faults_map_to_failures() {
 
 #[tokio::test]
 async fn http_malformed_body_names_the_upstream() {
-    let (up, _) = openai(SimSettings {
+    let (up, _sim) = openai(SimSettings {
         malformed_rate: 1.0,
         ..Default::default()
     })
@@ -356,7 +348,7 @@ async fn refused_connection_is_bad_gateway() {
 
 #[tokio::test]
 async fn api_key_stays_out_of_debug_output() {
-    let (up, _) = openai(SimSettings::default()).await;
+    let (up, _sim) = openai(SimSettings::default()).await;
     let debug = format!("{up:?}");
     assert!(!debug.contains("sk-very-secret"), "{debug}");
     assert!(debug.contains("redacted"), "{debug}");
@@ -364,7 +356,8 @@ async fn api_key_stays_out_of_debug_output() {
 
 #[tokio::test]
 async fn sim_server_http_surface() {
-    let (base, _) = sim_server(SimSettings::default()).await;
+    let sim = SimServer::start(SimSettings::default(), &[MODEL]).await;
+    let base = &sim.base_url;
     let http = http_client();
     let root = base.trim_end_matches("/v1");
     assert_eq!(
@@ -530,7 +523,7 @@ async fn in_process_faults() {
 
 #[tokio::test]
 async fn max_tokens_truncates_over_http() {
-    let (up, _) = openai(SimSettings::default()).await;
+    let (up, _sim) = openai(SimSettings::default()).await;
     let mut req = plain();
     req.max_tokens = Some(5);
     let c = up.complete(req, LONG).await.unwrap();

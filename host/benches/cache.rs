@@ -13,15 +13,17 @@
 
 use agentrouter::cache::{CacheKey, CacheTier, MemoryTier, ResponseCache, SledTier};
 use agentrouter::config::{CachePolicy, CacheScope};
-use agentrouter::domain::{CallContext, Completion, CompletionRequest, Failure, Message, Usage};
-use agentrouter::pipeline::{Pipeline, PipelineSettings, UpstreamSetup};
+use agentrouter::domain::{
+    CallContext, Completion, CompletionRequest, Failure, Message, Target, Usage,
+};
+use agentrouter::pipeline::{GuardedUpstream, Pipeline, PipelineSettings};
+use agentrouter::resilience::HealthSettings;
 use agentrouter::store::Store;
 use agentrouter::telemetry::Metrics;
 use agentrouter::upstream::sim::{SimSettings, SimUpstream, Simulator};
 use agentrouter::upstream::{EventStream, Upstream, UpstreamInfo};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::future::BoxFuture;
-use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,8 +83,13 @@ impl Upstream for Instant {
 }
 
 fn pipeline(upstream: Arc<dyn Upstream>) -> Arc<Pipeline> {
-    let setup = UpstreamSetup::new(upstream, Duration::from_secs(5));
-    Pipeline::new(HashMap::new(), vec![setup], PipelineSettings::default()).unwrap()
+    let settings = PipelineSettings::default();
+    let guarded = GuardedUpstream::new(
+        upstream,
+        HealthSettings::with_timeout(Duration::from_secs(5)),
+        settings.metrics.clone(),
+    );
+    Pipeline::new(HashMap::new(), vec![Arc::new(guarded)], settings).unwrap()
 }
 
 fn cache(tier: Arc<dyn CacheTier>) -> ResponseCache {
@@ -121,9 +128,11 @@ fn bench(c: &mut Criterion) {
     let simulated = pipeline(Arc::new(SimUpstream::new(info(), Arc::new(sim))));
     let pipeline = pipeline(Arc::new(Instant(info())));
     let req = request();
-    let raw: Map<String, Value> = Map::new();
     let ctx = || CallContext::new("bench", "r", Duration::from_secs(30));
-    let outcome = tokio.block_on(pipeline.chat(ctx(), req.clone())).unwrap();
+    let target = Target::Model("m".into());
+    let completion = tokio
+        .block_on(pipeline.serve(&ctx(), &target, req.clone()))
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
@@ -132,30 +141,30 @@ fn bench(c: &mut Criterion) {
         Duration::from_secs(3600),
     )));
     let l2 = cache(Arc::new(SledTier::new(store)));
-    let key = CacheKey::of(&l1.namespace("bench", "bench"), &req, &raw);
+    let key = CacheKey::of(&l1.namespace("bench", "bench"), &req);
     tokio.block_on(async {
-        l1.store(&key, &outcome.completion, outcome.cost_usd).await;
-        l2.store(&key, &outcome.completion, outcome.cost_usd).await;
+        l1.store(&key, &completion, 0.0).await;
+        l2.store(&key, &completion, 0.0).await;
     });
 
     let mut group = c.benchmark_group("answer");
     group.bench_function("upstream_instant", |b| {
         b.to_async(&tokio)
-            .iter(|| async { pipeline.chat(ctx(), req.clone()).await.unwrap() })
+            .iter(|| async { pipeline.serve(&ctx(), &target, req.clone()).await.unwrap() })
     });
     group.bench_function("upstream_sim_0ms", |b| {
         b.to_async(&tokio)
-            .iter(|| async { simulated.chat(ctx(), req.clone()).await.unwrap() })
+            .iter(|| async { simulated.serve(&ctx(), &target, req.clone()).await.unwrap() })
     });
     group.bench_function("l1_hit", |b| {
         b.to_async(&tokio).iter(|| async {
-            let key = CacheKey::of(&l1.namespace("bench", "bench"), &req, &raw);
+            let key = CacheKey::of(&l1.namespace("bench", "bench"), &req);
             l1.lookup(&key).await.unwrap()
         })
     });
     group.bench_function("l2_hit", |b| {
         b.to_async(&tokio).iter(|| async {
-            let key = CacheKey::of(&l2.namespace("bench", "bench"), &req, &raw);
+            let key = CacheKey::of(&l2.namespace("bench", "bench"), &req);
             l2.lookup(&key).await.unwrap()
         })
     });

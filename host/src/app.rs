@@ -1,21 +1,37 @@
 //! Assembles a running gateway from a [`Config`]: store, plugin runtime,
 //! plugins, upstreams, pipeline and HTTP server — and re-assembles the
 //! pipeline on `POST /admin/reload`, keeping what did not change.
+//!
+//! Assembly runs under the control-plane guard ([`ControlGuard`]), at start
+//! as on every reload, so a reload never interleaves with an admin swap, a
+//! rollout step or a `--watch` reload. It is a few small steps: keep or load
+//! each plugin slot ([`load_slots`]), keep or build each upstream
+//! ([`build_upstreams`], each guarded as [`health_settings`] says), map the
+//! config onto the pipeline ([`pipeline_settings`]) and the request limits
+//! ([`server_limits`]); only when nothing can fail any more do the freshly
+//! loaded slots take over what the store remembers about them. What needs a
+//! restart is not decided here: the config's [`StartupConfig`] is read once,
+//! and a reload reports where the file differs from it.
 
 use crate::auth::Auth;
 use crate::cache::ResponseCache;
-use crate::config::{Config, UpstreamKind};
-use crate::pipeline::{Pipeline, PipelineSettings, Slot, UpstreamSetup};
-use crate::ratelimit::RateLimiter;
-use crate::rollout::watch::{self, Watch};
-use crate::rollout::{HotPlugin, Rollouts};
-use crate::runtime::{PluginSource, Runtime, sha256_hex};
-use crate::server::{
-    self, AdminState, AppState, Live, Reload, ReloadReport, ServerLimits, Shutdown,
+use crate::config::{
+    Config, ListenerConfig, ReloadableConfig, RequestLimitsConfig, StartupConfig, UpstreamConfig,
+    UpstreamKind,
 };
+use crate::gateway::{Gateway, Live, ServerLimits};
+use crate::net::http_client;
+use crate::pipeline::{GuardedUpstream, Pipeline, PipelineSettings, Slot};
+use crate::ratelimit::RateLimiter;
+use crate::resilience::HealthSettings;
+use crate::rollout::watch::{self, Watch};
+use crate::rollout::{ControlGuard, HotPlugin, Rollouts};
+use crate::runtime::{PluginSource, PluginSpec, Runtime, sha256_hex};
+use crate::server::admin::ReloadError;
+use crate::server::{self, AdminState, AppState, Reload, ReloadReport, ServerState, Shutdown};
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::upstream::openai::{OpenAiUpstream, http_client};
+use crate::upstream::openai::OpenAiUpstream;
 use crate::upstream::sim::{SimUpstream, Simulator};
 use crate::upstream::{ObservedUpstream, Upstream, UpstreamInfo};
 use arc_swap::ArcSwap;
@@ -26,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-/// Why the gateway could not start.
+/// Why the gateway could not start, or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The config is invalid.
@@ -35,15 +51,19 @@ pub enum AppError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    /// The plugin runtime could not start.
-    #[error("plugin runtime: {0}")]
-    Runtime(String),
+    /// The plugin runtime could not start (the wasmtime engine refused its
+    /// settings).
+    #[error("plugin runtime: {0:#}")]
+    Runtime(wasmtime::Error),
+    /// The blocking task compiling a plugin died (a panic in the compiler).
+    #[error("plugin runtime: plugin load task failed: {0}")]
+    LoadTask(#[from] tokio::task::JoinError),
     /// A plugin failed to load.
     #[error(transparent)]
     Plugin(#[from] crate::runtime::PluginError),
     /// The pipeline's wiring is inconsistent.
     #[error("pipeline: {0}")]
-    Pipeline(String),
+    Pipeline(#[from] crate::pipeline::WiringError),
     /// The API keys could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
@@ -61,53 +81,56 @@ impl App {
     /// versions and resuming rollouts the store remembers), connects
     /// upstreams and wires the pipeline.
     pub async fn build(config: &Config) -> Result<App, AppError> {
+        let startup = &config.startup;
         let store = Store::open(&config.store_path())?;
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::new(&config.runtime_settings(), Arc::new(store.clone()))
-            .map_err(|e| AppError::Runtime(format!("{e:#}")))?
+            .map_err(AppError::Runtime)?
             .with_metrics(metrics.clone());
         let rollouts = Rollouts::new(Arc::new(runtime), store.clone());
-        let (live, _) = assemble(config, &rollouts, None, metrics).await?;
+        let (live, _) = {
+            let guard = rollouts.lock().await;
+            assemble(&guard, &rollouts, config, startup, None, metrics).await?
+        };
         let live = Arc::new(ArcSwap::from_pointee(live));
         let reloader = config.file().map(|_| {
             Arc::new(ConfigReloader {
-                current: tokio::sync::Mutex::new(config.clone()),
+                startup: startup.clone(),
+                current: ArcSwap::from_pointee(config.clone()),
                 rollouts: rollouts.clone(),
                 live: live.clone(),
             }) as Arc<dyn Reload>
         });
         let pipeline = live.load().pipeline.clone();
-        let auth = Auth::new(&config.auth, &store)?;
+        let auth = Auth::new(&startup.auth, &store)?;
         if !auth.enabled() {
             tracing::warn!(
                 "authentication is off ([auth] enabled = false): every client is served as `anonymous`"
             );
         }
-        let cache = ResponseCache::from_config(&config.cache, &store, pipeline.metrics().clone())
+        let cache = ResponseCache::from_config(&startup.cache, &store, pipeline.metrics().clone())
             .map(Arc::new);
         let rate_limits = Arc::new(RateLimiter::from_config(
-            &config.rate_limits,
+            &startup.rate_limits,
             pipeline.metrics().clone(),
         ));
-        let state = AppState {
-            live,
+        let gateway = Arc::new(Gateway::new(live, cache, Arc::new(auth), rate_limits));
+        let state = AppState::new(ServerState {
+            gateway,
             store,
             draining: Arc::new(AtomicBool::new(false)),
-            cache,
-            auth: Arc::new(auth),
-            rate_limits,
-            bulkhead: crate::resilience::Bulkhead::new(config.resilience.max_concurrent_requests),
+            bulkhead: crate::resilience::Bulkhead::new(startup.resilience.max_concurrent_requests),
             config_origin: Arc::from(config.origin()),
             admin: AdminState {
                 rollouts: rollouts.clone(),
                 reloader,
             },
-        };
+        });
         Ok(App {
             state,
             shutdown: Shutdown {
-                drain_delay: Duration::from_millis(config.server.drain_delay_ms),
-                grace: Duration::from_millis(config.server.shutdown_grace_ms),
+                drain_delay: Duration::from_millis(startup.server.drain_delay_ms),
+                grace: Duration::from_millis(startup.server.shutdown_grace_ms),
             },
             rollouts,
         })
@@ -126,7 +149,7 @@ impl App {
     /// Reloads file plugins when their `.wasm` changes (`serve --watch`);
     /// watching stops when the returned [`Watch`] is dropped.
     pub fn watch(&self) -> Result<Watch, notify::Error> {
-        let live = self.state.live.clone();
+        let live = self.state.gateway.live().clone();
         let lookup: watch::SlotLookup = Arc::new(move || {
             let pipeline = live.load().pipeline.clone();
             let slots = pipeline
@@ -141,21 +164,29 @@ impl App {
 
     /// The API key registry (create, rotate and revoke keys while serving).
     pub fn auth(&self) -> &Arc<Auth> {
-        &self.state.auth
+        self.state.gateway.auth()
     }
 
     /// The response cache, when enabled.
     pub fn cache(&self) -> Option<&Arc<ResponseCache>> {
-        self.state.cache.as_ref()
+        self.state.gateway.cache()
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then drains.
+    /// Serves on `listener` until `shutdown` resolves, then drains and
+    /// stops the control plane's background work, so the store is released
+    /// when the returned future resolves.
     pub fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        server::serve(listener, self.state, shutdown, self.shutdown)
+        let rollouts = self.rollouts;
+        let served = server::serve(listener, self.state, shutdown, self.shutdown);
+        async move {
+            let result = served.await;
+            rollouts.shutdown().await;
+            result
+        }
     }
 }
 
@@ -165,254 +196,343 @@ struct Previous<'a> {
     live: &'a Live,
 }
 
-/// Builds the live state for `config`. With `previous`, slots whose config
-/// (and file contents) did not change keep their [`HotPlugin`] — swapped
-/// versions, rollouts and counters included — and unchanged upstreams keep
-/// their client, statistics and breaker.
+/// Builds the live state for `config`, with the startup settings the
+/// gateway runs with (`startup`: at a reload, the ones it started with, not
+/// the file's). With `previous`, slots whose config (and file contents) did
+/// not change keep their [`HotPlugin`] — swapped versions, rollouts and
+/// counters included — and unchanged upstreams keep their client,
+/// statistics and breaker.
 async fn assemble(
+    guard: &ControlGuard<'_>,
+    rollouts: &Rollouts,
     config: &Config,
-    rollouts: &Arc<Rollouts>,
+    startup: &StartupConfig,
     previous: Option<Previous<'_>>,
     metrics: Arc<Metrics>,
 ) -> Result<(Live, ReloadReport), AppError> {
     let mut report = ReloadReport::default();
-    let mut slots = HashMap::new();
+    let slots = load_slots(rollouts.runtime(), config, previous.as_ref(), &mut report).await?;
+    let upstreams = build_upstreams(&config.reloadable, previous.as_ref(), &metrics, &mut report);
+    let pipeline = Pipeline::new(
+        slots.serving,
+        upstreams,
+        pipeline_settings(&config.reloadable, metrics),
+    )?;
+    // Only now, with nothing left to fail, do fresh slots take over their
+    // records: a refused reload must not reset a record, or resume a
+    // rollout, for a slot that never serves.
+    for hot in &slots.fresh {
+        rollouts.restore(guard, hot).await;
+    }
+    let live = Live {
+        pipeline,
+        limits: server_limits(&startup.server, &config.reloadable.server),
+        admin_token: config.reloadable.admin.token.clone(),
+    };
+    Ok((live, report))
+}
+
+/// The slots a pipeline serves, and which of them were loaded anew.
+#[derive(Default)]
+struct Slots {
+    serving: HashMap<String, Slot>,
+    /// Loaded by this assembly; their stored records are not applied yet.
+    fresh: Vec<Arc<HotPlugin>>,
+}
+
+/// Keeps or loads every configured slot, noting which in `report`.
+async fn load_slots(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    previous: Option<&Previous<'_>>,
+    report: &mut ReloadReport,
+) -> Result<Slots, AppError> {
+    let mut slots = Slots::default();
     for spec in config.plugin_specs()? {
         let name = spec.name.clone();
-        let slot_config = config.plugins.get(&name);
-        let policy = slot_config.map(|p| p.failure_policy).unwrap_or_default();
-        let kept = previous.as_ref().and_then(|p| {
-            let old = p.live.pipeline.slots().get(&name)?;
-            let mut before = p.config.plugins.get(&name)?.clone();
-            let after = slot_config?;
-            // The policy is the slot's, not the plugin's: it may change alone.
-            before.failure_policy = after.failure_policy;
-            let same_file = match &spec.source {
-                PluginSource::File(path) => std::fs::read(path)
-                    .map(|b| sha256_hex(&b) == old.plugin.state().base_digest)
-                    .unwrap_or(false),
-                PluginSource::Bytes { .. } => true,
-            };
-            (before == *after && same_file).then(|| old.plugin.clone())
-        });
-        let plugin = match kept {
+        let policy = config
+            .reloadable
+            .plugins
+            .get(&name)
+            .map(|p| p.failure_policy)
+            .unwrap_or_default();
+        let plugin = match previous.and_then(|p| reusable_slot(p, config, &spec)) {
             Some(hot) => {
                 report.plugins_kept.push(name.clone());
                 hot
             }
             None => {
-                let runtime = rollouts.runtime().clone();
-                let template = spec.clone();
-                let plugin = tokio::task::spawn_blocking(move || runtime.load(spec))
-                    .await
-                    .map_err(|e| AppError::Runtime(format!("plugin load task failed: {e}")))??;
-                // A plugin that cannot even be instantiated keeps the replica
-                // not-ready (see `/health/ready`) rather than failing the
-                // start, so the operator can read why from a running gateway.
-                if let Err(e) = plugin.warm().await {
-                    tracing::error!(plugin = %plugin.identity(), error = %e, "plugin could not be instantiated");
-                }
-                tracing::info!(plugin = %plugin.identity(), world = %plugin.world(), digest = %plugin.identity().digest, "plugin loaded");
-                let hot = Arc::new(HotPlugin::new(template, Arc::new(plugin)));
-                rollouts.restore(&hot).await;
+                let hot = load_slot(runtime, spec).await?;
                 report.plugins_loaded.push(name.clone());
+                slots.fresh.push(hot.clone());
                 hot
             }
         };
-        slots.insert(name, Slot { plugin, policy });
+        slots.serving.insert(name, Slot { plugin, policy });
     }
-    if let Some(p) = &previous {
+    if let Some(p) = previous {
         report.plugins_removed = p
             .live
             .pipeline
             .slots()
             .keys()
-            .filter(|n| !slots.contains_key(*n))
+            .filter(|n| !slots.serving.contains_key(*n))
             .cloned()
             .collect();
     }
-    let client = http_client();
-    let mut upstreams = Vec::new();
-    for (name, up) in &config.upstreams {
-        let reused = previous.as_ref().and_then(|p| {
-            // The retry budget is per upstream but configured globally: a
-            // changed budget rebuilds the upstream's health with it.
-            (p.config.upstreams.get(name)? == up
-                && p.config.resilience.retry_budget == config.resilience.retry_budget)
-                .then(|| {
-                    p.live
-                        .pipeline
-                        .upstreams()
-                        .iter()
-                        .find(|u| &u.info().name == name)
-                        .cloned()
-                })
-                .flatten()
-        });
-        let upstream: Arc<dyn Upstream> = match reused {
-            Some(upstream) => {
-                report.upstreams_kept.push(name.clone());
-                upstream
-            }
-            None => {
-                report.upstreams_rebuilt.push(name.clone());
-                let info = UpstreamInfo {
-                    name: name.clone(),
-                    model: up.model.clone(),
-                    input_cost_per_1k: up.input_cost_per_1k,
-                    output_cost_per_1k: up.output_cost_per_1k,
-                    tags: up.tags.clone(),
-                    weight: up.weight,
-                };
-                let (upstream, system): (Arc<dyn Upstream>, _) = match up.kind {
-                    UpstreamKind::Simulated => {
-                        let settings = up.simulator.clone().unwrap_or_default();
-                        let sim = SimUpstream::new(info, Arc::new(Simulator::new(settings)));
-                        (Arc::new(sim), "agentrouter.simulator")
-                    }
-                    UpstreamKind::Openai => (
-                        Arc::new(OpenAiUpstream::new(
-                            info,
-                            up.base_url.clone().unwrap_or_default(),
-                            up.api_key.as_ref().map(|k| k.expose().to_string()),
-                            client.clone(),
-                        )),
-                        "openai",
-                    ),
-                };
-                Arc::new(ObservedUpstream::new(upstream, metrics.clone(), system))
-            }
-        };
-        upstreams.push(UpstreamSetup {
-            upstream,
-            timeout: Duration::from_millis(up.timeout_ms),
-            breaker: up.breaker.settings(),
-            max_concurrent: up.max_concurrent,
-            first_token_timeout: up.first_token_timeout_ms.map(Duration::from_millis),
-            idle_timeout: up.idle_timeout_ms.map(Duration::from_millis),
-        });
+    Ok(slots)
+}
+
+/// The slot `previous` served under `spec`'s name, if nothing that shapes
+/// it changed: its `[plugins.<slot>]` table and, for a file source, the
+/// file's contents.
+fn reusable_slot(
+    previous: &Previous<'_>,
+    config: &Config,
+    spec: &PluginSpec,
+) -> Option<Arc<HotPlugin>> {
+    let old = previous.live.pipeline.slots().get(&spec.name)?;
+    let mut before = previous.config.reloadable.plugins.get(&spec.name)?.clone();
+    let after = config.reloadable.plugins.get(&spec.name)?;
+    // The policy is the slot's, not the plugin's: it may change alone.
+    before.failure_policy = after.failure_policy;
+    let same_file = match &spec.source {
+        PluginSource::File(path) => std::fs::read(path)
+            .map(|b| sha256_hex(&b) == old.plugin.state().base_digest)
+            .unwrap_or(false),
+        PluginSource::Bytes { .. } => true,
+    };
+    (before == *after && same_file).then(|| old.plugin.clone())
+}
+
+/// Loads one slot: compile (on a blocking thread) and type-check, then one
+/// instantiation. A plugin that cannot even be instantiated keeps the
+/// replica not-ready (see `/health/ready`) rather than failing the start,
+/// so the operator can read why from a running gateway.
+async fn load_slot(runtime: &Arc<Runtime>, spec: PluginSpec) -> Result<Arc<HotPlugin>, AppError> {
+    let template = spec.clone();
+    let runtime = runtime.clone();
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(spec)).await??;
+    if let Err(e) = plugin.warm().await {
+        tracing::error!(plugin = %plugin.identity(), error = %e, "plugin could not be instantiated");
     }
-    let previous_pipeline = previous.as_ref().map(|p| p.live.pipeline.as_ref());
-    let settings = PipelineSettings {
+    tracing::info!(plugin = %plugin.identity(), world = %plugin.world(), digest = %plugin.identity().digest, "plugin loaded");
+    Ok(Arc::new(HotPlugin::new(template, Arc::new(plugin))))
+}
+
+/// Keeps or builds every configured upstream, noting which in `report`.
+/// A kept upstream keeps its health (breaker, budget, statistics), so a
+/// reload neither forgets an outage nor resets a recovery.
+fn build_upstreams(
+    config: &ReloadableConfig,
+    previous: Option<&Previous<'_>>,
+    metrics: &Arc<Metrics>,
+    report: &mut ReloadReport,
+) -> Vec<Arc<GuardedUpstream>> {
+    let client = http_client();
+    config
+        .upstreams
+        .iter()
+        .map(
+            |(name, up)| match previous.and_then(|p| reusable_upstream(p, config, name)) {
+                Some(upstream) => {
+                    report.upstreams_kept.push(name.clone());
+                    upstream
+                }
+                None => {
+                    report.upstreams_rebuilt.push(name.clone());
+                    let upstream = build_upstream(name, up, &client, metrics);
+                    let guards = health_settings(config, up);
+                    Arc::new(GuardedUpstream::new(upstream, guards, metrics.clone()))
+                }
+            },
+        )
+        .collect()
+}
+
+/// The upstream `previous` served as `name`, if its table is unchanged.
+fn reusable_upstream(
+    previous: &Previous<'_>,
+    config: &ReloadableConfig,
+    name: &str,
+) -> Option<Arc<GuardedUpstream>> {
+    let before = &previous.config.reloadable;
+    // The retry budget is per upstream but configured globally: a changed
+    // budget rebuilds the upstream's health with it.
+    let unchanged = before.upstreams.get(name)? == config.upstreams.get(name)?
+        && before.resilience.retry_budget == config.resilience.retry_budget;
+    if !unchanged {
+        return None;
+    }
+    previous
+        .live
+        .pipeline
+        .upstreams()
+        .iter()
+        .find(|u| u.name() == name)
+        .cloned()
+}
+
+/// Builds upstream `name` from its table: the simulator or an
+/// OpenAI-compatible client (sharing `client`'s connection pool), observed
+/// by `metrics`.
+fn build_upstream(
+    name: &str,
+    up: &UpstreamConfig,
+    client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn Upstream> {
+    let info = UpstreamInfo {
+        name: name.to_string(),
+        model: up.model.clone(),
+        input_cost_per_1k: up.input_cost_per_1k,
+        output_cost_per_1k: up.output_cost_per_1k,
+        tags: up.tags.clone(),
+        weight: up.weight,
+    };
+    let (upstream, system): (Arc<dyn Upstream>, _) = match up.kind {
+        UpstreamKind::Simulated => {
+            let settings = up.simulator.clone().unwrap_or_default();
+            let sim = SimUpstream::new(info, Arc::new(Simulator::new(settings)));
+            (Arc::new(sim), "agentrouter.simulator")
+        }
+        UpstreamKind::Openai => (
+            Arc::new(OpenAiUpstream::new(
+                info,
+                up.base_url.clone().unwrap_or_default(),
+                up.api_key.as_ref().map(|k| k.expose().to_string()),
+                client.clone(),
+            )),
+            "openai",
+        ),
+    };
+    Arc::new(ObservedUpstream::new(upstream, metrics.clone(), system))
+}
+
+/// The host's guards around one upstream, from its table (and the global
+/// retry budget).
+fn health_settings(config: &ReloadableConfig, up: &UpstreamConfig) -> HealthSettings {
+    let timeout = Duration::from_millis(up.timeout_ms);
+    HealthSettings {
+        timeout,
+        first_token_timeout: up
+            .first_token_timeout_ms
+            .map_or(timeout, Duration::from_millis),
+        idle_timeout: up.idle_timeout_ms.map_or(timeout, Duration::from_millis),
+        breaker: up.breaker.settings(),
+        max_concurrent: up.max_concurrent,
+        retry_budget: config.resilience.retry_budget.settings(),
+    }
+}
+
+/// How the pipeline is wired and bounded, from the config. `metrics` is the
+/// gateway's one registry: a reload must not reset counters.
+fn pipeline_settings(config: &ReloadableConfig, metrics: Arc<Metrics>) -> PipelineSettings {
+    let resilience = &config.resilience;
+    PipelineSettings {
         input_validators: config.pipeline.input_validators.clone(),
         output_validators: config.pipeline.output_validators.clone(),
         router: config.pipeline.router.clone(),
         recovery: config.pipeline.recovery.clone(),
-        max_depth: config.server.max_agent_depth,
-        max_attempts: config.resilience.max_attempts,
-        max_delay: Duration::from_millis(config.resilience.max_delay_ms),
-        retry_budget: config.resilience.retry_budget.settings(),
-        fallbacks: config
-            .resilience
+        max_attempts: resilience.max_attempts,
+        max_delay: Duration::from_millis(resilience.max_delay_ms),
+        fallbacks: resilience
             .fallbacks
             .iter()
             .map(|(model, chain)| (model.clone(), chain.clone()))
             .collect(),
-        alert_webhook: config
-            .resilience
+        alert_webhook: resilience
             .alert_webhook
             .as_ref()
             .map(|hook| hook.expose().trim().to_string()),
-        // One metrics registry per gateway: a reload must not reset counters.
         metrics,
-    };
-    let pipeline = Pipeline::succeeding(previous_pipeline, slots, upstreams, settings)
-        .map_err(AppError::Pipeline)?;
-    if let Some(p) = &previous {
-        let (old, new) = (&p.config.server, &config.server);
-        for (key, changed) in [
-            ("server.listen", old.listen != new.listen),
-            (
-                "server.max_body_bytes",
-                old.max_body_bytes != new.max_body_bytes,
-            ),
-            (
-                "server.shutdown_grace_ms",
-                old.shutdown_grace_ms != new.shutdown_grace_ms,
-            ),
-            (
-                "server.drain_delay_ms",
-                old.drain_delay_ms != new.drain_delay_ms,
-            ),
-            (
-                "resilience.max_concurrent_requests",
-                p.config.resilience.max_concurrent_requests
-                    != config.resilience.max_concurrent_requests,
-            ),
-            ("telemetry", p.config.telemetry != config.telemetry),
-            ("cache", p.config.cache != config.cache),
-            ("auth", p.config.auth != config.auth),
-            ("rate_limits", p.config.rate_limits != config.rate_limits),
-            ("server.max_headers", old.max_headers != new.max_headers),
-            (
-                "server.max_header_bytes",
-                old.max_header_bytes != new.max_header_bytes,
-            ),
-            (
-                "server.header_read_timeout_ms",
-                old.header_read_timeout_ms != new.header_read_timeout_ms,
-            ),
-            ("store", p.config.store != config.store),
-            ("runtime", p.config.runtime != config.runtime),
-        ] {
-            if changed {
-                report.needs_restart.push(key.to_string());
-            }
+    }
+}
+
+/// The server's limits: the listener's, read once at start, and the
+/// per-request ones, which a reload replaces.
+fn server_limits(listener: &ListenerConfig, request: &RequestLimitsConfig) -> ServerLimits {
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    ServerLimits {
+        max_body_bytes: size(listener.max_body_bytes),
+        request_timeout: Duration::from_millis(request.request_timeout_ms),
+        max_agent_depth: request.max_agent_depth,
+        max_messages: request.max_messages as usize,
+        max_message_chars: size(request.max_message_chars),
+        max_headers: listener.max_headers as usize,
+        max_header_bytes: size(listener.max_header_bytes),
+        header_read_timeout: Duration::from_millis(listener.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(request.body_read_timeout_ms),
+    }
+}
+
+/// Retires every slot of `old` that `new` no longer serves (replaced or
+/// removed), so its controller and any late change leave the slot's record
+/// to its successor.
+fn retire_replaced(guard: &ControlGuard<'_>, rollouts: &Rollouts, old: &Live, new: &Live) {
+    for (name, slot) in old.pipeline.slots() {
+        let kept = new
+            .pipeline
+            .slots()
+            .get(name)
+            .is_some_and(|s| Arc::ptr_eq(&s.plugin, &slot.plugin));
+        if !kept {
+            rollouts.retire(guard, &slot.plugin);
         }
     }
-    let s = &config.server;
-    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-    let live = Live {
-        pipeline,
-        limits: ServerLimits {
-            max_body_bytes: size(s.max_body_bytes),
-            request_timeout: Duration::from_millis(s.request_timeout_ms),
-            max_agent_depth: s.max_agent_depth,
-            max_messages: s.max_messages as usize,
-            max_message_chars: size(s.max_message_chars),
-            max_headers: s.max_headers as usize,
-            max_header_bytes: size(s.max_header_bytes),
-            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
-            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
-        },
-        admin_token: config.admin.token.clone(),
-    };
-    Ok((live, report))
 }
 
 /// `POST /admin/reload`: re-reads the config file the gateway started from.
 struct ConfigReloader {
-    /// The config in effect; the lock also serialises reloads.
-    current: tokio::sync::Mutex<Config>,
+    /// The startup settings the gateway runs with: a reload never changes
+    /// them, and reports where the file differs from them.
+    startup: StartupConfig,
+    /// The config last applied; slots and upstreams are kept by comparing
+    /// with it.
+    current: ArcSwap<Config>,
     rollouts: Arc<Rollouts>,
     live: Arc<ArcSwap<Live>>,
 }
 
 impl Reload for ConfigReloader {
-    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, String>> {
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, ReloadError>> {
         Box::pin(async move {
-            let mut current = self.current.lock().await;
-            let Some(path) = current.file().map(|p| p.to_path_buf()) else {
-                return Err("the gateway was not started from a config file".into());
-            };
-            let config = Config::from_file(&path).map_err(|e| e.to_string())?;
+            // Held from reading the file to swapping the pipeline in: reloads
+            // apply in order, and no admin change or rollout step lands on a
+            // slot this reload is about to replace.
+            let guard = self.rollouts.lock().await;
+            let current = self.current.load_full();
+            let path = current
+                .file()
+                .ok_or(ReloadError::NoConfigFile)?
+                .to_path_buf();
+            let config = Config::from_file(&path)?;
             let old = self.live.load_full();
+            let previous = Previous {
+                config: &current,
+                live: &old,
+            };
             let metrics = old.pipeline.metrics().clone();
             let (live, mut report) = assemble(
-                &config,
+                &guard,
                 &self.rollouts,
-                Some(Previous {
-                    config: &current,
-                    live: &old,
-                }),
+                &config,
+                &self.startup,
+                Some(previous),
                 metrics,
             )
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-            self.live.store(Arc::new(live));
+            .map_err(|e| ReloadError::Apply {
+                file: path.display().to_string(),
+                source: Box::new(e),
+            })?;
+            let live = Arc::new(live);
+            self.live.store(live.clone());
+            retire_replaced(&guard, &self.rollouts, &old, &live);
+            report.needs_restart = self.startup.needs_restart(&config.startup);
             report.file = path.display().to_string();
             tracing::info!(?report, "config reloaded");
-            *current = config;
+            self.current.store(Arc::new(config));
             Ok(report)
         })
     }

@@ -108,6 +108,61 @@ pub struct CompletionRequest {
     /// OpenAI `tool_choice`, passed through to upstreams untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<serde_json::Value>,
+    /// Fields of the client's request the gateway does not read (`top_p`,
+    /// `seed`, `response_format`, ...), as sent. Part of the cache key.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a request addresses: an upstream model, or an agent slot, which
+/// clients name `agent:<slot>`. Parsed once, where a request enters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A model served by upstreams.
+    Model(String),
+    /// An agent slot, by slot name (without the prefix).
+    Agent(String),
+}
+
+impl Target {
+    /// How clients mark an agent in the `model` field.
+    pub const AGENT_PREFIX: &'static str = "agent:";
+
+    /// The target a `model` field names.
+    ///
+    /// ```
+    /// use agentrouter::domain::Target;
+    /// assert_eq!(Target::parse("agent:manager"), Target::Agent("manager".into()));
+    /// assert_eq!(Target::parse("gpt-4o"), Target::Model("gpt-4o".into()));
+    /// ```
+    pub fn parse(model: &str) -> Target {
+        match model.strip_prefix(Self::AGENT_PREFIX) {
+            Some(agent) => Target::Agent(agent.to_string()),
+            None => Target::Model(model.to_string()),
+        }
+    }
+
+    /// The name without the agent prefix: the model or the agent slot.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Model(name) | Target::Agent(name) => name,
+        }
+    }
+
+    /// Whether it is an agent.
+    pub fn is_agent(&self) -> bool {
+        matches!(self, Target::Agent(_))
+    }
+}
+
+/// The name clients use: the model, or `agent:<slot>`.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Model(model) => f.write_str(model),
+            Target::Agent(agent) => write!(f, "{}{agent}", Self::AGENT_PREFIX),
+        }
+    }
 }
 
 /// Token counts.
@@ -333,11 +388,21 @@ pub enum Action {
 /// Default bound on nested agent calls.
 pub const DEFAULT_MAX_DEPTH: u32 = 4;
 
+/// What a step was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// An upstream completion (one attempt).
+    Completion,
+    /// A delegation to an agent.
+    Agent,
+}
+
 /// One completion or delegation made while serving a request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    /// `completion` or `agent`.
-    pub kind: String,
+    /// A completion or an agent delegation.
+    pub kind: StepKind,
     /// The model (for completions) or agent (for delegations).
     pub target: String,
     /// The upstream that served a completion.
@@ -360,26 +425,46 @@ pub struct Step {
     pub error: Option<String>,
 }
 
-/// The shared, append-only record of a request's steps.
+/// The one ledger of a request: every step made for it, across all nesting
+/// levels, from which its usage and cost are read. Shared (cloning shares),
+/// append-only.
+///
+/// It is the only record of what a request used: the request log line, the
+/// `/invoke` steps, the cost header and the key's spend all read it, so they
+/// can never disagree.
 #[derive(Clone, Debug, Default)]
-pub struct StepLog(std::sync::Arc<std::sync::Mutex<Vec<Step>>>);
+pub struct Ledger(std::sync::Arc<std::sync::Mutex<Vec<Step>>>);
 
-impl StepLog {
+impl Ledger {
     /// Appends a step.
     pub fn push(&self, step: Step) {
-        if let Ok(mut steps) = self.0.lock() {
-            steps.push(step);
-        }
+        self.with(|steps| steps.push(step));
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<Step>) -> R) -> R {
+        // A panic while holding the lock cannot leave a step half-written.
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A copy of the steps so far.
-    pub fn snapshot(&self) -> Vec<Step> {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    pub fn steps(&self) -> Vec<Step> {
+        self.with(|steps| steps.clone())
     }
 
-    /// Total cost of the completions recorded.
+    /// Tokens of the completions recorded (an agent step's usage is the sum
+    /// of completions that are steps too, so agents are not added again).
+    pub fn usage(&self) -> Usage {
+        self.with(|steps| {
+            steps
+                .iter()
+                .filter(|s| s.kind == StepKind::Completion)
+                .fold(Usage::default(), |total, s| total.plus(s.usage))
+        })
+    }
+
+    /// Total cost of the completions recorded, USD.
     pub fn cost_usd(&self) -> f64 {
-        self.snapshot().iter().map(|s| s.cost_usd).sum()
+        self.with(|steps| steps.iter().map(|s| s.cost_usd).sum())
     }
 }
 
@@ -402,8 +487,8 @@ pub struct CallContext {
     pub chain: Vec<String>,
     /// Bound on `chain.len()`.
     pub max_depth: u32,
-    /// Every step made for this request, across all nesting levels.
-    pub steps: StepLog,
+    /// The request's ledger: every step made for it, across all nesting levels.
+    pub ledger: Ledger,
 }
 
 impl CallContext {
@@ -416,7 +501,7 @@ impl CallContext {
             deadline: Instant::now() + budget,
             chain: Vec::new(),
             max_depth: DEFAULT_MAX_DEPTH,
-            steps: StepLog::default(),
+            ledger: Ledger::default(),
         }
     }
 

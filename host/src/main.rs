@@ -2,9 +2,9 @@
 
 use agentrouter::app::App;
 use agentrouter::auth::{KeyPolicy, KeyStore};
+use agentrouter::clock::rfc3339;
 use agentrouter::config::{self, Config, TelemetryConfig};
 use agentrouter::runtime::{self, RuntimeSettings, inspect};
-use agentrouter::server::rfc3339;
 use agentrouter::store::Store;
 use agentrouter::telemetry::{self, TelemetryGuard, traces::TelemetryError};
 use agentrouter::upstream::sim::{SimSettings, Simulator};
@@ -347,15 +347,15 @@ fn serve_command(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let telemetry =
-        runtime.block_on(async { telemetry::traces::init(format.into(), &config.telemetry) })?;
+    let telemetry = runtime
+        .block_on(async { telemetry::traces::init(format.into(), &config.startup.telemetry) })?;
     if path.is_none() {
         tracing::info!(
             "no --config given: running the embedded quickstart (examples/quickstart.toml)"
         );
     }
-    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
-        tracing::info!(%endpoint, sample_rate = config.telemetry.sample_rate, "exporting traces over OTLP/HTTP");
+    if let Some(endpoint) = &config.startup.telemetry.otlp_endpoint {
+        tracing::info!(%endpoint, sample_rate = config.startup.telemetry.sample_rate, "exporting traces over OTLP/HTTP");
     }
     let result = runtime.block_on(serve(config, listen, watch));
     // Flush spans while the runtime that carries the exports still runs.
@@ -369,7 +369,7 @@ async fn serve(
     watch: bool,
 ) -> anyhow::Result<ExitCode> {
     let app = App::build(&config).await?;
-    if config.admin.token.is_none() {
+    if config.reloadable.admin.token.is_none() {
         tracing::info!("admin API disabled: set [admin] token to enable hot swap and rollouts");
     }
     let _watch = if watch {
@@ -381,7 +381,7 @@ async fn serve(
     } else {
         None
     };
-    let addr = listen.unwrap_or(config.server.listen);
+    let addr = listen.unwrap_or(config.startup.server.listen);
     let listener = self::listen(addr, "--listen or [server] listen").await?;
     tracing::info!(addr = %listener.local_addr()?, models = ?app.pipeline().models(), "agentrouter listening");
     app.serve(listener, shutdown_signal()).await?;
@@ -467,10 +467,15 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             daily_budget_usd,
         } => {
             let (config, store) = key_store(&config)?;
-            if config.auth.keys.iter().any(|k| k.name == name) {
+            if config.startup.auth.keys.iter().any(|k| k.name == name) {
                 anyhow::bail!("key `{name}` is declared in the config file ([[auth.keys]])");
             }
-            let known: Vec<String> = config.upstreams.values().map(|u| u.model.clone()).collect();
+            let known: Vec<String> = config
+                .reloadable
+                .upstreams
+                .values()
+                .map(|u| u.model.clone())
+                .collect();
             for m in models.iter().flatten() {
                 anyhow::ensure!(known.contains(m), "--models: no model `{m}` is configured");
             }
@@ -517,12 +522,12 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         }
         KeysCommand::List { config } => {
             let (config, store) = key_store(&config)?;
-            let now_ms = agentrouter::server::unix_now_ms();
+            let now_ms = agentrouter::clock::unix_ms();
             let row = |name: &str, source: &str, status: &str, created: &str, policy: &str| {
                 println!("{name:<24} {source:<7} {status:<44} {created:<22} {policy}");
             };
             row("NAME", "SOURCE", "STATUS", "CREATED", "POLICY");
-            for k in &config.auth.keys {
+            for k in &config.startup.auth.keys {
                 row(&k.name, "config", "active", "-", "(see the config file)");
             }
             for k in store.list()? {
@@ -549,7 +554,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         }
         KeysCommand::Revoke { config, name } => {
             let (config, store) = key_store(&config)?;
-            if config.auth.keys.iter().any(|k| k.name == name) {
+            if config.startup.auth.keys.iter().any(|k| k.name == name) {
                 anyhow::bail!(
                     "key `{name}` is declared in the config file ([[auth.keys]]); remove it there"
                 );
@@ -564,12 +569,12 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             grace,
         } => {
             let (config, store) = key_store(&config)?;
-            if config.auth.keys.iter().any(|k| k.name == name) {
+            if config.startup.auth.keys.iter().any(|k| k.name == name) {
                 anyhow::bail!(
                     "key `{name}` is declared in the config file ([[auth.keys]]); change its secret there"
                 );
             }
-            let grace = grace.unwrap_or(Duration::from_secs(config.auth.rotation_grace_s));
+            let grace = grace.unwrap_or(Duration::from_secs(config.startup.auth.rotation_grace_s));
             let (_, secret) = store.rotate(&name, grace)?;
             eprintln!(
                 "rotated key `{name}`; the old secret works for {}s more. The new secret is shown once:",

@@ -44,6 +44,9 @@ pub struct ChatRequest {
     /// End-user identifier, passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Every other field, as sent (`top_p`, `seed`, `response_format`, ...).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 /// `stream_options` of a streamed request.
@@ -398,6 +401,7 @@ impl ChatRequest {
             max_tokens: self.max_tokens,
             metadata: metadata_from_wire(self.metadata.as_ref()),
             tool_choice: self.tool_choice.clone(),
+            extra: self.extra.clone(),
         })
     }
 
@@ -428,6 +432,8 @@ impl ChatRequest {
             tool_choice: req.tool_choice.clone(),
             metadata: None,
             user: None,
+            // Forwarding the client's other fields is not done yet.
+            extra: Default::default(),
         }
     }
 }

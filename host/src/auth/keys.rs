@@ -7,6 +7,7 @@
 //! Records live under `auth\0key\0<name>` as JSON.
 
 use super::AuthError;
+use crate::clock;
 use crate::store::Store;
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -91,11 +92,6 @@ pub fn generate_secret() -> String {
     format!("{SECRET_PREFIX}{body}")
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    crate::cache::now_ms()
-}
-
 /// Keys in the store: what the `keys` CLI and the gateway share.
 #[derive(Clone)]
 pub struct KeyStore {
@@ -153,7 +149,7 @@ impl KeyStore {
 
     /// Creates a key; returns it and its secret (shown once, never stored).
     pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<(KeyRecord, String), AuthError> {
-        if !crate::config::valid_key_name(name) {
+        if !super::valid_key_name(name) {
             return Err(AuthError::InvalidName(name.to_string()));
         }
         if self.get(name)?.is_some() {
@@ -164,7 +160,7 @@ impl KeyStore {
             name: name.to_string(),
             hash: hash_secret(&secret),
             previous: None,
-            created_at_ms: now_ms(),
+            created_at_ms: clock::unix_ms(),
             rotated_at_ms: None,
             revoked_at_ms: None,
             policy,
@@ -179,7 +175,7 @@ impl KeyStore {
     pub fn revoke(&self, name: &str) -> Result<KeyRecord, AuthError> {
         let mut record = self.existing(name)?;
         if record.revoked_at_ms.is_none() {
-            record.revoked_at_ms = Some(now_ms());
+            record.revoked_at_ms = Some(clock::unix_ms());
         }
         record.previous = None;
         self.put(&record)?;
@@ -193,7 +189,7 @@ impl KeyStore {
             return Err(AuthError::Revoked(name.to_string()));
         }
         let secret = generate_secret();
-        let now = now_ms();
+        let now = clock::unix_ms();
         record.previous = (!grace.is_zero()).then(|| PreviousSecret {
             hash: std::mem::take(&mut record.hash),
             valid_until_ms: now.saturating_add(grace.as_millis() as u64),

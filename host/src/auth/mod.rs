@@ -8,18 +8,20 @@
 //! allowed, `x-api-key: <key>`. The admin token is a separate credential.
 
 mod budget;
+mod config;
 mod keys;
 
 pub use budget::{Spend, seconds_to_midnight, utc_day};
+pub use config::{AuthConfig, DEFAULT_ROTATION_GRACE_S, KeyConfig, valid_key_name};
 pub use keys::{
     KeyPolicy, KeyRecord, KeyStore, PreviousSecret, SECRET_PREFIX, generate_secret, hash_secret,
 };
 
-use crate::config::AuthConfig;
+use crate::clock;
+use crate::domain::Target;
 use crate::ratelimit::Limits;
 use crate::store::Store;
 use axum::http::{HeaderMap, header};
-use keys::now_ms;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -84,22 +86,18 @@ impl Identity {
         }
     }
 
-    /// Why this identity may not use `model` (`agent:<name>` for agents).
-    pub fn check_target(&self, model: &str) -> Result<(), String> {
-        let (what, name, allowed) = match model.strip_prefix("agent:") {
-            Some(agent) => ("agent", agent, &self.policy.agents),
-            None => ("model", model, &self.policy.models),
+    /// Whether this identity may use `target`.
+    pub fn check_target(&self, target: &Target) -> Result<(), NotAllowed> {
+        let allowed = match target {
+            Target::Agent(_) => &self.policy.agents,
+            Target::Model(_) => &self.policy.models,
         };
         match allowed {
-            Some(list) if !list.iter().any(|m| m == name) => Err(format!(
-                "API key `{}` may not use {what} `{name}`; allowed: {}",
-                self.name,
-                if list.is_empty() {
-                    "none".to_string()
-                } else {
-                    list.join(", ")
-                }
-            )),
+            Some(list) if !list.iter().any(|m| m == target.name()) => Err(NotAllowed {
+                key: self.name.clone(),
+                target: target.clone(),
+                allowed: list.clone(),
+            }),
             _ => Ok(()),
         }
     }
@@ -112,6 +110,23 @@ impl Identity {
             tokens_per_min: self.policy.tokens_per_min,
         }
     }
+}
+
+/// A key may not use a model or agent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "API key `{key}` may not use {what} `{name}`; allowed: {list}",
+    what = if target.is_agent() { "agent" } else { "model" },
+    name = target.name(),
+    list = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+)]
+pub struct NotAllowed {
+    /// The key.
+    pub key: String,
+    /// What it asked for.
+    pub target: Target,
+    /// The models (or agents) it may use.
+    pub allowed: Vec<String>,
 }
 
 /// The budget of a key is spent for today.
@@ -212,7 +227,7 @@ impl Auth {
             return Ok(Identity::anonymous());
         }
         let hash = hash_secret(&self.presented(headers)?);
-        let now = now_ms();
+        let now = clock::unix_ms();
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         // Compare against every key, without stopping at the first match,
         // so the time taken does not depend on which key (if any) matched.
@@ -291,7 +306,7 @@ impl Auth {
         let Some(budget) = id.policy.daily_budget_usd else {
             return Ok(());
         };
-        let now_s = now_ms() / 1000;
+        let now_s = clock::unix_s();
         let spent = self
             .spend
             .spent(&id.name, utc_day(now_s))
@@ -314,7 +329,7 @@ impl Auth {
         if usd <= 0.0 || id.policy.daily_budget_usd.is_none() {
             return;
         }
-        if let Err(e) = self.spend.add(&id.name, utc_day(now_ms() / 1000), usd) {
+        if let Err(e) = self.spend.add(&id.name, utc_day(clock::unix_s()), usd) {
             tracing::warn!(key = %id.name, error = %e, "cannot record spend");
         }
     }
@@ -322,7 +337,7 @@ impl Auth {
     /// What `id` spent today, USD.
     pub fn spent_today(&self, id: &Identity) -> f64 {
         self.spend
-            .spent(&id.name, utc_day(now_ms() / 1000))
+            .spent(&id.name, utc_day(clock::unix_s()))
             .unwrap_or(0.0)
     }
 }

@@ -6,8 +6,9 @@
 //! `stream`, `stream_options`, `user` and `metadata` never reach the answer,
 //! so they are left out — a streamed and a non-streamed request share an
 //! entry. Parameters the gateway does not forward yet (`top_p`, `stop`,
-//! `seed`, ...) are still part of the key: a parameter in the key can only
-//! cost a hit, a parameter missing from it could serve a wrong answer.
+//! `seed`, ...) are still part of the key (the request carries them in
+//! `extra`): a parameter in the key can only cost a hit, a parameter
+//! missing from it could serve a wrong answer.
 
 use crate::domain::CompletionRequest;
 use serde_json::{Map, Value, json};
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// Request fields that may change an answer beyond what the domain request
-/// carries; read from the raw body.
+/// names; read from its `extra` fields.
 pub const SAMPLING_PARAMS: &[&str] = &[
     "top_p",
     "stop",
@@ -36,13 +37,11 @@ pub const SAMPLING_PARAMS: &[&str] = &[
 pub struct CacheKey(pub [u8; 32]);
 
 impl CacheKey {
-    /// The key of `req` in `namespace` (see [`super::ResponseCache::namespace`]);
-    /// `raw` is the request body as JSON, for parameters the domain request
-    /// does not carry.
-    pub fn of(namespace: &str, req: &CompletionRequest, raw: &Map<String, Value>) -> CacheKey {
+    /// The key of `req` in `namespace` (see [`super::ResponseCache::namespace`]).
+    pub fn of(namespace: &str, req: &CompletionRequest) -> CacheKey {
         let params: Map<String, Value> = SAMPLING_PARAMS
             .iter()
-            .filter_map(|p| raw.get(*p).map(|v| (p.to_string(), v.clone())))
+            .filter_map(|p| req.extra.get(*p).map(|v| (p.to_string(), v.clone())))
             .filter(|(_, v)| !v.is_null())
             .collect();
         // serde_json's map is ordered by key, so this text is canonical.
@@ -87,8 +86,10 @@ mod tests {
         }
     }
 
-    fn raw(text: &str) -> Map<String, Value> {
-        serde_json::from_str(text).unwrap()
+    /// `req` with the request body fields `text` as its extra fields.
+    fn with(mut req: CompletionRequest, text: &str) -> CompletionRequest {
+        req.extra = serde_json::from_str(text).unwrap();
+        req
     }
 
     #[test]
@@ -96,17 +97,25 @@ mod tests {
         let r = req("hi", Some(0.0));
         let base = CacheKey::of(
             "ns",
-            &r,
-            &raw(r#"{"stream":true,"user":"u1","metadata":{"a":"b"}}"#),
+            &with(
+                r.clone(),
+                r#"{"stream":true,"user":"u1","metadata":{"a":"b"}}"#,
+            ),
         );
-        assert_eq!(base, CacheKey::of("ns", &r, &raw("{}")));
-        assert_ne!(base, CacheKey::of("ns", &r, &raw(r#"{"top_p":0.5}"#)));
-        assert_ne!(base, CacheKey::of("ns", &r, &raw(r#"{"stop":["x"]}"#)));
-        assert_ne!(base, CacheKey::of("other", &r, &raw("{}")));
-        assert_ne!(base, CacheKey::of("ns", &req("hi!", Some(0.0)), &raw("{}")));
-        assert_ne!(base, CacheKey::of("ns", &req("hi", Some(0.5)), &raw("{}")));
+        assert_eq!(base, CacheKey::of("ns", &with(r.clone(), "{}")));
+        assert_ne!(
+            base,
+            CacheKey::of("ns", &with(r.clone(), r#"{"top_p":0.5}"#))
+        );
+        assert_ne!(
+            base,
+            CacheKey::of("ns", &with(r.clone(), r#"{"stop":["x"]}"#))
+        );
+        assert_ne!(base, CacheKey::of("other", &with(r.clone(), "{}")));
+        assert_ne!(base, CacheKey::of("ns", &with(req("hi!", Some(0.0)), "{}")));
+        assert_ne!(base, CacheKey::of("ns", &with(req("hi", Some(0.5)), "{}")));
         let mut limited = r.clone();
         limited.max_tokens = Some(5);
-        assert_ne!(base, CacheKey::of("ns", &limited, &raw("{}")));
+        assert_ne!(base, CacheKey::of("ns", &with(limited, "{}")));
     }
 }

@@ -1,7 +1,7 @@
 //! The response cache: L1 memory → L2 sled → L3 (a shared tier, reserved).
 //!
-//! The cache wraps the pipeline at the server edge: a cacheable request is
-//! looked up before the pipeline runs (validators included — the stored
+//! The request layer (`gateway`) wraps the pipeline with it: a cacheable
+//! request is looked up before the pipeline runs (validators included — the stored
 //! answer is the one that already passed the output validators), and a
 //! successful answer is stored after. Only model completions are cached;
 //! agent runs call tools and other agents and are not assumed repeatable.
@@ -15,18 +15,21 @@
 //! Concurrent identical misses are coalesced ([`flight`]): one request calls
 //! the upstream, the others wait for its answer.
 
+mod config;
 mod flight;
 mod key;
 mod memory;
 mod sled_tier;
 
+pub use config::{
+    CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
+};
 pub use key::{CacheKey, SAMPLING_PARAMS};
 pub use memory::MemoryTier;
 pub use sled_tier::SledTier;
 
-use crate::config::{CacheConfig, CachePolicy, CacheScope};
-use crate::domain::{Completion, CompletionRequest};
-use crate::pipeline::ChatOutcome;
+use crate::clock;
+use crate::domain::{Completion, CompletionRequest, Target};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::CacheLabels;
@@ -36,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Why a tier could not answer; logged, and treated as a miss — the cache
 /// never fails a request.
@@ -63,7 +66,7 @@ pub struct CachedAnswer {
 impl CachedAnswer {
     /// Whether its time to live has passed.
     pub fn expired(&self) -> bool {
-        self.expires_at_ms <= now_ms()
+        self.expires_at_ms <= clock::unix_ms()
     }
 
     /// Approximate bytes it occupies, for the L1 bound.
@@ -105,12 +108,21 @@ pub enum HitFrom {
     Flight,
 }
 
+/// An answer computed on a miss, to be stored.
+#[derive(Clone, Debug)]
+pub struct Filled {
+    /// The answer as the client receives it.
+    pub completion: Completion,
+    /// What producing it cost, USD.
+    pub cost_usd: f64,
+}
+
 /// The result of [`ResponseCache::get_or_fill`].
 pub enum Served {
     /// Answered from the cache.
     Hit(Arc<CachedAnswer>, HitFrom),
     /// Computed by this request (and stored).
-    Miss(ChatOutcome),
+    Miss(Filled),
 }
 
 /// The layered response cache.
@@ -184,11 +196,11 @@ impl ResponseCache {
         hex::encode(&h.finalize()[..8])
     }
 
-    /// Whether `req` may be answered from the cache: a model (not an agent),
-    /// and by policy `temperature = 0` or `metadata.cache = "true"`;
-    /// `metadata.cache = "false"` always bypasses.
-    pub fn cacheable(&self, req: &CompletionRequest) -> bool {
-        if req.model.starts_with("agent:") {
+    /// Whether `req` for `target` may be answered from the cache: a model
+    /// (not an agent), and by policy `temperature = 0` or
+    /// `metadata.cache = "true"`; `metadata.cache = "false"` always bypasses.
+    pub fn cacheable(&self, target: &Target, req: &CompletionRequest) -> bool {
+        if target.is_agent() {
             return false;
         }
         match req.metadata.get("cache").map(String::as_str) {
@@ -266,7 +278,7 @@ impl ResponseCache {
         completion: &Completion,
         cost_usd: f64,
     ) -> Arc<CachedAnswer> {
-        let now = now_ms();
+        let now = clock::unix_ms();
         let answer = Arc::new(CachedAnswer {
             completion: Completion {
                 cached: false,
@@ -291,7 +303,7 @@ impl ResponseCache {
     pub async fn get_or_fill<F, Fut, E>(&self, key: CacheKey, mut fill: F) -> Result<Served, E>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<ChatOutcome, E>>,
+        Fut: Future<Output = Result<Filled, E>>,
     {
         loop {
             if let Some((answer, level)) = self.lookup(&key).await {
@@ -306,12 +318,11 @@ impl ResponseCache {
                         return Ok(Served::Hit(answer, HitFrom::Tier(level)));
                     }
                     match fill().await {
-                        Ok(outcome) => {
-                            let answer = self
-                                .store(&key, &outcome.completion, outcome.cost_usd)
-                                .await;
+                        Ok(filled) => {
+                            let answer =
+                                self.store(&key, &filled.completion, filled.cost_usd).await;
                             leader.finish(Some(answer));
-                            return Ok(Served::Miss(outcome));
+                            return Ok(Served::Miss(filled));
                         }
                         Err(e) => {
                             leader.finish(None);
@@ -328,14 +339,6 @@ impl ResponseCache {
             }
         }
     }
-}
-
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -422,7 +425,7 @@ mod tests {
                                 let _ = started.send(());
                                 let _ = released.await;
                             }
-                            Err::<ChatOutcome, &str>("upstream down")
+                            Err::<Filled, &str>("upstream down")
                         }
                     })
                     .await
@@ -436,9 +439,8 @@ mod tests {
                     .get_or_fill(key, || {
                         fills.fetch_add(1, Ordering::SeqCst);
                         async {
-                            Ok::<_, &str>(ChatOutcome {
+                            Ok::<_, &str>(Filled {
                                 completion: completion("second try"),
-                                steps: Vec::new(),
                                 cost_usd: 0.1,
                             })
                         }
@@ -457,8 +459,8 @@ mod tests {
             "the failure stays with the leader"
         );
         match follower.await.unwrap() {
-            Ok(Served::Miss(outcome)) => {
-                assert_eq!(outcome.completion.message.content, "second try")
+            Ok(Served::Miss(filled)) => {
+                assert_eq!(filled.completion.message.content, "second try")
             }
             _ => panic!("the follower should have filled after the leader failed"),
         }
@@ -475,16 +477,16 @@ mod tests {
             temperature: Some(0.0),
             ..Default::default()
         };
-        assert!(c.cacheable(&req));
+        assert!(c.cacheable(&Target::parse(&req.model), &req));
         req.temperature = Some(0.7);
-        assert!(!c.cacheable(&req));
+        assert!(!c.cacheable(&Target::parse(&req.model), &req));
         req.metadata.insert("cache".into(), "true".into());
-        assert!(c.cacheable(&req));
+        assert!(c.cacheable(&Target::parse(&req.model), &req));
         req.model = "agent:manager".into();
-        assert!(!c.cacheable(&req));
+        assert!(!c.cacheable(&Target::parse(&req.model), &req));
         req.model = "m".into();
         req.temperature = Some(0.0);
         req.metadata.insert("cache".into(), "false".into());
-        assert!(!c.cacheable(&req));
+        assert!(!c.cacheable(&Target::parse(&req.model), &req));
     }
 }

@@ -111,6 +111,7 @@ pub async fn check(path: &Path) -> Result<CheckReport, Vec<ConfigError>> {
         return Err(errors);
     }
     let upstreams: Vec<UpstreamSummary> = config
+        .reloadable
         .upstreams
         .iter()
         .map(|(name, u)| UpstreamSummary {

@@ -12,53 +12,37 @@ mod check;
 mod error;
 mod schema;
 mod secret;
+mod split;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use crate::auth::valid_key_name;
 pub use check::{CheckReport, SlotSummary, UpstreamSummary, check};
 pub use error::ConfigError;
 pub use schema::*;
-pub use secret::{Secret, SettingValue};
-pub use validate::valid_key_name;
+pub use secret::{Secret, SecretError, SettingValue};
+pub use split::{ReloadableConfig, StartupConfig};
 
 use crate::plugins;
 use crate::runtime::{EngineSettings, PluginSource, PluginSpec, RuntimeSettings, World};
 use error::{Errors, SpanIndex};
 use serde::Deserialize;
+use split::{ResilienceTable, ServerTable};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The quickstart configuration, embedded so the binary runs without a file.
 pub const QUICKSTART_TOML: &str = include_str!("../../../examples/quickstart.toml");
 
-/// The whole configuration, validated, with secrets resolved.
+/// The whole configuration, validated, with secrets resolved, split by when
+/// each setting takes effect (see [`StartupConfig`] and [`ReloadableConfig`]).
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `[server]`.
-    pub server: ServerConfig,
-    /// `[admin]`.
-    pub admin: AdminConfig,
-    /// `[store]`.
-    pub store: StoreConfig,
-    /// `[runtime]`.
-    pub runtime: RuntimeConfig,
-    /// `[upstreams.<name>]`, by name.
-    pub upstreams: BTreeMap<String, UpstreamConfig>,
-    /// `[plugins.<slot>]`, by slot name.
-    pub plugins: BTreeMap<String, PluginConfig>,
-    /// `[pipeline]`.
-    pub pipeline: PipelineConfig,
-    /// `[cache]`.
-    pub cache: CacheConfig,
-    /// `[auth]`.
-    pub auth: AuthConfig,
-    /// `[rate_limits]`.
-    pub rate_limits: RateLimitsConfig,
-    /// `[resilience]`.
-    pub resilience: ResilienceConfig,
-    /// `[telemetry]`.
-    pub telemetry: TelemetryConfig,
+    /// Read once when the gateway starts; a change needs a restart.
+    pub startup: StartupConfig,
+    /// Applied by `POST /admin/reload`.
+    pub reloadable: ReloadableConfig,
     /// Directory relative paths resolve against (the file's directory).
     pub base_dir: PathBuf,
     /// Where the text came from, for errors raised after parsing.
@@ -69,11 +53,12 @@ pub struct Config {
     spans: SpanIndex,
 }
 
-/// The document as serde sees it; [`Config`] adds where it came from.
+/// The document as serde sees it: the file's tables as written. [`Config`]
+/// splits them and adds where they came from.
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Document {
-    server: ServerConfig,
+    server: ServerTable,
     admin: AdminConfig,
     store: StoreConfig,
     runtime: RuntimeConfig,
@@ -83,8 +68,51 @@ struct Document {
     cache: CacheConfig,
     auth: AuthConfig,
     rate_limits: RateLimitsConfig,
-    resilience: ResilienceConfig,
+    resilience: ResilienceTable,
     telemetry: TelemetryConfig,
+}
+
+impl Document {
+    /// The tables, each given to the part that says when it takes effect.
+    fn split(self) -> (StartupConfig, ReloadableConfig) {
+        // Exhaustive on purpose: a new table must be given a side here.
+        let Document {
+            server,
+            admin,
+            store,
+            runtime,
+            upstreams,
+            plugins,
+            pipeline,
+            cache,
+            auth,
+            rate_limits,
+            resilience,
+            telemetry,
+        } = self;
+        let (listener, request_limits) = server.split();
+        let (resilience, bulkhead) = resilience.split();
+        (
+            StartupConfig {
+                server: listener,
+                store,
+                runtime,
+                cache,
+                auth,
+                rate_limits,
+                resilience: bulkhead,
+                telemetry,
+            },
+            ReloadableConfig {
+                server: request_limits,
+                admin,
+                upstreams,
+                plugins,
+                pipeline,
+                resilience,
+            },
+        )
+    }
 }
 
 impl Config {
@@ -146,19 +174,10 @@ impl Config {
             SpanIndex::parse(text).map_err(|e| vec![error::from_toml(origin, None, text, &e)])?;
         let doc: Document = toml::from_str(text)
             .map_err(|e| vec![error::from_toml(origin, Some(&spans), text, &e)])?;
+        let (startup, reloadable) = doc.split();
         let mut config = Config {
-            server: doc.server,
-            admin: doc.admin,
-            store: doc.store,
-            runtime: doc.runtime,
-            upstreams: doc.upstreams,
-            plugins: doc.plugins,
-            pipeline: doc.pipeline,
-            cache: doc.cache,
-            auth: doc.auth,
-            rate_limits: doc.rate_limits,
-            resilience: doc.resilience,
-            telemetry: doc.telemetry,
+            startup,
+            reloadable,
             base_dir: base_dir.to_path_buf(),
             origin: origin.to_string(),
             file: None,
@@ -191,7 +210,8 @@ impl Config {
     /// One load spec per plugin slot: builtins resolved, limits merged over
     /// the world's defaults, settings and capability paths resolved.
     pub fn plugin_specs(&self) -> Result<Vec<PluginSpec>, ConfigError> {
-        self.plugins
+        self.reloadable
+            .plugins
             .iter()
             .map(|(slot, p)| {
                 let key = |field: &str| format!("plugins.{slot}.{field}");
@@ -239,15 +259,16 @@ impl Config {
     /// Settings of the plugin runtime; the compiled-plugin cache defaults to
     /// `<store>/plugin-cache`.
     pub fn runtime_settings(&self) -> RuntimeSettings {
-        let cache_dir = match &self.runtime.cache_dir {
+        let runtime = &self.startup.runtime;
+        let cache_dir = match &runtime.cache_dir {
             Some(dir) => self.base_dir.join(dir),
             None => self.store_path().join(DEFAULT_CACHE_SUBDIR),
         };
         RuntimeSettings {
             engine: EngineSettings {
-                allocator: self.runtime.allocator,
-                pool_instances: self.runtime.pool_instances,
-                epoch_tick_ms: self.runtime.epoch_tick_ms,
+                allocator: runtime.allocator,
+                pool_instances: runtime.pool_instances,
+                epoch_tick_ms: runtime.epoch_tick_ms,
             },
             cache_dir: Some(cache_dir),
         }
@@ -255,12 +276,13 @@ impl Config {
 
     /// The sled directory, resolved against the config's directory.
     pub fn store_path(&self) -> PathBuf {
-        self.base_dir.join(&self.store.path)
+        self.base_dir.join(&self.startup.store.path)
     }
 
     /// Slots of world `agent`, addressable as `agent:<slot>`.
     pub fn agents(&self) -> impl Iterator<Item = &str> {
-        self.plugins
+        self.reloadable
+            .plugins
             .iter()
             .filter(|(_, p)| p.world == Some(World::Agent))
             .map(|(slot, _)| slot.as_str())

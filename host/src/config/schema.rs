@@ -1,17 +1,30 @@
 //! The configuration schema: these structs are what the TOML file may say.
 //!
 //! Every table rejects unknown keys, so a typo is an error rather than a
-//! silently ignored setting. All defaults are the constants at the top.
+//! silently ignored setting. Defaults are the constants at the top; where
+//! another module owns the concept (agent depth, upstream timeout, the
+//! plugin engine, breakers, retry budgets) the default is that module's and
+//! the schema refers to it.
+//!
+//! `[server]` and `[resilience]` each hold settings of both kinds (applied
+//! at start, applied on reload), so each is two structs here; see
+//! [`super::split`] for how the file's tables are divided.
 
 use super::secret::{Secret, SettingValue};
+pub use crate::auth::{AuthConfig, DEFAULT_ROTATION_GRACE_S, KeyConfig};
+pub use crate::cache::{
+    CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
+};
 pub use crate::pipeline::FailurePolicy;
-use crate::runtime::{AllocatorChoice, Capabilities, PluginLimits, World};
+pub use crate::ratelimit::{LimitConfig, RateLimitsConfig};
+use crate::runtime::{AllocatorChoice, Capabilities, EngineSettings, PluginLimits, World};
+pub use crate::telemetry::config::{DEFAULT_SAMPLE_RATE, DEFAULT_SERVICE_NAME, TelemetryConfig};
 pub use crate::upstream::sim::SimSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Default `server.listen`: loopback, so a fresh install is not exposed.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -22,21 +35,19 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Default `server.shutdown_grace_ms`.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
-/// Default `server.max_agent_depth`.
-pub const DEFAULT_MAX_AGENT_DEPTH: u32 = 4;
+/// Default `server.max_agent_depth`: the domain's bound on nested agent calls.
+pub const DEFAULT_MAX_AGENT_DEPTH: u32 = crate::domain::DEFAULT_MAX_DEPTH;
 /// Default `store.path`.
 pub const DEFAULT_STORE_PATH: &str = "data";
 /// Directory under the store holding compiled plugins when
 /// `runtime.cache_dir` is not set.
 pub const DEFAULT_CACHE_SUBDIR: &str = "plugin-cache";
-/// Default `runtime.pool_instances`.
-pub const DEFAULT_POOL_INSTANCES: u32 = 256;
-/// Default `runtime.epoch_tick_ms`.
-pub const DEFAULT_EPOCH_TICK_MS: u64 = 1;
 /// Default `upstreams.<name>.weight`.
 pub const DEFAULT_WEIGHT: u32 = 1;
-/// Default `upstreams.<name>.timeout_ms`.
-pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// Default `upstreams.<name>.timeout_ms`: the upstream module's bound on
+/// one call.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 =
+    crate::resilience::DEFAULT_UPSTREAM_TIMEOUT.as_millis() as u64;
 /// Default `server.max_messages`.
 pub const DEFAULT_MAX_MESSAGES: u32 = 1024;
 /// Default `server.max_message_chars`.
@@ -51,40 +62,42 @@ pub const MIN_MAX_HEADER_BYTES: u64 = 8192;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default `server.body_read_timeout_ms`.
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
-/// Default `cache.ttl_s`.
-pub const DEFAULT_CACHE_TTL_S: u64 = 3600;
-/// Default `cache.l1_max_mb`.
-pub const DEFAULT_CACHE_L1_MAX_MB: u64 = 64;
-/// Default `auth.rotation_grace_s`.
-pub const DEFAULT_ROTATION_GRACE_S: u64 = 3600;
 /// Default `resilience.max_attempts`.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = crate::pipeline::DEFAULT_MAX_ATTEMPTS;
 /// Default `resilience.max_delay_ms`.
-pub const DEFAULT_MAX_DELAY_MS: u64 = 10_000;
+pub const DEFAULT_MAX_DELAY_MS: u64 = crate::pipeline::DEFAULT_MAX_DELAY.as_millis() as u64;
 /// Default `server.drain_delay_ms`: stop accepting at once.
 pub const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
-/// Default `telemetry.sample_rate`: every trace, once an endpoint is set.
-pub const DEFAULT_SAMPLE_RATE: f64 = 1.0;
-/// Default `telemetry.service_name`.
-pub const DEFAULT_SERVICE_NAME: &str = "agentrouter";
-/// `[server]`: the HTTP listener.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
+
+/// Serialises a path for comparison, lossily: a non-UTF-8 path must not make
+/// the comparison fail.
+fn lossy_path<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+fn lossy_opt_path<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => lossy_path(path, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Serialises a value of a type from another module by its `Debug` form,
+/// for comparison only.
+fn as_debug<T: fmt::Debug, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{value:?}"))
+}
+
+/// The startup part of `[server]`: the listener and connection handling,
+/// built once when the server starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerConfig {
     /// Address and port to listen on.
     pub listen: SocketAddr,
-    /// Largest request body accepted.
+    /// Largest request body accepted (part of the router).
     pub max_body_bytes: u64,
-    /// Total deadline of one request, agents included.
-    pub request_timeout_ms: u64,
     /// How long in-flight requests may drain on SIGTERM/Ctrl-C.
     pub shutdown_grace_ms: u64,
-    /// Deepest chain of agent-to-agent calls.
-    pub max_agent_depth: u32,
-    /// Most messages one request may carry.
-    pub max_messages: u32,
-    /// Longest content of one message, in characters.
-    pub max_message_chars: u64,
     /// Most request headers (HTTP/1; more is answered 431).
     pub max_headers: u32,
     /// Largest request head (start line + headers), in bytes.
@@ -92,29 +105,49 @@ pub struct ServerConfig {
     /// Time a client has to send a request's headers (slow clients are cut
     /// off); also how long an idle keep-alive connection stays open.
     pub header_read_timeout_ms: u64,
-    /// Time a client has to send a request's body once its headers arrived.
-    pub body_read_timeout_ms: u64,
     /// After SIGTERM/Ctrl-C, how long the server keeps accepting requests
     /// while readiness reports 503, so load balancers take the replica out
     /// before its listener closes.
     pub drain_delay_ms: u64,
 }
 
-impl Default for ServerConfig {
+impl Default for ListenerConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
-            max_agent_depth: DEFAULT_MAX_AGENT_DEPTH,
-            max_messages: DEFAULT_MAX_MESSAGES,
-            max_message_chars: DEFAULT_MAX_MESSAGE_CHARS,
             max_headers: DEFAULT_MAX_HEADERS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
-            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
+        }
+    }
+}
+
+/// The reloadable part of `[server]`: limits checked per request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLimitsConfig {
+    /// Total deadline of one request, agents included.
+    pub request_timeout_ms: u64,
+    /// Deepest chain of agent-to-agent calls.
+    pub max_agent_depth: u32,
+    /// Most messages one request may carry.
+    pub max_messages: u32,
+    /// Longest content of one message, in characters.
+    pub max_message_chars: u64,
+    /// Time a client has to send a request's body once its headers arrived.
+    pub body_read_timeout_ms: u64,
+}
+
+impl Default for RequestLimitsConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            max_agent_depth: DEFAULT_MAX_AGENT_DEPTH,
+            max_messages: DEFAULT_MAX_MESSAGES,
+            max_message_chars: DEFAULT_MAX_MESSAGE_CHARS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
         }
     }
 }
@@ -129,10 +162,11 @@ pub struct AdminConfig {
 }
 
 /// `[store]`: persistent state.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// sled directory, as written (see [`super::Config::store_path`]).
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
 }
 
@@ -145,12 +179,14 @@ impl Default for StoreConfig {
 }
 
 /// `[runtime]`: the plugin engine.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Compiled-plugin cache, as written; `None` means `<store>/plugin-cache`.
+    #[serde(serialize_with = "lossy_opt_path")]
     pub cache_dir: Option<PathBuf>,
     /// Instance allocation strategy.
+    #[serde(serialize_with = "as_debug")]
     pub allocator: AllocatorChoice,
     /// Concurrent plugin instances the pool holds.
     pub pool_instances: u32,
@@ -159,12 +195,18 @@ pub struct RuntimeConfig {
 }
 
 impl Default for RuntimeConfig {
+    /// The engine's own defaults (`runtime::EngineSettings`).
     fn default() -> Self {
+        let EngineSettings {
+            allocator,
+            pool_instances,
+            epoch_tick_ms,
+        } = EngineSettings::default();
         Self {
             cache_dir: None,
-            allocator: AllocatorChoice::Auto,
-            pool_instances: DEFAULT_POOL_INSTANCES,
-            epoch_tick_ms: DEFAULT_EPOCH_TICK_MS,
+            allocator,
+            pool_instances,
+            epoch_tick_ms,
         }
     }
 }
@@ -250,11 +292,13 @@ pub struct BreakerConfig {
 }
 
 impl Default for BreakerConfig {
+    /// The breaker's own defaults (`resilience::BreakerSettings`).
     fn default() -> Self {
+        let d = crate::resilience::BreakerSettings::default();
         Self {
-            failure_threshold: 5,
-            recovery_timeout_s: 30,
-            half_open_probes: 1,
+            failure_threshold: d.failure_threshold,
+            recovery_timeout_s: d.recovery_timeout.as_secs(),
+            half_open_probes: d.half_open_probes,
         }
     }
 }
@@ -370,18 +414,15 @@ impl LimitsConfig {
     }
 }
 
-/// `[resilience]`: the host's bounds on retries, fallbacks and load.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The reloadable part of `[resilience]`: the host's bounds on retries,
+/// fallbacks and alerts of the completion path.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResilienceConfig {
     /// Upstream attempts per completion: retries, refinements and
     /// fallbacks together. The recovery plugin cannot exceed it.
     pub max_attempts: u32,
     /// Cap on a retry's backoff (not on an upstream's `Retry-After`).
     pub max_delay_ms: u64,
-    /// Global bulkhead: most requests in flight in this replica; beyond it
-    /// clients get 503 with `Retry-After` at once. Unbounded when absent.
-    pub max_concurrent_requests: Option<u32>,
     /// URL that receives a JSON POST for every alert (`${env:...}` allowed).
     pub alert_webhook: Option<Secret>,
     /// Retry budget, per upstream.
@@ -396,12 +437,20 @@ impl Default for ResilienceConfig {
         Self {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_delay_ms: DEFAULT_MAX_DELAY_MS,
-            max_concurrent_requests: None,
             alert_webhook: None,
             retry_budget: RetryBudgetConfig::default(),
             fallbacks: BTreeMap::new(),
         }
     }
+}
+
+/// The startup part of `[resilience]`: the global bulkhead, which wraps the
+/// router when the server starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BulkheadConfig {
+    /// Most requests in flight in this replica; beyond it clients get 503
+    /// with `Retry-After` at once. Unbounded when absent.
+    pub max_concurrent_requests: Option<u32>,
 }
 
 /// `[resilience.retry_budget]`: retries as a share of recent traffic.
@@ -450,164 +499,4 @@ pub struct PipelineConfig {
     pub router: Option<String>,
     /// Recovery slot deciding what to do after a failure.
     pub recovery: Option<String>,
-}
-
-/// Which requests the response cache may answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CachePolicy {
-    /// Requests with `temperature = 0`, or `metadata.cache = "true"`.
-    #[default]
-    Deterministic,
-    /// Only requests with `metadata.cache = "true"`.
-    OptIn,
-}
-
-/// Who shares cached answers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CacheScope {
-    /// Every client: an answer cached for one key serves identical requests
-    /// of every other key.
-    #[default]
-    Global,
-    /// Each API key has its own entries.
-    PerKey,
-}
-
-/// `[cache]`: the response cache (L1 memory, L2 sled, L3 reserved).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    /// Whether model completions are cached at all.
-    pub enabled: bool,
-    /// Lifetime of a cached answer, seconds.
-    pub ttl_s: u64,
-    /// Bound of the in-memory tier, MiB.
-    pub l1_max_mb: u64,
-    /// Whether the sled tier (survives restarts) is used.
-    pub l2: bool,
-    /// Which requests are cacheable.
-    pub policy: CachePolicy,
-    /// Who shares entries.
-    pub scope: CacheScope,
-    /// Reserved for the shared Redis tier (L3); refused until it exists.
-    pub redis_url: Option<Secret>,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ttl_s: DEFAULT_CACHE_TTL_S,
-            l1_max_mb: DEFAULT_CACHE_L1_MAX_MB,
-            l2: true,
-            policy: CachePolicy::default(),
-            scope: CacheScope::default(),
-            redis_url: None,
-        }
-    }
-}
-
-/// `[auth]`: API keys.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Whether `/v1/*` requires an API key.
-    pub enabled: bool,
-    /// Also accept the key in an `x-api-key` header (besides `Authorization: Bearer`).
-    pub accept_x_api_key: bool,
-    /// Default grace period of `agentrouter keys rotate`, seconds.
-    pub rotation_grace_s: u64,
-    /// Keys declared in the file.
-    pub keys: Vec<KeyConfig>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            accept_x_api_key: true,
-            rotation_grace_s: DEFAULT_ROTATION_GRACE_S,
-            keys: Vec::new(),
-        }
-    }
-}
-
-/// `[[auth.keys]]`: one API key declared in the config.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyConfig {
-    /// Key name: the client identity in logs, metrics and limits.
-    pub name: String,
-    /// The secret clients present (resolved; use `${env:...}`).
-    pub secret: Secret,
-    /// Models the key may use; absent means every model.
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-    /// Agents the key may use; absent means every agent.
-    #[serde(default)]
-    pub agents: Option<Vec<String>>,
-    /// Sustained requests per second.
-    #[serde(default)]
-    pub requests_per_s: Option<f64>,
-    /// Requests allowed at once above the sustained rate.
-    #[serde(default)]
-    pub burst: Option<u32>,
-    /// Tokens (prompt + completion) per minute.
-    #[serde(default)]
-    pub tokens_per_min: Option<u64>,
-    /// Spend allowed per UTC day, USD.
-    #[serde(default)]
-    pub daily_budget_usd: Option<f64>,
-}
-
-/// A request and token limit (`[rate_limits]` defaults, or one model's).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitConfig {
-    /// Sustained requests per second.
-    pub requests_per_s: Option<f64>,
-    /// Requests allowed at once above the sustained rate.
-    pub burst: Option<u32>,
-    /// Tokens (prompt + completion) per minute.
-    pub tokens_per_min: Option<u64>,
-}
-
-/// `[rate_limits]`: defaults per client, and limits per model.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitsConfig {
-    /// Sustained requests per second of a client without its own limit.
-    pub requests_per_s: Option<f64>,
-    /// Burst of a client without its own limit.
-    pub burst: Option<u32>,
-    /// Tokens per minute of a client without its own limit.
-    pub tokens_per_min: Option<u64>,
-    /// Limits per model, shared by every client.
-    pub models: BTreeMap<String, LimitConfig>,
-}
-/// `[telemetry]`: trace export. Metrics (`/metrics`) and logs need no
-/// configuration; traces leave the process only when `otlp_endpoint` is set.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// OTLP/HTTP collector, e.g. `http://otel-collector:4318`; spans are
-    /// posted to `{otlp_endpoint}/v1/traces`. `None`: no trace export.
-    pub otlp_endpoint: Option<String>,
-    /// Fraction of new traces kept, in `[0, 1]`; a request carrying a W3C
-    /// `traceparent` follows its caller's sampling decision.
-    pub sample_rate: f64,
-    /// `service.name` of exported spans.
-    pub service_name: String,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            otlp_endpoint: None,
-            sample_rate: DEFAULT_SAMPLE_RATE,
-            service_name: DEFAULT_SERVICE_NAME.to_string(),
-        }
-    }
 }

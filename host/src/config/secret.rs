@@ -8,30 +8,9 @@
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// A value that must never be printed: API keys, resolved secret references.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value itself, for the one place that needs it (a request header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A plugin setting: plain text, or a resolved secret reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,13 +72,37 @@ impl<'de> Deserialize<'de> for SettingValue {
 /// the process environment.
 pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// Why a secret reference could not be resolved; the message is what the
+/// config error at the key says.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// `${env:}`.
+    #[error("`${{env:}}` names no variable")]
+    NoVariable,
+    /// The variable is not set.
+    #[error("environment variable `{0}` is not set")]
+    Unset(String),
+    /// The file cannot be read.
+    #[error("cannot read secret file {}: {source}", path.display())]
+    Unreadable {
+        /// The file, resolved against the config's directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `${...}` with a scheme other than `env` or `file`; only the scheme is
+    /// kept, since the rest could be a mistyped secret.
+    #[error("unknown secret reference scheme `{0}`: use `${{env:VAR}}` or `${{file:PATH}}`")]
+    UnknownScheme(String),
+}
+
 /// Resolves `value` if it is a secret reference: `Ok(None)` when it is plain
-/// text, `Err(reason)` when the reference is malformed or cannot be resolved.
+/// text, an error when the reference is malformed or cannot be resolved.
 pub(crate) fn resolve(
     value: &str,
     base_dir: &Path,
     env: EnvLookup<'_>,
-) -> Result<Option<Secret>, String> {
+) -> Result<Option<Secret>, SecretError> {
     let Some(inner) = value
         .strip_prefix("${")
         .and_then(|rest| rest.strip_suffix('}'))
@@ -108,27 +111,24 @@ pub(crate) fn resolve(
     };
     if let Some(var) = inner.strip_prefix("env:") {
         if var.is_empty() {
-            return Err("`${env:}` names no variable".into());
+            return Err(SecretError::NoVariable);
         }
         return env(var)
-            .map(|v| Some(Secret(v)))
-            .ok_or_else(|| format!("environment variable `{var}` is not set"));
+            .map(|v| Some(Secret::new(v)))
+            .ok_or_else(|| SecretError::Unset(var.to_string()));
     }
     if let Some(file) = inner.strip_prefix("file:") {
         let path = base_dir.join(file);
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+            .map_err(|source| SecretError::Unreadable { path, source })?;
         let trimmed = text.strip_suffix('\n').unwrap_or(&text);
         let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-        return Ok(Some(Secret(trimmed.to_string())));
+        return Ok(Some(Secret::new(trimmed)));
     }
     // Looks like a reference but is not one we know: a typo such as
     // `${ENV:KEY}` must not silently become the literal setting.
-    // The scheme alone is echoed: the rest could be a mistyped secret.
     let scheme = inner.split(':').next().unwrap_or_default();
-    Err(format!(
-        "unknown secret reference scheme `{scheme}`: use `${{env:VAR}}` or `${{file:PATH}}`"
-    ))
+    Err(SecretError::UnknownScheme(scheme.to_string()))
 }
 
 /// The process environment, for real loads.

@@ -54,10 +54,10 @@ fn quickstart_yields_seven_plugin_specs_with_their_worlds() {
     let manager = specs.iter().find(|s| s.name == "manager").unwrap();
     assert_eq!(manager.settings["workers"], "researcher,writer");
     assert_eq!(manager.limits, PluginLimits::agent_defaults());
-    let x1 = &config.upstreams["usf-mini-x1"];
+    let x1 = &config.reloadable.upstreams["usf-mini-x1"];
     assert_eq!(x1.tags, ["reasoning"]);
     assert_eq!(x1.simulator.as_ref().unwrap().latency_ms, 60);
-    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.startup.server.listen.to_string(), "127.0.0.1:8080");
     let settings = config.runtime_settings();
     assert_eq!(
         settings.cache_dir,
@@ -159,7 +159,10 @@ const OPENAI: &str = "[upstreams.openai]\nkind = \"openai\"\nmodel = \"gpt-4o-mi
 #[test]
 fn env_reference_is_resolved_and_a_missing_one_names_the_key() {
     let config = parse(&format!("{OPENAI}api_key = \"${{env:AR_TEST_KEY}}\"\n")).unwrap();
-    let key = config.upstreams["openai"].api_key.as_ref().unwrap();
+    let key = config.reloadable.upstreams["openai"]
+        .api_key
+        .as_ref()
+        .unwrap();
     assert_eq!(key.expose(), "sk-live-123");
 
     let e = only_error(&format!("{OPENAI}api_key = \"${{env:AR_UNSET}}\"\n"));
@@ -178,7 +181,10 @@ fn file_reference_resolves_against_the_base_dir() {
          [plugins.w.settings]\ntoken = \"${{file:secrets/token}}\"\n"
     );
     let config = parse_in(&text, dir.path()).unwrap();
-    assert_eq!(config.plugins["w"].settings["token"].expose(), "s3cret");
+    assert_eq!(
+        config.reloadable.plugins["w"].settings["token"].expose(),
+        "s3cret"
+    );
     let spec = &config.plugin_specs().unwrap()[0];
     assert_eq!(spec.settings["token"], "s3cret");
 
@@ -381,9 +387,12 @@ fn resilience_defaults_and_fallback_chains() {
          [resilience.fallbacks]\nm = [\"mini\"]\n"
     ))
     .unwrap();
-    assert_eq!(c.resilience.max_attempts, DEFAULT_MAX_ATTEMPTS);
-    assert_eq!(c.resilience.retry_budget.settings().ratio, 0.2);
-    assert_eq!(c.resilience.fallbacks["m"], vec!["mini".to_string()]);
+    assert_eq!(c.reloadable.resilience.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(c.reloadable.resilience.retry_budget.settings().ratio, 0.2);
+    assert_eq!(
+        c.reloadable.resilience.fallbacks["m"],
+        vec!["mini".to_string()]
+    );
 }
 
 #[test]
@@ -429,15 +438,23 @@ fn simulator_scripts_are_checked() {
         "{UPSTREAM}[upstreams.a.simulator]\nscript = [\"hang\", \"429\", \"malformed\", \"context\", \"ok\"]\n"
     ))
     .unwrap();
-    assert_eq!(c.upstreams["a"].simulator.as_ref().unwrap().script.len(), 5);
+    assert_eq!(
+        c.reloadable.upstreams["a"]
+            .simulator
+            .as_ref()
+            .unwrap()
+            .script
+            .len(),
+        5
+    );
 }
 
 #[test]
 fn telemetry_defaults_export_nothing() {
     let config = parse(UPSTREAM).unwrap();
-    assert_eq!(config.telemetry.otlp_endpoint, None);
-    assert_eq!(config.telemetry.sample_rate, 1.0);
-    assert_eq!(config.telemetry.service_name, "agentrouter");
+    assert_eq!(config.startup.telemetry.otlp_endpoint, None);
+    assert_eq!(config.startup.telemetry.sample_rate, 1.0);
+    assert_eq!(config.startup.telemetry.service_name, "agentrouter");
 }
 
 #[test]
@@ -457,7 +474,7 @@ fn telemetry_endpoint_and_sample_rate_are_checked_with_key_and_line() {
         "{UPSTREAM}[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_rate = 0.1\n"
     ))
     .unwrap();
-    assert_eq!(ok.telemetry.sample_rate, 0.1);
+    assert_eq!(ok.startup.telemetry.sample_rate, 0.1);
 }
 
 #[test]
@@ -466,10 +483,10 @@ fn admin_token_is_a_secret_that_must_resolve_and_be_long_enough() {
         "[admin]\ntoken = \"0123456789abcdef\"\n{UPSTREAM}"
     ))
     .unwrap();
-    let token = config.admin.token.as_ref().unwrap();
+    let token = config.reloadable.admin.token.as_ref().unwrap();
     assert_eq!(token.expose(), "0123456789abcdef");
     assert!(!format!("{config:?}").contains("0123456789abcdef"));
-    assert!(parse(UPSTREAM).unwrap().admin.token.is_none());
+    assert!(parse(UPSTREAM).unwrap().reloadable.admin.token.is_none());
 
     let short = only_error(&format!("[admin]\ntoken = \"short\"\n{UPSTREAM}"));
     assert_eq!((short.key.as_str(), short.line), ("admin.token", Some(2)));
@@ -478,4 +495,98 @@ fn admin_token_is_a_secret_that_must_resolve_and_be_long_enough() {
     let missing = only_error(&format!("[admin]\ntoken = \"${{env:NOPE}}\"\n{UPSTREAM}"));
     assert_eq!(missing.key, "admin.token");
     assert!(missing.message.contains("`NOPE` is not set"), "{missing}");
+}
+
+#[test]
+fn server_and_resilience_keys_land_in_the_part_that_says_when_they_apply() {
+    let c = parse(&format!(
+        "[server]\nlisten = \"127.0.0.1:9000\"\nrequest_timeout_ms = 5000\n\
+         max_body_bytes = 2048\nbody_read_timeout_ms = 7\n\
+         [resilience]\nmax_concurrent_requests = 3\nmax_attempts = 2\n{UPSTREAM}"
+    ))
+    .unwrap();
+    assert_eq!(c.startup.server.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(c.startup.server.max_body_bytes, 2048);
+    assert_eq!(c.startup.resilience.max_concurrent_requests, Some(3));
+    assert_eq!(c.reloadable.server.request_timeout_ms, 5000);
+    assert_eq!(c.reloadable.server.body_read_timeout_ms, 7);
+    assert_eq!(c.reloadable.resilience.max_attempts, 2);
+    // Unset keys take their defaults, in both parts.
+    assert_eq!(c.startup.server.max_headers, DEFAULT_MAX_HEADERS);
+    assert_eq!(c.reloadable.server.max_agent_depth, DEFAULT_MAX_AGENT_DEPTH);
+    assert_eq!(c.reloadable.resilience.max_delay_ms, DEFAULT_MAX_DELAY_MS);
+    // The flat tables still refuse unknown keys, at their line.
+    let e = only_error(&format!("{UPSTREAM}[resilience]\nmax_retries = 3\n"));
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("unknown field `max_retries`"), "{e}");
+}
+
+#[test]
+fn defaults_of_other_modules_are_theirs() {
+    let c = parse(UPSTREAM).unwrap();
+    let engine = crate::runtime::EngineSettings::default();
+    assert_eq!(c.startup.runtime.pool_instances, engine.pool_instances);
+    assert_eq!(c.startup.runtime.epoch_tick_ms, engine.epoch_tick_ms);
+    assert_eq!(
+        c.reloadable.server.max_agent_depth,
+        crate::domain::DEFAULT_MAX_DEPTH
+    );
+    let up = &c.reloadable.upstreams["a"];
+    assert_eq!(
+        std::time::Duration::from_millis(up.timeout_ms),
+        crate::resilience::DEFAULT_UPSTREAM_TIMEOUT
+    );
+    assert_eq!(
+        up.breaker.settings(),
+        crate::resilience::BreakerSettings::default()
+    );
+}
+
+#[test]
+fn needs_restart_names_each_changed_startup_key_and_no_reloadable_one() {
+    let keys = "[[auth.keys]]\nname = \"a\"\nsecret = \"0123456789abcdef-one\"\n\
+                [[auth.keys]]\nname = \"b\"\nsecret = \"0123456789abcdef-two\"\n";
+    let running = parse(&format!("{UPSTREAM}{keys}")).unwrap();
+    let same = parse(&format!("{UPSTREAM}{keys}")).unwrap();
+    assert_eq!(
+        running.startup.needs_restart(&same.startup),
+        Vec::<String>::new()
+    );
+
+    let file = parse(&format!(
+        "[server]\nlisten = \"127.0.0.1:9999\"\nrequest_timeout_ms = 5\n\
+         [cache]\nttl_s = 5\n\
+         [resilience]\nmax_concurrent_requests = 3\nmax_attempts = 2\n\
+         [rate_limits.models.m]\nrequests_per_s = 1.0\n\
+         {UPSTREAM}weight = 3\n{}",
+        keys.replace("abcdef-two", "abcdef-2nd")
+    ))
+    .unwrap();
+    assert_eq!(
+        running.startup.needs_restart(&file.startup),
+        [
+            "auth.keys[1].secret",
+            "cache.ttl_s",
+            "rate_limits.models.m",
+            "resilience.max_concurrent_requests",
+            "server.listen",
+        ]
+    );
+    // A key added to a list is named by the list.
+    let more = parse(&format!(
+        "{UPSTREAM}{keys}[[auth.keys]]\nname = \"c\"\nsecret = \"0123456789abcdef-3rd\"\n"
+    ))
+    .unwrap();
+    assert_eq!(running.startup.needs_restart(&more.startup), ["auth.keys"]);
+}
+
+#[test]
+fn startup_settings_serialise_secrets_as_fingerprints_only() {
+    let c = parse(&format!(
+        "{UPSTREAM}[[auth.keys]]\nname = \"a\"\nsecret = \"0123456789abcdef-one\"\n"
+    ))
+    .unwrap();
+    let text = serde_json::to_string(&c.startup).unwrap();
+    assert!(!text.contains("0123456789abcdef-one"), "{text}");
+    assert!(text.contains("secret:"), "{text}");
 }

@@ -9,6 +9,7 @@ use super::Config;
 use super::error::Errors;
 use super::schema::{LimitConfig, MIN_MAX_HEADER_BYTES, SimSettings, SourceRef, UpstreamKind};
 use super::secret::{self, EnvLookup, SettingValue};
+use crate::auth::valid_key_name;
 use crate::plugins;
 use crate::runtime::{PluginError, World};
 
@@ -27,7 +28,7 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
 }
 
 fn telemetry(config: &Config, errors: &mut Errors<'_>) {
-    let t = &config.telemetry;
+    let t = &config.startup.telemetry;
     if let Some(endpoint) = &t.otlp_endpoint {
         let rest = endpoint
             .strip_prefix("http://")
@@ -66,25 +67,25 @@ fn telemetry(config: &Config, errors: &mut Errors<'_>) {
 }
 
 fn server(config: &Config, errors: &mut Errors<'_>) {
-    let s = &config.server;
+    let (s, r) = (&config.startup.server, &config.reloadable.server);
     if s.max_body_bytes == 0 {
         errors.push("server.max_body_bytes", "must be positive");
     }
-    if s.request_timeout_ms == 0 {
+    if r.request_timeout_ms == 0 {
         errors.push("server.request_timeout_ms", "must be positive");
     }
-    if s.max_agent_depth == 0 {
+    if r.max_agent_depth == 0 {
         errors.push(
             "server.max_agent_depth",
             "must be at least 1 (the agent a request addresses counts)",
         );
     }
     for (field, value) in [
-        ("max_messages", u64::from(s.max_messages)),
-        ("max_message_chars", s.max_message_chars),
+        ("max_messages", u64::from(r.max_messages)),
+        ("max_message_chars", r.max_message_chars),
         ("max_headers", u64::from(s.max_headers)),
         ("header_read_timeout_ms", s.header_read_timeout_ms),
-        ("body_read_timeout_ms", s.body_read_timeout_ms),
+        ("body_read_timeout_ms", r.body_read_timeout_ms),
     ] {
         if value == 0 {
             errors.push(format!("server.{field}"), "must be positive");
@@ -99,7 +100,7 @@ fn server(config: &Config, errors: &mut Errors<'_>) {
             ),
         );
     }
-    let r = &config.runtime;
+    let r = &config.startup.runtime;
     if r.pool_instances == 0 {
         errors.push("runtime.pool_instances", "must be positive");
     }
@@ -110,11 +111,11 @@ fn server(config: &Config, errors: &mut Errors<'_>) {
 
 fn admin(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
     let base_dir = config.base_dir.clone();
-    if let Some(token) = &mut config.admin.token {
+    if let Some(token) = &mut config.reloadable.admin.token {
         match secret::resolve(token.expose(), &base_dir, env) {
             Ok(Some(resolved)) => *token = resolved,
             Ok(None) => {}
-            Err(reason) => return errors.push("admin.token", reason),
+            Err(reason) => return errors.push("admin.token", reason.to_string()),
         }
         if token.expose().trim().len() < 16 {
             errors.push(
@@ -126,14 +127,14 @@ fn admin(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
 }
 
 fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
-    if config.upstreams.is_empty() {
+    if config.reloadable.upstreams.is_empty() {
         errors.push(
             "upstreams",
             "at least one upstream is required: add an [upstreams.<name>] table",
         );
     }
     let base_dir = config.base_dir.clone();
-    for (name, u) in &mut config.upstreams {
+    for (name, u) in &mut config.reloadable.upstreams {
         let key = |field: &str| format!("upstreams.{name}.{field}");
         if u.model.trim().is_empty() {
             errors.push(key("model"), "must name the model this upstream serves");
@@ -189,7 +190,11 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                     Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
                         errors.push(key("base_url"), "must start with http:// or https://")
                     }
-                    Some(_) => {}
+                    Some(url) => {
+                        if let Err(e) = reqwest::Url::parse(url) {
+                            errors.push(key("base_url"), format!("is not a valid URL: {e}"));
+                        }
+                    }
                 }
                 if u.simulator.is_some() {
                     errors.push(key("simulator"), "is only allowed for kind = \"simulated\"");
@@ -214,7 +219,7 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
             match secret::resolve(api_key.expose(), &base_dir, env) {
                 Ok(Some(resolved)) => *api_key = resolved,
                 Ok(None) => {}
-                Err(reason) => errors.push(key("api_key"), reason),
+                Err(reason) => errors.push(key("api_key"), reason.to_string()),
             }
         }
     }
@@ -257,7 +262,7 @@ fn simulator(sim: &SimSettings, prefix: &str, errors: &mut Errors<'_>) {
 
 fn plugin_slots(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
     let base_dir = config.base_dir.clone();
-    for (slot, p) in &mut config.plugins {
+    for (slot, p) in &mut config.reloadable.plugins {
         let key = |field: &str| format!("plugins.{slot}.{field}");
         match &mut p.source {
             SourceRef::Builtin(name) => match plugins::get(name) {
@@ -326,14 +331,14 @@ fn plugin_slots(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>
             match secret::resolve(text, &base_dir, env) {
                 Ok(Some(resolved)) => *value = SettingValue::Secret(resolved),
                 Ok(None) => {}
-                Err(reason) => errors.push(key(&format!("settings.{name}")), reason),
+                Err(reason) => errors.push(key(&format!("settings.{name}")), reason.to_string()),
             }
         }
     }
 }
 
 fn pipeline(config: &Config, errors: &mut Errors<'_>) {
-    let p = &config.pipeline;
+    let p = &config.reloadable.pipeline;
     let lists = [
         ("input_validators", &p.input_validators),
         ("output_validators", &p.output_validators),
@@ -351,7 +356,7 @@ fn pipeline(config: &Config, errors: &mut Errors<'_>) {
         refs.push(("pipeline.recovery".into(), slot, World::Recovery));
     }
     for (key, slot, wanted) in refs {
-        match config.plugins.get(slot) {
+        match config.reloadable.plugins.get(slot) {
             None => errors.push(
                 key,
                 format!("no plugin slot `{slot}`: define it as [plugins.{slot}]"),
@@ -377,7 +382,7 @@ fn article(world: World) -> &'static str {
 }
 
 fn cache(config: &Config, errors: &mut Errors<'_>) {
-    let c = &config.cache;
+    let c = &config.startup.cache;
     if c.ttl_s == 0 {
         errors.push(
             "cache.ttl_s",
@@ -395,25 +400,20 @@ fn cache(config: &Config, errors: &mut Errors<'_>) {
     }
 }
 
-/// Whether `name` may name an API key: 1-64 letters, digits, `-`, `_` or
-/// `.` (it appears in logs, metric labels and store keys).
-pub fn valid_key_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 /// Shortest secret accepted for a key declared in the config.
 const MIN_SECRET_CHARS: usize = 16;
 
 fn auth(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
     let base_dir = config.base_dir.clone();
-    let models: Vec<String> = config.upstreams.values().map(|u| u.model.clone()).collect();
+    let models: Vec<String> = config
+        .reloadable
+        .upstreams
+        .values()
+        .map(|u| u.model.clone())
+        .collect();
     let agents: Vec<String> = config.agents().map(str::to_string).collect();
     let mut seen = std::collections::HashSet::new();
-    for (i, k) in config.auth.keys.iter_mut().enumerate() {
+    for (i, k) in config.startup.auth.keys.iter_mut().enumerate() {
         let key = |field: &str| format!("auth.keys[{i}].{field}");
         if !valid_key_name(&k.name) {
             errors.push(
@@ -433,7 +433,7 @@ fn auth(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
             }
             Ok(None) => true,
             Err(reason) => {
-                errors.push(key("secret"), reason);
+                errors.push(key("secret"), reason.to_string());
                 false
             }
         };
@@ -477,7 +477,7 @@ fn auth(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
             );
         }
     }
-    if config.auth.rotation_grace_s > 30 * 86_400 {
+    if config.startup.auth.rotation_grace_s > 30 * 86_400 {
         errors.push("auth.rotation_grace_s", "must be at most 30 days (2592000)");
     }
 }
@@ -506,7 +506,7 @@ fn limit(l: &LimitConfig, prefix: &str, errors: &mut Errors<'_>) {
 }
 
 fn rate_limits(config: &Config, errors: &mut Errors<'_>) {
-    let r = &config.rate_limits;
+    let r = &config.startup.rate_limits;
     limit(
         &LimitConfig {
             requests_per_s: r.requests_per_s,
@@ -518,7 +518,12 @@ fn rate_limits(config: &Config, errors: &mut Errors<'_>) {
     );
     for (model, l) in &r.models {
         let prefix = format!("rate_limits.models.{model}");
-        if !config.upstreams.values().any(|u| &u.model == model) {
+        if !config
+            .reloadable
+            .upstreams
+            .values()
+            .any(|u| &u.model == model)
+        {
             errors.push(
                 prefix.clone(),
                 format!("no upstream serves model `{model}`"),
@@ -529,16 +534,20 @@ fn rate_limits(config: &Config, errors: &mut Errors<'_>) {
 }
 
 fn resilience(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
-    let models: std::collections::BTreeSet<String> =
-        config.upstreams.values().map(|u| u.model.clone()).collect();
-    let r = &mut config.resilience;
+    let models: std::collections::BTreeSet<String> = config
+        .reloadable
+        .upstreams
+        .values()
+        .map(|u| u.model.clone())
+        .collect();
+    let r = &mut config.reloadable.resilience;
     if r.max_attempts == 0 {
         errors.push(
             "resilience.max_attempts",
             "must be at least 1 (the first attempt counts)",
         );
     }
-    if r.max_concurrent_requests == Some(0) {
+    if config.startup.resilience.max_concurrent_requests == Some(0) {
         errors.push("resilience.max_concurrent_requests", "must be at least 1");
     }
     let b = &r.retry_budget;
@@ -579,7 +588,7 @@ fn resilience(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) 
         match secret::resolve(hook.expose(), &config.base_dir, env) {
             Ok(Some(resolved)) => *hook = resolved,
             Ok(None) => {}
-            Err(reason) => errors.push("resilience.alert_webhook", reason),
+            Err(reason) => errors.push("resilience.alert_webhook", reason.to_string()),
         }
         let url = hook.expose().trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {

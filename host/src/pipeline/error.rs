@@ -1,7 +1,29 @@
 //! Errors of the request pipeline; mapped to HTTP once, in `server`.
 
 use crate::domain::{Failure, Stage};
-use crate::runtime::PluginError;
+use crate::runtime::{PluginError, World};
+
+/// Why a pipeline could not be wired from its slots and upstreams (config
+/// validation catches these first; the pipeline re-checks).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WiringError {
+    /// A slot named by the pipeline is of another world.
+    #[error("slot `{slot}` is a {actual}, not a {expected}")]
+    WrongWorld {
+        /// The slot.
+        slot: String,
+        /// Its world.
+        actual: World,
+        /// The world its place in the pipeline needs.
+        expected: World,
+    },
+    /// A slot named by the pipeline does not exist.
+    #[error("slot `{0}` does not exist")]
+    MissingSlot(String),
+    /// Nothing to send completions to.
+    #[error("no upstreams configured")]
+    NoUpstreams,
+}
 
 /// Why a request could not be served.
 #[derive(Debug, thiserror::Error)]

@@ -8,10 +8,11 @@
 //! turns it into `429` with `Retry-After`.
 
 mod bucket;
+mod config;
 
 pub use bucket::TokenBucket;
+pub use config::{LimitConfig, RateLimitsConfig};
 
-use crate::config::{LimitConfig, RateLimitsConfig};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::RateLimitLabels;
 use governor::clock::{Clock, DefaultClock};

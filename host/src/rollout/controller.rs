@@ -9,13 +9,14 @@
 //! 4. otherwise add `step` points; at 100% promote.
 //!
 //! Shadow and A/B rollouts get the same task, which only persists their
-//! counters every `interval_s`. The task holds only weak references: when
-//! the slot is replaced (config reload) or the gateway stops, it ends on
-//! its next tick.
+//! counters every `interval_s`. Each tick takes the control-plane guard, as
+//! every other change to a slot does. The task holds only weak references:
+//! when the slot is replaced (config reload: the slot is retired) or the
+//! gateway stops, it ends on its next tick.
 
 use super::plan::{Mode, Phase, Rollout, RolloutSpec};
 use super::stats::ArmSnapshot;
-use super::{HotPlugin, Rollouts};
+use super::{ControlGuard, HotPlugin, Rollouts};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -70,38 +71,76 @@ pub fn evaluate(
     }
 }
 
-/// Starts the controller of `rollout` in slot `hot`.
-pub(super) fn spawn(manager: Weak<Rollouts>, hot: Weak<HotPlugin>, rollout: Weak<Rollout>) {
-    let Some(interval) = rollout
-        .upgrade()
-        .map(|r| Duration::from_secs_f64(r.spec.interval_s))
-    else {
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(interval).await;
-            let (Some(manager), Some(hot), Some(rollout)) =
-                (manager.upgrade(), hot.upgrade(), rollout.upgrade())
-            else {
-                return;
-            };
-            if !tick(&manager, &hot, &rollout).await {
-                return;
-            }
-        }
-    });
+/// The running controllers, owned by the control plane so a shutdown can
+/// stop them: a controller holds the control plane (and so the store) while
+/// it ticks, and one left running would keep the store locked after the
+/// gateway stopped.
+#[derive(Debug, Default)]
+pub(super) struct Controllers {
+    stopping: tokio::sync::watch::Sender<bool>,
+    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
-/// One evaluation; false once the rollout is over.
+impl Controllers {
+    /// Starts the controller of `rollout` in slot `hot`: a tick every
+    /// `interval_s` until the rollout ends or [`Controllers::stop`] is called.
+    pub(super) fn spawn(
+        &self,
+        manager: Weak<Rollouts>,
+        hot: Weak<HotPlugin>,
+        rollout: Weak<Rollout>,
+    ) {
+        let Some(interval) = rollout
+            .upgrade()
+            .map(|r| Duration::from_secs_f64(r.spec.interval_s))
+        else {
+            return;
+        };
+        let mut stopping = self.stopping.subscribe();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished controllers are reaped here, so the set stays small.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            loop {
+                // A stop is only seen between ticks: a tick in progress
+                // finishes its decision and its store write.
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
+                let (Some(manager), Some(hot), Some(rollout)) =
+                    (manager.upgrade(), hot.upgrade(), rollout.upgrade())
+                else {
+                    return;
+                };
+                if !tick(&manager, &hot, &rollout).await {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops every controller and waits until each has returned.
+    pub(super) async fn stop(&self) {
+        self.stopping.send_replace(true);
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One evaluation; false once the rollout is over. It runs under the
+/// control-plane guard, so a decision is taken on the state it acts on: an
+/// operator's promote, a swap or a reload either happened before it (and it
+/// sees that) or waits for it.
 async fn tick(manager: &Rollouts, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) -> bool {
-    if !hot.is_current(rollout) || rollout.phase() != Phase::Active {
+    let guard = manager.lock().await;
+    if hot.is_retired() || !hot.is_current(rollout) || rollout.phase() != Phase::Active {
         return false;
     }
     if rollout.spec.mode != Mode::Canary {
         // Shadow and A/B end by the operator's decision; keep their
         // counters persisted so a restart resumes with them.
-        manager.persist_quietly(hot).await;
+        manager.persist_quietly(&guard, hot).await;
         return true;
     }
     let decision = evaluate(
@@ -115,13 +154,11 @@ async fn tick(manager: &Rollouts, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) 
         Decision::Wait => {
             // Counters move on the request path; persist them now and then so
             // a restart resumes with them.
-            manager.persist_quietly(hot).await;
+            manager.persist_quietly(&guard, hot).await;
             true
         }
         Decision::Step(percent) => {
-            rollout.set_percent(percent);
-            rollout.event(format!("healthy: candidate share raised to {percent}%"));
-            manager.persist_quietly(hot).await;
+            manager.step(&guard, hot, rollout, percent).await;
             true
         }
         Decision::Promote => {
@@ -129,14 +166,29 @@ async fn tick(manager: &Rollouts, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) 
                 "healthy at every step up to 100% ({} candidate calls)",
                 rollout.candidate_stats.snapshot().calls
             );
-            let _ = manager.end(hot, rollout, Phase::Promoted, reason).await;
+            end(manager, &guard, hot, rollout, Phase::Promoted, reason);
             false
         }
         Decision::Rollback(reason) => {
             tracing::warn!(plugin = %hot.name(), candidate = %rollout.candidate.identity(), %reason, "canary rolled back automatically");
-            let _ = manager.end(hot, rollout, Phase::RolledBack, reason).await;
+            end(manager, &guard, hot, rollout, Phase::RolledBack, reason);
             false
         }
+    }
+}
+
+/// Ends the rollout, logging what could not be persisted (the controller
+/// has no one to report to; the slot itself has changed either way).
+fn end(
+    manager: &Rollouts,
+    guard: &ControlGuard<'_>,
+    hot: &Arc<HotPlugin>,
+    rollout: &Arc<Rollout>,
+    phase: Phase,
+    reason: String,
+) {
+    if let Err(e) = manager.end(guard, hot, rollout, phase, reason) {
+        tracing::warn!(plugin = %hot.name(), error = %e, "could not persist the end of the rollout");
     }
 }
 

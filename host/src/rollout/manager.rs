@@ -2,11 +2,13 @@
 //!
 //! Every change to a slot goes through here: load (compile and type-check
 //! against the slot's world), smoke-test, swap, persist. Changes are
-//! serialised by one async lock, which is never taken on the request path.
+//! serialised by one async lock whose guard ([`ControlGuard`]) every change
+//! takes as a parameter — config reloads (in `app`) and restores included —
+//! and which is never taken on the request path.
 
 use super::persist::{self, RolloutRecord, SlotRecord};
-use super::plan::{Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
-use super::{HotPlugin, SlotState, controller, unix_now};
+use super::plan::{OutOfRange, Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
+use super::{HotPlugin, controller};
 use crate::domain::{
     Candidate, CompletionRequest, Failure, FailureContext, Message, RouteRequest, Stage,
 };
@@ -38,12 +40,20 @@ pub enum RolloutError {
         /// The failure.
         source: Box<PluginError>,
     },
-    /// The request does not fit the slot's state (no rollout, one already running).
+    /// The request does not fit the slot's state (no rollout, one already
+    /// running, the slot replaced by a reload meanwhile).
     #[error("{0}")]
     Conflict(String),
     /// The request is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// A rollout setting is out of range.
+    #[error("{0}")]
+    OutOfRange(#[from] OutOfRange),
+    /// The blocking task compiling the component died (a panic in the
+    /// compiler).
+    #[error("plugin load task failed: {0}")]
+    LoadTask(#[from] tokio::task::JoinError),
     /// A referenced candidate is not in the store.
     #[error("{0}")]
     NotFound(String),
@@ -110,7 +120,33 @@ pub struct Rollouts {
     runtime: Arc<Runtime>,
     store: Store,
     lock: tokio::sync::Mutex<()>,
+    /// The controllers of running rollouts: background tasks this type owns,
+    /// stopped by [`Rollouts::shutdown`].
+    controllers: controller::Controllers,
     me: Weak<Rollouts>,
+}
+
+/// Proof that the holder has the control plane to itself.
+///
+/// Every change to a slot — a config reload, an admin swap, a candidate
+/// upload, a rollout's start, step and end (operator or controller), a
+/// `--watch` reload, restoring a slot from the store — needs one, and only
+/// [`Rollouts::lock`] makes one, so those changes happen one at a time. A
+/// function that needs the lock takes `&ControlGuard` rather than locking,
+/// so one that holds it (a reload restoring the slots it loads) calls
+/// another without deadlocking on the mutex, which is not reentrant.
+///
+/// The request path never takes it: calls read the slot's state through one
+/// atomic load. Hold it for a control-plane operation, not across waiting
+/// on a client.
+pub struct ControlGuard<'a> {
+    held: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl std::fmt::Debug for ControlGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlGuard")
+    }
 }
 
 impl Rollouts {
@@ -120,8 +156,17 @@ impl Rollouts {
             runtime,
             store,
             lock: tokio::sync::Mutex::new(()),
+            controllers: controller::Controllers::default(),
             me: me.clone(),
         })
+    }
+
+    /// Stops every rollout controller and waits for them, a tick in
+    /// progress (and its store write) included: after this, nothing of the
+    /// control plane runs in the background or holds the store. Rollout
+    /// state is persisted, so the next start resumes where this one stopped.
+    pub async fn shutdown(&self) {
+        self.controllers.stop().await;
     }
 
     /// The plugin runtime.
@@ -129,10 +174,32 @@ impl Rollouts {
         &self.runtime
     }
 
-    /// Serialises a change made outside this type (a config reload) with
-    /// the control plane's own.
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.lock.lock().await
+    /// Waits for the control plane (first come, first served) and holds it
+    /// until the guard is dropped. Never call it while holding a guard.
+    pub async fn lock(&self) -> ControlGuard<'_> {
+        ControlGuard {
+            held: self.lock.lock().await,
+        }
+    }
+
+    /// Refuses a guard of another control plane: it would serialise nothing.
+    fn check(&self, guard: &ControlGuard<'_>) {
+        assert!(
+            std::ptr::eq(tokio::sync::MutexGuard::mutex(&guard.held), &self.lock),
+            "a ControlGuard of another control plane was passed to this one"
+        );
+    }
+
+    /// Checks the guard, and that `hot` still owns its slot.
+    fn serving(&self, guard: &ControlGuard<'_>, hot: &HotPlugin) -> Result<(), RolloutError> {
+        self.check(guard);
+        if hot.is_retired() {
+            return Err(RolloutError::Conflict(format!(
+                "slot `{}` was replaced by a config reload meanwhile: retry",
+                hot.name()
+            )));
+        }
+        Ok(())
     }
 
     /// Compiles and type-checks `source` with the slot's limits, settings and
@@ -150,9 +217,7 @@ impl Rollouts {
         // uploading another version through the admin API means to replace it.
         spec.sha256 = None;
         let runtime = self.runtime.clone();
-        let plugin = tokio::task::spawn_blocking(move || runtime.load(spec))
-            .await
-            .map_err(|e| RolloutError::Invalid(format!("plugin load task failed: {e}")))??;
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(spec)).await??;
         Ok(Arc::new(plugin))
     }
 
@@ -195,12 +260,8 @@ impl Rollouts {
             .unwrap_or_default()
     }
 
-    /// Writes what the slot serves now into its record.
-    fn save(
-        &self,
-        hot: &HotPlugin,
-        update: impl FnOnce(&mut SlotRecord),
-    ) -> Result<(), StoreError> {
+    /// The slot's record with what it serves now written in, then `update`.
+    fn next_record(&self, hot: &HotPlugin, update: impl FnOnce(&mut SlotRecord)) -> SlotRecord {
         let state = hot.state();
         let mut record = self.record(hot);
         record.base_digest = state.base_digest.clone();
@@ -211,16 +272,38 @@ impl Rollouts {
             progress: r.progress(),
         });
         update(&mut record);
-        persist::save(&self.store, hot.name(), &record)
+        record
     }
 
-    /// Persists the slot's state, logging (not returning) a failure: used by
-    /// the controller, which has no one to report to.
-    pub(super) async fn persist_quietly(&self, hot: &HotPlugin) {
-        let _guard = self.lock.lock().await;
-        if let Err(e) = self.save(hot, |_| {}) {
-            tracing::warn!(plugin = %hot.name(), error = %e, "could not persist rollout state");
-        }
+    /// Writes what the slot serves now into its record. Synchronous on
+    /// purpose: between changing a slot and persisting it there is no await,
+    /// so an operation whose client hangs up cannot stop halfway.
+    fn save(
+        &self,
+        guard: &ControlGuard<'_>,
+        hot: &HotPlugin,
+        update: impl FnOnce(&mut SlotRecord),
+    ) -> Result<(), StoreError> {
+        self.check(guard);
+        persist::save(&self.store, hot.name(), &self.next_record(hot, update))
+    }
+
+    /// Persists the slot's counters, logging (not returning) a failure: the
+    /// controller's periodic write, which has no one to report to. The
+    /// write (a sled flush) runs on a blocking thread, so however often a
+    /// rollout's `interval_s` asks for it, it never holds up the async
+    /// workers serving requests.
+    pub(super) async fn persist_quietly(&self, guard: &ControlGuard<'_>, hot: &HotPlugin) {
+        self.check(guard);
+        let record = self.next_record(hot, |_| {});
+        let (store, name) = (self.store.clone(), hot.name().to_string());
+        let written = tokio::task::spawn_blocking(move || persist::save(&store, &name, &record));
+        let error = match written.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(plugin = %hot.name(), error = %error, "could not persist rollout state");
     }
 
     /// Replaces the slot's stable version with `bytes` after compiling,
@@ -228,38 +311,26 @@ impl Rollouts {
     /// version; on any failure the old version keeps serving.
     pub async fn swap(
         &self,
+        guard: &ControlGuard<'_>,
         hot: &Arc<HotPlugin>,
         bytes: Vec<u8>,
         version: Option<String>,
         candidates: &[Candidate],
     ) -> Result<Arc<Plugin>, RolloutError> {
-        let _guard = self.lock.lock().await;
+        self.serving(guard, hot)?;
         let digest = crate::runtime::sha256_hex(&bytes);
         let plugin = self.load_bytes(hot, bytes.clone(), version).await?;
         smoke(&plugin, candidates).await?;
         persist::put_wasm(&self.store, &digest, &bytes)?;
-        self.install(hot, plugin.clone(), "admin upload");
-        self.save(hot, |r| r.live = Some(plugin.identity().into()))?;
+        self.install(guard, hot, plugin.clone(), "admin upload");
+        self.save(guard, hot, |r| r.live = Some(plugin.identity().into()))?;
         Ok(plugin)
     }
 
     /// Makes `plugin` the stable version, keeping any rollout running.
-    fn install(&self, hot: &HotPlugin, plugin: Arc<Plugin>, why: &str) {
-        let old = hot.state();
-        tracing::info!(
-            plugin = %hot.name(),
-            old_version = %old.stable.identity().version,
-            old_digest = %old.stable.identity().digest,
-            new_version = %plugin.identity().version,
-            new_digest = %plugin.identity().digest,
-            "plugin swapped ({why})"
-        );
-        hot.store(SlotState {
-            stable: plugin,
-            rollout: old.rollout.clone(),
-            last: old.last.clone(),
-            base_digest: old.base_digest.clone(),
-        });
+    fn install(&self, guard: &ControlGuard<'_>, hot: &HotPlugin, plugin: Arc<Plugin>, why: &str) {
+        log_swap(hot, &plugin, why);
+        hot.update(guard, |s| s.stable = plugin);
     }
 
     /// Reloads a slot from its `.wasm` file (`serve --watch`): the file is the
@@ -267,11 +338,12 @@ impl Rollouts {
     /// override is dropped.
     pub async fn reload_file(
         &self,
+        guard: &ControlGuard<'_>,
         hot: &Arc<HotPlugin>,
         path: &Path,
         candidates: &[Candidate],
     ) -> Result<Arc<Plugin>, RolloutError> {
-        let _guard = self.lock.lock().await;
+        self.serving(guard, hot)?;
         let version = hot.template().version.clone();
         let plugin = self
             .load(hot, PluginSource::File(path.to_path_buf()), version)
@@ -280,15 +352,12 @@ impl Rollouts {
             return Ok(plugin);
         }
         smoke(&plugin, candidates).await?;
-        self.install(hot, plugin.clone(), "file changed");
-        let current = hot.state();
-        hot.store(SlotState {
-            stable: current.stable.clone(),
-            rollout: current.rollout.clone(),
-            last: current.last.clone(),
-            base_digest: plugin.identity().digest.clone(),
+        log_swap(hot, &plugin, "file changed");
+        hot.update(guard, |s| {
+            s.stable = plugin.clone();
+            s.base_digest = plugin.identity().digest.clone();
         });
-        self.save(hot, |r| r.live = None)?;
+        self.save(guard, hot, |r| r.live = None)?;
         Ok(plugin)
     }
 
@@ -297,15 +366,16 @@ impl Rollouts {
     /// is what the rollout is for (a candidate that traps is rolled back).
     pub async fn stage(
         &self,
+        guard: &ControlGuard<'_>,
         hot: &Arc<HotPlugin>,
         bytes: Vec<u8>,
         version: Option<String>,
     ) -> Result<Arc<Plugin>, RolloutError> {
-        let _guard = self.lock.lock().await;
+        self.serving(guard, hot)?;
         let digest = crate::runtime::sha256_hex(&bytes);
         let plugin = self.load_bytes(hot, bytes.clone(), version).await?;
         persist::put_wasm(&self.store, &digest, &bytes)?;
-        self.save(hot, |r| r.staged = Some(plugin.identity().into()))?;
+        self.save(guard, hot, |r| r.staged = Some(plugin.identity().into()))?;
         tracing::info!(plugin = %hot.name(), candidate = %plugin.identity(), digest = %digest, "candidate uploaded");
         Ok(plugin)
     }
@@ -313,13 +383,13 @@ impl Rollouts {
     /// Starts a rollout of a stored candidate.
     pub async fn start(
         &self,
+        guard: &ControlGuard<'_>,
         hot: &Arc<HotPlugin>,
         req: RolloutRequest,
     ) -> Result<RolloutStatus, RolloutError> {
-        let _guard = self.lock.lock().await;
-        let spec = req.resolve().map_err(RolloutError::Invalid)?;
-        let state = hot.state();
-        if let Some(r) = &state.rollout {
+        self.serving(guard, hot)?;
+        let spec = req.resolve()?;
+        if let Some(r) = &hot.state().rollout {
             return Err(RolloutError::Conflict(format!(
                 "slot `{}` already has a {} rollout of {} in progress: promote or roll it back first",
                 hot.name(),
@@ -352,27 +422,22 @@ impl Rollouts {
             },
         };
         let candidate = self.load_stored(hot, &id).await?;
-        let rollout = Arc::new(Rollout::new(spec, candidate, unix_now(), None));
+        let rollout = Arc::new(Rollout::new(spec, candidate, crate::clock::unix_s(), None));
+        let stable = hot.identity();
         rollout.event(format!(
-            "started {} of {} at {}% against {}",
+            "started {} of {} at {}% against {stable}",
             rollout.spec.mode.as_str(),
             rollout.candidate.identity(),
             rollout.percent(),
-            state.stable.identity()
         ));
-        hot.store(SlotState {
-            stable: state.stable.clone(),
-            rollout: Some(rollout.clone()),
-            last: state.last.clone(),
-            base_digest: state.base_digest.clone(),
-        });
-        self.save(hot, |_| {})?;
+        hot.update(guard, |s| s.rollout = Some(rollout.clone()));
+        self.save(guard, hot, |_| {})?;
         self.supervise(hot, &rollout);
-        Ok(rollout.status(state.stable.identity()))
+        Ok(rollout.status(&stable))
     }
 
     fn supervise(&self, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) {
-        controller::spawn(
+        self.controllers.spawn(
             self.me.clone(),
             Arc::downgrade(hot),
             Arc::downgrade(rollout),
@@ -382,10 +447,11 @@ impl Rollouts {
     /// Ends the slot's rollout by the operator's decision.
     pub async fn conclude(
         &self,
+        guard: &ControlGuard<'_>,
         hot: &Arc<HotPlugin>,
         phase: Phase,
     ) -> Result<RolloutStatus, RolloutError> {
-        let _guard = self.lock.lock().await;
+        self.serving(guard, hot)?;
         let Some(rollout) = hot.state().rollout.clone() else {
             return Err(RolloutError::Conflict(format!(
                 "slot `{}` has no rollout in progress",
@@ -396,67 +462,77 @@ impl Rollouts {
             Phase::Promoted => "promoted by the operator",
             _ => "rolled back by the operator",
         };
-        self.end_locked(hot, &rollout, phase, reason.to_string())?;
-        let state = hot.state();
-        Ok(rollout.status(state.stable.identity()))
+        self.end(guard, hot, &rollout, phase, reason.to_string())?;
+        Ok(rollout.status(&hot.identity()))
     }
 
-    /// Ends `rollout` if it is still the slot's (the controller's path).
-    pub(super) async fn end(
+    /// Moves a canary's split to `percent` (the controller's step), if
+    /// `rollout` is still the slot's.
+    pub(super) async fn step(
         &self,
+        guard: &ControlGuard<'_>,
+        hot: &HotPlugin,
+        rollout: &Rollout,
+        percent: f64,
+    ) {
+        rollout.set_percent(percent);
+        rollout.event(format!("healthy: candidate share raised to {percent}%"));
+        self.persist_quietly(guard, hot).await;
+    }
+
+    /// Ends `rollout`, which must be the slot's: a promotion makes its
+    /// candidate stable; either way it becomes the slot's last rollout.
+    pub(super) fn end(
+        &self,
+        guard: &ControlGuard<'_>,
         hot: &Arc<HotPlugin>,
         rollout: &Arc<Rollout>,
         phase: Phase,
         reason: String,
     ) -> Result<(), RolloutError> {
-        let _guard = self.lock.lock().await;
+        self.serving(guard, hot)?;
         if !hot.is_current(rollout) {
             return Ok(());
         }
-        self.end_locked(hot, rollout, phase, reason)
-    }
-
-    fn end_locked(
-        &self,
-        hot: &Arc<HotPlugin>,
-        rollout: &Arc<Rollout>,
-        phase: Phase,
-        reason: String,
-    ) -> Result<(), RolloutError> {
-        let state = hot.state();
         rollout.finish(phase, reason);
-        let stable = match phase {
-            Phase::Promoted => rollout.candidate.clone(),
-            _ => state.stable.clone(),
-        };
-        if phase == Phase::Promoted {
+        let promoted = (phase == Phase::Promoted).then(|| rollout.candidate.clone());
+        if let Some(new) = &promoted {
             tracing::info!(
                 plugin = %hot.name(),
-                old_digest = %state.stable.identity().digest,
-                new_digest = %stable.identity().digest,
+                old_digest = %hot.identity().digest,
+                new_digest = %new.identity().digest,
                 "candidate promoted to stable"
             );
         }
-        hot.store(SlotState {
-            stable: stable.clone(),
-            rollout: None,
-            last: Some(rollout.clone()),
-            base_digest: state.base_digest.clone(),
+        hot.update(guard, |s| {
+            if let Some(new) = &promoted {
+                s.stable = new.clone();
+            }
+            s.rollout = None;
+            s.last = Some(rollout.clone());
         });
-        self.save(hot, |r| {
-            if phase == Phase::Promoted {
-                r.live = Some(stable.identity().into());
+        self.save(guard, hot, |r| {
+            if let Some(new) = &promoted {
+                r.live = Some(new.identity().into());
             }
         })?;
         Ok(())
+    }
+
+    /// Retires a slot a config reload replaced or removed: its controller
+    /// stops, and no later change to it touches the slot's record, which its
+    /// successor owns now.
+    pub fn retire(&self, guard: &ControlGuard<'_>, hot: &HotPlugin) {
+        self.check(guard);
+        hot.update(guard, |s| s.retired = true);
     }
 
     /// Re-applies what the store remembers about a freshly loaded slot: an
     /// admin-installed version, then a rollout in progress (its controller
     /// restarts). Problems are logged and leave the configured version
     /// serving: a stale record must never stop the gateway from starting.
-    pub async fn restore(&self, hot: &Arc<HotPlugin>) {
-        let _guard = self.lock.lock().await;
+    pub async fn restore(&self, guard: &ControlGuard<'_>, hot: &Arc<HotPlugin>) {
+        self.check(guard);
         let record = self.record(hot);
         let base = hot.state().base_digest.clone();
         if record.base_digest != base {
@@ -476,7 +552,7 @@ impl Rollouts {
             && live.digest != base
         {
             match self.load_stored(hot, live).await {
-                Ok(plugin) => self.install(hot, plugin, "restored from the store"),
+                Ok(plugin) => self.install(guard, hot, plugin, "restored from the store"),
                 Err(e) => {
                     tracing::warn!(plugin = %hot.name(), error = %e, "could not restore the admin-installed version; serving the configured one")
                 }
@@ -492,12 +568,9 @@ impl Rollouts {
                         Some(r.progress),
                     ));
                     rollout.event(format!("resumed after restart at {}%", rollout.percent()));
-                    let state = hot.state();
-                    hot.store(SlotState {
-                        stable: state.stable.clone(),
-                        rollout: Some(rollout.clone()),
-                        last: None,
-                        base_digest: state.base_digest.clone(),
+                    hot.update(guard, |s| {
+                        s.rollout = Some(rollout.clone());
+                        s.last = None;
                     });
                     self.supervise(hot, &rollout);
                 }
@@ -521,6 +594,19 @@ impl Rollouts {
             rollout: shown.map(|r| r.status(state.stable.identity())),
         }
     }
+}
+
+/// Logs a change of the slot's stable version with both digests.
+fn log_swap(hot: &HotPlugin, plugin: &Plugin, why: &str) {
+    let old = hot.identity();
+    tracing::info!(
+        plugin = %hot.name(),
+        old_version = %old.version,
+        old_digest = %old.digest,
+        new_version = %plugin.identity().version,
+        new_digest = %plugin.identity().digest,
+        "plugin swapped ({why})"
+    );
 }
 
 /// Calls a freshly loaded version once with a harmless input; it must not

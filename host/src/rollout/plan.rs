@@ -3,7 +3,8 @@
 //! per-arm counters, shadow diffs and how it ended.
 
 use super::stats::{ArmSnapshot, ArmStats, ZTest, two_proportion_z_test};
-use crate::runtime::{Plugin, PluginIdentity};
+use crate::domain::Failure;
+use crate::runtime::{Plugin, PluginError, PluginIdentity};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -89,11 +90,21 @@ pub struct RolloutSpec {
     pub min_samples: u64,
 }
 
+/// A rollout setting outside its range, naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rollout `{field}` is out of range: {allowed}")]
+pub struct OutOfRange {
+    /// The field of the request, e.g. `percent`.
+    pub field: &'static str,
+    /// What it may be, e.g. `0 to 100`.
+    pub allowed: &'static str,
+}
+
 impl RolloutRequest {
     /// Fills in defaults (canary 10% stepping by 10 every 30 s, 5% errors,
     /// 3× latency, 20 samples; shadow mirrors 100%; A/B splits 50/50) and
     /// checks ranges, naming the offending field.
-    pub fn resolve(&self) -> Result<RolloutSpec, String> {
+    pub fn resolve(&self) -> Result<RolloutSpec, OutOfRange> {
         let default_percent = match self.mode {
             Mode::Canary => 10.0,
             Mode::Shadow => 100.0,
@@ -109,35 +120,33 @@ impl RolloutRequest {
             min_samples: self.min_samples.unwrap_or(20),
         };
         let checks = [
-            ("percent", (0.0..=100.0).contains(&spec.percent)),
-            ("step", spec.step > 0.0 && spec.step <= 100.0),
+            ("percent", (0.0..=100.0).contains(&spec.percent), "0 to 100"),
+            (
+                "step",
+                spec.step > 0.0 && spec.step <= 100.0,
+                "above 0, at most 100",
+            ),
             (
                 "interval_s",
                 spec.interval_s.is_finite() && spec.interval_s >= 0.001,
+                "at least 0.001 seconds",
             ),
-            ("max_error_rate", (0.0..=1.0).contains(&spec.max_error_rate)),
+            (
+                "max_error_rate",
+                (0.0..=1.0).contains(&spec.max_error_rate),
+                "0 to 1",
+            ),
             (
                 "max_latency_ratio",
                 spec.max_latency_ratio.is_finite() && spec.max_latency_ratio > 0.0,
+                "above 0",
             ),
-            ("min_samples", spec.min_samples >= 1),
+            ("min_samples", spec.min_samples >= 1, "at least 1"),
         ];
-        for (field, ok) in checks {
-            if !ok {
-                return Err(format!(
-                    "rollout `{field}` is out of range: {}",
-                    match field {
-                        "percent" => "0 to 100",
-                        "step" => "above 0, at most 100",
-                        "interval_s" => "at least 0.001 seconds",
-                        "max_error_rate" => "0 to 1",
-                        "max_latency_ratio" => "above 0",
-                        _ => "at least 1",
-                    }
-                ));
-            }
+        match checks.into_iter().find(|(_, ok, _)| !ok) {
+            Some((field, _, allowed)) => Err(OutOfRange { field, allowed }),
+            None => Ok(spec),
         }
-        Ok(spec)
     }
 }
 
@@ -153,11 +162,55 @@ pub enum Phase {
     RolledBack,
 }
 
+/// How a shadow call compared with the stable one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowOutcome {
+    /// Both answered, and what the comparison looks at is equal.
+    Same,
+    /// They differ, or only the stable version failed.
+    Different,
+    /// The candidate failed (stable's answer still went to the client).
+    CandidateError,
+}
+
+impl ShadowOutcome {
+    /// Compares two sides on their typed keys.
+    pub fn of<K: PartialEq>(
+        stable: &Result<K, ShadowError>,
+        candidate: &Result<K, ShadowError>,
+    ) -> Self {
+        match (stable, candidate) {
+            (_, Err(_)) => ShadowOutcome::CandidateError,
+            (Ok(a), Ok(b)) if a == b => ShadowOutcome::Same,
+            _ => ShadowOutcome::Different,
+        }
+    }
+}
+
+/// Why one side of a shadow comparison has no answer to compare.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ShadowError {
+    /// The sandbox refused the call (a limit, a trap, invalid output...),
+    /// as its message reads; the error itself went to the caller.
+    #[error("{0}")]
+    Plugin(String),
+    /// An agent answered with a failure of its own.
+    #[error("agent failed: {0}")]
+    Agent(Failure),
+}
+
+impl From<&PluginError> for ShadowError {
+    fn from(e: &PluginError) -> Self {
+        ShadowError::Plugin(e.to_string())
+    }
+}
+
 /// One side-by-side comparison of a shadow call.
 #[derive(Clone, Debug, Serialize)]
 pub struct ShadowSample {
     /// `same`, `different` or `candidate_error`.
-    pub outcome: &'static str,
+    pub outcome: ShadowOutcome,
     /// What the stable version answered (truncated).
     pub stable: String,
     /// What the candidate answered, or its error (truncated).
@@ -201,24 +254,23 @@ fn truncate(text: &str) -> String {
 
 impl ShadowLog {
     /// Records one comparison: `stable` is what the client got (or stable's
-    /// error), `candidate` the candidate's answer or error.
-    pub fn record(&self, stable: &Result<String, String>, candidate: &Result<String, String>) {
-        let outcome = match (stable, candidate) {
-            (_, Err(_)) => {
-                self.candidate_errors.fetch_add(1, Ordering::Relaxed);
-                "candidate_error"
-            }
-            (Ok(a), Ok(b)) if a == b => {
-                self.same.fetch_add(1, Ordering::Relaxed);
-                "same"
-            }
-            _ => {
-                self.different.fetch_add(1, Ordering::Relaxed);
-                "different"
-            }
-        };
-        let text = |r: &Result<String, String>| match r {
-            Ok(s) => truncate(s),
+    /// error), `candidate` the candidate's answer or error, each reduced to
+    /// the key its world compares; `describe` shows a key in a sample.
+    pub fn record<K: PartialEq>(
+        &self,
+        stable: &Result<K, ShadowError>,
+        candidate: &Result<K, ShadowError>,
+        describe: impl Fn(&K) -> String,
+    ) {
+        let outcome = ShadowOutcome::of(stable, candidate);
+        match outcome {
+            ShadowOutcome::Same => &self.same,
+            ShadowOutcome::Different => &self.different,
+            ShadowOutcome::CandidateError => &self.candidate_errors,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let text = |r: &Result<K, ShadowError>| match r {
+            Ok(key) => truncate(&describe(key)),
             Err(e) => truncate(&format!("error: {e}")),
         };
         let sample = ShadowSample {
@@ -376,7 +428,7 @@ impl Rollout {
     pub fn event(&self, text: String) {
         tracing::info!(plugin = %self.candidate.identity().name, candidate = %self.candidate.identity(), "rollout: {text}");
         if let Ok(mut o) = self.outcome.lock() {
-            o.events.push(format!("{} {text}", super::unix_now()));
+            o.events.push(format!("{} {text}", crate::clock::unix_s()));
         }
     }
 

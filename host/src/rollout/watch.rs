@@ -4,8 +4,8 @@
 //! files: editors and `cargo build` replace files by rename, which a watch on
 //! the old inode would miss). Events are debounced — a build writes a file
 //! in several steps — then every slot whose source changed is reloaded
-//! through [`Rollouts::reload_file`]: compile, type-check, smoke-call, swap,
-//! logging the old and new digest. A failure logs why and leaves the old
+//! through [`Rollouts::reload_file`], under the control-plane guard:
+//! compile, type-check, smoke-call, swap, logging the old and new digest. A failure logs why and leaves the old
 //! version serving. Sources are the ones configured when watching began.
 
 use super::{HotPlugin, Rollouts};
@@ -95,6 +95,9 @@ pub fn watch(rollouts: Weak<Rollouts>, lookup: SlotLookup) -> Result<Watch, noti
             let Some(rollouts) = rollouts.upgrade() else {
                 return;
             };
+            // The slots are looked up under the guard: a config reload cannot
+            // replace one between the lookup and its reload.
+            let guard = rollouts.lock().await;
             let (slots, candidates) = lookup();
             for hot in slots {
                 let Some(path) = source_path(&hot).filter(|p| changed.contains(p)) else {
@@ -104,7 +107,7 @@ pub fn watch(rollouts: Weak<Rollouts>, lookup: SlotLookup) -> Result<Watch, noti
                     continue;
                 }
                 let old = hot.identity();
-                match rollouts.reload_file(&hot, &path, &candidates).await {
+                match rollouts.reload_file(&guard, &hot, &path, &candidates).await {
                     Ok(new) if new.identity().digest == old.digest => {}
                     Ok(new) => tracing::info!(
                         plugin = %hot.name(),

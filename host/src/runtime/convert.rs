@@ -122,6 +122,7 @@ impl From<wit::CompletionRequest> for d::CompletionRequest {
             max_tokens: r.max_tokens,
             metadata: metadata_from_wit(r.metadata),
             tool_choice: None,
+            extra: Default::default(),
         }
     }
 }

@@ -1,11 +1,17 @@
 //! The admin API under `/admin`: plugin versions, hot swap, rollouts and
 //! config reload, behind a bearer token.
 //!
+//! Every change takes the control-plane guard ([`Rollouts::lock`]) before
+//! it looks its slot up, so changes from several clients, the rollout
+//! controllers, `--watch` and config reloads apply one at a time, each to
+//! the slot actually served. Reads (`GET`) take no lock.
+//!
 //! Without `[admin] token` every admin route answers 403 saying how to turn
 //! it on. The token is compared in constant time (`subtle`), over sha256
 //! digests so that not even the token's length leaks through timing.
 
 use super::{ApiError, AppState};
+use crate::config::ConfigError;
 use crate::rollout::{HotPlugin, Phase, RolloutError, RolloutRequest, Rollouts};
 use axum::Json;
 use axum::Router;
@@ -42,15 +48,37 @@ pub struct ReloadReport {
     pub upstreams_rebuilt: Vec<String>,
     /// Upstreams kept with their statistics and breaker state.
     pub upstreams_kept: Vec<String>,
-    /// Changed settings that only take effect after a restart.
+    /// Dotted keys (`server.listen`, `auth.keys[0].secret`) of settings read
+    /// only at start whose value in the file differs from the running one:
+    /// they take effect after a restart (see `config::StartupConfig`).
     pub needs_restart: Vec<String>,
+}
+
+/// Why a config reload was refused; the running config stays in effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The gateway runs a config that was not read from a file.
+    #[error("the gateway was not started from a config file")]
+    NoConfigFile,
+    /// The file is invalid; the error names file, line and key.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The file is valid but could not be applied (a plugin that does not
+    /// load, an inconsistent pipeline).
+    #[error("{file}: {source}")]
+    Apply {
+        /// The config file.
+        file: String,
+        /// What failed, from the assembly.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Re-reads the config and swaps in what it says (implemented by the app,
 /// which knows how to assemble a pipeline).
 pub trait Reload: Send + Sync {
     /// Validates the config file and applies it, or explains (file:line) why not.
-    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, String>>;
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, ReloadError>>;
 }
 
 /// What the admin routes need besides the live pipeline.
@@ -86,7 +114,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Lets a request through only with `Authorization: Bearer <admin.token>`.
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let live = state.live.load();
+    let live = state.gateway.live().load();
     let Some(token) = live.admin_token.as_ref() else {
         return admin_error(
             StatusCode::FORBIDDEN,
@@ -131,7 +159,7 @@ impl From<RolloutError> for ApiError {
                 admin_error(StatusCode::UNPROCESSABLE_ENTITY, "plugin_rejected", message)
             }
             RolloutError::Conflict(_) => admin_error(StatusCode::CONFLICT, "conflict", message),
-            RolloutError::Invalid(_) => {
+            RolloutError::Invalid(_) | RolloutError::OutOfRange(_) | RolloutError::LoadTask(_) => {
                 admin_error(StatusCode::BAD_REQUEST, "invalid_request", message)
             }
             RolloutError::NotFound(_) => {
@@ -144,6 +172,10 @@ impl From<RolloutError> for ApiError {
     }
 }
 
+/// The slot `name` of the live pipeline. Changes look it up while holding
+/// the control-plane guard: only a config reload replaces the pipeline's
+/// slots, and it holds the guard too, so the slot found is the one served
+/// until the change is done.
 fn slot(state: &AppState, name: &str) -> Result<Arc<HotPlugin>, ApiError> {
     state
         .pipeline()
@@ -209,15 +241,16 @@ async fn swap(
     Query(query): Query<UploadQuery>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let rollouts = &state.admin.rollouts;
+    let guard = rollouts.lock().await;
     let hot = slot(&state, &name)?;
     let bytes = upload(raw)?;
     let previous = hot.identity();
     let candidates = state.pipeline().candidates();
-    let plugin = state
-        .admin
-        .rollouts
-        .swap(&hot, bytes, query.version, &candidates)
+    let plugin = rollouts
+        .swap(&guard, &hot, bytes, query.version, &candidates)
         .await?;
+    drop(guard);
     let id = plugin.identity();
     Ok(Json(json!({
         "name": name,
@@ -234,13 +267,12 @@ async fn candidate(
     Query(query): Query<UploadQuery>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let rollouts = &state.admin.rollouts;
+    let guard = rollouts.lock().await;
     let hot = slot(&state, &name)?;
     let bytes = upload(raw)?;
-    let plugin = state
-        .admin
-        .rollouts
-        .stage(&hot, bytes, query.version)
-        .await?;
+    let plugin = rollouts.stage(&guard, &hot, bytes, query.version).await?;
+    drop(guard);
     let id = plugin.identity();
     Ok((
         StatusCode::CREATED,
@@ -255,11 +287,14 @@ async fn start(
     Path(name): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let rollouts = &state.admin.rollouts;
+    let guard = rollouts.lock().await;
     let hot = slot(&state, &name)?;
     let bytes = raw.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
     let req: RolloutRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid rollout request: {e}")))?;
-    let status = state.admin.rollouts.start(&hot, req).await?;
+    let status = rollouts.start(&guard, &hot, req).await?;
+    drop(guard);
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
 
@@ -281,8 +316,11 @@ async fn status(
 }
 
 async fn conclude(state: AppState, name: String, phase: Phase) -> Result<Response, ApiError> {
+    let rollouts = &state.admin.rollouts;
+    let guard = rollouts.lock().await;
     let hot = slot(&state, &name)?;
-    let status = state.admin.rollouts.conclude(&hot, phase).await?;
+    let status = rollouts.conclude(&guard, &hot, phase).await?;
+    drop(guard);
     Ok(Json(status).into_response())
 }
 

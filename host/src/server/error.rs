@@ -2,6 +2,7 @@
 
 use crate::auth::{AuthError, BudgetExceeded};
 use crate::domain::Failure;
+use crate::gateway::GatewayError;
 use crate::openai::ErrorBody;
 use crate::pipeline::PipelineError;
 use crate::ratelimit::Limited;
@@ -243,6 +244,18 @@ impl From<PipelineError> for ApiError {
             PipelineError::Upstream { failure, .. } | PipelineError::Agent { failure, .. } => {
                 Self::from_failure(failure, message)
             }
+        }
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::Rules(v) => Self::over_limit(v.limit.code(), v.message),
+            GatewayError::NotAllowed(n) => Self::forbidden(n.to_string()),
+            GatewayError::BudgetExceeded { key, budget } => Self::budget_exceeded(&key, &budget),
+            GatewayError::RateLimited(limited) => Self::rate_limited(&limited),
+            GatewayError::Pipeline(p) => p.into(),
         }
     }
 }

@@ -1,8 +1,12 @@
 //! The HTTP surface: an OpenAI-compatible API, agent invocation, health,
 //! and the admin API (`/admin`, see [`admin`]).
 //!
-//! Handlers parse and check the request, hand domain types to the pipeline,
-//! and render its answer; every error is rendered once, by [`ApiError`].
+//! Handlers convert HTTP into domain types, hand them to the request layer
+//! ([`Gateway`]) and render its [`Answer`](crate::gateway::Answer) — nothing
+//! below this module knows HTTP. Every error is rendered once, by
+//! [`ApiError`]. Connection-level bounds (slow clients, header sizes) and
+//! the global bulkhead live here, because they are about connections and
+//! responses, not about what a request asks for.
 
 pub mod admin;
 mod chat;
@@ -13,16 +17,12 @@ mod observe;
 pub use admin::{AdminState, Reload, ReloadReport};
 pub use error::ApiError;
 
-use crate::auth::Auth;
-use crate::cache::ResponseCache;
-use crate::config::Secret;
-use crate::domain::CircuitState;
+use crate::gateway::{Gateway, ServerLimits};
 use crate::pipeline::Pipeline;
-use crate::ratelimit::RateLimiter;
 use crate::resilience::Bulkhead;
 use crate::store::Store;
-use crate::telemetry::metrics::{PluginLabels, ShedLabels, UpstreamName};
-use arc_swap::ArcSwap;
+use crate::telemetry::health::Check;
+use crate::telemetry::metrics::ShedLabels;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
@@ -36,75 +36,38 @@ use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// Request-level limits.
-#[derive(Clone, Copy, Debug)]
-pub struct ServerLimits {
-    /// Largest request body.
-    pub max_body_bytes: usize,
-    /// Deadline of one request, agents included.
-    pub request_timeout: Duration,
-    /// Bound on nested agent calls.
-    pub max_agent_depth: u32,
-    /// Most messages in one request.
-    pub max_messages: usize,
-    /// Longest message content, in characters.
-    pub max_message_chars: usize,
-    /// Most request headers (HTTP/1).
-    pub max_headers: usize,
-    /// Largest request head, bytes.
-    pub max_header_bytes: usize,
-    /// Time to receive a request's headers; also the keep-alive idle bound.
-    pub header_read_timeout: Duration,
-    /// Time to receive a request's body.
-    pub body_read_timeout: Duration,
-}
+/// Everything a handler needs, behind one `Arc`: axum clones the state for
+/// every middleware and handler of every request, so a clone must be one
+/// reference count, not one per field.
+#[derive(Clone)]
+pub struct AppState(Arc<ServerState>);
 
-impl Default for ServerLimits {
-    fn default() -> Self {
-        use crate::config as c;
-        Self {
-            max_body_bytes: c::DEFAULT_MAX_BODY_BYTES as usize,
-            request_timeout: Duration::from_millis(c::DEFAULT_REQUEST_TIMEOUT_MS),
-            max_agent_depth: c::DEFAULT_MAX_AGENT_DEPTH,
-            max_messages: c::DEFAULT_MAX_MESSAGES as usize,
-            max_message_chars: c::DEFAULT_MAX_MESSAGE_CHARS as usize,
-            max_headers: c::DEFAULT_MAX_HEADERS as usize,
-            max_header_bytes: c::DEFAULT_MAX_HEADER_BYTES as usize,
-            header_read_timeout: Duration::from_millis(c::DEFAULT_HEADER_READ_TIMEOUT_MS),
-            body_read_timeout: Duration::from_millis(c::DEFAULT_BODY_READ_TIMEOUT_MS),
-        }
+impl AppState {
+    /// A handle on `state`.
+    pub fn new(state: ServerState) -> AppState {
+        AppState(Arc::new(state))
     }
 }
 
-/// What a config reload replaces, swapped as one: a request sees either
-/// the old or the new of all of it.
-pub struct Live {
-    /// The request pipeline.
-    pub pipeline: Arc<Pipeline>,
-    /// Limits.
-    pub limits: ServerLimits,
-    /// The admin token; `None` disables the admin API.
-    pub admin_token: Option<Secret>,
+impl std::ops::Deref for AppState {
+    type Target = ServerState;
+
+    fn deref(&self) -> &ServerState {
+        &self.0
+    }
 }
 
-/// Everything a handler needs.
-#[derive(Clone)]
-pub struct AppState {
-    /// The live configuration; a handler loads it once per request and keeps
-    /// that snapshot, so a reload never changes a request midway.
-    pub live: Arc<ArcSwap<Live>>,
+/// What the server holds (see [`AppState`]).
+pub struct ServerState {
+    /// The request layer, with the live configuration a handler loads once
+    /// per request (so a reload never changes a request midway).
+    pub gateway: Arc<Gateway>,
     /// The store (checked by readiness).
     pub store: Store,
     /// Set once shutdown begins; readiness then reports 503.
     pub draining: Arc<AtomicBool>,
-    /// The response cache, when enabled.
-    pub cache: Option<Arc<ResponseCache>>,
-    /// API keys and budgets.
-    pub auth: Arc<Auth>,
-    /// Per-client and per-model rate limits.
-    pub rate_limits: Arc<RateLimiter>,
     /// Global bulkhead on API requests (`resilience.max_concurrent_requests`).
     pub bulkhead: Bulkhead,
     /// Where the running config came from (readiness names it).
@@ -113,15 +76,15 @@ pub struct AppState {
     pub admin: AdminState,
 }
 
-impl AppState {
+impl ServerState {
     /// The current pipeline.
     pub fn pipeline(&self) -> Arc<Pipeline> {
-        self.live.load().pipeline.clone()
+        self.gateway.pipeline()
     }
 
     /// The current request limits.
     pub fn limits(&self) -> ServerLimits {
-        self.live.load().limits
+        self.gateway.limits()
     }
 }
 
@@ -230,6 +193,12 @@ pub async fn serve(
             },
             _ = &mut stop_accepting => break,
         };
+        // Answers are written in small pieces (headers, then the body; SSE
+        // events one by one): with Nagle on, a piece that follows an
+        // unacknowledged one waits for the client's delayed ACK, ~40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(app.clone());
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -253,7 +222,7 @@ pub async fn serve(
 }
 
 async fn live() -> Response {
-    axum::Json(json!({"status": "ok", "timestamp": now_rfc3339()})).into_response()
+    axum::Json(json!({"status": "ok", "timestamp": crate::clock::now_rfc3339()})).into_response()
 }
 
 /// The global bulkhead: a place for the whole response (a streamed body
@@ -261,7 +230,7 @@ async fn live() -> Response {
 async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(place) = state.bulkhead.try_enter() else {
         state
-            .pipeline()
+            .gateway
             .metrics()
             .bulkhead_rejections
             .get_or_create(&ShedLabels {
@@ -283,185 +252,57 @@ async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Re
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let pipeline = state.pipeline();
-    let metrics = pipeline.metrics();
     // Gauges of state owned elsewhere are read at scrape time.
-    for (upstream, _, circuit) in pipeline.circuits() {
-        let value = match circuit {
-            CircuitState::Closed => 0,
-            CircuitState::HalfOpen => 1,
-            CircuitState::Open => 2,
-        };
-        metrics
-            .breaker_state
-            .get_or_create(&UpstreamName { upstream })
-            .set(value);
-    }
-    for slot in pipeline.slots().values() {
-        let identity = slot.plugin.identity();
-        let peak = slot.plugin.live().stats().peak_memory_bytes;
-        metrics
-            .plugin_peak_memory
-            .get_or_create(&PluginLabels {
-                plugin: identity.name.clone(),
-                version: identity.version.clone(),
-            })
-            .set(i64::try_from(peak).unwrap_or(i64::MAX));
-    }
+    state.pipeline().record_gauges();
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics.render(),
+        state.gateway.metrics().render(),
     )
         .into_response()
 }
 
+/// `/health/ready`: every check of the parts that own a fact — shutdown,
+/// the store, the plugins, the upstreams, the config.
 async fn ready(State(state): State<AppState>) -> Response {
-    let mut checks = serde_json::Map::new();
-    let mut ok = true;
-    let mut check = |name: &str, passed: bool, detail: String| {
-        ok &= passed;
-        checks.insert(
-            name.into(),
-            json!({"status": if passed { "ok" } else { "fail" }, "detail": detail}),
-        );
-    };
     let draining = state.draining.load(Ordering::SeqCst);
-    check(
-        "accepting",
-        !draining,
-        if draining {
-            "draining for shutdown".into()
-        } else {
-            "accepting requests".into()
-        },
-    );
     let store = state.store.db().contains_key(b"__readiness__");
-    check(
-        "store",
-        store.is_ok(),
-        store
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "open".into()),
-    );
     let pipeline = state.pipeline();
-    let slots = pipeline.slots();
-    let mut cold: Vec<String> = slots
-        .values()
-        .filter(|s| !s.plugin.live().is_warm())
-        .map(|s| s.plugin.identity().to_string())
+    let checks = [
+        Check::new(
+            "accepting",
+            !draining,
+            if draining {
+                "draining for shutdown"
+            } else {
+                "accepting requests"
+            },
+        ),
+        Check::new(
+            "store",
+            store.is_ok(),
+            store.err().map_or_else(|| "open".into(), |e| e.to_string()),
+        ),
+        pipeline.plugin_check(),
+        pipeline.upstream_check(),
+        Check::new(
+            "config",
+            true,
+            format!("loaded from {}", state.config_origin),
+        ),
+    ];
+    let ok = checks.iter().all(|c| c.status);
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .map(|c| (c.name.to_string(), json!(c)))
         .collect();
-    cold.sort();
-    check(
-        "plugins",
-        cold.is_empty(),
-        if cold.is_empty() {
-            format!("{} plugins loaded and warm", slots.len())
-        } else {
-            format!(
-                "{} of {} plugins could not be instantiated: {}",
-                cold.len(),
-                slots.len(),
-                cold.join(", ")
-            )
-        },
-    );
-    // Every model needs one upstream whose breaker lets traffic through
-    // (its own, or one of its fallback chain's):
-    // one provider down is the router's business, a model nobody can serve
-    // is not a replica that should receive traffic.
-    let mut models: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-    for (_, model, circuit) in pipeline.circuits() {
-        let entry = models.entry(model).or_default();
-        entry.0 += 1;
-        if circuit != CircuitState::Open {
-            entry.1 += 1;
-        }
-    }
-    // A model whose fallback chain can serve is served (by the chain).
-    let usable = |model: &str| models.get(model).is_some_and(|(_, usable)| *usable > 0);
-    let fallbacks = &pipeline.settings().fallbacks;
-    let down: Vec<&str> = models
-        .keys()
-        .filter(|model| {
-            !usable(model)
-                && !fallbacks
-                    .get(model.as_str())
-                    .is_some_and(|chain| chain.iter().any(|m| usable(m)))
-        })
-        .map(String::as_str)
-        .collect();
-    let upstreams: usize = models.values().map(|(n, _)| n).sum();
-    let detail = if down.is_empty() {
-        format!(
-            "{} models, each with an upstream whose circuit is not open ({upstreams} upstreams)",
-            models.len()
-        )
-    } else {
-        let open: Vec<String> = pipeline
-            .circuits()
-            .into_iter()
-            .filter(|(_, m, c)| down.contains(&m.as_str()) && *c == CircuitState::Open)
-            .map(|(name, _, _)| name)
-            .collect();
-        format!(
-            "no upstream can serve {}: circuit open for {}",
-            down.join(", "),
-            open.join(", ")
-        )
-    };
-    check("upstreams", !models.is_empty() && down.is_empty(), detail);
-    check(
-        "config",
-        true,
-        format!("loaded from {}", state.config_origin),
-    );
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks, "timestamp": now_rfc3339()});
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": body, "timestamp": crate::clock::now_rfc3339()});
     (status, axum::Json(body)).into_response()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_now_ms() -> u64 {
-    crate::cache::now_ms()
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The current UTC time as RFC 3339.
-fn now_rfc3339() -> String {
-    rfc3339(unix_now())
-}
-
-/// Unix seconds as an RFC 3339 UTC time (civil-from-days, no calendar crate).
-pub fn rfc3339(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

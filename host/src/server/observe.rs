@@ -64,7 +64,7 @@ pub(super) async fn observe(State(state): State<AppState>, req: Request, next: N
         response.headers_mut().insert("x-trace-id", value);
     }
     let done = Finished {
-        metrics: state.pipeline().metrics().clone(),
+        metrics: state.gateway.metrics().clone(),
         route,
         method: method.to_string(),
         trace_id,

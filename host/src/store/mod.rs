@@ -4,8 +4,8 @@
 //! key/value namespaces now, and the cache, rollout state and API keys as
 //! those features land. Keys are prefixed by purpose so one tree serves all.
 
+use crate::clock;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -137,13 +137,6 @@ impl Store {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl KvStore for Store {
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = Self::kv_key(namespace, key);
@@ -155,7 +148,7 @@ impl KvStore for Store {
             return Ok(None);
         }
         let expires = u64::from_be_bytes(raw[..8].try_into().unwrap_or([0; 8]));
-        if expires != 0 && expires <= now_ms() {
+        if expires != 0 && expires <= clock::unix_ms() {
             self.db.remove(&k).map_err(|e| self.err(e))?;
             return Ok(None);
         }
@@ -182,7 +175,7 @@ impl KvStore for Store {
             )));
         }
         let expires = ttl_seconds
-            .map(|s| now_ms() + u64::from(s) * 1000)
+            .map(|s| clock::unix_ms() + u64::from(s) * 1000)
             .unwrap_or(0);
         let mut raw = Vec::with_capacity(8 + value.len());
         raw.extend_from_slice(&expires.to_be_bytes());

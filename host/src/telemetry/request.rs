@@ -8,8 +8,12 @@
 //! tests, `agentrouter check`) there is no scope and noting is a no-op.
 //! Agents fan out with `join_all` in the same task, so their calls land in
 //! the scope of the request that started them.
+//!
+//! Usage and cost are not noted here: they are the request's [`Ledger`],
+//! which the request layer attaches, so the log line and the accounting
+//! read the same record.
 
-use crate::domain::Usage;
+use crate::domain::{Ledger, Usage};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +32,7 @@ pub struct RequestScope {
 struct ScopeData {
     client: Option<String>,
     target: Option<String>,
-    usage: Usage,
-    cost_usd: f64,
+    ledger: Option<Ledger>,
     plugins: Vec<Arc<str>>,
     upstream_busy: Vec<(Instant, Instant)>,
 }
@@ -97,12 +100,9 @@ impl RequestScope {
         });
     }
 
-    /// Records the usage and cost of one completion.
-    pub fn add_usage(&self, usage: Usage, cost_usd: f64) {
-        self.with(|d| {
-            d.usage = d.usage.plus(usage);
-            d.cost_usd += cost_usd;
-        });
+    /// Attaches the request's ledger: its usage and cost are the request's.
+    pub fn attach_ledger(&self, ledger: &Ledger) {
+        self.with(|d| d.ledger = Some(ledger.clone()));
     }
 
     /// Records that an upstream call was in flight from `start` to `end`.
@@ -115,8 +115,8 @@ impl RequestScope {
         self.with(|d| RequestSummary {
             client: d.client.clone().unwrap_or_else(|| "anonymous".into()),
             target: d.target.clone(),
-            usage: d.usage,
-            cost_usd: d.cost_usd,
+            usage: d.ledger.as_ref().map(Ledger::usage).unwrap_or_default(),
+            cost_usd: d.ledger.as_ref().map_or(0.0, Ledger::cost_usd),
             plugins: d.plugins.clone(),
             upstream_wait: union_length(&mut d.upstream_busy),
         })
@@ -166,6 +166,7 @@ pub fn current() -> Option<Arc<RequestScope>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Step, StepKind};
 
     #[test]
     fn overlapping_upstream_waits_count_once() {
@@ -186,21 +187,32 @@ mod tests {
         with_current(|s| s.set_target("nowhere"));
         let s = RequestScope::new();
         let identity: Arc<str> = Arc::from("guard@1");
+        let ledger = Ledger::default();
         scope(s.clone(), async {
             with_current(|s| {
                 s.set_target("usf-mini");
                 s.note_plugin(&identity);
                 s.note_plugin(&identity);
-                s.add_usage(
-                    Usage {
-                        prompt_tokens: 3,
-                        completion_tokens: 4,
-                    },
-                    0.5,
-                );
+                s.attach_ledger(&ledger);
             });
         })
         .await;
+        // What the request used is what its ledger says, whenever written.
+        ledger.push(Step {
+            kind: StepKind::Completion,
+            target: "usf-mini".into(),
+            upstream: Some("sim".into()),
+            caller: "client".into(),
+            depth: 0,
+            latency_ms: 1,
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+            },
+            cost_usd: 0.5,
+            ok: true,
+            error: None,
+        });
         let summary = s.summary();
         assert_eq!(summary.target.as_deref(), Some("usf-mini"));
         assert_eq!(summary.client, "anonymous");

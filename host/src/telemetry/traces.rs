@@ -12,7 +12,7 @@
 //! runs on its own thread, and borrowing the runtime avoids a second HTTP
 //! stack and a second TLS configuration.
 
-use crate::config::TelemetryConfig;
+use super::config::TelemetryConfig;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -73,7 +73,7 @@ pub fn tracer_provider(
         return Ok(None);
     };
     let client = TokioHttpClient {
-        client: crate::upstream::http_client(),
+        client: crate::net::http_client(),
         runtime: tokio::runtime::Handle::current(),
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -108,7 +108,11 @@ where
 {
     let logs = tracing_subscriber::fmt::layer().with_writer(writer);
     let logs = match format {
-        LogFormat::Json => logs.json().boxed(),
+        // Spans keep only their trace id for log lines (see span_fields).
+        LogFormat::Json => logs
+            .json()
+            .fmt_fields(super::span_fields::TraceIdOnly)
+            .boxed(),
         LogFormat::Pretty => logs.boxed(),
     };
     let spans = provider.map(|p| {

@@ -31,7 +31,7 @@ use reqwest::header::HeaderMap;
 use std::time::{Duration, SystemTime};
 
 pub use observed::ObservedUpstream;
-pub use openai::{OpenAiUpstream, http_client};
+pub use openai::OpenAiUpstream;
 pub use sim::{SimOutcome, SimSettings, SimUpstream, Simulator};
 
 /// What the gateway knows about an upstream, for routing and accounting.
@@ -49,6 +49,24 @@ pub struct UpstreamInfo {
     pub tags: Vec<String>,
     /// Operator weight for weighted routing.
     pub weight: u32,
+}
+
+impl UpstreamInfo {
+    /// What `usage` costs on this upstream, USD: the one cost formula of the
+    /// host (steps, the ledger, metrics and budgets all use it).
+    ///
+    /// ```
+    /// # use agentrouter::upstream::UpstreamInfo;
+    /// # use agentrouter::domain::Usage;
+    /// let info = UpstreamInfo { name: "a".into(), model: "m".into(), input_cost_per_1k: 1.0,
+    ///     output_cost_per_1k: 2.0, tags: vec![], weight: 1 };
+    /// let usage = Usage { prompt_tokens: 500, completion_tokens: 250 };
+    /// assert_eq!(info.cost(usage), 1.0);
+    /// ```
+    pub fn cost(&self, usage: Usage) -> f64 {
+        f64::from(usage.prompt_tokens) / 1000.0 * self.input_cost_per_1k
+            + f64::from(usage.completion_tokens) / 1000.0 * self.output_cost_per_1k
+    }
 }
 
 /// One piece of a streamed answer.

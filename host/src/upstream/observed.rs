@@ -1,8 +1,10 @@
 //! An [`Upstream`] wrapper that makes every call observable: one client
 //! span per attempt with OpenTelemetry GenAI attributes (the span the HTTP
-//! upstream's `traceparent` is taken from), tokens and cost by key and
-//! model, and the time spent waiting, noted in the request's scope so the
-//! server can tell gateway overhead from upstream latency.
+//! upstream's `traceparent` is taken from), the token and cost series by
+//! key and model, and the time spent waiting, noted in the request's scope
+//! so the server can tell gateway overhead from upstream latency. (What a
+//! request used is its ledger's business: the pipeline records each attempt
+//! there.)
 //!
 //! Wrapping at construction keeps all of this out of the completion path:
 //! retries, fallbacks and chunks each call the upstream, so each is one span
@@ -66,12 +68,10 @@ struct Accounting {
 }
 
 impl Accounting {
-    /// Tokens and cost of a finished answer, in the metrics, the span and
-    /// the request's scope.
+    /// Tokens and cost of a finished answer, in the metrics and the span.
     fn usage(&self, usage: Usage, model: &str, finish_reason: &str) {
         let info = &self.info;
-        let cost = f64::from(usage.prompt_tokens) / 1000.0 * info.input_cost_per_1k
-            + f64::from(usage.completion_tokens) / 1000.0 * info.output_cost_per_1k;
+        let cost = info.cost(usage);
         let key = self
             .scope
             .as_ref()
@@ -101,9 +101,6 @@ impl Accounting {
             .record("gen_ai.usage.output_tokens", usage.completion_tokens)
             .record("gen_ai.response.model", model)
             .record("gen_ai.response.finish_reasons", finish_reason);
-        if let Some(scope) = &self.scope {
-            scope.add_usage(usage, cost);
-        }
     }
 
     fn failed(&self, failure: &Failure) {

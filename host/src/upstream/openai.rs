@@ -27,28 +27,6 @@ const MAX_BODY: usize = 16 << 20;
 /// Largest error body read (the rest is ignored: only the code matters).
 const MAX_ERROR_BODY: usize = 64 << 10;
 
-/// The shared HTTP client for every HTTP upstream.
-///
-/// One pool for the process: connections to a provider are reused across
-/// requests and upstreams. The connect timeout is short because a provider
-/// that cannot accept a connection in seconds is down, whatever the
-/// request's own deadline; per-request deadlines are set on each call.
-///
-/// # Panics
-/// If the TLS backend cannot initialise, which is a broken build rather than
-/// a runtime condition.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .tcp_keepalive(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .user_agent(concat!("agentrouter/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the rustls TLS backend initialises")
-}
-
 /// An upstream speaking the OpenAI chat-completions API.
 #[derive(Clone)]
 pub struct OpenAiUpstream {
@@ -57,7 +35,10 @@ pub struct OpenAiUpstream {
 
 struct Inner {
     info: UpstreamInfo,
-    url: String,
+    /// `{base_url}/chat/completions`, parsed once: parsing a URL per request
+    /// cost more than building the request. Config validation has refused
+    /// an unparsable `base_url` already.
+    url: Result<reqwest::Url, String>,
     api_key: Option<String>,
     client: reqwest::Client,
 }
@@ -86,7 +67,8 @@ impl OpenAiUpstream {
         client: reqwest::Client,
     ) -> Self {
         let base: String = base_url.into();
-        let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+        let url = reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
+            .map_err(|e| e.to_string());
         Self {
             inner: Arc::new(Inner {
                 info,
@@ -112,9 +94,15 @@ impl Inner {
         // streamed body included.
         let mut trace = reqwest::header::HeaderMap::new();
         crate::telemetry::traces::inject_current(&mut trace);
+        let url = self.url.as_ref().map_err(|e| {
+            Failure::Internal(format!(
+                "upstream `{}`: base_url is not a valid URL: {e}",
+                self.info.name
+            ))
+        })?;
         let mut http = self
             .client
-            .post(&self.url)
+            .post(url.clone())
             .timeout(timeout)
             .headers(trace)
             .json(&body);

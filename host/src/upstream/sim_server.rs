@@ -7,6 +7,7 @@
 
 use super::sim::{SimOutcome, Simulator};
 use super::{StreamEvent, completion_events};
+use crate::clock;
 use crate::domain::Completion;
 use crate::openai::{ChatChunk, ChatRequest, ChatResponse, ChunkWriter, ErrorBody};
 use axum::Router;
@@ -15,12 +16,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use futures::StreamExt;
 use serde_json::json;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// What a malformed answer looks like: JSON cut off mid-way.
 const MALFORMED_BODY: &str = r#"{"id":"x","choices":["#;
@@ -47,6 +49,11 @@ pub async fn serve(
     models: Vec<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // TCP_NODELAY, as the gateway's own listener: without it a stream's last
+    // events wait ~40 ms for the client's delayed ACK (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(sim, models))
         .with_graceful_shutdown(shutdown)
         .await
@@ -54,12 +61,6 @@ pub async fn serve(
 
 fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {
     (status, axum::Json(ErrorBody::new(message, kind, code))).into_response()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 async fn list_models(State(state): State<Arc<SimState>>) -> Response {
@@ -112,7 +113,7 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
             sse(chunks(&id, &c, include_usage), interval)
         }
         SimOutcome::Answer(c) => {
-            axum::Json(ChatResponse::from_completion(id, unix_now(), &c)).into_response()
+            axum::Json(ChatResponse::from_completion(id, clock::unix_s(), &c)).into_response()
         }
         SimOutcome::Fail {
             status,
@@ -146,7 +147,7 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
 /// carrying the role), tool calls whole, a finish chunk, an optional
 /// usage-only chunk, `[DONE]`.
 fn chunks(id: &str, c: &Completion, include_usage: bool) -> Vec<String> {
-    let mut writer = ChunkWriter::new(id, unix_now(), c.model.clone());
+    let mut writer = ChunkWriter::new(id, clock::unix_s(), c.model.clone());
     let mut out: Vec<ChatChunk> = Vec::new();
     for event in completion_events(c.clone()) {
         match event {

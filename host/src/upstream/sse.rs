@@ -3,6 +3,11 @@
 /// Largest single SSE line; guards against a peer that never sends `\n`.
 const MAX_SSE_LINE: usize = 4 << 20;
 
+/// A peer sent a line longer than the parser holds.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("event-stream line over {MAX_SSE_LINE} bytes")]
+pub(super) struct LineTooLong;
+
 /// Splits a server-sent-event byte stream into the `data` of each event.
 ///
 /// Bytes may arrive cut anywhere (mid-line, mid-UTF-8 character); only whole
@@ -15,7 +20,7 @@ pub(super) struct SseParser {
 
 impl SseParser {
     /// Feeds bytes; returns the data of every event they completed.
-    pub(super) fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+    pub(super) fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, LineTooLong> {
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
@@ -30,7 +35,7 @@ impl SseParser {
         }
         self.buf.drain(..start);
         if self.buf.len() > MAX_SSE_LINE {
-            return Err(format!("event-stream line over {MAX_SSE_LINE} bytes"));
+            return Err(LineTooLong);
         }
         Ok(events)
     }
