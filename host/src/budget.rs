@@ -318,11 +318,6 @@ impl Budgets {
         }
     }
 
-    /// The earliest wall deadline of any scope: effects started now must end by then.
-    pub fn wall_deadline(&self) -> Option<Instant> {
-        self.meters().filter_map(|m| m.wall_deadline()).min()
-    }
-
     /// Takes `n` of `resource` from every scope, or from none: a refusal
     /// by the request gives back what the agent call had taken. Also
     /// refuses once a wall budget is spent.

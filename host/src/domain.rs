@@ -518,16 +518,6 @@ impl CallContext {
         ctx
     }
 
-    /// The context of an effect started now (a completion, a delegation):
-    /// it must end by the request's deadline and by any wall budget.
-    pub fn for_effect(&self) -> CallContext {
-        let mut ctx = self.clone();
-        if let Some(wall) = self.budgets.wall_deadline() {
-            ctx.deadline = ctx.deadline.min(wall);
-        }
-        ctx
-    }
-
     /// Who this request is for, as one stable key: the client identity and,
     /// when the request names one, its end user. A/B rollouts assign arms by
     /// it, so one user keeps seeing one version.

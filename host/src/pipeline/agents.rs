@@ -133,7 +133,7 @@ impl Pipeline {
         }
         let span = Pipeline::completion_span(&ctx, &req.model);
         let completion = self
-            .complete(&ctx.for_effect(), req)
+            .complete(&ctx, req)
             .instrument(span)
             .await
             .map_err(|e| e.to_failure())?;
@@ -161,7 +161,7 @@ impl Pipeline {
         if let Err(exceeded) = ctx.budgets.draw(Resource::Delegations, 1) {
             return Err(self.deny_budget(ctx, StepKind::Agent, &agent, exceeded));
         }
-        self.run_agent(child.for_effect(), &agent, task)
+        self.run_agent(child, &agent, task)
             .await
             .map_err(|e| e.to_failure())
     }

@@ -86,9 +86,9 @@ pub struct AgentCallBudget {
     pub max_tokens: u64,
     /// Agents it starts (`agents.call`, each `call-all` task).
     pub max_delegations: u64,
-    /// Time after the call starts during which it may start effects (its
-    /// completions and delegations must end by then too); the slot's
-    /// `limits.timeout_ms` still ends the call.
+    /// Time after the call starts during which it may start effects (an
+    /// effect in flight then is not cut); the slot's `limits.timeout_ms`
+    /// still ends the call.
     pub max_wall_ms: Option<u64>,
     /// Tasks one `call-all` may run; the rest get a `denied` result at once.
     pub max_call_all_tasks: u32,

@@ -79,10 +79,18 @@ impl Pipeline {
     /// Why the host will not carry out `action`, if it will not.
     fn judge(&self, action: &Action, fctx: &FailureContext, plan: &Plan) -> Result<(), String> {
         match action {
-            Action::Retry(ms) if u64::from(*ms) >= fctx.remaining_ms => Err(format!(
-                "refused: the request's deadline is in {} ms",
-                fctx.remaining_ms
-            )),
+            // An ask is the ceiling of a jittered wait, capped at
+            // `max_delay_ms`; only when even the capped ceiling reaches the
+            // deadline is it a retry that cannot happen in time.
+            Action::Retry(ms)
+                if u64::from(*ms).min(self.settings.max_delay.as_millis() as u64)
+                    >= fctx.remaining_ms =>
+            {
+                Err(format!(
+                    "refused: the request's deadline is in {} ms",
+                    fctx.remaining_ms
+                ))
+            }
             Action::ChunkAndRetry(0) => {
                 Err("invalid: a chunk must hold at least one character".into())
             }
