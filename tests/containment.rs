@@ -119,10 +119,7 @@ max_call_all_concurrency = 4
     let refused: Vec<&Value> = steps.iter().filter(|s| s["ok"] == false).collect();
     assert_eq!(refused.len(), 1, "{steps:#?}");
     assert_eq!(refused[0]["target"], "call-all");
-    assert_eq!(
-        steps.iter().filter(|s| s["target"] == "worker").count(),
-        16
-    );
+    assert_eq!(steps.iter().filter(|s| s["target"] == "worker").count(), 16);
     let metrics = gw.metrics().await;
     assert_eq!(
         series(
@@ -161,7 +158,10 @@ max_call_all_concurrency = 8
     let ((status, body), ok) = with_neighbours(&gw, "fanout 8 worker").await;
     assert_eq!(status, 200, "{body}");
     let text = output(&body);
-    assert!(text.contains("denied=") && !text.contains("denied=0"), "{text}");
+    assert!(
+        text.contains("denied=") && !text.contains("denied=0"),
+        "{text}"
+    );
     assert!(
         text.contains(
             "the request may use 4 plugin instances at once and has used 4 (budgets.request.max_plugin_instances); worker@"
@@ -226,15 +226,23 @@ timeout_ms = 200
     assert_eq!(status, 200, "{body}");
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(reply.code(), "plugin_capacity");
-    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
-        message.contains("the plugin instance pool is full (8 instances, runtime.pool_instances): request task-"),
+        message.contains(
+            "the plugin instance pool is full (8 instances, runtime.pool_instances): request task-"
+        ),
         "{message}"
     );
     assert!(message.contains("holds 8 (worker@"), "{message}");
     assert!(message.contains("×7, hostile@"), "{message}");
     // The plugin that found it full is not blamed for it.
-    assert!(message.ends_with("guard@0.1.0 was not started"), "{message}");
+    assert!(
+        message.ends_with("guard@0.1.0 was not started"),
+        "{message}"
+    );
     gw.stop().await;
 }
 
@@ -253,21 +261,29 @@ async fn hostile_run(extra: &str, input: &str) -> (Value, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_calls_budget_of_llm_calls_is_a_denied_result_it_can_answer_with() {
-    let (body, metrics) = hostile_run(
-        "[plugins.hostile.budget]\nmax_llm_calls = 5\n",
-        "llm 5000",
-    )
-    .await;
+    let (body, metrics) =
+        hostile_run("[plugins.hostile.budget]\nmax_llm_calls = 5\n", "llm 5000").await;
     assert_eq!(
         output(&body),
         "calls=5; stopped: denied: budget exceeded: this call of agent `hostile` may use 5 LLM calls and has used 5 (plugins.hostile.budget.max_llm_calls)"
     );
     let steps = body["steps"].as_array().unwrap();
-    assert_eq!(steps.iter().filter(|s| s["ok"] == true && s["kind"] == "completion").count(), 5);
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s["ok"] == true && s["kind"] == "completion")
+            .count(),
+        5
+    );
     let denied: Vec<&Value> = steps.iter().filter(|s| s["ok"] == false).collect();
     assert_eq!(denied.len(), 1, "{steps:#?}");
     assert_eq!(denied[0]["caller"], "hostile");
-    assert!(denied[0]["error"].as_str().unwrap().starts_with("denied: budget exceeded"));
+    assert!(
+        denied[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("denied: budget exceeded")
+    );
     assert_eq!(
         series(
             &metrics,
@@ -326,8 +342,9 @@ async fn tokens_delegations_and_wall_time_are_budgeted_too() {
     .await;
     let text = output(&body);
     assert!(
-        text.contains("stopped: denied: budget exceeded: this call of agent `hostile` may use 150 ms")
-            && text.ends_with("(plugins.hostile.budget.max_wall_ms)"),
+        text.contains(
+            "stopped: denied: budget exceeded: this call of agent `hostile` may use 150 ms"
+        ) && text.ends_with("(plugins.hostile.budget.max_wall_ms)"),
         "{text}"
     );
     assert_eq!(
@@ -363,7 +380,10 @@ kv_max_total_bytes = 100000
     assert!(ok >= 49, "only {ok} of 50 neighbours succeeded");
     // Byte quotas hold per namespace: `worker` has its own.
     let (status, body) = gw
-        .post("/v1/agents/worker/invoke", &json!({"input": "kv 1000 1024"}))
+        .post(
+            "/v1/agents/worker/invoke",
+            &json!({"input": "kv 1000 1024"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let text = output(&body);
@@ -373,8 +393,14 @@ kv_max_total_bytes = 100000
     );
     // A value over the per-value limit is refused too.
     let metrics = gw.metrics().await;
-    assert_eq!(series(&metrics, r#"agentrouter_kv_keys{plugin="hostile"}"#), 1000.0);
-    assert_eq!(series(&metrics, r#"agentrouter_kv_keys{plugin="worker"}"#), 97.0);
+    assert_eq!(
+        series(&metrics, r#"agentrouter_kv_keys{plugin="hostile"}"#),
+        1000.0
+    );
+    assert_eq!(
+        series(&metrics, r#"agentrouter_kv_keys{plugin="worker"}"#),
+        97.0
+    );
     assert!(
         series(
             &metrics,
@@ -436,7 +462,10 @@ async fn validator_rewrites_are_held_to_the_rules_of_the_clients_request() {
         let (reply, upstream_requests) = rewritten(mode, count, false).await;
         assert_eq!(reply.status, 500, "{mode}: {}", reply.text);
         assert_eq!(reply.code(), "plugin_error");
-        let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(
             message.starts_with("validator rewriter@")
                 && message.contains("rewrote the input into something the host refuses: ")
@@ -448,7 +477,10 @@ async fn validator_rewrites_are_held_to_the_rules_of_the_clients_request() {
     }
     let (reply, _) = rewritten("system", 0, true).await;
     assert_eq!(reply.status, 500, "{}", reply.text);
-    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         message.contains("rewrote the output into something the host refuses: the answer's last message has role `system`"),
         "{message}"
@@ -480,7 +512,8 @@ world = "recovery"
 recovery = "recovery"
 "#
     ));
-    let gw = Gateway::start(&config.replacen("[server]\n", &format!("[server]\n{server}\n"), 1)).await;
+    let gw =
+        Gateway::start(&config.replacen("[server]\n", &format!("[server]\n{server}\n"), 1)).await;
     let reply = gw.chat(&chat("m", "an 18-char prompt.")).await;
     gw.stop().await;
     reply
@@ -578,7 +611,10 @@ async fn budget_config_mistakes_are_refused_naming_the_key() {
     let err = agentrouter::config::Config::parse(&text, "test.toml", dir.path())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("plugins.guard.budget") && err.contains("only for agent slots"), "{err}");
+    assert!(
+        err.contains("plugins.guard.budget") && err.contains("only for agent slots"),
+        "{err}"
+    );
     let text = config(&up, "[budgets.request]\nmax_plugin_instances = 999\n");
     let err = agentrouter::config::Config::parse(&text, "test.toml", dir.path())
         .unwrap_err()

@@ -64,7 +64,10 @@ const CHAT_WORDS: &[&str] = &[
     "",
 ];
 
-fn json(keys: &'static [&'static str], words: &'static [&'static str]) -> impl Strategy<Value = Value> {
+fn json(
+    keys: &'static [&'static str],
+    words: &'static [&'static str],
+) -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),

@@ -226,9 +226,18 @@ fn spawn_kv_sweeper(
                         let labels = KvLabels {
                             plugin: s.namespace,
                         };
-                        metrics.kv_expired_swept.get_or_create(&labels).inc_by(s.removed);
-                        metrics.kv_keys.get_or_create(&labels).set(s.usage.keys as i64);
-                        metrics.kv_bytes.get_or_create(&labels).set(s.usage.bytes as i64);
+                        metrics
+                            .kv_expired_swept
+                            .get_or_create(&labels)
+                            .inc_by(s.removed);
+                        metrics
+                            .kv_keys
+                            .get_or_create(&labels)
+                            .set(s.usage.keys as i64);
+                        metrics
+                            .kv_bytes
+                            .get_or_create(&labels)
+                            .set(s.usage.bytes as i64);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "kv sweep failed"),

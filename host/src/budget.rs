@@ -248,11 +248,10 @@ impl Meter {
     }
 
     fn give_back(&self, resource: Resource, n: u64) {
-        let _ = self.used[resource.index()].fetch_update(
-            Ordering::AcqRel,
-            Ordering::Acquire,
-            |used| Some(used.saturating_sub(n)),
-        );
+        let _ =
+            self.used[resource.index()].fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
     }
 
     fn add(&self, resource: Resource, n: u64) {
@@ -302,7 +301,11 @@ impl Budgets {
                 && now >= deadline
             {
                 let allowed = meter.limits.get(Resource::WallTime).unwrap_or(0);
-                return Err(meter.exceeded(Resource::WallTime, meter.used(Resource::WallTime), allowed));
+                return Err(meter.exceeded(
+                    Resource::WallTime,
+                    meter.used(Resource::WallTime),
+                    allowed,
+                ));
             }
         }
         Ok(())
@@ -398,7 +401,10 @@ mod tests {
         let e = b.draw(Resource::LlmCalls, 1).unwrap_err();
         assert_eq!(e.scope, Scope::AgentCall("a".into()));
         assert_eq!(e.key, "plugins.a.budget.max_llm_calls");
-        assert!(e.to_string().contains("may use 2 LLM calls and has used 2"), "{e}");
+        assert!(
+            e.to_string().contains("may use 2 LLM calls and has used 2"),
+            "{e}"
+        );
         // A second agent call in the same request: the request refuses, and
         // the agent call's draw is given back.
         let mut other = b.clone();

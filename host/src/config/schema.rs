@@ -15,8 +15,10 @@ pub use crate::auth::{AuthConfig, DEFAULT_ROTATION_GRACE_S, KeyConfig};
 pub use crate::cache::{
     CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
 };
-pub use crate::pipeline::budget::{AgentBudgetOverrides, AgentCallBudget, BudgetsConfig, RequestBudget};
 pub use crate::pipeline::FailurePolicy;
+pub use crate::pipeline::budget::{
+    AgentBudgetOverrides, AgentCallBudget, BudgetsConfig, RequestBudget,
+};
 pub use crate::ratelimit::{LimitConfig, RateLimitsConfig};
 use crate::runtime::{AllocatorChoice, Capabilities, EngineSettings, PluginLimits, World};
 pub use crate::telemetry::config::{DEFAULT_SAMPLE_RATE, DEFAULT_SERVICE_NAME, TelemetryConfig};

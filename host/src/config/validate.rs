@@ -37,7 +37,10 @@ fn budgets(config: &Config, errors: &mut Errors<'_>) {
         ("max_tokens", Some(r.max_tokens)),
         ("max_delegations", Some(r.max_delegations)),
         ("max_wall_ms", r.max_wall_ms),
-        ("max_plugin_instances", r.max_plugin_instances.map(u64::from)),
+        (
+            "max_plugin_instances",
+            r.max_plugin_instances.map(u64::from),
+        ),
     ] {
         if value == Some(0) {
             errors.push(format!("budgets.request.{field}"), "must be positive");
@@ -63,7 +66,10 @@ fn budgets(config: &Config, errors: &mut Errors<'_>) {
             );
             continue;
         }
-        tables.push((format!("plugins.{slot}.budget"), p.budget.merge(&b.agent_call)));
+        tables.push((
+            format!("plugins.{slot}.budget"),
+            p.budget.merge(&b.agent_call),
+        ));
     }
     for (table, a) in tables {
         for (field, value) in [

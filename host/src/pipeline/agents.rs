@@ -3,10 +3,10 @@
 //! `llm.complete` onto the completion path, `agents.call` onto other slots.
 
 use super::{Pipeline, PipelineError};
+use crate::budget::Resource;
 use crate::domain::{
     CallContext, Completion, CompletionRequest, Failure, Step, StepKind, Task, TaskResult,
 };
-use crate::budget::Resource;
 use crate::runtime::AgentHost;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -109,7 +109,11 @@ impl Pipeline {
         ctx: CallContext,
         req: CompletionRequest,
     ) -> Result<Completion, Failure> {
-        let target = if req.model.is_empty() { "-" } else { req.model.as_str() };
+        let target = if req.model.is_empty() {
+            "-"
+        } else {
+            req.model.as_str()
+        };
         if !req.model.is_empty() && !self.serves(&req.model) {
             return Err(Failure::Denied(format!(
                 "model `{}` does not exist",
@@ -185,7 +189,14 @@ impl Pipeline {
                 ctx.caller(),
                 budget.table
             );
-            let refused = self.deny(&ctx, StepKind::Agent, "call-all", "agent_call", "call_all_tasks", message);
+            let refused = self.deny(
+                &ctx,
+                StepKind::Agent,
+                "call-all",
+                "agent_call",
+                "call_all_tasks",
+                message,
+            );
             for slot in &mut results[max_tasks..] {
                 *slot = Some(Err(refused.clone()));
             }

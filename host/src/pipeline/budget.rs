@@ -219,7 +219,10 @@ impl BudgetSettings {
                 .filter(|(_, o)| !o.is_empty())
                 .map(|(slot, o)| {
                     let budget = o.merge(&config.agent_call);
-                    (slot.clone(), AgentBudget::new(&budget, format!("plugins.{slot}.budget")))
+                    (
+                        slot.clone(),
+                        AgentBudget::new(&budget, format!("plugins.{slot}.budget")),
+                    )
                 })
                 .collect(),
             agent_default: AgentBudget::new(&config.agent_call, "budgets.agent_call"),

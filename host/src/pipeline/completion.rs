@@ -289,7 +289,8 @@ impl Pipeline {
                                 rand::rng().random::<f64>(),
                             ) else {
                                 // The upstream's hint outlasts the deadline.
-                                let why = "; refused: the upstream's Retry-After outlasts the deadline";
+                                let why =
+                                    "; refused: the upstream's Retry-After outlasts the deadline";
                                 return Err(ended(failure, why));
                             };
                             tokio::time::sleep(delay).await;

@@ -22,9 +22,9 @@ mod plan;
 mod rules;
 mod status;
 
+pub use budget::{AgentBudgetOverrides, BudgetSettings, BudgetsConfig};
 pub use error::{PipelineError, WiringError};
 pub use guarded::GuardedUpstream;
-pub use budget::{AgentBudgetOverrides, BudgetSettings, BudgetsConfig};
 pub use rules::{MessageLimit, MessageRules, RuleViolation};
 
 use crate::domain::{

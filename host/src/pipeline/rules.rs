@@ -148,13 +148,18 @@ mod tests {
                 .contains("`messages[1].content` has 4 characters"),
             "{err}"
         );
-        assert_eq!(rules.check("m", &[]).unwrap_err().limit, MessageLimit::Empty);
+        assert_eq!(
+            rules.check("m", &[]).unwrap_err().limit,
+            MessageLimit::Empty
+        );
         let err = rules
             .check_stage(Stage::Output, &[Message::system("x")])
             .unwrap_err();
         assert_eq!(err.limit, MessageLimit::Role);
-        assert!(rules
-            .check_stage(Stage::Output, &[Message::assistant("x")])
-            .is_ok());
+        assert!(
+            rules
+                .check_stage(Stage::Output, &[Message::assistant("x")])
+                .is_ok()
+        );
     }
 }

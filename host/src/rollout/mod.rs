@@ -242,7 +242,11 @@ impl SlotExport for Handle {
 
     fn detach((task, ctx, host): &Self::Input<'_>) -> Self::Input<'static> {
         // Its own ledger and budgets: a shadow never spends the request's.
-        (Cow::Owned(task.clone().into_owned()), ctx.detached(), host.clone())
+        (
+            Cow::Owned(task.clone().into_owned()),
+            ctx.detached(),
+            host.clone(),
+        )
     }
 
     fn failed(result: &Result<Result<TaskResult, Failure>, PluginError>) -> bool {

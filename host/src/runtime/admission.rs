@@ -211,7 +211,9 @@ impl Pool {
 
     fn observe(&self) {
         if let Some(metrics) = self.metrics.get() {
-            metrics.plugin_instances_in_use.set(i64::from(self.in_use()));
+            metrics
+                .plugin_instances_in_use
+                .set(i64::from(self.in_use()));
         }
     }
 }
@@ -235,7 +237,11 @@ mod tests {
         let hog = ctx("r1", 2);
         let _a = pool.admit(&p, Some(&hog), Duration::ZERO).await.unwrap();
         let _b = pool.admit(&p, Some(&hog), Duration::ZERO).await.unwrap();
-        let err = pool.admit(&p, Some(&hog), Duration::ZERO).await.err().unwrap();
+        let err = pool
+            .admit(&p, Some(&hog), Duration::ZERO)
+            .await
+            .err()
+            .unwrap();
         assert!(
             err.to_string()
                 .contains("budgets.request.max_plugin_instances"),
@@ -249,8 +255,14 @@ mod tests {
         let pool = Pool::new(2);
         let hog_plugin: Arc<str> = Arc::from("fanout@1");
         let hog = ctx("task-hog", 4);
-        let a = pool.admit(&hog_plugin, Some(&hog), Duration::ZERO).await.unwrap();
-        let _b = pool.admit(&hog_plugin, Some(&hog), Duration::ZERO).await.unwrap();
+        let a = pool
+            .admit(&hog_plugin, Some(&hog), Duration::ZERO)
+            .await
+            .unwrap();
+        let _b = pool
+            .admit(&hog_plugin, Some(&hog), Duration::ZERO)
+            .await
+            .unwrap();
         let guard: Arc<str> = Arc::from("guard@1");
         let err = pool
             .admit(&guard, Some(&ctx("other", 4)), Duration::from_millis(10))
@@ -258,7 +270,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("request task-hog holds 2 (fanout@1 ×2)"), "{err}");
+        assert!(
+            err.contains("request task-hog holds 2 (fanout@1 ×2)"),
+            "{err}"
+        );
         // A waiting first call gets the slot once the holder lets go.
         let waiting = {
             let pool = pool.clone();

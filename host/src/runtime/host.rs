@@ -185,8 +185,14 @@ impl PluginState {
     /// Publishes a namespace's usage after a write.
     fn kv_observe(&self, usage: KvUsage) {
         if let Some(m) = &self.kv_metrics {
-            m.metrics.kv_keys.get_or_create(&m.plugin).set(usage.keys as i64);
-            m.metrics.kv_bytes.get_or_create(&m.plugin).set(usage.bytes as i64);
+            m.metrics
+                .kv_keys
+                .get_or_create(&m.plugin)
+                .set(usage.keys as i64);
+            m.metrics
+                .kv_bytes
+                .get_or_create(&m.plugin)
+                .set(usage.bytes as i64);
         }
     }
 

@@ -110,7 +110,9 @@ impl PluginLimits {
                 "must be positive",
             ));
         }
-        if self.kv_max_value_bytes == 0 || self.kv_max_value_bytes > crate::store::MAX_KV_VALUE_BYTES {
+        if self.kv_max_value_bytes == 0
+            || self.kv_max_value_bytes > crate::store::MAX_KV_VALUE_BYTES
+        {
             return Err(invalid(
                 "limits.kv_max_value_bytes",
                 self.kv_max_value_bytes.to_string(),

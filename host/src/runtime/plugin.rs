@@ -557,9 +557,13 @@ impl Plugin {
         // Held until the store below is gone: the slot is free only then.
         let ctx = ctx.or(agent.as_ref().map(|a| &a.ctx));
         let wait = ctx.map_or(timeout, |c| timeout.min(c.remaining()));
-        let _admitted = self.pool.admit(&self.label, ctx, wait).await.inspect_err(|e| {
-            tracing::warn!(plugin = %self.identity, error = %e, "plugin call not admitted");
-        })?;
+        let _admitted = self
+            .pool
+            .admit(&self.label, ctx, wait)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(plugin = %self.identity, error = %e, "plugin call not admitted");
+            })?;
         let mut store = self.new_store(agent, timeout)?;
         let started = Instant::now();
         let span = self.call_span(op);
@@ -581,8 +585,10 @@ impl Plugin {
     /// functions and constructors run, under the plugin's limits. The smoke
     /// check for agents, whose export would call the LLM.
     pub async fn probe(&self) -> Result<(), PluginError> {
-        self.call(None, "probe", None, None, self.timeout(), async |_, _| Ok(()))
-            .await
+        self.call(None, "probe", None, None, self.timeout(), async |_, _| {
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -243,9 +243,7 @@ impl KvStore for Store {
             )));
         }
         let now = clock::unix_ms();
-        let expires = ttl_seconds
-            .map(|s| now + u64::from(s) * 1000)
-            .unwrap_or(0);
+        let expires = ttl_seconds.map(|s| now + u64::from(s) * 1000).unwrap_or(0);
         let k = kv_key(namespace, key);
         let mut table = self.usage_table();
         let mut usage = self.loaded(&mut table, namespace)?;
@@ -254,7 +252,9 @@ impl KvStore for Store {
         let after = |usage: KvUsage| match &old {
             Some(old) => KvUsage {
                 keys: usage.keys,
-                bytes: usage.bytes.saturating_sub(entry_bytes(k.len(), namespace, old.len()))
+                bytes: usage
+                    .bytes
+                    .saturating_sub(entry_bytes(k.len(), namespace, old.len()))
                     + new_bytes,
             },
             None => KvUsage {
@@ -384,9 +384,17 @@ mod tests {
         );
         store.set("p", "b", b"1", None, &quota).unwrap();
         let e = store.set("p", "c", b"1", None, &quota).unwrap_err();
-        assert!(e.to_string().contains("at most 2 keys (limits.kv_max_keys)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("at most 2 keys (limits.kv_max_keys)"),
+            "{e}"
+        );
         let e = store.set("p", "b", &[0; 30], None, &quota).unwrap_err();
-        assert!(e.to_string().contains("limits.kv_max_value_bytes") || e.to_string().contains("kv_max_total_bytes"), "{e}");
+        assert!(
+            e.to_string().contains("limits.kv_max_value_bytes")
+                || e.to_string().contains("kv_max_total_bytes"),
+            "{e}"
+        );
         // Another namespace has its own quota.
         store.set("q", "c", b"1", None, &quota).unwrap();
         // Deleting makes room.

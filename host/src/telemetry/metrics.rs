@@ -397,7 +397,11 @@ impl Metrics {
             "Plugin decisions the host refused",
             m.plugin_decisions_refused.clone(),
         );
-        register!("kv_keys", "Keys in a plugin's kv namespace", m.kv_keys.clone());
+        register!(
+            "kv_keys",
+            "Keys in a plugin's kv namespace",
+            m.kv_keys.clone()
+        );
         register!(
             "kv_bytes",
             "Bytes of keys and values in a plugin's kv namespace",
