@@ -367,6 +367,7 @@ kv_max_keys = 1000
 
 [plugins.worker.limits]
 kv_max_total_bytes = 100000
+kv_max_value_bytes = 2048
 "#,
     ))
     .await;
@@ -392,7 +393,21 @@ kv_max_total_bytes = 100000
         "{text}"
     );
     // A value over the per-value limit is refused too.
+    let (_, body) = gw
+        .post("/v1/agents/worker/invoke", &json!({"input": "kv 1 4096"}))
+        .await;
+    assert_eq!(
+        output(&body),
+        "written=0; refused: value is 4096 bytes, limit is 2048 (limits.kv_max_value_bytes)"
+    );
     let metrics = gw.metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            r#"agentrouter_kv_writes_refused_total{plugin="worker",reason="too_large"}"#
+        ),
+        1.0
+    );
     assert_eq!(
         series(&metrics, r#"agentrouter_kv_keys{plugin="hostile"}"#),
         1000.0
