@@ -437,6 +437,8 @@ impl AgentHost for HostHandle {
     ) -> BoxFuture<'static, Result<TaskResult, Failure>> {
         let host = self.0.clone();
         Box::pin(async move {
+            // The host enters the callee (depth and cycle guards).
+            let ctx = ctx.enter(&agent)?;
             let plugin = host.agents.lock().unwrap().get(&agent).cloned();
             let Some(plugin) = plugin else {
                 return Err(Failure::Denied(format!("unknown agent {agent}")));
@@ -458,6 +460,18 @@ impl AgentHost for HostHandle {
             host.in_flight.fetch_sub(1, Ordering::SeqCst);
             result.map_err(|e| Failure::Internal(e.to_string()))?
         })
+    }
+
+    fn call_all(
+        &self,
+        ctx: CallContext,
+        calls: Vec<(String, Task)>,
+    ) -> BoxFuture<'static, Vec<Result<TaskResult, Failure>>> {
+        let calls: Vec<_> = calls
+            .into_iter()
+            .map(|(agent, task)| self.call_agent(ctx.clone(), agent, task))
+            .collect();
+        Box::pin(futures::future::join_all(calls))
     }
 }
 

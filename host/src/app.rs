@@ -21,7 +21,9 @@ use crate::config::{
 };
 use crate::gateway::{Gateway, Live, ServerLimits};
 use crate::net::http_client;
-use crate::pipeline::{GuardedUpstream, Pipeline, PipelineSettings, Slot};
+use crate::pipeline::{
+    AgentBudgetOverrides, BudgetSettings, GuardedUpstream, Pipeline, PipelineSettings, Slot,
+};
 use crate::ratelimit::RateLimiter;
 use crate::resilience::HealthSettings;
 use crate::rollout::watch::{self, Watch};
@@ -74,6 +76,7 @@ pub struct App {
     state: AppState,
     shutdown: Shutdown,
     rollouts: Arc<Rollouts>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -88,6 +91,11 @@ impl App {
             .map_err(AppError::Runtime)?
             .with_metrics(metrics.clone());
         let rollouts = Rollouts::new(Arc::new(runtime), store.clone());
+        let sweeper = spawn_kv_sweeper(
+            store.clone(),
+            Duration::from_secs(startup.store.kv_sweep_interval_s),
+            metrics.clone(),
+        );
         let (live, _) = {
             let guard = rollouts.lock().await;
             assemble(&guard, &rollouts, config, startup, None, metrics).await?
@@ -133,6 +141,7 @@ impl App {
                 grace: Duration::from_millis(startup.server.shutdown_grace_ms),
             },
             rollouts,
+            sweeper,
         })
     }
 
@@ -181,13 +190,60 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
         let rollouts = self.rollouts;
+        let sweeper = self.sweeper;
         let served = server::serve(listener, self.state, shutdown, self.shutdown);
         async move {
             let result = served.await;
             rollouts.shutdown().await;
+            // The sweep holds the store: stop it so the store closes.
+            sweeper.abort();
+            let _ = sweeper.await;
             result
         }
     }
+}
+
+/// Removes expired plugin kv entries every `interval`, counting them per
+/// namespace. A sweep is a short synchronous scan (kv is bounded by the
+/// plugins' quotas), so it runs inline rather than on a blocking thread,
+/// which would outlive an abort and keep the store open.
+fn spawn_kv_sweeper(
+    store: Store,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    use crate::store::KvStore;
+    use crate::telemetry::metrics::KvLabels;
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: sweep what expired while stopped.
+        loop {
+            ticks.tick().await;
+            match store.sweep_expired() {
+                Ok(swept) => {
+                    for s in swept {
+                        let labels = KvLabels {
+                            plugin: s.namespace,
+                        };
+                        metrics
+                            .kv_expired_swept
+                            .get_or_create(&labels)
+                            .inc_by(s.removed);
+                        metrics
+                            .kv_keys
+                            .get_or_create(&labels)
+                            .set(s.usage.keys as i64);
+                        metrics
+                            .kv_bytes
+                            .get_or_create(&labels)
+                            .set(s.usage.bytes as i64);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "kv sweep failed"),
+            }
+        }
+    })
 }
 
 /// The previous assembly a reload builds on.
@@ -216,7 +272,7 @@ async fn assemble(
     let pipeline = Pipeline::new(
         slots.serving,
         upstreams,
-        pipeline_settings(&config.reloadable, metrics),
+        pipeline_settings(&config.reloadable, startup, metrics),
     )?;
     // Only now, with nothing left to fail, do fresh slots take over their
     // records: a refused reload must not reset a record, or resume a
@@ -425,10 +481,30 @@ fn health_settings(config: &ReloadableConfig, up: &UpstreamConfig) -> HealthSett
     }
 }
 
-/// How the pipeline is wired and bounded, from the config. `metrics` is the
-/// gateway's one registry: a reload must not reset counters.
-fn pipeline_settings(config: &ReloadableConfig, metrics: Arc<Metrics>) -> PipelineSettings {
+/// How the pipeline is wired and bounded, from the config (and the
+/// instance pool the gateway started with). `metrics` is the gateway's one
+/// registry: a reload must not reset counters.
+fn pipeline_settings(
+    config: &ReloadableConfig,
+    startup: &StartupConfig,
+    metrics: Arc<Metrics>,
+) -> PipelineSettings {
     let resilience = &config.resilience;
+    let limits = server_limits(&startup.server, &config.server);
+    let pool = startup.runtime.pool_instances;
+    // A quarter of the pool unless configured: four requests fanning out
+    // at once still leave room for everyone else's validators.
+    let share = config
+        .budgets
+        .request
+        .max_plugin_instances
+        .unwrap_or((pool / 4).max(1))
+        .min(pool);
+    let overrides: HashMap<String, AgentBudgetOverrides> = config
+        .plugins
+        .iter()
+        .map(|(slot, p)| (slot.clone(), p.budget.clone()))
+        .collect();
     PipelineSettings {
         input_validators: config.pipeline.input_validators.clone(),
         output_validators: config.pipeline.output_validators.clone(),
@@ -445,6 +521,8 @@ fn pipeline_settings(config: &ReloadableConfig, metrics: Arc<Metrics>) -> Pipeli
             .alert_webhook
             .as_ref()
             .map(|hook| hook.expose().trim().to_string()),
+        rules: limits.message_rules(),
+        budgets: BudgetSettings::new(&config.budgets, &overrides, share),
         metrics,
     }
 }

@@ -489,6 +489,9 @@ pub struct CallContext {
     pub max_depth: u32,
     /// The request's ledger: every step made for it, across all nesting levels.
     pub ledger: Ledger,
+    /// What the request, and the agent call on top of the chain, may still
+    /// make the host do (see [`crate::budget`]).
+    pub budgets: crate::budget::Budgets,
 }
 
 impl CallContext {
@@ -502,7 +505,17 @@ impl CallContext {
             chain: Vec::new(),
             max_depth: DEFAULT_MAX_DEPTH,
             ledger: Ledger::default(),
+            budgets: crate::budget::Budgets::default(),
         }
+    }
+
+    /// A copy for work that must not show in, or spend from, this request
+    /// (a shadow call): a ledger and budgets of its own.
+    pub fn detached(&self) -> CallContext {
+        let mut ctx = self.clone();
+        ctx.ledger = Ledger::default();
+        ctx.budgets = self.budgets.fresh();
+        ctx
     }
 
     /// Who this request is for, as one stable key: the client identity and,

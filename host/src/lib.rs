@@ -19,9 +19,10 @@
 //! rollout runtime upstream resilience cache auth ratelimit telemetry
 //!               hot-swappable slots, the sandbox, providers, breakers and
 //!               budgets, the response cache, keys, limits, metrics
-//! domain clock net secret store openai
-//!               small shared types, wall-clock time, the HTTP client,
-//!               secret values, sled, the OpenAI wire format
+//! domain budget clock net secret store openai
+//!               small shared types, budgets of a request and its agent
+//!               calls, wall-clock time, the HTTP client, secret values,
+//!               sled, the OpenAI wire format
 //! ```
 //!
 //! `config` sits on top with `app`: it is the schema, naming the settings
@@ -33,6 +34,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod clock;
 pub mod config;

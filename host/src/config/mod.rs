@@ -70,6 +70,7 @@ struct Document {
     rate_limits: RateLimitsConfig,
     resilience: ResilienceTable,
     telemetry: TelemetryConfig,
+    budgets: BudgetsConfig,
 }
 
 impl Document {
@@ -89,6 +90,7 @@ impl Document {
             rate_limits,
             resilience,
             telemetry,
+            budgets,
         } = self;
         let (listener, request_limits) = server.split();
         let (resilience, bulkhead) = resilience.split();
@@ -110,6 +112,7 @@ impl Document {
                 plugins,
                 pipeline,
                 resilience,
+                budgets,
             },
         )
     }

@@ -16,6 +16,9 @@ pub use crate::cache::{
     CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
 };
 pub use crate::pipeline::FailurePolicy;
+pub use crate::pipeline::budget::{
+    AgentBudgetOverrides, AgentCallBudget, BudgetsConfig, RequestBudget,
+};
 pub use crate::ratelimit::{LimitConfig, RateLimitsConfig};
 use crate::runtime::{AllocatorChoice, Capabilities, EngineSettings, PluginLimits, World};
 pub use crate::telemetry::config::{DEFAULT_SAMPLE_RATE, DEFAULT_SERVICE_NAME, TelemetryConfig};
@@ -168,12 +171,18 @@ pub struct StoreConfig {
     /// sled directory, as written (see [`super::Config::store_path`]).
     #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
+    /// How often expired plugin kv entries are removed.
+    pub kv_sweep_interval_s: u64,
 }
+
+/// Default `store.kv_sweep_interval_s`.
+pub const DEFAULT_KV_SWEEP_INTERVAL_S: u64 = 60;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from(DEFAULT_STORE_PATH),
+            kv_sweep_interval_s: DEFAULT_KV_SWEEP_INTERVAL_S,
         }
     }
 }
@@ -378,6 +387,9 @@ pub struct PluginConfig {
     /// Granted capabilities (deny by default).
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// Agent slots: overrides of `[budgets.agent_call]`.
+    #[serde(default)]
+    pub budget: AgentBudgetOverrides,
 }
 
 /// `[plugins.<slot>.limits]`: overrides of the world's default limits.
@@ -394,6 +406,12 @@ pub struct LimitsConfig {
     pub hostcall_fuel: Option<usize>,
     /// Largest table, in elements.
     pub table_elements: Option<u32>,
+    /// Most keys in the plugin's kv namespace.
+    pub kv_max_keys: Option<u64>,
+    /// Largest kv value, bytes.
+    pub kv_max_value_bytes: Option<usize>,
+    /// Most bytes of keys and values in the plugin's kv namespace.
+    pub kv_max_total_bytes: Option<u64>,
 }
 
 impl LimitsConfig {
@@ -410,6 +428,9 @@ impl LimitsConfig {
             fuel: self.fuel.or(base.fuel),
             hostcall_fuel: self.hostcall_fuel.unwrap_or(base.hostcall_fuel),
             table_elements: self.table_elements.unwrap_or(base.table_elements),
+            kv_max_keys: self.kv_max_keys.unwrap_or(base.kv_max_keys),
+            kv_max_value_bytes: self.kv_max_value_bytes.unwrap_or(base.kv_max_value_bytes),
+            kv_max_total_bytes: self.kv_max_total_bytes.unwrap_or(base.kv_max_total_bytes),
         }
     }
 }

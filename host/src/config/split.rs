@@ -65,6 +65,8 @@ pub struct ReloadableConfig {
     pub pipeline: PipelineConfig,
     /// Retries, fallbacks and alerts of `[resilience]`.
     pub resilience: ResilienceConfig,
+    /// `[budgets]`: what agents may make the host do.
+    pub budgets: BudgetsConfig,
 }
 
 impl StartupConfig {

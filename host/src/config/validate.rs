@@ -25,6 +25,69 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     rate_limits(config, errors);
     resilience(config, errors, env);
     telemetry(config, errors);
+    budgets(config, errors);
+}
+
+fn budgets(config: &Config, errors: &mut Errors<'_>) {
+    let b = &config.reloadable.budgets;
+    let r = &b.request;
+    let pool = config.startup.runtime.pool_instances;
+    for (field, value) in [
+        ("max_llm_calls", Some(r.max_llm_calls)),
+        ("max_tokens", Some(r.max_tokens)),
+        ("max_delegations", Some(r.max_delegations)),
+        ("max_wall_ms", r.max_wall_ms),
+        (
+            "max_plugin_instances",
+            r.max_plugin_instances.map(u64::from),
+        ),
+    ] {
+        if value == Some(0) {
+            errors.push(format!("budgets.request.{field}"), "must be positive");
+        }
+    }
+    if let Some(share) = r.max_plugin_instances
+        && share > pool
+    {
+        errors.push(
+            "budgets.request.max_plugin_instances",
+            format!("is {share}, more than the whole pool (runtime.pool_instances = {pool})"),
+        );
+    }
+    let mut tables = vec![("budgets.agent_call".to_string(), b.agent_call.clone())];
+    for (slot, p) in &config.reloadable.plugins {
+        if p.budget.is_empty() {
+            continue;
+        }
+        if p.world.is_some_and(|w| w != World::Agent) {
+            errors.push(
+                format!("plugins.{slot}.budget"),
+                "is only for agent slots (a budget bounds what an agent makes the host do)",
+            );
+            continue;
+        }
+        tables.push((
+            format!("plugins.{slot}.budget"),
+            p.budget.merge(&b.agent_call),
+        ));
+    }
+    for (table, a) in tables {
+        for (field, value) in [
+            ("max_llm_calls", Some(a.max_llm_calls)),
+            ("max_tokens", Some(a.max_tokens)),
+            ("max_delegations", Some(a.max_delegations)),
+            ("max_wall_ms", a.max_wall_ms),
+            ("max_call_all_tasks", Some(u64::from(a.max_call_all_tasks))),
+            (
+                "max_call_all_concurrency",
+                Some(u64::from(a.max_call_all_concurrency)),
+            ),
+        ] {
+            if value == Some(0) {
+                errors.push(format!("{table}.{field}"), "must be positive");
+            }
+        }
+    }
 }
 
 fn telemetry(config: &Config, errors: &mut Errors<'_>) {
@@ -106,6 +169,9 @@ fn server(config: &Config, errors: &mut Errors<'_>) {
     }
     if r.epoch_tick_ms == 0 {
         errors.push("runtime.epoch_tick_ms", "must be positive");
+    }
+    if config.startup.store.kv_sweep_interval_s == 0 {
+        errors.push("store.kv_sweep_interval_s", "must be positive");
     }
 }
 

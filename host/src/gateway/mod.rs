@@ -59,7 +59,8 @@ pub struct ServerLimits {
 }
 
 impl ServerLimits {
-    /// The rules every conversation entering the pipeline must meet.
+    /// The rules every conversation entering the pipeline must meet (the
+    /// pipeline holds them, for the client's messages and every rewrite).
     pub fn message_rules(&self) -> MessageRules {
         MessageRules {
             max_messages: self.max_messages,
@@ -238,8 +239,10 @@ impl Gateway {
         let live = self.live.load_full();
         let pipeline = &live.pipeline;
         note_target(pipeline, &req.target);
-        live.limits
-            .message_rules()
+        // The pipeline's rules: the same ones every rewrite is held to.
+        pipeline
+            .settings()
+            .rules
             .check("messages", &req.request.messages)?;
         self.admit(caller, &req.target)?;
         let id = new_id("chatcmpl");
@@ -357,7 +360,7 @@ impl Gateway {
         let pipeline = &live.pipeline;
         let target = Target::Agent(name.to_string());
         note_target(pipeline, &target);
-        live.limits.message_rules().check("input", &input)?;
+        pipeline.settings().rules.check("input", &input)?;
         // An unknown agent is the pipeline's 404, not a key's 403.
         if pipeline.knows(&target) {
             self.admit(caller, &target)?;
@@ -518,6 +521,7 @@ fn context(
 ) -> CallContext {
     let mut ctx = CallContext::new(&caller.name, request_id, live.limits.request_timeout);
     ctx.max_depth = live.limits.max_agent_depth;
+    ctx.budgets = live.pipeline.request_budgets();
     // The A/B assignment key: the end user when the client names one.
     ctx.end_user = end_user;
     request::with_current(|s| {

@@ -15,7 +15,10 @@
 //!   without calling, a full bulkhead moves on to the next upstream (and
 //!   answers 503 when every one is full);
 //! - fallbacks only to upstreams serving the model or a model of its
-//!   configured fallback chain; chunking is capped.
+//!   configured fallback chain; chunking is capped;
+//! - a decision the host will not carry out (chunk size 0, a retry past
+//!   the deadline, an unknown fallback) is refused naming the plugin and
+//!   what it asked (`decision.rs`), and an end the plugin decided names it.
 //!
 //! Where a completion stands is a [`Plan`]; each attempt is made, gated and
 //! recorded by its [`GuardedUpstream`].
@@ -34,8 +37,7 @@ use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Most chunks a chunk-and-retry may produce; beyond it the input is refused.
-const MAX_CHUNKS: usize = 32;
+use super::decision::{MAX_CHUNKS, describe};
 
 /// The short name of an action, for metric labels.
 fn action_label(action: &Action) -> &'static str {
@@ -148,13 +150,15 @@ impl Pipeline {
         Ok(plan)
     }
 
-    /// What to do after a failure: the recovery plugin's choice, or — with
-    /// no recovery plugin — the next upstream in the routed order.
+    /// What to do after a failure: the recovery plugin's choice, with who
+    /// made it (`recovery name@version` and its slot), or — with no
+    /// recovery plugin, or a fail-open one that failed — the host's: the
+    /// next upstream in the routed order.
     async fn decide(
         &self,
         ctx: &CallContext,
         fctx: &FailureContext,
-    ) -> Result<Action, PipelineError> {
+    ) -> Result<(Action, Option<(String, String)>), PipelineError> {
         let default = || match fctx.alternatives.first() {
             Some(next) => Action::Fallback(next.clone()),
             None => Action::Fail(false),
@@ -165,13 +169,16 @@ impl Pipeline {
             .as_ref()
             .and_then(|r| self.slots.get(r))
         else {
-            return Ok(default());
+            return Ok((default(), None));
         };
         match slot.plugin.recover(ctx, fctx).await {
-            Ok(action) => Ok(action),
+            Ok(action) => {
+                let by = format!("recovery {}", slot.plugin.identity());
+                Ok((action, Some((by, slot.plugin.name().to_string()))))
+            }
             Err(e) if slot.policy == FailurePolicy::Open => {
                 tracing::warn!(recovery = %slot.plugin.identity(), error = %e, "recovery plugin failed; falling back to the next upstream");
-                Ok(default())
+                Ok((default(), None))
             }
             Err(e) => Err(e.into()),
         }
@@ -240,7 +247,20 @@ impl Pipeline {
                 alternatives: plan.alternatives(Instant::now()),
                 request: req.clone(),
             };
-            let action = self.decide(ctx, &fctx).await?;
+            let (action, by) = self.decide(ctx, &fctx).await?;
+            if let Some((who, slot)) = &by {
+                self.check_decision((who, slot), &action, &fctx, &plan)?;
+            }
+            // An end the plugin decided (or a decision the host could not
+            // grant) names the plugin and what it asked.
+            let ended = |failure: Failure, why: &str| match &by {
+                Some((who, _)) => PipelineError::GaveUp {
+                    model: model.clone(),
+                    failure,
+                    decision: format!("{who} asked {}{why}", describe(&action)),
+                },
+                None => give_up(failure),
+            };
             self.metrics()
                 .recovery_actions
                 .get_or_create(&ActionLabels {
@@ -252,7 +272,11 @@ impl Pipeline {
                 Move::Next => {}
                 Move::Again => {
                     if !upstream.take_retry(ctx) {
-                        return Err(give_up(failure));
+                        let why = format!(
+                            "; refused: the retry budget of upstream `{}` is spent",
+                            upstream.name()
+                        );
+                        return Err(ended(failure, &why));
                     }
                     match action {
                         Action::Retry(delay_ms) => {
@@ -265,7 +289,9 @@ impl Pipeline {
                                 rand::rng().random::<f64>(),
                             ) else {
                                 // The upstream's hint outlasts the deadline.
-                                return Err(give_up(failure));
+                                let why =
+                                    "; refused: the upstream's Retry-After outlasts the deadline";
+                                return Err(ended(failure, why));
                             };
                             tokio::time::sleep(delay).await;
                         }
@@ -276,7 +302,7 @@ impl Pipeline {
                 Move::Chunk(max_chars) => {
                     return match self.chunked(ctx, &upstream, req, max_chars).await {
                         Ok(completion) => Ok(completion),
-                        Err(AttemptError::Failed(failure)) => Err(give_up(failure)),
+                        Err(AttemptError::Failed(failure)) => Err(ended(failure, "")),
                         Err(AttemptError::Saturated) => Err(PipelineError::Overloaded {
                             scope: upstream.name().to_string(),
                         }),
@@ -286,7 +312,7 @@ impl Pipeline {
                     if alert {
                         self.alert(ctx, &model, upstream.name(), &failure);
                     }
-                    return Err(give_up(failure));
+                    return Err(ended(failure, ""));
                 }
             }
         }

@@ -13,13 +13,16 @@
 //! context's ledger afterwards.
 
 mod agents;
+pub mod budget;
 mod completion;
+mod decision;
 mod error;
 mod guarded;
 mod plan;
 mod rules;
 mod status;
 
+pub use budget::{AgentBudgetOverrides, BudgetSettings, BudgetsConfig};
 pub use error::{PipelineError, WiringError};
 pub use guarded::GuardedUpstream;
 pub use rules::{MessageLimit, MessageRules, RuleViolation};
@@ -79,6 +82,12 @@ pub struct PipelineSettings {
     pub fallbacks: HashMap<String, Vec<String>>,
     /// Where alerts are posted, besides the log and the metric.
     pub alert_webhook: Option<String>,
+    /// The host's rules for a conversation: the client's, and whatever a
+    /// plugin hands back in its place (a rewrite, a refinement, an agent's
+    /// completion request or delegated task).
+    pub rules: MessageRules,
+    /// What agents may make the host do, per call and per request.
+    pub budgets: BudgetSettings,
     /// Where the pipeline counts what it does.
     pub metrics: Arc<Metrics>,
 }
@@ -99,6 +108,8 @@ impl Default for PipelineSettings {
             max_delay: DEFAULT_MAX_DELAY,
             fallbacks: HashMap::new(),
             alert_webhook: None,
+            rules: MessageRules::default(),
+            budgets: BudgetSettings::default(),
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -308,6 +319,7 @@ impl Pipeline {
             let validated = self
                 .validate(ctx, Stage::Output, vec![completion.message.clone()])
                 .await?;
+            // The output rules guarantee a last message.
             if let Some(last) = validated.into_iter().last() {
                 completion.message = last;
             }
@@ -388,7 +400,24 @@ impl Pipeline {
                 };
                 match slot.plugin.validate(ctx, stage, &messages).await {
                     Ok(Verdict::Allow) => {}
-                    Ok(Verdict::Rewrite(rewritten)) => messages = rewritten,
+                    Ok(Verdict::Rewrite(rewritten)) => {
+                        // A rewrite is held to the client's rules.
+                        match self.settings.rules.check_stage(stage, &rewritten) {
+                            Ok(()) => messages = rewritten,
+                            Err(violation) if slot.policy == FailurePolicy::Open => {
+                                self.refused_decision(name, "rewrite");
+                                tracing::warn!(validator = %slot.plugin.identity(), error = %violation, "validator rewrite breaks the host's rules; ignored (failure_policy = open)");
+                            }
+                            Err(violation) => {
+                                self.refused_decision(name, "rewrite");
+                                return Err(PipelineError::Rewrite {
+                                    validator: slot.plugin.identity().to_string(),
+                                    stage,
+                                    violation,
+                                });
+                            }
+                        }
+                    }
                     Ok(Verdict::Reject(reason)) => {
                         return Err(PipelineError::Rejected {
                             validator: name.clone(),

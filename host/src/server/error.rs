@@ -231,6 +231,26 @@ impl From<PipelineError> for ApiError {
                 "content_rejected",
                 message,
             ),
+            // No instance could be admitted: load, not a plugin fault.
+            PipelineError::Plugin(p) if p.is_admission() => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "plugin_capacity",
+                    message,
+                );
+                e.retry_after_s = Some(1);
+                e
+            }
+            PipelineError::Rewrite { .. } | PipelineError::Decision { .. } => {
+                tracing::error!(error = %e, "a plugin decision failed the request");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "plugin_error",
+                    message,
+                )
+            }
             PipelineError::Plugin(p) => {
                 tracing::error!(error = %p, "plugin failure failed the request");
                 Self::new(
@@ -241,9 +261,9 @@ impl From<PipelineError> for ApiError {
                 )
             }
             PipelineError::Overloaded { .. } => Self::overloaded(message),
-            PipelineError::Upstream { failure, .. } | PipelineError::Agent { failure, .. } => {
-                Self::from_failure(failure, message)
-            }
+            PipelineError::Upstream { failure, .. }
+            | PipelineError::Agent { failure, .. }
+            | PipelineError::GaveUp { failure, .. } => Self::from_failure(failure, message),
         }
     }
 }

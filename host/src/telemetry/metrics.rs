@@ -122,6 +122,50 @@ pub struct PluginErrorLabels {
     pub kind: String,
 }
 
+/// Labels of a refused plugin admission.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `request` (the request's share was in use) or `pool` (the pool was full).
+    pub scope: String,
+}
+
+/// Labels of a refused host effect.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// Agent slot that asked.
+    pub agent: String,
+    /// `request` or `agent_call`: whose budget was spent.
+    pub scope: String,
+    /// `llm_calls`, `tokens`, `delegations`, `plugin_instances`,
+    /// `wall_time`, `call_all_tasks`.
+    pub resource: String,
+}
+
+/// Labels naming a plugin's kv namespace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvLabels {
+    /// Plugin (slot) name: the namespace.
+    pub plugin: String,
+}
+
+/// Labels of a refused kv write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvRefusalLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `quota`, `too_large` or `store_error`.
+    pub reason: String,
+}
+
+/// Labels of a plugin decision the host refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `rewrite`, `retry`, `fallback`, `chunk`, `refine`.
+    pub decision: String,
+}
+
 /// Labels of usage accounting.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UsageLabels {
@@ -180,6 +224,23 @@ pub struct Metrics {
     pub plugin_fuel: Family<PluginLabels, Counter>,
     /// Peak linear memory seen in one call.
     pub plugin_peak_memory: Family<PluginLabels, Gauge>,
+    /// Plugin instances in use now.
+    pub plugin_instances_in_use: Gauge,
+    /// Plugin calls not started because no instance could be admitted.
+    pub plugin_admissions_refused: Family<AdmissionLabels, Counter>,
+    /// Host effects refused because a budget was spent.
+    pub budget_denials: Family<BudgetLabels, Counter>,
+    /// Plugin decisions the host refused (nonsense actions, rewrites that
+    /// break the host's rules).
+    pub plugin_decisions_refused: Family<DecisionLabels, Counter>,
+    /// Keys in a plugin's kv namespace.
+    pub kv_keys: Family<KvLabels, Gauge>,
+    /// Bytes of keys and values in a plugin's kv namespace.
+    pub kv_bytes: Family<KvLabels, Gauge>,
+    /// kv writes refused, by reason.
+    pub kv_writes_refused: Family<KvRefusalLabels, Counter>,
+    /// Expired kv entries removed by the sweep.
+    pub kv_expired_swept: Family<KvLabels, Counter>,
     /// Tokens by key, model and direction.
     pub tokens: Family<TokenLabels, Counter>,
     /// Cost in USD by key and model.
@@ -223,6 +284,14 @@ impl Metrics {
             plugin_duration: histograms(),
             plugin_fuel: Family::default(),
             plugin_peak_memory: Family::default(),
+            plugin_instances_in_use: Gauge::default(),
+            plugin_admissions_refused: Family::default(),
+            budget_denials: Family::default(),
+            plugin_decisions_refused: Family::default(),
+            kv_keys: Family::default(),
+            kv_bytes: Family::default(),
+            kv_writes_refused: Family::default(),
+            kv_expired_swept: Family::default(),
             tokens: Family::default(),
             cost_usd: Family::default(),
         };
@@ -307,6 +376,46 @@ impl Metrics {
             "plugin_peak_memory_bytes",
             "Largest linear memory seen in one plugin call",
             m.plugin_peak_memory.clone(),
+        );
+        register!(
+            "plugin_instances_in_use",
+            "Plugin instances in use now, over every plugin",
+            m.plugin_instances_in_use.clone(),
+        );
+        register!(
+            "plugin_admissions_refused",
+            "Plugin calls not started: the request's share or the pool was in use",
+            m.plugin_admissions_refused.clone(),
+        );
+        register!(
+            "budget_denials",
+            "Host effects refused to an agent because a budget was spent",
+            m.budget_denials.clone(),
+        );
+        register!(
+            "plugin_decisions_refused",
+            "Plugin decisions the host refused",
+            m.plugin_decisions_refused.clone(),
+        );
+        register!(
+            "kv_keys",
+            "Keys in a plugin's kv namespace",
+            m.kv_keys.clone()
+        );
+        register!(
+            "kv_bytes",
+            "Bytes of keys and values in a plugin's kv namespace",
+            m.kv_bytes.clone(),
+        );
+        register!(
+            "kv_writes_refused",
+            "kv writes refused, by reason",
+            m.kv_writes_refused.clone(),
+        );
+        register!(
+            "kv_expired_swept",
+            "Expired kv entries removed by the sweep",
+            m.kv_expired_swept.clone(),
         );
         register!(
             "tokens",
