@@ -34,6 +34,7 @@
 pub mod app;
 pub mod auth;
 pub mod cache;
+pub mod cluster;
 pub mod clock;
 pub mod config;
 pub mod domain;
