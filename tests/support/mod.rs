@@ -20,10 +20,13 @@
 #![allow(dead_code)]
 
 mod gateway;
+mod redis;
 mod sim;
 
 #[allow(unused_imports)]
 pub use gateway::{ADMIN_TOKEN, Gateway, Reply};
+#[allow(unused_imports)]
+pub use redis::RedisServer;
 #[allow(unused_imports)]
 pub use sim::{SimServer, steady};
 
