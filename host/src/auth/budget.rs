@@ -118,6 +118,35 @@ impl Spend {
         Ok(Self::decode(raw.as_deref()))
     }
 
+    /// Every `(key, day, usd)` recorded (a backup).
+    pub fn all(&self) -> Result<Vec<(String, u64, f64)>, AuthError> {
+        let mut out = Vec::new();
+        for item in self.store.db().scan_prefix(PREFIX) {
+            let (k, v) = item.map_err(|e| AuthError::Store(e.to_string()))?;
+            let rest = &k[PREFIX.len()..];
+            if rest.len() < 9 {
+                continue;
+            }
+            let (name, day) = rest.split_at(rest.len() - 9);
+            let day = u64::from_be_bytes(day[1..].try_into().unwrap_or([0; 8]));
+            out.push((
+                String::from_utf8_lossy(name).to_string(),
+                day,
+                Self::decode(Some(&v)),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Sets what `name` spent on `day` (a restore).
+    pub fn set(&self, name: &str, day: u64, usd: f64) -> Result<(), AuthError> {
+        self.store
+            .db()
+            .insert(Self::db_key(name, day), usd.to_be_bytes().to_vec())
+            .map_err(|e| AuthError::Store(e.to_string()))?;
+        Ok(())
+    }
+
     /// Adds `usd` to what `name` spent on `day`; returns the new total.
     pub fn add(&self, name: &str, day: u64, usd: f64) -> Result<f64, AuthError> {
         let total = self
@@ -353,6 +382,60 @@ impl Budgets {
             after_usd: local_total,
             budget_usd: r.budget_usd,
         }
+    }
+
+    /// Every `(key, day, spent)` (a backup): from Redis with `[cluster]`,
+    /// else from sled.
+    pub async fn export(&self) -> Result<Vec<(String, u64, f64)>, AuthError> {
+        let Some(cluster) = &self.cluster else {
+            return self.spend.all();
+        };
+        let store = |e: ClusterError| AuthError::Store(e.to_string());
+        let prefix = cluster.key("spend:");
+        let mut out = Vec::new();
+        for key in cluster.scan("spend:*").await.map_err(store)? {
+            let Some((name, day)) = key
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.rsplit_once(':'))
+                .and_then(|(n, d)| Some((n.to_string(), d.parse::<u64>().ok()?)))
+            else {
+                continue;
+            };
+            let spent: Option<f64> = cluster
+                .run("budget", |mut conn| async move {
+                    redis::cmd("HGET").arg(key).arg("spent").query_async(&mut conn).await
+                })
+                .await
+                .map_err(store)?;
+            out.push((name, day, spent.unwrap_or(0.0)));
+        }
+        Ok(out)
+    }
+
+    /// Sets what `name` spent on `day` (a restore), in Redis with
+    /// `[cluster]`, else in sled.
+    pub async fn import(&self, name: &str, day: u64, spent: f64) -> Result<(), AuthError> {
+        let Some(cluster) = &self.cluster else {
+            return self.spend.set(name, day, spent);
+        };
+        let key = Self::redis_key(cluster, name, day);
+        cluster
+            .run("budget", |mut conn| async move {
+                redis::pipe()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg("spent")
+                    .arg(spent)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(2 * DAY_S)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(|e| AuthError::Store(e.to_string()))
     }
 
     /// What `name` spent today, USD: the shared figure with `[cluster]`

@@ -199,4 +199,22 @@ impl SharedKeys {
             .map_err(err)?;
         Ok(written == 1)
     }
+
+    /// Writes `record` whatever is stored (a restore from a backup).
+    pub async fn restore(&self, record: &KeyRecord) -> Result<(), AuthError> {
+        for _ in 0..5 {
+            let current = self.get(&record.name).await?;
+            let (expected, previous) = match &current {
+                Some((r, text)) => (Some(text.as_str()), Some(r)),
+                None => (None, None),
+            };
+            if self.put(record, expected, previous).await? {
+                return Ok(());
+            }
+        }
+        Err(AuthError::Store(format!(
+            "key `{}` kept changing while it was restored",
+            record.name
+        )))
+    }
 }

@@ -22,6 +22,26 @@ impl RedisTier {
         Self { cluster }
     }
 
+    /// Every live entry (a backup).
+    pub async fn entries(&self) -> Result<Vec<(CacheKey, CachedAnswer)>, CacheError> {
+        let store = |e: crate::cluster::ClusterError| CacheError::Store(e.to_string());
+        let prefix = self.cluster.key("cache:");
+        let mut out = Vec::new();
+        for k in self.cluster.scan("cache:*").await.map_err(store)? {
+            let Some(key) = k
+                .strip_prefix(&prefix)
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            if let Some(answer) = self.get(&CacheKey(key)).await? {
+                out.push((CacheKey(key), (*answer).clone()));
+            }
+        }
+        Ok(out)
+    }
+
     fn redis_key(&self, key: &CacheKey) -> String {
         self.cluster.key(&format!("cache:{}", key.hex()))
     }

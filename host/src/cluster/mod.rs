@@ -214,6 +214,34 @@ impl Cluster {
         }
     }
 
+    /// Every key matching `<prefix>:<pattern>` (a backup; `SCAN`, so Redis
+    /// keeps serving while it runs).
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, ClusterError> {
+        let pattern = self.key(pattern);
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let p = pattern.clone();
+            let (next, batch): (u64, Vec<String>) = self
+                .run("scan", |mut conn| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(p)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
     /// Counts a decision a limit took without Redis, under its policy.
     pub fn note_fallback(&self, limit: &str, policy: LossPolicy) {
         self.metrics

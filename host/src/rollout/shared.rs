@@ -252,6 +252,70 @@ impl SharedRollouts {
     }
 }
 
+/// Every shared slot record and component (a backup).
+pub async fn export(
+    cluster: &Cluster,
+) -> Result<(Vec<(String, SlotRecord)>, Vec<(String, Vec<u8>)>), ClusterError> {
+    let slot_prefix = cluster.key("rollout:slot:");
+    let mut records = Vec::new();
+    for key in cluster.scan("rollout:slot:*").await? {
+        let name = key.strip_prefix(&slot_prefix).unwrap_or(&key).to_string();
+        let text: Option<String> = cluster
+            .run("rollout", |mut conn| async move {
+                redis::cmd("HGET").arg(key).arg("record").query_async(&mut conn).await
+            })
+            .await?;
+        if let Some(record) = text.and_then(|t| serde_json::from_str(&t).ok()) {
+            records.push((name, record));
+        }
+    }
+    let wasm_prefix = cluster.key("rollout:wasm:");
+    let mut components = Vec::new();
+    for key in cluster.scan("rollout:wasm:*").await? {
+        let digest = key.strip_prefix(&wasm_prefix).unwrap_or(&key).to_string();
+        let bytes: Option<Vec<u8>> = cluster
+            .run("rollout", |mut conn| async move {
+                redis::cmd("GET").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        if let Some(bytes) = bytes {
+            components.push((digest, bytes));
+        }
+    }
+    Ok((records, components))
+}
+
+/// Writes slot records and components into the cluster (a restore): each
+/// record is published as a new revision, so running replicas apply it.
+pub async fn import(
+    cluster: &Cluster,
+    records: &[(String, SlotRecord)],
+    components: &[(String, Vec<u8>)],
+) -> Result<(), ClusterError> {
+    for (digest, bytes) in components {
+        let key = cluster.key(&format!("rollout:wasm:{digest}"));
+        let bytes = bytes.clone();
+        cluster
+            .run("rollout", |mut conn| async move {
+                redis::cmd("SET").arg(key).arg(bytes).query_async::<()>(&mut conn).await
+            })
+            .await?;
+    }
+    for (slot, record) in records {
+        let json = serde_json::to_string(record).unwrap_or_default();
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation
+            .key(cluster.key(&format!("rollout:slot:{slot}")))
+            .arg(json);
+        cluster
+            .run("rollout", |mut conn| async move {
+                invocation.invoke_async::<u64>(&mut conn).await
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// A running sync; dropping it stops it.
 pub struct Sync {
     task: tokio::task::JoinHandle<()>,
