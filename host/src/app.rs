@@ -467,12 +467,15 @@ fn build_upstream(
             (Arc::new(sim), "agentrouter.simulator")
         }
         UpstreamKind::Openai => (
-            Arc::new(OpenAiUpstream::new(
-                info,
-                up.base_url.clone().unwrap_or_default(),
-                up.api_key.as_ref().map(|k| k.expose().to_string()),
-                client.clone(),
-            )),
+            Arc::new(
+                OpenAiUpstream::new(
+                    info,
+                    up.base_url.clone().unwrap_or_default(),
+                    up.api_key.as_ref().map(|k| k.expose().to_string()),
+                    client.clone(),
+                )
+                .with_quota_metrics(metrics.clone()),
+            ),
             "openai",
         ),
     };

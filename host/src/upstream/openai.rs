@@ -38,6 +38,8 @@ struct Inner {
     url: String,
     api_key: Option<String>,
     client: reqwest::Client,
+    /// Where the provider's rate-limit headroom (`x-ratelimit-*`) goes.
+    quota: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl std::fmt::Debug for OpenAiUpstream {
@@ -71,7 +73,24 @@ impl OpenAiUpstream {
                 url,
                 api_key,
                 client,
+                quota: None,
             }),
+        }
+    }
+
+    /// Also records the provider's rate-limit headroom in `metrics`
+    /// (`agentrouter_upstream_quota_*`).
+    pub fn with_quota_metrics(self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            info: shared.info.clone(),
+            url: shared.url.clone(),
+            api_key: shared.api_key.clone(),
+            client: shared.client.clone(),
+            quota: None,
+        });
+        inner.quota = Some(metrics);
+        Self {
+            inner: Arc::new(inner),
         }
     }
 }
@@ -103,6 +122,7 @@ impl Inner {
             http = http.bearer_auth(key);
         }
         let resp = http.send().await.map_err(|e| self.transport(e))?;
+        self.observe_quota(resp.headers());
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -114,6 +134,37 @@ impl Inner {
         let failure = failure_for_status(status.as_u16(), &headers, &body);
         tracing::warn!(upstream = %self.info.name, status = status.as_u16(), %failure, "upstream refused the request");
         Err(failure)
+    }
+
+    /// Records what the provider says is left of its rate limits: OpenAI's
+    /// (and most compatible providers') `x-ratelimit-limit-{requests,tokens}`
+    /// and `x-ratelimit-remaining-{requests,tokens}` headers, so alerts can
+    /// fire before the quota runs out rather than on the first 429.
+    fn observe_quota(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(metrics) = &self.quota else {
+            return;
+        };
+        for resource in ["requests", "tokens"] {
+            let labels = crate::telemetry::metrics::QuotaLabels {
+                upstream: self.info.name.clone(),
+                resource: resource.to_string(),
+            };
+            let read = |name: String| {
+                headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+            };
+            if let Some(limit) = read(format!("x-ratelimit-limit-{resource}")) {
+                metrics.upstream_quota_limit.get_or_create(&labels).set(limit);
+            }
+            if let Some(left) = read(format!("x-ratelimit-remaining-{resource}")) {
+                metrics
+                    .upstream_quota_remaining
+                    .get_or_create(&labels)
+                    .set(left);
+            }
+        }
     }
 
     /// The failure for a transport error (see the module table in `super`).
