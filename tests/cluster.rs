@@ -9,7 +9,7 @@ mod support;
 use agentrouter::runtime::sha256_hex;
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{ADMIN_TOKEN, Gateway, RedisServer, SimServer, chat, series, steady};
+use support::{ADMIN_TOKEN, Gateway, RedisServer, SimServer, Webhook, chat, series, steady};
 
 /// Three gateways on `toml`, each with its own store.
 async fn replicas(toml: &str) -> Vec<Gateway> {
@@ -157,6 +157,56 @@ async fn a_keys_budget_holds_across_replicas_within_the_requests_in_flight() {
         assert_eq!(refused.status, 429, "{}", refused.text);
         assert_eq!(refused.code(), "budget_exceeded");
     }
+    stop_all(gws).await;
+}
+
+#[tokio::test]
+async fn a_budget_threshold_alerts_once_through_the_webhook_whichever_replica_crosses_it() {
+    let redis = RedisServer::start();
+    let hook = Webhook::start().await;
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let toml = up.config(&format!(
+        "{}
+[auth]
+enabled = true
+budget_alert_thresholds = [0.5, 1.0]
+
+[resilience]
+alert_webhook = \"{}\"
+
+{}",
+        admin(),
+        hook.url,
+        redis.cluster_table("")
+    ));
+    let gws = replicas(&toml).await;
+    let key = create_key(&gws[0], json!({"name": "watched", "daily_budget_usd": 0.1})).await;
+    let mut served = 0;
+    for i in 0..100 {
+        let reply = gws[i % 3].chat_as(&key, &chat("m", "spend")).await;
+        if reply.status == 429 {
+            break;
+        }
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        served += 1;
+    }
+    assert!(served > 2, "{served}");
+    let posted = hook.wait_for(2).await;
+    let budget: Vec<&Value> = posted.iter().filter(|a| a["kind"] == "budget").collect();
+    assert_eq!(budget.len(), 2, "one alert per threshold, not one per replica: {posted:#?}");
+    assert!(budget.iter().all(|a| a["key"] == "watched"), "{budget:#?}");
+    assert!(budget[0]["failure"].as_str().unwrap().contains("50%"), "{budget:#?}");
+    assert!(budget[1]["failure"].as_str().unwrap().contains("100%"), "{budget:#?}");
+    // The budget and the provider's quota are series for the alert rules.
+    let m = gws[(served - 1) % 3].metrics().await;
+    assert!(series(&m, r#"agentrouter_budget_spent_usd{key="watched"}"#) >= 0.1, "{m}");
+    assert_eq!(series(&m, r#"agentrouter_budget_limit_usd{key="watched"}"#), 0.1);
+    assert_eq!(
+        series(&m, r#"agentrouter_upstream_quota_limit{upstream="sim",resource="requests"}"#),
+        10_000.0
+    );
+    let left = series(&m, r#"agentrouter_upstream_quota_remaining{upstream="sim",resource="requests"}"#);
+    assert!(left > 0.0 && left < 10_000.0, "{left}");
     stop_all(gws).await;
 }
 

@@ -22,6 +22,7 @@
 mod gateway;
 mod redis;
 mod sim;
+mod webhook;
 
 #[allow(unused_imports)]
 pub use gateway::{ADMIN_TOKEN, Gateway, Reply};
@@ -29,6 +30,8 @@ pub use gateway::{ADMIN_TOKEN, Gateway, Reply};
 pub use redis::RedisServer;
 #[allow(unused_imports)]
 pub use sim::{SimServer, steady};
+#[allow(unused_imports)]
+pub use webhook::Webhook;
 
 use serde_json::{Value, json};
 
