@@ -74,7 +74,12 @@ async fn a_sled_backup_restores_keys_rollouts_spend_and_cache_into_a_new_store()
     let mut cached = chat("m", "remember this");
     cached["temperature"] = json!(0);
     let first = gw.chat_as(&secret, &cached).await;
-    assert_eq!(first.header("x-agentrouter-cache"), Some("miss"), "{}", first.text);
+    assert_eq!(
+        first.header("x-agentrouter-cache"),
+        Some("miss"),
+        "{}",
+        first.text
+    );
     gw.stop().await;
 
     let file = old.path().join("backup.json");
@@ -85,10 +90,16 @@ async fn a_sled_backup_restores_keys_rollouts_spend_and_cache_into_a_new_store()
         "--cache",
         path(&file),
     ]);
-    assert!(said.contains("1 keys") && said.contains("from sled"), "{said}");
+    assert!(
+        said.contains("1 keys") && said.contains("from sled"),
+        "{said}"
+    );
     let backup: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(backup["format"], "agentrouter-backup");
-    assert!(!backup.to_string().contains(&secret), "only hashes are backed up");
+    assert!(
+        !backup.to_string().contains(&secret),
+        "only hashes are backed up"
+    );
 
     // A fresh directory: nothing but the config, then the restore.
     std::fs::write(new.path().join("gateway.toml"), &toml).unwrap();
@@ -144,7 +155,11 @@ async fn a_cluster_survives_losing_its_redis_data_through_a_backup_taken_while_s
     // The disaster: Redis loses everything.
     assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
     let lost = gw.chat_as(&secret, &chat("m", "hi")).await;
-    assert_eq!(lost.status, 401, "the key is gone with Redis: {}", lost.text);
+    assert_eq!(
+        lost.status, 401,
+        "the key is gone with Redis: {}",
+        lost.text
+    );
 
     let said = store(&["restore", "--config", path(&config_file), path(&file)]);
     assert!(said.contains("into redis"), "{said}");

@@ -9,7 +9,7 @@ mod support;
 use agentrouter::runtime::sha256_hex;
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{ADMIN_TOKEN, Gateway, RedisServer, SimServer, Webhook, chat, series, steady};
+use support::{ADMIN_TOKEN, Gateway, RedisServer, SimServer, Webhook, chat, series, steady, value};
 
 /// Three gateways on `toml`, each with its own store.
 async fn replicas(toml: &str) -> Vec<Gateway> {
@@ -75,7 +75,11 @@ async fn three_replicas_refuse_beyond_one_shared_request_limit() {
             other => panic!("unexpected {other}: {}", reply.text),
         }
     }
-    assert_eq!((ok, limited), (10, 20), "the limit is global, not per replica");
+    assert_eq!(
+        (ok, limited),
+        (10, 20),
+        "the limit is global, not per replica"
+    );
     let refused: f64 = futures::future::join_all(gws.iter().map(|g| g.metrics()))
         .await
         .iter()
@@ -102,18 +106,32 @@ async fn a_keys_budget_holds_across_replicas_within_the_requests_in_flight() {
     ));
     let gws = replicas(&toml).await;
     let budget = 0.5;
-    let key = create_key(&gws[0], json!({"name": "shared", "daily_budget_usd": budget})).await;
+    let key = create_key(
+        &gws[0],
+        json!({"name": "shared", "daily_budget_usd": budget}),
+    )
+    .await;
     // Two workers per replica, each sending until the budget is exhausted.
     const WORKERS_PER_REPLICA: usize = 2;
     let mut workers = Vec::new();
     for (r, gw) in gws.iter().enumerate() {
         for w in 0..WORKERS_PER_REPLICA {
-            let (client, url, key) = (gw.client.clone(), gw.url("/v1/chat/completions"), key.clone());
+            let (client, url, key) = (
+                gw.client.clone(),
+                gw.url("/v1/chat/completions"),
+                key.clone(),
+            );
             workers.push(tokio::spawn(async move {
                 let mut costs = Vec::new();
                 for i in 0..400 {
                     let body = chat("m", &format!("replica {r} worker {w} request {i}"));
-                    let resp = client.post(&url).bearer_auth(&key).json(&body).send().await.unwrap();
+                    let resp = client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
                     let status = resp.status().as_u16();
                     let cost = resp
                         .headers()
@@ -193,19 +211,41 @@ alert_webhook = \"{}\"
     assert!(served > 2, "{served}");
     let posted = hook.wait_for(2).await;
     let budget: Vec<&Value> = posted.iter().filter(|a| a["kind"] == "budget").collect();
-    assert_eq!(budget.len(), 2, "one alert per threshold, not one per replica: {posted:#?}");
+    assert_eq!(
+        budget.len(),
+        2,
+        "one alert per threshold, not one per replica: {posted:#?}"
+    );
     assert!(budget.iter().all(|a| a["key"] == "watched"), "{budget:#?}");
-    assert!(budget[0]["failure"].as_str().unwrap().contains("50%"), "{budget:#?}");
-    assert!(budget[1]["failure"].as_str().unwrap().contains("100%"), "{budget:#?}");
+    assert!(
+        budget[0]["failure"].as_str().unwrap().contains("50%"),
+        "{budget:#?}"
+    );
+    assert!(
+        budget[1]["failure"].as_str().unwrap().contains("100%"),
+        "{budget:#?}"
+    );
     // The budget and the provider's quota are series for the alert rules.
     let m = gws[(served - 1) % 3].metrics().await;
-    assert!(series(&m, r#"agentrouter_budget_spent_usd{key="watched"}"#) >= 0.1, "{m}");
-    assert_eq!(series(&m, r#"agentrouter_budget_limit_usd{key="watched"}"#), 0.1);
+    assert!(
+        series(&m, r#"agentrouter_budget_spent_usd{key="watched"}"#) >= 0.1,
+        "{m}"
+    );
     assert_eq!(
-        series(&m, r#"agentrouter_upstream_quota_limit{upstream="sim",resource="requests"}"#),
+        series(&m, r#"agentrouter_budget_limit_usd{key="watched"}"#),
+        0.1
+    );
+    assert_eq!(
+        series(
+            &m,
+            r#"agentrouter_upstream_quota_limit{upstream="sim",resource="requests"}"#
+        ),
         10_000.0
     );
-    let left = series(&m, r#"agentrouter_upstream_quota_remaining{upstream="sim",resource="requests"}"#);
+    let left = series(
+        &m,
+        r#"agentrouter_upstream_quota_remaining{upstream="sim",resource="requests"}"#,
+    );
     assert!(left > 0.0 && left < 10_000.0, "{left}");
     stop_all(gws).await;
 }
@@ -233,7 +273,10 @@ async fn a_cache_entry_stored_through_one_replica_is_a_hit_through_the_others() 
     assert_eq!(up.requests(), 1, "one upstream call for three replicas");
     let m = gws[1].metrics().await;
     assert_eq!(
-        series(&m, r#"agentrouter_cache_lookups_total{level="l3",result="hit"}"#),
+        series(
+            &m,
+            r#"agentrouter_cache_lookups_total{level="l3",result="hit"}"#
+        ),
         1.0
     );
     stop_all(gws).await;
@@ -258,7 +301,10 @@ async fn a_key_created_rotated_or_revoked_through_one_replica_applies_on_all_at_
     let (status, dup) = gws[2]
         .admin_post("/admin/keys", &json!({"name": "team-c"}))
         .await;
-    assert_eq!((status, dup["error"]["code"].as_str()), (409, Some("key_exists")));
+    assert_eq!(
+        (status, dup["error"]["code"].as_str()),
+        (409, Some("key_exists"))
+    );
 
     let (status, rotated) = gws[1]
         .admin_post("/admin/keys/team-c/rotate", &json!({"grace_s": 0}))
@@ -318,7 +364,10 @@ output_validators = ["redact"]
 
 async fn answer(gw: &Gateway) -> String {
     let (status, body) = gw
-        .post("/v1/chat/completions", &chat("usf-mini", "mail me at jane@example.com"))
+        .post(
+            "/v1/chat/completions",
+            &chat("usf-mini", "mail me at jane@example.com"),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     body["choices"][0]["message"]["content"]
@@ -359,13 +408,20 @@ async fn a_canary_promoted_on_one_replica_is_served_by_all() {
     let (status, body) = gws[0]
         .admin_post("/admin/plugins/redact/rollout/promote", &json!({}))
         .await;
-    assert_eq!((status, body["phase"].as_str()), (200, Some("promoted")), "{body}");
+    assert_eq!(
+        (status, body["phase"].as_str()),
+        (200, Some("promoted")),
+        "{body}"
+    );
     for gw in &gws {
         eventually("the promotion reaches every replica", 100, || async {
             gw.admin_get("/admin/plugins/redact").await.1["live"]["digest"] == digest
         })
         .await;
-        assert!(answer(gw).await.contains("jane@example.com"), "the candidate serves");
+        assert!(
+            answer(gw).await.contains("jane@example.com"),
+            "the candidate serves"
+        );
         let (_, slot) = gw.admin_get("/admin/plugins/redact").await;
         assert!(slot["candidate"].is_null(), "{slot:#}");
     }
@@ -381,17 +437,27 @@ async fn replicas_keep_serving_without_redis_under_their_policies_and_recover() 
     let toml = up.config(&format!(
         "{}\n[auth]\nenabled = true\n\n[rate_limits]\nrequests_per_s = 1000.0\n\n{}",
         admin(),
-        redis.cluster_table("[cluster.on_redis_loss]\nrequests = \"fail-open\"\nbudgets = \"fail-closed\"")
+        redis.cluster_table(
+            "[cluster.on_redis_loss]\nrequests = \"fail-open\"\nbudgets = \"fail-closed\""
+        )
     ));
     let gws = replicas(&toml).await;
     let plain = create_key(&gws[0], json!({"name": "plain"})).await;
-    let budgeted = create_key(&gws[0], json!({"name": "budgeted", "daily_budget_usd": 100.0})).await;
+    let budgeted = create_key(
+        &gws[0],
+        json!({"name": "budgeted", "daily_budget_usd": 100.0}),
+    )
+    .await;
     let hi = chat("m", "hi");
     for gw in &gws {
         assert_eq!(gw.chat_as(&plain, &hi).await.status, 200);
         assert_eq!(gw.chat_as(&budgeted, &hi).await.status, 200);
         let (status, ready) = gw.get("/health/ready").await;
-        assert_eq!((status, ready["status"].as_str()), (200, Some("ready")), "{ready}");
+        assert_eq!(
+            (status, ready["status"].as_str()),
+            (200, Some("ready")),
+            "{ready}"
+        );
         assert_eq!(ready["checks"]["cluster"]["status"], "ok");
     }
 
@@ -413,7 +479,11 @@ async fn replicas_keep_serving_without_redis_under_their_policies_and_recover() 
         assert_eq!(refused.code(), "limit_unavailable");
         assert!(refused.header("retry-after").is_some());
         let m = gw.metrics().await;
-        assert_eq!(series(&m, "agentrouter_cluster_redis_up"), 0.0, "{m}");
+        let up = format!(
+            "agentrouter_cluster_redis_up{{redis=\"127.0.0.1:{}\"}}",
+            redis.port
+        );
+        assert_eq!(value(&m, &up), 0.0, "{m}");
         assert!(
             series(
                 &m,
@@ -435,7 +505,16 @@ async fn replicas_keep_serving_without_redis_under_their_policies_and_recover() 
         })
         .await;
         assert_eq!(gw.chat_as(&budgeted, &hi).await.status, 200);
-        assert_eq!(series(&gw.metrics().await, "agentrouter_cluster_redis_up"), 1.0);
+        assert_eq!(
+            series(
+                &gw.metrics().await,
+                &format!(
+                    "agentrouter_cluster_redis_up{{redis=\"127.0.0.1:{}\"}}",
+                    redis.port
+                )
+            ),
+            1.0
+        );
     }
     // Shared again: the spend of all three lives in one place.
     let spent = redis.cli(&["--scan", "--pattern", "agentrouter:spend:budgeted:*"]);

@@ -29,7 +29,11 @@ fn the_alert_rules_use_only_series_the_gateway_exports() {
     let metrics = agentrouter::telemetry::Metrics::new();
     let exported = metrics.families();
     for (file, text, least) in [
-        ("alerts.yml", include_str!("../deploy/prometheus/alerts.yml"), 15),
+        (
+            "alerts.yml",
+            include_str!("../deploy/prometheus/alerts.yml"),
+            15,
+        ),
         (
             "alerts.test.yml",
             include_str!("../deploy/prometheus/alerts.test.yml"),
@@ -78,16 +82,29 @@ fn configmap_toml() -> String {
 fn the_kubernetes_configmap_holds_a_config_the_gateway_accepts() {
     // The Deployment fills these from the Secret; stand-ins of the right shape.
     let toml = configmap_toml()
-        .replace("${env:AGENTROUTER_ADMIN_TOKEN}", "an-admin-token-of-some-length")
+        .replace(
+            "${env:AGENTROUTER_ADMIN_TOKEN}",
+            "an-admin-token-of-some-length",
+        )
         .replace("${env:REDIS_URL}", "redis://agentrouter-redis:6379/0")
         .replace("${env:OPENAI_API_KEY}", "sk-test")
-        .replace("${env:AGENTROUTER_ALERT_WEBHOOK}", "https://alerts.example/hook");
-    assert!(!toml.contains("${env:"), "a secret the test does not stand in for:\n{toml}");
-    let config = Config::parse(&toml, "configmap.yaml", Path::new("/"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .replace(
+            "${env:AGENTROUTER_ALERT_WEBHOOK}",
+            "https://alerts.example/hook",
+        );
+    assert!(
+        !toml.contains("${env:"),
+        "a secret the test does not stand in for:\n{toml}"
+    );
+    let config =
+        Config::parse(&toml, "configmap.yaml", Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
     let s = &config.startup;
     assert!(s.cluster.redis_url.is_some());
-    assert_eq!(s.server.listen.port(), 8080, "the Deployment's containerPort");
+    assert_eq!(
+        s.server.listen.port(),
+        8080,
+        "the Deployment's containerPort"
+    );
     // The pod's grace covers preStop, the drain delay and the drain.
     let deployment = include_str!("../deploy/kubernetes/deployment.yaml");
     let grace: u64 = deployment

@@ -95,7 +95,12 @@ async fn missing_unknown_and_revoked_keys_get_401_and_a_foreign_model_403() {
     assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
 
     // A created key works until it is revoked.
-    let secret = gw.auth.create("temp", KeyPolicy::default()).await.unwrap().1;
+    let secret = gw
+        .auth
+        .create("temp", KeyPolicy::default())
+        .await
+        .unwrap()
+        .1;
     assert_eq!(gw.chat_as(&secret, &hi).await.status, 200);
     gw.auth.revoke("temp").await.unwrap();
     let revoked = gw.chat_as(&secret, &hi).await;
@@ -112,9 +117,19 @@ async fn a_rotated_key_works_old_and_new_within_the_grace_period_then_only_new()
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start_in(dir.path(), &with_auth(&up, "")).await;
     let hi = chat("m", "hi");
-    let old = gw.auth.create("rotor", KeyPolicy::default()).await.unwrap().1;
+    let old = gw
+        .auth
+        .create("rotor", KeyPolicy::default())
+        .await
+        .unwrap()
+        .1;
     assert_eq!(gw.chat_as(&old, &hi).await.status, 200);
-    let new = gw.auth.rotate("rotor", Duration::from_millis(800)).await.unwrap().1;
+    let new = gw
+        .auth
+        .rotate("rotor", Duration::from_millis(800))
+        .await
+        .unwrap()
+        .1;
     assert_ne!(old, new);
     assert_eq!(gw.chat_as(&old, &hi).await.status, 200, "old, within grace");
     assert_eq!(gw.chat_as(&new, &hi).await.status, 200, "new");

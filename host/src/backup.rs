@@ -310,13 +310,10 @@ pub async fn restore(config: &Config, backup: &Backup) -> Result<RestoreReport, 
         budgets.import(&entry.key, entry.day, entry.usd).await?;
     }
     if let Target::Sled(store) = &target {
-        store
-            .db()
-            .flush()
-            .map_err(|cause| StoreError::Sled {
-                path: store.path().to_string(),
-                cause,
-            })?;
+        store.db().flush().map_err(|cause| StoreError::Sled {
+            path: store.path().to_string(),
+            cause,
+        })?;
     }
     Ok(report)
 }

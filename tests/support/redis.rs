@@ -79,7 +79,9 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run redis-server (install Debian's `redis-server`): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server (install Debian's `redis-server`): {e}")
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -121,7 +123,11 @@ impl RedisServer {
     /// Starts it again on the same port, with the data it had.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
-        assert!(self.spawn(), "redis-server did not come back on port {}", self.port);
+        assert!(
+            self.spawn(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
     }
 
     /// Runs a `redis-cli` command against it; its output.

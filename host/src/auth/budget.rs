@@ -245,7 +245,11 @@ impl Budgets {
 
     /// Admits a request of key `name` against `budget_usd` for today, or
     /// says why not.
-    pub async fn reserve(&self, name: &str, budget_usd: f64) -> Result<Reservation, BudgetExceeded> {
+    pub async fn reserve(
+        &self,
+        name: &str,
+        budget_usd: f64,
+    ) -> Result<Reservation, BudgetExceeded> {
         let now_s = crate::clock::unix_s();
         let day = utc_day(now_s);
         if let Some(cluster) = &self.cluster {
@@ -360,7 +364,9 @@ impl Budgets {
                 }
                 // The reservation in Redis expires with the day's hash; the
                 // cost is in the local spend.
-                Err(e) => tracing::warn!(key = %r.key, error = %e, cost_usd = cost, "could not settle the shared budget; the cost is counted locally only"),
+                Err(e) => {
+                    tracing::warn!(key = %r.key, error = %e, cost_usd = cost, "could not settle the shared budget; the cost is counted locally only")
+                }
             }
         } else {
             let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
@@ -403,7 +409,11 @@ impl Budgets {
             };
             let spent: Option<f64> = cluster
                 .run("budget", |mut conn| async move {
-                    redis::cmd("HGET").arg(key).arg("spent").query_async(&mut conn).await
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg("spent")
+                        .query_async(&mut conn)
+                        .await
                 })
                 .await
                 .map_err(store)?;

@@ -33,8 +33,8 @@ use crate::cluster::Cluster;
 use crate::domain::Target;
 use crate::ratelimit::Limits;
 use crate::store::Store;
-use shared::SharedKeys;
 use axum::http::{HeaderMap, header};
+use shared::SharedKeys;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -387,11 +387,15 @@ impl Auth {
         self.stored(name)?;
         let mut secret = String::new();
         let record = self
-            .change(name, |record| {
-                let (next, s) = rotated(record, grace)?;
-                secret = s;
-                Ok(next)
-            }, |store| store.rotate(name, grace).map(|(r, s)| (r, Some(s))))
+            .change(
+                name,
+                |record| {
+                    let (next, s) = rotated(record, grace)?;
+                    secret = s;
+                    Ok(next)
+                },
+                |store| store.rotate(name, grace).map(|(r, s)| (r, Some(s))),
+            )
             .await?;
         Ok((record.0, record.1.unwrap_or(secret)))
     }
@@ -400,9 +404,11 @@ impl Auth {
     pub async fn revoke(&self, name: &str) -> Result<KeyRecord, AuthError> {
         self.stored(name)?;
         let (record, _) = self
-            .change(name, |record| Ok(revoked(record)), |store| {
-                store.revoke(name).map(|r| (r, None))
-            })
+            .change(
+                name,
+                |record| Ok(revoked(record)),
+                |store| store.revoke(name).map(|r| (r, None)),
+            )
             .await?;
         Ok(record)
     }
@@ -439,7 +445,10 @@ impl Auth {
 
     /// Admits a request of `id` against its daily budget: `None` without a
     /// budget, else the reservation to settle with its real cost.
-    pub async fn reserve_budget(&self, id: &Identity) -> Result<Option<Reservation>, BudgetExceeded> {
+    pub async fn reserve_budget(
+        &self,
+        id: &Identity,
+    ) -> Result<Option<Reservation>, BudgetExceeded> {
         let Some(budget) = id.policy.daily_budget_usd else {
             return Ok(None);
         };
@@ -463,10 +472,9 @@ fn identity_of(record: &KeyRecord, hash: &str, now: u64) -> Result<Identity, Aut
         return Err(AuthError::Revoked(record.name.clone()));
     }
     let current = bool::from(record.hash.as_bytes().ct_eq(hash.as_bytes()));
-    let in_grace = record
-        .previous
-        .as_ref()
-        .is_some_and(|p| bool::from(p.hash.as_bytes().ct_eq(hash.as_bytes())) && now < p.valid_until_ms);
+    let in_grace = record.previous.as_ref().is_some_and(|p| {
+        bool::from(p.hash.as_bytes().ct_eq(hash.as_bytes())) && now < p.valid_until_ms
+    });
     if !current && !in_grace {
         return Err(AuthError::GraceEnded(record.name.clone()));
     }
@@ -482,7 +490,9 @@ fn identity_of(record: &KeyRecord, hash: &str, now: u64) -> Result<Identity, Aut
 async fn import(shared: &SharedKeys, local: Vec<KeyRecord>) -> Vec<KeyRecord> {
     for record in &local {
         match shared.put(record, None, None).await {
-            Ok(true) => tracing::info!(key = %record.name, "copied a key of the local store into the cluster"),
+            Ok(true) => {
+                tracing::info!(key = %record.name, "copied a key of the local store into the cluster")
+            }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the cluster's keys; serving the local store's until it answers");

@@ -121,7 +121,8 @@ impl SharedKeys {
             .map_err(err)?;
         match raw {
             Some(text) => {
-                let record = serde_json::from_str(&text).map_err(|e| AuthError::Store(e.to_string()))?;
+                let record =
+                    serde_json::from_str(&text).map_err(|e| AuthError::Store(e.to_string()))?;
                 Ok(Some((record, text)))
             }
             None => Ok(None),

@@ -78,9 +78,7 @@ impl CacheTier for RedisTier {
         answer: &'a Arc<CachedAnswer>,
     ) -> BoxFuture<'a, Result<(), CacheError>> {
         Box::pin(async move {
-            let ttl_ms = answer
-                .expires_at_ms
-                .saturating_sub(crate::clock::unix_ms());
+            let ttl_ms = answer.expires_at_ms.saturating_sub(crate::clock::unix_ms());
             if ttl_ms == 0 {
                 return Ok(());
             }

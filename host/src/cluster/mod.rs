@@ -34,7 +34,7 @@ pub use config::{
 
 use crate::telemetry::Metrics;
 use crate::telemetry::health::Check;
-use crate::telemetry::metrics::{ClusterFallbackLabels, ClusterOpLabels};
+use crate::telemetry::metrics::{ClusterFallbackLabels, ClusterOpLabels, RedisLabels};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -288,6 +288,15 @@ impl Cluster {
         }
     }
 
+    fn up_gauge(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.metrics
+            .cluster_redis_up
+            .get_or_create(&RedisLabels {
+                redis: self.addr.clone(),
+            })
+            .clone()
+    }
+
     fn count_error(&self, op: &'static str) {
         self.metrics
             .cluster_errors
@@ -301,7 +310,7 @@ impl Cluster {
             if let Ok(mut r) = self.health.reason.lock() {
                 *r = Some((reason, crate::clock::now_rfc3339()));
             }
-            self.metrics.cluster_redis_up.set(0);
+            self.up_gauge().set(0);
         }
     }
 
@@ -309,7 +318,7 @@ impl Cluster {
         if self.health.lost.swap(false, Ordering::SeqCst) {
             tracing::info!(redis = %self.addr, "Redis is back: shared limits, budgets, keys and cache resume");
         }
-        self.metrics.cluster_redis_up.set(1);
+        self.up_gauge().set(1);
     }
 
     /// One ping: marks Redis up or lost.

@@ -27,7 +27,10 @@ pub(super) fn cluster(config: &mut Config, errors: &mut Errors<'_>, env: EnvLook
                 "must be a redis:// URL, e.g. \"redis://redis:6379/0\" (put a password in ${env:...})",
             );
         } else if let Err(e) = redis::Client::open(text) {
-            errors.push("cluster.redis_url", format!("is not a valid Redis URL: {e}"));
+            errors.push(
+                "cluster.redis_url",
+                format!("is not a valid Redis URL: {e}"),
+            );
         }
     }
     if c.key_prefix.is_empty()

@@ -20,7 +20,6 @@ mod stream;
 
 pub use error::GatewayError;
 
-use accounting::{BudgetAlerts, Charge, Held};
 use crate::auth::{Auth, Identity};
 use crate::cache::{CacheKey, CachedAnswer, Filled, HitFrom, ResponseCache, Served};
 use crate::domain::{CallContext, Completion, CompletionRequest, Message, Metadata, Step, Target};
@@ -31,6 +30,7 @@ use crate::telemetry::Metrics;
 use crate::telemetry::metrics::RateLimitLabels;
 use crate::telemetry::request;
 use crate::upstream::EventStream;
+use accounting::{BudgetAlerts, Charge, Held};
 use arc_swap::ArcSwap;
 use rand::Rng;
 use rand::distr::Alphanumeric;

@@ -251,7 +251,11 @@ impl RateLimiter {
 
     /// What to do for `kind` without Redis: `None` to decide locally
     /// (fail-open), or the refusal (fail-closed).
-    fn without_redis(&self, kind: LimitKind, why: &crate::cluster::ClusterError) -> Option<Limited> {
+    fn without_redis(
+        &self,
+        kind: LimitKind,
+        why: &crate::cluster::ClusterError,
+    ) -> Option<Limited> {
         let shared = self.shared.as_ref()?;
         let cluster = shared.cluster();
         let policies = cluster.policies();
@@ -394,7 +398,12 @@ impl RateLimiter {
         self.admit_completion_locally(client, own, model)
     }
 
-    fn admit_completion_locally(&self, client: &str, own: Limits, model: &str) -> Result<(), Limited> {
+    fn admit_completion_locally(
+        &self,
+        client: &str,
+        own: Limits,
+        model: &str,
+    ) -> Result<(), Limited> {
         let buckets = self.client(client, own);
         buckets.check_tokens().map_err(|wait| {
             self.refuse(
@@ -484,8 +493,16 @@ mod tests {
             burst: Some(1),
             ..Default::default()
         });
-        assert!(l.admit_request("anonymous", Limits::default()).await.is_ok());
-        assert!(l.admit_request("anonymous", Limits::default()).await.is_err());
+        assert!(
+            l.admit_request("anonymous", Limits::default())
+                .await
+                .is_ok()
+        );
+        assert!(
+            l.admit_request("anonymous", Limits::default())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -7,8 +7,8 @@
 //! and which is never taken on the request path.
 
 use super::persist::{self, RolloutRecord, SlotRecord};
-use super::shared::SharedRollouts;
 use super::plan::{OutOfRange, Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
+use super::shared::SharedRollouts;
 use super::{HotPlugin, controller, unix_now};
 use crate::domain::{
     Candidate, CompletionRequest, Failure, FailureContext, Message, RouteRequest, Stage,
@@ -278,9 +278,13 @@ impl Rollouts {
                     persist::put_wasm(&self.store, &id.digest, &fetched)?;
                     bytes = Some(fetched);
                 }
-                Ok(Some(_)) => tracing::warn!(plugin = %hot.name(), digest = %id.digest, "the cluster's component does not match its digest; ignored"),
+                Ok(Some(_)) => {
+                    tracing::warn!(plugin = %hot.name(), digest = %id.digest, "the cluster's component does not match its digest; ignored")
+                }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(plugin = %hot.name(), error = %e, "cannot fetch the component from the cluster"),
+                Err(e) => {
+                    tracing::warn!(plugin = %hot.name(), error = %e, "cannot fetch the component from the cluster")
+                }
             }
         }
         let bytes = bytes.ok_or_else(|| {
@@ -377,7 +381,13 @@ impl Rollouts {
     }
 
     /// Makes `plugin` the stable version, keeping any rollout running.
-    pub(super) fn install(&self, guard: &ControlGuard<'_>, hot: &HotPlugin, plugin: Arc<Plugin>, why: &str) {
+    pub(super) fn install(
+        &self,
+        guard: &ControlGuard<'_>,
+        hot: &HotPlugin,
+        plugin: Arc<Plugin>,
+        why: &str,
+    ) {
         log_swap(hot, &plugin, why);
         hot.update(guard, |s| s.stable = plugin);
     }

@@ -127,7 +127,10 @@ pub fn all_wasm(store: &Store) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let mut out = Vec::new();
     for item in store.db().scan_prefix(prefix) {
         let (k, v) = item.map_err(|e| sled_err(store, e))?;
-        out.push((String::from_utf8_lossy(&k[prefix.len()..]).to_string(), v.to_vec()));
+        out.push((
+            String::from_utf8_lossy(&k[prefix.len()..]).to_string(),
+            v.to_vec(),
+        ));
     }
     Ok(out)
 }

@@ -184,14 +184,19 @@ impl SharedRollouts {
     }
 
     /// Records of `slots` whose revision is newer than this replica's.
-    async fn changed(&self, slots: &[String]) -> Result<Vec<(String, u64, SlotRecord)>, ClusterError> {
+    async fn changed(
+        &self,
+        slots: &[String],
+    ) -> Result<Vec<(String, u64, SlotRecord)>, ClusterError> {
         let mut pipe = redis::pipe();
         for slot in slots {
             pipe.cmd("HGET").arg(self.slot_key(slot)).arg("rev");
         }
         let revs: Vec<Option<u64>> = self
             .cluster
-            .run("rollout", |mut conn| async move { pipe.query_async(&mut conn).await })
+            .run("rollout", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
             .await?;
         let mut changed = Vec::new();
         for (slot, rev) in slots.iter().zip(revs) {
@@ -221,7 +226,9 @@ impl SharedRollouts {
             if let (Some(rev), Some(text)) = fetched {
                 match serde_json::from_str::<SlotRecord>(&text) {
                     Ok(record) => changed.push((slot.clone(), rev, record)),
-                    Err(e) => tracing::warn!(plugin = %slot, error = %e, "ignoring an unreadable shared rollout record"),
+                    Err(e) => {
+                        tracing::warn!(plugin = %slot, error = %e, "ignoring an unreadable shared rollout record")
+                    }
                 }
             }
         }
@@ -262,7 +269,11 @@ pub async fn export(
         let name = key.strip_prefix(&slot_prefix).unwrap_or(&key).to_string();
         let text: Option<String> = cluster
             .run("rollout", |mut conn| async move {
-                redis::cmd("HGET").arg(key).arg("record").query_async(&mut conn).await
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg("record")
+                    .query_async(&mut conn)
+                    .await
             })
             .await?;
         if let Some(record) = text.and_then(|t| serde_json::from_str(&t).ok()) {
@@ -297,7 +308,11 @@ pub async fn import(
         let bytes = bytes.clone();
         cluster
             .run("rollout", |mut conn| async move {
-                redis::cmd("SET").arg(key).arg(bytes).query_async::<()>(&mut conn).await
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(bytes)
+                    .query_async::<()>(&mut conn)
+                    .await
             })
             .await?;
     }
@@ -455,10 +470,7 @@ impl Rollouts {
                             shared.started_at,
                             Some(shared.progress.clone()),
                         ));
-                        rollout.event(format!(
-                            "joined from the cluster at {}%",
-                            rollout.percent()
-                        ));
+                        rollout.event(format!("joined from the cluster at {}%", rollout.percent()));
                         hot.update(guard, |s| {
                             s.rollout = Some(rollout.clone());
                             s.last = None;

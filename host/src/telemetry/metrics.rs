@@ -102,6 +102,13 @@ pub struct RateLimitLabels {
     pub limit: String,
 }
 
+/// Labels naming the cluster's Redis.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisLabels {
+    /// `host:port` (never credentials).
+    pub redis: String,
+}
+
 /// Labels of a failed Redis operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterOpLabels {
@@ -218,7 +225,7 @@ pub struct Metrics {
     pub cost_usd: Family<UsageLabels, Counter<f64, AtomicU64>>,
     /// Whether the cluster's Redis answers (1) or not (0); absent without
     /// `[cluster]`.
-    pub cluster_redis_up: Gauge,
+    pub cluster_redis_up: Family<RedisLabels, Gauge>,
     /// Redis operations that failed, by operation.
     pub cluster_errors: Family<ClusterOpLabels, Counter>,
     /// Limit decisions taken without Redis, by limit and policy.
@@ -274,7 +281,7 @@ impl Metrics {
             plugin_peak_memory: Family::default(),
             tokens: Family::default(),
             cost_usd: Family::default(),
-            cluster_redis_up: Gauge::default(),
+            cluster_redis_up: Family::default(),
             cluster_errors: Family::default(),
             cluster_fallbacks: Family::default(),
             budget_spent_usd: Family::default(),

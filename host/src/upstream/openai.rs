@@ -156,7 +156,10 @@ impl Inner {
                     .and_then(|v| v.trim().parse::<i64>().ok())
             };
             if let Some(limit) = read(format!("x-ratelimit-limit-{resource}")) {
-                metrics.upstream_quota_limit.get_or_create(&labels).set(limit);
+                metrics
+                    .upstream_quota_limit
+                    .get_or_create(&labels)
+                    .set(limit);
             }
             if let Some(left) = read(format!("x-ratelimit-remaining-{resource}")) {
                 metrics
