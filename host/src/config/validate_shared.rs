@@ -84,3 +84,55 @@ pub(super) fn budgets(config: &Config, errors: &mut Errors<'_>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    const UPSTREAM: &str = "[upstreams.a]\nkind = \"simulated\"\nmodel = \"m\"\n";
+
+    fn error_of(extra: &str) -> String {
+        Config::parse(&format!("{UPSTREAM}{extra}"), "c.toml", Path::new("."))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_naming_file_line_and_key() {
+        let e = error_of("[cluster]\nredis_url = \"rediss://r:6380\"\n");
+        assert!(
+            e.contains("c.toml:5: cluster.redis_url") && e.contains("TLS"),
+            "{e}"
+        );
+        let e = error_of("[cluster]\nredis_url = \"http://r\"\n");
+        assert!(
+            e.contains("cluster.redis_url: must be a redis:// URL"),
+            "{e}"
+        );
+        let e = error_of("[cluster]\nkey_prefix = \"has space\"\n");
+        assert!(e.contains("c.toml:5: cluster.key_prefix"), "{e}");
+        let e = error_of("[cluster]\nop_timeout_ms = 0\n");
+        assert!(e.contains("cluster.op_timeout_ms: must be positive"), "{e}");
+        let e = error_of("[cluster.on_redis_loss]\nbudgets = \"maybe\"\n");
+        assert!(e.contains("fail-open") && e.contains("fail-closed"), "{e}");
+        let ok = Config::parse(
+            &format!("{UPSTREAM}[cluster]\nredis_url = \"redis://:pw@r:6379/1\"\n[cluster.on_redis_loss]\nbudgets = \"fail-closed\"\n"),
+            "c.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.startup.cluster.on_redis_loss.budgets,
+            crate::cluster::LossPolicy::FailClosed
+        );
+    }
+
+    #[test]
+    fn budget_settings_are_checked() {
+        let e = error_of("[auth]\nbudget_alert_thresholds = [0.8, 0]\n");
+        assert!(e.contains("auth.budget_alert_thresholds[1]"), "{e}");
+        let e = error_of("[auth]\nbudget_reservation_usd = -1.0\n");
+        assert!(e.contains("auth.budget_reservation_usd"), "{e}");
+    }
+}

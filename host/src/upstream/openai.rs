@@ -79,19 +79,13 @@ impl OpenAiUpstream {
     }
 
     /// Also records the provider's rate-limit headroom in `metrics`
-    /// (`agentrouter_upstream_quota_*`).
-    pub fn with_quota_metrics(self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            info: shared.info.clone(),
-            url: shared.url.clone(),
-            api_key: shared.api_key.clone(),
-            client: shared.client.clone(),
-            quota: None,
-        });
-        inner.quota = Some(metrics);
-        Self {
-            inner: Arc::new(inner),
+    /// (`agentrouter_upstream_quota_*`). Call it on a fresh upstream, before
+    /// it is shared (it has no effect once cloned).
+    pub fn with_quota_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.quota = Some(metrics);
         }
+        self
     }
 }
 
