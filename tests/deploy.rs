@@ -44,7 +44,7 @@ fn the_alert_rules_use_only_series_the_gateway_exports() {
         assert!(used.len() >= least, "{file}: {used:?}");
         for family in used {
             assert!(
-                exported.iter().any(|f| *f == family),
+                exported.contains(&family),
                 "deploy/prometheus/{file}: {family} is not a series the gateway exports"
             );
         }

@@ -67,8 +67,14 @@ return 0
 
 /// What the publisher sends, in order.
 enum Publication {
-    Wasm { digest: String, bytes: Vec<u8> },
-    Record { slot: String, record: SlotRecord },
+    Wasm {
+        digest: String,
+        bytes: Vec<u8>,
+    },
+    Record {
+        slot: String,
+        record: Box<SlotRecord>,
+    },
 }
 
 /// A replica's link to the shared rollout state.
@@ -120,7 +126,7 @@ impl SharedRollouts {
     pub(super) fn record(&self, slot: &str, record: SlotRecord) {
         let _ = self.queue.send(Publication::Record {
             slot: slot.to_string(),
-            record,
+            record: Box::new(record),
         });
     }
 
