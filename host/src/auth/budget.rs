@@ -511,19 +511,23 @@ mod tests {
     #[tokio::test]
     async fn reservations_hold_the_budget_until_requests_settle() {
         let b = Budgets::new(Store::temporary().unwrap(), None, 0.4);
-        // 1.0 of budget, 0.4 reserved per request: two fit, a third waits.
+        // 1.0 of budget, 0.4 reserved per request, admitted while spent +
+        // reserved < budget: 0.8 reserved still admits a third (so the
+        // budget can be used up), 1.2 makes a fourth wait.
         let first = b.reserve("k", 1.0).await.unwrap();
         let second = b.reserve("k", 1.0).await.unwrap();
+        let third = b.reserve("k", 1.0).await.unwrap();
         let refused = b.reserve("k", 1.0).await.unwrap_err();
-        assert!((refused.reserved_usd - 0.8).abs() < 1e-9, "{refused:?}");
+        assert!((refused.reserved_usd - 1.2).abs() < 1e-9, "{refused:?}");
         assert_eq!(refused.resets_in_s, 1, "in flight, not spent: soon");
         let update = b.settle(first, 0.3).await;
         assert_eq!((update.before_usd, update.after_usd), (0.0, 0.3));
         b.settle(second, 0.3).await;
-        // 0.6 spent; the mean cost is now under the minimum reservation.
-        let third = b.reserve("k", 1.0).await.unwrap();
-        assert_eq!(third.amount_usd(), 0.4);
-        b.settle(third, 0.5).await;
+        b.settle(third, 0.3).await;
+        // 0.9 spent; the mean cost is now under the minimum reservation.
+        let fourth = b.reserve("k", 1.0).await.unwrap();
+        assert_eq!(fourth.amount_usd(), 0.4);
+        b.settle(fourth, 0.5).await;
         let spent = b.reserve("k", 1.0).await.unwrap_err();
         assert!(spent.resets_in_s > 1 && spent.spent_usd >= 1.0, "{spent:?}");
     }
