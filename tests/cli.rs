@@ -175,3 +175,42 @@ fn keys_create_list_rotate_revoke_round_trip() {
     let (ok, _, stderr) = run(&["revoke", "--config", config, "nobody"]);
     assert!(!ok && stderr.contains("no key named `nobody`"), "{stderr}");
 }
+
+#[test]
+fn check_exits_non_zero_naming_a_validator_that_imports_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = plugins::fixture_dir().join("kv_validator.wasm");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstreams.a]\nkind = \"simulated\"\nmodel = \"m\"\n\n\
+             [plugins.leaky]\nsource = {:?}\nworld = \"validator\"\n\n\
+             [pipeline]\ninput_validators = [\"leaky\"]\n",
+            fixture.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = agentrouter(&["check", "--config", config.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains(&format!("{}:5: plugins.leaky: ", config.display()))
+            && stderr.contains(
+                "exports `validate` like a validator but imports \
+                 `agentrouter:plugin/kv@0.1.0`, which the validator world does not provide"
+            ),
+        "{stderr}"
+    );
+
+    // `plugin inspect` says the same of the file.
+    let out = agentrouter(&["plugin", "inspect", fixture.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .1
+            .contains("which the validator world does not provide"),
+        "{}",
+        text(&out).1
+    );
+}

@@ -52,3 +52,27 @@ async fn plugin_of_the_wrong_world_is_keyed_by_its_slot() {
             .starts_with(&format!("{}:5: plugins.vault: ", path.display()))
     );
 }
+
+#[tokio::test]
+async fn validator_importing_kv_is_refused_by_check_in_the_words_of_plugin_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = plugins::fixture_dir().join("kv_validator.wasm");
+    let text = format!(
+        "[upstreams.a]\nkind = \"simulated\"\nmodel = \"m\"\n\n\
+         [plugins.leaky]\nsource = {:?}\nworld = \"validator\"\n\n\
+         [pipeline]\ninput_validators = [\"leaky\"]\n",
+        fixture.display().to_string()
+    );
+    let path = write_config(dir.path(), &text);
+    let errors = config::check(&path).await.unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let e = &errors[0];
+    assert_eq!((e.key.as_str(), e.line), ("plugins.leaky", Some(5)));
+    assert!(
+        e.message.ends_with(
+            "does not fit world `validator`: exports `validate` like a validator but imports \
+             `agentrouter:plugin/kv@0.1.0`, which the validator world does not provide"
+        ),
+        "{e}"
+    );
+}

@@ -252,6 +252,96 @@ async fn bad_uploads_are_refused_with_422_and_the_old_version_keeps_serving() {
     gw.stop().await;
 }
 
+/// What `plugin inspect` says of the `kv-validator` fixture, a validator
+/// that also imports `kv` (and would keep one request's message for the next).
+const KV_VALIDATOR_SENTENCE: &str = "exports `validate` like a validator but imports \
+     `agentrouter:plugin/kv@0.1.0`, which the validator world does not provide";
+
+#[tokio::test]
+async fn serve_refuses_a_validator_that_imports_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("leaky.wasm");
+    std::fs::write(&wasm, fixture("kv_validator")).unwrap();
+    let toml = config("closed", "").replace(
+        "source = \"builtin:pii-redact\"",
+        "source = \"leaky.wasm\"\nworld = \"validator\"",
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = agentrouter::config::Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let Err(err) = agentrouter::app::App::build(&config).await else {
+        panic!("a validator importing kv was served");
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("plugin `redact`")
+            && message.contains("leaky.wasm")
+            && message.ends_with(KV_VALIDATOR_SENTENCE),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn uploads_of_a_validator_that_imports_kv_are_refused_with_422() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
+    let original = live_digest(&gw).await;
+    for path in ["/admin/plugins/redact", "/admin/plugins/redact/candidate"] {
+        let (status, body) = gw.admin_put(path, fixture("kv_validator")).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "plugin_rejected", "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("plugin `redact` (admin upload")
+                && message.contains(") does not fit world `validator`: ")
+                && message.ends_with(KV_VALIDATOR_SENTENCE),
+            "{path}: {message}"
+        );
+    }
+    assert_eq!(live_digest(&gw).await, original);
+    // Two requests in a row: neither sees the other's message.
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn reload_refuses_a_validator_that_imports_kv_and_keeps_the_running_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leaky.wasm"), fixture("kv_validator")).unwrap();
+    let gw = Gateway::start_in(dir.path(), &config("closed", "")).await;
+    let leaky = config(
+        "closed",
+        "[plugins.leaky]\nsource = \"leaky.wasm\"\nworld = \"validator\"\n",
+    )
+    .replace(
+        "output_validators = [\"redact\"]",
+        "input_validators = [\"leaky\"]\noutput_validators = [\"redact\"]",
+    );
+    std::fs::write(dir.path().join("gateway.toml"), &leaky).unwrap();
+    let (status, body) = gw.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("running config stays")
+            && message.contains("plugin `leaky`")
+            && message.ends_with(KV_VALIDATOR_SENTENCE),
+        "{message}"
+    );
+    let (_, view) = gw.admin_get("/admin/plugins").await;
+    let slots: Vec<&str> = view["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(slots, ["redact"], "{view}");
+    // The old config serves, and no request sees another's message.
+    assert_eq!(answer(&gw, EMAIL_PROMPT).await, (200, REDACTED.to_string()));
+    assert_eq!(answer(&gw, "second request").await.0, 200);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn agent_swaps_are_smoke_tested_by_instantiation_and_serve_at_once() {
     let dir = tempfile::tempdir().unwrap();

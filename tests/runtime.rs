@@ -6,7 +6,7 @@ use agentrouter::domain::*;
 use agentrouter::plugins;
 use agentrouter::runtime::{
     AgentHost, Capabilities, DirGrant, LimitKind, Plugin, PluginError, PluginSource, PluginSpec,
-    Runtime, RuntimeSettings, World,
+    Runtime, RuntimeSettings, World, inspect,
 };
 use agentrouter::store::{KvStore, Store};
 use futures::future::BoxFuture;
@@ -795,6 +795,73 @@ async fn components_that_do_not_fit_the_slot_world_are_refused_with_the_reason()
         .to_string();
     assert!(
         err.contains("wasi-command") && err.contains("handle"),
+        "{err}"
+    );
+}
+
+/// What `agentrouter plugin inspect` says of the `kv-validator` fixture.
+const KV_VALIDATOR_SENTENCE: &str = "exports `validate` like a validator but imports \
+     `agentrouter:plugin/kv@0.1.0`, which the validator world does not provide";
+
+#[tokio::test]
+async fn a_validator_importing_kv_is_refused_at_load_in_the_words_of_plugin_inspect() {
+    let rt = runtime();
+    let path = fixture("kv-validator");
+    let bytes = std::fs::read(&path).unwrap();
+    let inspected = inspect::inspect(rt.engine(), &bytes).unwrap();
+    assert!(
+        inspected
+            .imports
+            .iter()
+            .any(|i| i == "agentrouter:plugin/kv@0.1.0"),
+        "the fixture really imports kv: {:?}",
+        inspected.imports
+    );
+    assert_eq!(
+        inspected.world.unwrap_err().to_string(),
+        KV_VALIDATOR_SENTENCE
+    );
+
+    for source in [
+        PluginSource::File(path.clone()),
+        PluginSource::Bytes {
+            origin: "admin upload".into(),
+            bytes: bytes.clone().into(),
+        },
+    ] {
+        let origin = source.origin();
+        let err = rt
+            .load(PluginSpec::new("leaky", World::Validator, source))
+            .unwrap_err();
+        match &err {
+            PluginError::WorldMismatch {
+                plugin,
+                origin: got,
+                world: World::Validator,
+                detail,
+            } => {
+                assert_eq!(plugin, "leaky");
+                assert_eq!(got, &origin);
+                assert_eq!(detail, KV_VALIDATOR_SENTENCE);
+            }
+            other => panic!("expected a world mismatch, got {other}"),
+        }
+        assert!(
+            err.to_string().starts_with(&format!(
+                "plugin `leaky` ({origin}) does not fit world `validator`"
+            )),
+            "{err}"
+        );
+    }
+
+    // An agent imports kv legitimately, but not in a validator's slot: the
+    // validator world's linker holds no kv.
+    let mut spec = plugins::get("worker").unwrap().spec("worker-as-validator");
+    spec.world = World::Validator;
+    let err = rt.load(spec).unwrap_err().to_string();
+    assert!(
+        err.contains("the validator world does not provide")
+            && err.contains("implements the `agent` world"),
         "{err}"
     );
 }

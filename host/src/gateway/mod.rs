@@ -252,40 +252,72 @@ impl Gateway {
         let held = self.admit(caller, &req.target).await?;
         let id = new_id("chatcmpl");
         let ctx = context(&live, caller, &id, req.end_user.clone());
-        let mut charge = self.charge(pipeline, caller, &req.target, &ctx, held);
+        let charge = self.charge(pipeline, caller, &req.target, &ctx, held);
         let created = crate::clock::unix_s();
-        let answer = |reply, cache| Answer {
-            id: id.clone(),
+        let (reply, cache) = match self.cache_entry(pipeline, caller, &req) {
+            None => (
+                self.run(pipeline, &ctx, &req, charge, None).await?,
+                CacheStatus::Bypass,
+            ),
+            Some(entry) if req.stream => {
+                self.cached_stream(pipeline, &ctx, &req, charge, entry)
+                    .await?
+            }
+            Some(entry) => {
+                self.cached_whole(pipeline, &ctx, &req, charge, entry)
+                    .await?
+            }
+        };
+        Ok(Answer {
+            id,
             created,
             reply,
             cache,
-        };
-        let Some((cache, key)) = self.cache_entry(pipeline, caller, &req) else {
-            let reply = self.run(pipeline, &ctx, &req, charge, None).await?;
-            return Ok(answer(reply, CacheStatus::Bypass));
-        };
-        if req.stream {
-            // A stream is not coalesced: look up, then compute on a miss.
-            if let Some((hit, level)) = cache.lookup(&key).await {
-                charge.settle().await;
-                return Ok(answer(from_cache(&hit), CacheStatus::Hit(level)));
-            }
-            let reply = self
-                .run(pipeline, &ctx, &req, charge, Some((cache.clone(), key)))
-                .await?;
-            if let Reply::Whole {
-                completion,
-                cost_usd,
-            } = &reply
-            {
-                cache.store(&key, completion, *cost_usd).await;
-            }
-            return Ok(answer(reply, CacheStatus::Miss));
+        })
+    }
+
+    /// A cacheable streamed request: a hit is replayed (and settles with
+    /// nothing); a miss is computed (streams are not coalesced) and stored
+    /// — a whole answer at once, a live stream when it ends.
+    async fn cached_stream(
+        &self,
+        pipeline: &Pipeline,
+        ctx: &CallContext,
+        req: &ChatRequest,
+        mut charge: Charge,
+        (cache, key): (Arc<ResponseCache>, CacheKey),
+    ) -> Result<(Reply, CacheStatus), GatewayError> {
+        if let Some((hit, level)) = cache.lookup(&key).await {
+            charge.settle().await;
+            return Ok((from_cache(&hit), CacheStatus::Hit(level)));
         }
+        let reply = self
+            .run(pipeline, ctx, req, charge, Some((cache.clone(), key)))
+            .await?;
+        if let Reply::Whole {
+            completion,
+            cost_usd,
+        } = &reply
+        {
+            cache.store(&key, completion, *cost_usd).await;
+        }
+        Ok((reply, CacheStatus::Miss))
+    }
+
+    /// A cacheable whole request: from the cache, from a concurrent
+    /// identical request (single-flight), or computed, settled and stored.
+    async fn cached_whole(
+        &self,
+        pipeline: &Pipeline,
+        ctx: &CallContext,
+        req: &ChatRequest,
+        mut charge: Charge,
+        (cache, key): (Arc<ResponseCache>, CacheKey),
+    ) -> Result<(Reply, CacheStatus), GatewayError> {
         let served = cache
             .get_or_fill(key, || async {
                 let completion = pipeline
-                    .serve(&ctx, &req.target, req.request.clone())
+                    .serve(ctx, &req.target, req.request.clone())
                     .await?;
                 Ok::<_, GatewayError>(Filled {
                     completion,
@@ -301,15 +333,15 @@ impl Gateway {
                     HitFrom::Tier(level) => level,
                     HitFrom::Flight => "flight",
                 };
-                answer(from_cache(&hit), CacheStatus::Hit(level))
+                (from_cache(&hit), CacheStatus::Hit(level))
             }
-            Served::Miss(filled) => answer(
-                Reply::Whole {
+            Served::Miss(filled) => {
+                let reply = Reply::Whole {
                     completion: filled.completion,
                     cost_usd: filled.cost_usd,
-                },
-                CacheStatus::Miss,
-            ),
+                };
+                (reply, CacheStatus::Miss)
+            }
         })
     }
 

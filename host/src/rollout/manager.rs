@@ -9,7 +9,7 @@
 use super::persist::{self, RolloutRecord, SlotRecord};
 use super::plan::{OutOfRange, Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
 use super::shared::SharedRollouts;
-use super::{HotPlugin, controller, unix_now};
+use super::{HotPlugin, controller};
 use crate::domain::{
     Candidate, CompletionRequest, Failure, FailureContext, Message, RouteRequest, Stage,
 };
@@ -481,7 +481,7 @@ impl Rollouts {
             },
         };
         let candidate = self.load_stored(hot, &id).await?;
-        let rollout = Arc::new(Rollout::new(spec, candidate, unix_now(), None));
+        let rollout = Arc::new(Rollout::new(spec, candidate, crate::clock::unix_s(), None));
         let stable = hot.identity();
         rollout.event(format!(
             "started {} of {} at {}% against {stable}",

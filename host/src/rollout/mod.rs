@@ -13,8 +13,15 @@
 //! - **shadow**: every call is answered by stable; a share is mirrored to the
 //!   candidate in a spawned task (bounded concurrency), whose answer is only
 //!   compared, never returned;
-//! - **A/B**: a sticky split by a hash of the caller (`CallContext::sticky_key`), with
-//!   per-arm counters and a two-proportion z-test.
+//! - **A/B**: a sticky split by a hash of the caller
+//!   ([`CallContext::sticky_key`]), with per-arm counters and a
+//!   two-proportion z-test.
+//!
+//! Picking a version, recording its arm and mirroring a shadow are written
+//! once, generic over the world's export ([`SlotExport`], on top of the
+//! runtime's [`Export`]); a shadow compares typed answers on what matters
+//! for the world (a validator's verdict, a router's first choice, a
+//! recovery's action, an agent's answer text) and keeps a readable sample.
 //!
 //! [`Rollouts`] is the control plane behind the admin API: it loads and
 //! smoke-tests versions, starts and ends rollouts, persists every change in
@@ -31,18 +38,22 @@ pub mod watch;
 
 pub use manager::{ControlGuard, RolloutError, Rollouts, SlotView, VersionView, smoke};
 pub use plan::{
-    Mode, OutOfRange, Phase, Rollout, RolloutRequest, RolloutSpec, RolloutStatus, VersionRef,
+    Mode, OutOfRange, Phase, Rollout, RolloutRequest, RolloutSpec, RolloutStatus, ShadowError,
+    ShadowOutcome, VersionRef,
 };
 
 use crate::domain::{
     Action, CallContext, Candidate, Failure, FailureContext, Message, RouteRequest, Stage, Task,
     TaskResult, Verdict,
 };
-use crate::runtime::{AgentHost, Plugin, PluginError, PluginIdentity, PluginSpec, World};
+use crate::runtime::{
+    AgentHost, Export, Handle, Plugin, PluginError, PluginIdentity, PluginSpec, Recover, Route,
+    Validate, World,
+};
 use arc_swap::ArcSwap;
-use futures::future::BoxFuture;
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -62,10 +73,6 @@ fn bucket(slot: &str, key: &str) -> u32 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(first) % 10_000) as u32
-}
-
-pub(crate) fn unix_now() -> u64 {
-    crate::clock::unix_s()
 }
 
 /// What a slot serves right now. Changed only through
@@ -129,15 +136,132 @@ impl std::fmt::Debug for HotPlugin {
     }
 }
 
-/// Describes a validator's verdict for shadow comparison.
-fn verdict_text(v: &Verdict) -> String {
-    match v {
-        Verdict::Allow => "allow".into(),
-        Verdict::Reject(reason) => format!("reject: {reason}"),
-        Verdict::Rewrite(messages) => {
-            let texts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-            format!("rewrite: {}", texts.join(" | "))
+/// A world's export as a rollout slot runs it: what counts as a failed call
+/// for its arm, and what a shadow compares.
+pub trait SlotExport: Export {
+    /// The part of an answer a shadow compares.
+    type Key: PartialEq + Send + 'static;
+
+    /// A copy of `input` for a shadow call, which outlives the caller.
+    fn detach(input: &Self::Input<'_>) -> Self::Input<'static>;
+
+    /// Whether a call counts as an error of its arm.
+    fn failed(result: &Result<Self::Output, PluginError>) -> bool {
+        result.is_err()
+    }
+
+    /// What a shadow compares of a call's result, or why there is nothing.
+    fn key(result: &Result<Self::Output, PluginError>) -> Result<Self::Key, ShadowError>;
+
+    /// How a shadow sample shows a key.
+    fn describe(key: &Self::Key) -> String;
+}
+
+/// The whole verdict matters: a candidate that allows what stable rejects,
+/// or rewrites differently, changes what the client gets.
+impl SlotExport for Validate {
+    type Key = Verdict;
+
+    fn detach((stage, messages): &Self::Input<'_>) -> Self::Input<'static> {
+        (*stage, Cow::Owned(messages.to_vec()))
+    }
+
+    fn key(result: &Result<Verdict, PluginError>) -> Result<Verdict, ShadowError> {
+        result.as_ref().cloned().map_err(Into::into)
+    }
+
+    fn describe(verdict: &Verdict) -> String {
+        match verdict {
+            Verdict::Allow => "allow".into(),
+            Verdict::Reject(reason) => format!("reject: {reason}"),
+            Verdict::Rewrite(messages) => {
+                let texts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                format!("rewrite: {}", texts.join(" | "))
+            }
         }
+    }
+}
+
+/// The first choice matters: it is the upstream that would have been called;
+/// the fallback order behind it rarely comes into play.
+impl SlotExport for Route {
+    type Key = Option<String>;
+
+    fn detach((req, candidates): &Self::Input<'_>) -> Self::Input<'static> {
+        (
+            Cow::Owned(req.clone().into_owned()),
+            Cow::Owned(candidates.to_vec()),
+        )
+    }
+
+    fn key(result: &Result<Vec<String>, PluginError>) -> Result<Option<String>, ShadowError> {
+        match result {
+            Ok(order) => Ok(order.first().cloned()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn describe(first: &Option<String>) -> String {
+        first.clone().unwrap_or_else(|| "(no preference)".into())
+    }
+}
+
+/// The whole action matters: it is what the host does next.
+impl SlotExport for Recover {
+    type Key = Action;
+
+    fn detach(ctx: &Self::Input<'_>) -> Self::Input<'static> {
+        Cow::Owned(ctx.clone().into_owned())
+    }
+
+    fn key(result: &Result<Action, PluginError>) -> Result<Action, ShadowError> {
+        result.as_ref().cloned().map_err(Into::into)
+    }
+
+    fn describe(action: &Action) -> String {
+        match action {
+            Action::Retry(ms) => format!("retry after {ms} ms"),
+            Action::Fallback(upstream) => format!("fall back to {upstream}"),
+            Action::ChunkAndRetry(chars) => format!("chunk by {chars} chars and retry"),
+            Action::Refine(messages) => {
+                let texts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                format!("refine: {}", texts.join(" | "))
+            }
+            Action::Fail(true) => "fail and alert".into(),
+            Action::Fail(false) => "fail".into(),
+        }
+    }
+}
+
+/// The answer text matters (usage differs from run to run). An agent's own
+/// failure counts as an error of its arm. A shadowed agent runs with a step
+/// log of its own, so its LLM calls (which are real, and cost) never show in
+/// the client's steps.
+impl SlotExport for Handle {
+    type Key = String;
+
+    fn detach((task, ctx, host): &Self::Input<'_>) -> Self::Input<'static> {
+        let mut ctx = ctx.clone();
+        ctx.ledger = Default::default();
+        (Cow::Owned(task.clone().into_owned()), ctx, host.clone())
+    }
+
+    fn failed(result: &Result<Result<TaskResult, Failure>, PluginError>) -> bool {
+        !matches!(result, Ok(Ok(_)))
+    }
+
+    fn key(
+        result: &Result<Result<TaskResult, Failure>, PluginError>,
+    ) -> Result<String, ShadowError> {
+        match result {
+            Ok(Ok(r)) => Ok(r.output.content.clone()),
+            Ok(Err(f)) => Err(ShadowError::Agent(f.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn describe(text: &String) -> String {
+        text.clone()
     }
 }
 
@@ -250,12 +374,39 @@ impl HotPlugin {
         }
     }
 
+    /// Starts one call, for any world: picks the version and, when the call
+    /// is mirrored, copies its input for the shadow (before the call, which
+    /// may consume it: an agent's context).
+    ///
+    /// The call itself is awaited by the world's method, between
+    /// [`begin`](Self::begin) and [`end`](Self::end): a future generic over
+    /// the world, held across an await, trips a known limitation of the
+    /// compiler's `Send` proofs (rust-lang/rust#100013).
+    fn begin<E: SlotExport>(&self, ctx: &CallContext, input: &E::Input<'_>) -> SlotCall<E> {
+        let pick = self.pick(ctx);
+        let shadow = pick.shadow.clone().map(|r| (r, E::detach(input)));
+        SlotCall {
+            pick,
+            shadow,
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends one call: records its arm, and mirrors it to the shadow
+    /// candidate when [`begin`](Self::begin) said so.
+    fn end<E: SlotExport>(&self, call: SlotCall<E>, result: &Result<E::Output, PluginError>) {
+        call.pick.record(call.started, E::failed(result));
+        if let Some((rollout, input)) = call.shadow {
+            self.mirror::<E>(rollout, E::key(result), input);
+        }
+    }
+
     /// Mirrors a call to the shadow candidate, off the response path.
-    fn mirror(
+    fn mirror<E: SlotExport>(
         &self,
         rollout: Arc<Rollout>,
-        stable: Result<String, String>,
-        run: impl FnOnce(Arc<Plugin>) -> BoxFuture<'static, Result<String, String>> + Send + 'static,
+        stable: Result<E::Key, ShadowError>,
+        input: E::Input<'static>,
     ) {
         let Ok(permit) = self.shadow_permits.clone().try_acquire_owned() else {
             rollout.shadow.drop_one();
@@ -264,136 +415,85 @@ impl HotPlugin {
         tokio::spawn(async move {
             let _permit = permit;
             let started = Instant::now();
-            let candidate = run(rollout.candidate.clone()).await;
+            let candidate = E::call(&rollout.candidate, input).await;
             rollout
                 .candidate_stats
-                .record(started.elapsed(), candidate.is_err());
-            rollout.shadow.record(&stable, &candidate);
+                .record(started.elapsed(), E::failed(&candidate));
+            rollout
+                .shadow
+                .record(&stable, &E::key(&candidate), E::describe);
         });
     }
 
-    /// Runs the slot's validator (see [`Plugin::validate`]).
+    /// Runs the slot's validator (see [`Validate`]) for the caller in `ctx`.
     pub async fn validate(
         &self,
         ctx: &CallContext,
         stage: Stage,
         messages: &[Message],
     ) -> Result<Verdict, PluginError> {
-        let pick = self.pick(ctx);
-        let started = Instant::now();
-        let result = pick.primary.validate(stage, messages).await;
-        pick.record(started, result.is_err());
-        if let Some(rollout) = pick.shadow {
-            let stable = result
-                .as_ref()
-                .map(verdict_text)
-                .map_err(ToString::to_string);
-            let messages = messages.to_vec();
-            self.mirror(rollout, stable, move |p| {
-                Box::pin(async move {
-                    p.validate(stage, &messages)
-                        .await
-                        .map(|v| verdict_text(&v))
-                        .map_err(|e| e.to_string())
-                })
-            });
-        }
+        let input = (stage, Cow::Borrowed(messages));
+        let call = self.begin::<Validate>(ctx, &input);
+        let result = Validate::call(call.plugin(), input).await;
+        self.end(call, &result);
         result
     }
 
-    /// Runs the slot's router (see [`Plugin::route`]). Shadow compares the
-    /// first choice, the upstream that would have been called.
+    /// Runs the slot's router (see [`Route`]) for the caller in `ctx`.
     pub async fn route(
         &self,
         ctx: &CallContext,
         req: &RouteRequest,
         candidates: &[Candidate],
     ) -> Result<Vec<String>, PluginError> {
-        let pick = self.pick(ctx);
-        let started = Instant::now();
-        let result = pick.primary.route(req, candidates).await;
-        pick.record(started, result.is_err());
-        if let Some(rollout) = pick.shadow {
-            let first = |order: &Vec<String>| {
-                order
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| "(no preference)".into())
-            };
-            let stable = result.as_ref().map(first).map_err(ToString::to_string);
-            let (req, candidates) = (req.clone(), candidates.to_vec());
-            self.mirror(rollout, stable, move |p| {
-                Box::pin(async move {
-                    p.route(&req, &candidates)
-                        .await
-                        .map(|o| first(&o))
-                        .map_err(|e| e.to_string())
-                })
-            });
-        }
+        let input = (Cow::Borrowed(req), Cow::Borrowed(candidates));
+        let call = self.begin::<Route>(ctx, &input);
+        let result = Route::call(call.plugin(), input).await;
+        self.end(call, &result);
         result
     }
 
-    /// Runs the slot's recovery strategy (see [`Plugin::recover`]).
+    /// Runs the slot's recovery strategy (see [`Recover`]) for the caller in `ctx`.
     pub async fn recover(
         &self,
-        call: &CallContext,
-        ctx: &FailureContext,
+        ctx: &CallContext,
+        failure: &FailureContext,
     ) -> Result<Action, PluginError> {
-        let pick = self.pick(call);
-        let started = Instant::now();
-        let result = pick.primary.recover(ctx).await;
-        pick.record(started, result.is_err());
-        if let Some(rollout) = pick.shadow {
-            let stable = result
-                .as_ref()
-                .map(|a| format!("{a:?}"))
-                .map_err(ToString::to_string);
-            let ctx = ctx.clone();
-            self.mirror(rollout, stable, move |p| {
-                Box::pin(async move {
-                    p.recover(&ctx)
-                        .await
-                        .map(|a| format!("{a:?}"))
-                        .map_err(|e| e.to_string())
-                })
-            });
-        }
+        let input = Cow::Borrowed(failure);
+        let call = self.begin::<Recover>(ctx, &input);
+        let result = Recover::call(call.plugin(), input).await;
+        self.end(call, &result);
         result
     }
 
-    /// Runs the slot's agent (see [`Plugin::handle`]). An agent's own failure
-    /// counts as an error of its arm. A shadowed agent runs with its own step
-    /// log, so its LLM calls (which are real, and cost) never show in the
-    /// client's steps; the answer texts are compared.
+    /// Runs the slot's agent (see [`Handle`]) in `ctx`, the context inside
+    /// the agent.
     pub async fn handle(
         &self,
         task: &Task,
         ctx: CallContext,
         host: Arc<dyn AgentHost>,
     ) -> Result<Result<TaskResult, Failure>, PluginError> {
-        let pick = self.pick(&ctx);
-        let shadow_ctx = pick.shadow.as_ref().map(|_| {
-            let mut copy = ctx.clone();
-            copy.ledger = Default::default();
-            copy
-        });
-        let started = Instant::now();
-        let result = pick.primary.handle(task, ctx, host.clone()).await;
-        pick.record(started, !matches!(result, Ok(Ok(_))));
-        if let (Some(rollout), Some(shadow_ctx)) = (pick.shadow, shadow_ctx) {
-            let text = |r: &Result<Result<TaskResult, Failure>, PluginError>| match r {
-                Ok(Ok(r)) => Ok(r.output.content.clone()),
-                Ok(Err(f)) => Err(format!("agent failed: {f}")),
-                Err(e) => Err(e.to_string()),
-            };
-            let stable = text(&result);
-            let task = task.clone();
-            self.mirror(rollout, stable, move |p| {
-                Box::pin(async move { text(&p.handle(&task, shadow_ctx, host).await) })
-            });
-        }
+        let input = (Cow::Borrowed(task), ctx, host);
+        let call = self.begin::<Handle>(&input.1, &input);
+        let result = Handle::call(call.plugin(), input).await;
+        self.end(call, &result);
         result
+    }
+}
+
+/// One call in progress on a slot: the version picked, when it started,
+/// and the copy of its input a shadow will run on.
+struct SlotCall<E: SlotExport> {
+    pick: Pick,
+    shadow: Option<(Arc<Rollout>, E::Input<'static>)>,
+    started: Instant,
+}
+
+impl<E: SlotExport> SlotCall<E> {
+    /// The version the call runs on.
+    fn plugin(&self) -> &Plugin {
+        &self.pick.primary
     }
 }
 

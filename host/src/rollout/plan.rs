@@ -3,7 +3,8 @@
 //! per-arm counters, shadow diffs and how it ended.
 
 use super::stats::{ArmSnapshot, ArmStats, ZTest, two_proportion_z_test};
-use crate::runtime::{Plugin, PluginIdentity};
+use crate::domain::Failure;
+use crate::runtime::{Plugin, PluginError, PluginIdentity};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -161,11 +162,55 @@ pub enum Phase {
     RolledBack,
 }
 
+/// How a shadow call compared with the stable one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowOutcome {
+    /// Both answered, and what the comparison looks at is equal.
+    Same,
+    /// They differ, or only the stable version failed.
+    Different,
+    /// The candidate failed (stable's answer still went to the client).
+    CandidateError,
+}
+
+impl ShadowOutcome {
+    /// Compares two sides on their typed keys.
+    pub fn of<K: PartialEq>(
+        stable: &Result<K, ShadowError>,
+        candidate: &Result<K, ShadowError>,
+    ) -> Self {
+        match (stable, candidate) {
+            (_, Err(_)) => ShadowOutcome::CandidateError,
+            (Ok(a), Ok(b)) if a == b => ShadowOutcome::Same,
+            _ => ShadowOutcome::Different,
+        }
+    }
+}
+
+/// Why one side of a shadow comparison has no answer to compare.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ShadowError {
+    /// The sandbox refused the call (a limit, a trap, invalid output...),
+    /// as its message reads; the error itself went to the caller.
+    #[error("{0}")]
+    Plugin(String),
+    /// An agent answered with a failure of its own.
+    #[error("agent failed: {0}")]
+    Agent(Failure),
+}
+
+impl From<&PluginError> for ShadowError {
+    fn from(e: &PluginError) -> Self {
+        ShadowError::Plugin(e.to_string())
+    }
+}
+
 /// One side-by-side comparison of a shadow call.
 #[derive(Clone, Debug, Serialize)]
 pub struct ShadowSample {
     /// `same`, `different` or `candidate_error`.
-    pub outcome: &'static str,
+    pub outcome: ShadowOutcome,
     /// What the stable version answered (truncated).
     pub stable: String,
     /// What the candidate answered, or its error (truncated).
@@ -209,24 +254,23 @@ fn truncate(text: &str) -> String {
 
 impl ShadowLog {
     /// Records one comparison: `stable` is what the client got (or stable's
-    /// error), `candidate` the candidate's answer or error.
-    pub fn record(&self, stable: &Result<String, String>, candidate: &Result<String, String>) {
-        let outcome = match (stable, candidate) {
-            (_, Err(_)) => {
-                self.candidate_errors.fetch_add(1, Ordering::Relaxed);
-                "candidate_error"
-            }
-            (Ok(a), Ok(b)) if a == b => {
-                self.same.fetch_add(1, Ordering::Relaxed);
-                "same"
-            }
-            _ => {
-                self.different.fetch_add(1, Ordering::Relaxed);
-                "different"
-            }
-        };
-        let text = |r: &Result<String, String>| match r {
-            Ok(s) => truncate(s),
+    /// error), `candidate` the candidate's answer or error, each reduced to
+    /// the key its world compares; `describe` shows a key in a sample.
+    pub fn record<K: PartialEq>(
+        &self,
+        stable: &Result<K, ShadowError>,
+        candidate: &Result<K, ShadowError>,
+        describe: impl Fn(&K) -> String,
+    ) {
+        let outcome = ShadowOutcome::of(stable, candidate);
+        match outcome {
+            ShadowOutcome::Same => &self.same,
+            ShadowOutcome::Different => &self.different,
+            ShadowOutcome::CandidateError => &self.candidate_errors,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let text = |r: &Result<K, ShadowError>| match r {
+            Ok(key) => truncate(&describe(key)),
             Err(e) => truncate(&format!("error: {e}")),
         };
         let sample = ShadowSample {
@@ -384,7 +428,7 @@ impl Rollout {
     pub fn event(&self, text: String) {
         tracing::info!(plugin = %self.candidate.identity().name, candidate = %self.candidate.identity(), "rollout: {text}");
         if let Ok(mut o) = self.outcome.lock() {
-            o.events.push(format!("{} {text}", super::unix_now()));
+            o.events.push(format!("{} {text}", crate::clock::unix_s()));
         }
     }
 

@@ -72,7 +72,7 @@ pub enum PluginError {
         /// Where the bytes came from.
         origin: String,
         /// What is wrong.
-        reason: String,
+        reason: super::inspect::HeaderError,
     },
     /// The component's digest differs from the pinned one.
     #[error(

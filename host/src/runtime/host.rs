@@ -4,7 +4,8 @@
 //! plugin's capabilities, captured stdout/stderr, the limiter, and — for
 //! agents — the handle back into the pipeline with the caller's context.
 
-use super::bindings::{agent::agentrouter::plugin as ifaces, wit};
+use super::bindings::latest::interfaces as ifaces;
+use super::bindings::wit;
 use super::limits::Limiter;
 use crate::domain::{CallContext, Completion, CompletionRequest, Failure, Task, TaskResult};
 use crate::store::KvStore;

@@ -1,6 +1,7 @@
 //! What a `.wasm` file is: a component of which world, importing and
-//! exporting what. Used by `agentrouter plugin inspect` and to explain
-//! world mismatches at load time.
+//! exporting what. Used by `agentrouter plugin inspect` and by
+//! [`Runtime::load`](super::Runtime::load), which refuses a component whose
+//! imports exceed its world in the same words `plugin inspect` uses.
 
 use super::World;
 use wasmtime::Engine;
@@ -10,7 +11,7 @@ use wasmtime::component::Component;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ComponentInfo {
     /// The world it implements, or why it implements none.
-    pub world: Result<World, String>,
+    pub world: Result<World, WorldError>,
     /// Import names (interfaces and functions).
     pub imports: Vec<String>,
     /// Export names.
@@ -21,58 +22,115 @@ pub struct ComponentInfo {
     pub size: usize,
 }
 
-/// Checks the binary header: WebAssembly magic and the component layer.
-pub fn check_header(bytes: &[u8]) -> Result<(), String> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err("not a WebAssembly file (missing the \\0asm magic number)".into());
-    }
-    // Bytes 4..8: version and layer. Core modules are layer 0, components 1.
-    match &bytes[6..8] {
-        [1, 0] => Ok(()),
-        [0, 0] => Err("this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)".into()),
-        other => Err(format!("unknown WebAssembly layer {other:?}")),
+/// Why some bytes are not a WebAssembly component.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// No `\0asm` magic number: not WebAssembly at all.
+    #[error("not a WebAssembly file (missing the \\0asm magic number)")]
+    NotWasm,
+    /// A core module, which has no WIT interface to check.
+    #[error(
+        "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// A layer this host does not know.
+    #[error("unknown WebAssembly layer {0:?}")]
+    UnknownLayer([u8; 2]),
+}
+
+/// Why a component implements no world, or not within its capabilities.
+///
+/// The messages are what `plugin inspect` prints and what a refused load
+/// says; tests and operators match on them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WorldError {
+    /// It exports none of the four world functions.
+    #[error(
+        "exports {} but none of `handle`, `validate`, `route`, `recover`: not an AgentRouter plugin",
+        list(.0)
+    )]
+    NoWorldExport(Vec<String>),
+    /// It exports the functions of more than one world.
+    #[error("exports the functions of several worlds ({0:?}); a plugin implements one")]
+    SeveralWorlds(Vec<World>),
+    /// It imports an interface of another package.
+    #[error("imports `{0}`, which no AgentRouter world provides")]
+    ForeignImport(String),
+    /// It imports a host interface its world does not grant: a capability
+    /// it must not have (a validator with `kv` could keep a user's message).
+    #[error(
+        "exports `{}` like a {world} but imports `{import}`, which the {world} world does not provide",
+        world.export()
+    )]
+    BeyondWorld {
+        /// The world its export makes it.
+        world: World,
+        /// The import that world does not provide.
+        import: String,
+    },
+}
+
+impl WorldError {
+    /// Whether this is about what the component imports (a capability
+    /// question), as opposed to what it exports.
+    pub fn is_import(&self) -> bool {
+        matches!(
+            self,
+            WorldError::ForeignImport(_) | WorldError::BeyondWorld { .. }
+        )
     }
 }
 
-/// Which world the imports and exports fit, or why none.
-pub fn detect_world(imports: &[String], exports: &[String]) -> Result<World, String> {
+/// Why `plugin inspect` could not describe a file.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// Not a component.
+    #[error("{0}")]
+    Header(#[from] HeaderError),
+    /// The component is malformed.
+    #[error("invalid component: {0:#}")]
+    Invalid(wasmtime::Error),
+}
+
+/// Checks the binary header: WebAssembly magic and the component layer.
+pub fn check_header(bytes: &[u8]) -> Result<(), HeaderError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(HeaderError::NotWasm);
+    }
+    // Bytes 4..8: version and layer. Core modules are layer 0, components 1.
+    match [bytes[6], bytes[7]] {
+        [1, 0] => Ok(()),
+        [0, 0] => Err(HeaderError::CoreModule),
+        other => Err(HeaderError::UnknownLayer(other)),
+    }
+}
+
+/// Which world the imports and exports fit, or why none: the world is the
+/// one whose function it exports, and every import must be one that world
+/// provides (WASI aside, which every world links).
+pub fn detect_world(imports: &[String], exports: &[String]) -> Result<World, WorldError> {
     let worlds: Vec<World> = World::ALL
         .into_iter()
         .filter(|w| exports.iter().any(|e| e == w.export()))
         .collect();
     let world = match worlds.as_slice() {
         [w] => *w,
-        [] => {
-            return Err(format!(
-                "exports {} but none of `handle`, `validate`, `route`, `recover`: not an AgentRouter plugin",
-                list(exports)
-            ));
-        }
-        many => {
-            return Err(format!(
-                "exports the functions of several worlds ({many:?}); a plugin implements one"
-            ));
-        }
+        [] => return Err(WorldError::NoWorldExport(exports.to_vec())),
+        _ => return Err(WorldError::SeveralWorlds(worlds)),
     };
     for import in imports {
         if import.starts_with("wasi:") {
             continue;
         }
         let Some(iface) = import.strip_prefix("agentrouter:plugin/") else {
-            return Err(format!(
-                "imports `{import}`, which no AgentRouter world provides"
-            ));
+            return Err(WorldError::ForeignImport(import.clone()));
         };
         let iface = iface.split('@').next().unwrap_or(iface);
-        let allowed = match world {
-            World::Agent => ["types", "llm", "agents", "kv", "log", "settings"].contains(&iface),
-            _ => ["types", "log", "settings"].contains(&iface),
-        };
-        if !allowed {
-            return Err(format!(
-                "exports `{}` like a {world} but imports `{import}`, which the {world} world does not provide",
-                world.export()
-            ));
+        if !world.imports().contains(&iface) {
+            return Err(WorldError::BeyondWorld {
+                world,
+                import: import.clone(),
+            });
         }
     }
     Ok(world)
@@ -89,7 +147,8 @@ fn list(items: &[String]) -> String {
         .join(", ")
 }
 
-fn names(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>) {
+/// Import and export names of a compiled component.
+pub(super) fn names(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>) {
     let ty = component.component_type();
     let imports = ty
         .imports(engine)
@@ -102,20 +161,18 @@ fn names(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>) {
     (imports, exports)
 }
 
-/// One line describing what a compiled component looks like, for errors.
-pub fn describe(engine: &Engine, component: &Component) -> String {
-    let (imports, exports) = names(engine, component);
-    match detect_world(&imports, &exports) {
+/// One clause saying what [`detect_world`] found, for errors.
+pub fn describe(detected: &Result<World, WorldError>) -> String {
+    match detected {
         Ok(world) => format!("the component implements the `{world}` world"),
         Err(why) => format!("the component {why}"),
     }
 }
 
 /// Compiles `bytes` and reports what they are.
-pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<ComponentInfo, String> {
+pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<ComponentInfo, InspectError> {
     check_header(bytes)?;
-    let component =
-        Component::new(engine, bytes).map_err(|e| format!("invalid component: {e:#}"))?;
+    let component = Component::new(engine, bytes).map_err(InspectError::Invalid)?;
     let (imports, exports) = names(engine, &component);
     Ok(ComponentInfo {
         world: detect_world(&imports, &exports),
@@ -145,27 +202,59 @@ mod tests {
             detect_world(&imports, &s(&["validate"])),
             Ok(World::Validator)
         );
-        let err = detect_world(&s(&[]), &s(&["wasi:cli/run@0.2.6"])).unwrap_err();
+        let err = detect_world(&s(&[]), &s(&["wasi:cli/run@0.2.6"]))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("wasi:cli/run") && err.contains("not an AgentRouter plugin"),
             "{err}"
         );
-        let err = detect_world(&s(&["acme:vault/secrets"]), &s(&["validate"])).unwrap_err();
+        let err = detect_world(&s(&["acme:vault/secrets"]), &s(&["validate"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("acme:vault/secrets"), "{err}");
-        let err = detect_world(&s(&["agentrouter:plugin/llm@0.1.0"]), &s(&["route"])).unwrap_err();
+        let err = detect_world(&s(&["agentrouter:plugin/llm@0.1.0"]), &s(&["route"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("router world does not provide"), "{err}");
     }
 
     #[test]
+    fn a_validator_importing_kv_is_refused_in_the_words_operators_see() {
+        let err =
+            detect_world(&s(&["agentrouter:plugin/kv@0.1.0"]), &s(&["validate"])).unwrap_err();
+        assert!(err.is_import());
+        assert_eq!(
+            err.to_string(),
+            "exports `validate` like a validator but imports `agentrouter:plugin/kv@0.1.0`, \
+             which the validator world does not provide"
+        );
+        let agent = detect_world(
+            &s(&[
+                "agentrouter:plugin/kv@0.1.0",
+                "agentrouter:plugin/llm@0.1.0",
+            ]),
+            &s(&["handle"]),
+        );
+        assert_eq!(agent, Ok(World::Agent));
+        assert!(!WorldError::NoWorldExport(vec![]).is_import());
+    }
+
+    #[test]
     fn header_check_names_core_modules_and_garbage() {
+        assert_eq!(check_header(b"hello world"), Err(HeaderError::NotWasm));
         assert!(
-            check_header(b"hello world")
-                .unwrap_err()
+            HeaderError::NotWasm
+                .to_string()
                 .contains("not a WebAssembly file")
         );
+        assert_eq!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(HeaderError::CoreModule)
+        );
         assert!(
-            check_header(b"\0asm\x01\0\0\0")
-                .unwrap_err()
+            HeaderError::CoreModule
+                .to_string()
                 .contains("core WebAssembly module")
         );
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());

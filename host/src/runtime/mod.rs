@@ -6,9 +6,16 @@
 //!   on-demand fallback, copy-on-write memory images) — see [`engine`];
 //! - compile once: an on-disk AOT cache keyed by component digest and engine
 //!   compatibility hash — see [`cache`];
-//! - type-check at load: each plugin is pre-instantiated against one linker
-//!   holding every host import, then checked against its world's exports, so
-//!   a component that does not fit is refused with the missing item named;
+//! - a world is a capability boundary: each world has a linker of its own
+//!   holding only that world's imports (and WASI), so a validator cannot
+//!   reach `kv`, `llm` or `agents`. A component whose imports exceed its
+//!   world is refused at load in the words `plugin inspect` uses, before it
+//!   is linked; one that lacks its world's export is refused with the missing
+//!   item named — see [`bindings`] and [`inspect`];
+//! - one generic call: every export goes through [`Plugin`]'s one call
+//!   (store, instance, limits, span, metrics and error classification written
+//!   once); [`Export`] names each world's input and output, so rollouts
+//!   (`crate::rollout`) call all four the same way — see [`exports`];
 //! - a fresh instance per call (isolation between tenants and requests; the
 //!   pool makes it cost microseconds), with the plugin's memory, wall-clock,
 //!   fuel and hostcall limits — see [`limits`];
@@ -20,6 +27,7 @@ pub mod cache;
 mod convert;
 pub mod engine;
 pub mod error;
+pub mod exports;
 mod host;
 pub mod inspect;
 pub mod limits;
@@ -28,12 +36,12 @@ mod plugin;
 pub use cache::{AotCache, CacheOutcome};
 pub use engine::{AllocatorChoice, AllocatorKind, EngineSettings};
 pub use error::{LimitKind, PluginError};
+pub use exports::{Export, Handle, Recover, Route, Validate};
 pub use host::AgentHost;
 pub use limits::PluginLimits;
 pub use plugin::{Plugin, PluginIdentity, PluginStats, StatsSnapshot};
 
 use crate::store::KvStore;
-use host::PluginState;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -43,7 +51,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::Engine;
-use wasmtime::component::{HasSelf, Linker};
 
 /// The four plugin worlds of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -75,6 +82,15 @@ impl World {
             World::Validator => "validator",
             World::Router => "router",
             World::Recovery => "recovery",
+        }
+    }
+
+    /// The `agentrouter:plugin` interfaces the world imports: its
+    /// capabilities, and all its linker holds besides WASI.
+    pub fn imports(self) -> &'static [&'static str] {
+        match self {
+            World::Agent => &["types", "llm", "agents", "kv", "log", "settings"],
+            World::Validator | World::Router | World::Recovery => &["types", "log", "settings"],
         }
     }
 
@@ -217,10 +233,10 @@ pub struct RuntimeSettings {
     pub cache_dir: Option<PathBuf>,
 }
 
-/// The plugin runtime: one engine, one linker, the AOT cache.
+/// The plugin runtime: one engine, one linker per world, the AOT cache.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<PluginState>,
+    linkers: bindings::Linkers,
     allocator: AllocatorKind,
     cache: Option<AotCache>,
     kv: Arc<dyn KvStore>,
@@ -235,14 +251,7 @@ impl Runtime {
             &engine,
             Duration::from_millis(settings.engine.epoch_tick_ms.max(1)),
         );
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        // The agent world imports every host interface, so its linker
-        // functions serve the other three worlds as well.
-        bindings::agent::Agent::add_to_linker::<PluginState, HasSelf<PluginState>>(
-            &mut linker,
-            |s| s,
-        )?;
+        let linkers = bindings::Linkers::new(&engine)?;
         let cache = match &settings.cache_dir {
             Some(dir) => Some(AotCache::open(dir, &engine).map_err(|e| {
                 wasmtime::Error::msg(format!(
@@ -255,7 +264,7 @@ impl Runtime {
         tracing::debug!(?allocator, cache = ?settings.cache_dir, "plugin runtime ready");
         Ok(Self {
             engine,
-            linker,
+            linkers,
             allocator,
             cache,
             kv,

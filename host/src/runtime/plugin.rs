@@ -1,27 +1,23 @@
-//! A loaded plugin and its four kinds of call.
+//! A loaded plugin and the one generic call every export goes through.
 //!
-//! Every call creates a store, instantiates from the type-checked
-//! pre-instance, calls the world's export under the plugin's limits, then
-//! turns whatever happened into a typed result and updates the plugin's
-//! counters. The store is dropped after each call, so nothing a guest did
-//! survives into the next call except through `kv`.
+//! [`Plugin::call`] creates a store, instantiates from the type-checked
+//! pre-instance, runs a closure over the instance and store under the
+//! plugin's limits, then turns whatever happened into a typed result and
+//! updates the plugin's counters, span and metrics. The exports themselves
+//! (`validate`, `route`, `recover`, `handle`) are a few lines each in
+//! [`exports`](super::exports). The store is dropped after each call, so
+//! nothing a guest did survives into the next call except through `kv`.
 
-use super::bindings::{
-    agent::AgentPre, recovery::RecoveryPre, router::RouterPre, validator::ValidatorPre,
-};
-use super::convert;
+use super::bindings::{Instance, LinkError, Pre};
 use super::error::{LimitKind, PluginError};
-use super::host::{AgentCall, AgentHost, PluginInfo, PluginState};
+use super::exports::Answer;
+use super::host::{AgentCall, PluginInfo, PluginState};
+use super::inspect;
 use super::limits::{LimitTrap, Limiter, PluginLimits, TimeoutTrap};
 use super::{Capabilities, PluginSpec, Runtime, World};
-use crate::domain::{
-    Action, CallContext, Candidate, Failure, FailureContext, Message, RouteRequest, Stage, Task,
-    TaskResult, Verdict,
-};
 use crate::store::KvStore;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{PluginErrorLabels, PluginLabels};
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +31,6 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 /// Bytes of guest stdout/stderr kept per call (the rest is dropped).
 const OUTPUT_CAPTURE_BYTES: usize = 16 * 1024;
-/// Longest reject reason passed on to clients.
-const MAX_REASON_CHARS: usize = 1024;
 /// Fuel given to plugins without a fuel limit: effectively unbounded, but
 /// still counted, so the fuel metric works for every plugin.
 const UNLIMITED_FUEL: u64 = i64::MAX as u64;
@@ -113,13 +107,6 @@ impl PluginStats {
     }
 }
 
-enum WorldPre {
-    Agent(AgentPre<PluginState>),
-    Validator(ValidatorPre<PluginState>),
-    Router(RouterPre<PluginState>),
-    Recovery(RecoveryPre<PluginState>),
-}
-
 /// Which step of a call failed.
 enum Step {
     Instantiate(wasmtime::Error),
@@ -131,7 +118,7 @@ pub struct Plugin {
     identity: PluginIdentity,
     origin: String,
     world: World,
-    pre: WorldPre,
+    pre: Pre,
     limits: PluginLimits,
     capabilities: Capabilities,
     env: Vec<(String, String)>,
@@ -171,27 +158,27 @@ impl Plugin {
             world: spec.world,
             detail,
         };
-        let instance_pre = rt.linker.instantiate_pre(&component).map_err(|e| {
-            mismatch(format!(
-                "it needs an import the host does not provide: {e:#}"
-            ))
+        // A world is a capability boundary. A component importing more than
+        // the world it claims (its export) is refused before it is linked, in
+        // the words `plugin inspect` uses; the world's own linker would refuse
+        // it too, but naming only the first import it cannot resolve.
+        let (imports, exports) = inspect::names(rt.engine(), &component);
+        let detected = inspect::detect_world(&imports, &exports);
+        if let Err(why) = &detected
+            && why.is_import()
+        {
+            return Err(mismatch(why.to_string()));
+        }
+        let pre = rt.linkers.pre(spec.world, &component).map_err(|e| {
+            let found = inspect::describe(&detected);
+            match e {
+                LinkError::Imports(e) => mismatch(format!(
+                    "it needs an import the {} world does not provide: {e:#}; {found}",
+                    spec.world
+                )),
+                LinkError::Exports(e) => mismatch(format!("{e:#}; {found}")),
+            }
         })?;
-        let missing_export = |e: wasmtime::Error| {
-            let found = super::inspect::describe(rt.engine(), &component);
-            mismatch(format!("{e:#}; {found}"))
-        };
-        let pre = match spec.world {
-            World::Agent => WorldPre::Agent(AgentPre::new(instance_pre).map_err(missing_export)?),
-            World::Validator => {
-                WorldPre::Validator(ValidatorPre::new(instance_pre).map_err(missing_export)?)
-            }
-            World::Router => {
-                WorldPre::Router(RouterPre::new(instance_pre).map_err(missing_export)?)
-            }
-            World::Recovery => {
-                WorldPre::Recovery(RecoveryPre::new(instance_pre).map_err(missing_export)?)
-            }
-        };
         let env = resolve_capabilities(&spec.name, &spec.capabilities)?;
         let version = spec
             .version
@@ -258,15 +245,8 @@ impl Plugin {
     /// and proves that an instance fits its limits. Readiness reports a
     /// plugin that never warmed.
     pub async fn warm(&self) -> Result<(), PluginError> {
-        let timeout = Duration::from_millis(self.limits.timeout_ms);
-        let mut store = self.new_store(None, timeout)?;
-        let instantiated = match &self.pre {
-            WorldPre::Agent(pre) => pre.instantiate_async(&mut store).await.map(drop),
-            WorldPre::Validator(pre) => pre.instantiate_async(&mut store).await.map(drop),
-            WorldPre::Router(pre) => pre.instantiate_async(&mut store).await.map(drop),
-            WorldPre::Recovery(pre) => pre.instantiate_async(&mut store).await.map(drop),
-        };
-        instantiated.map_err(|e| {
+        let mut store = self.new_store(None, self.timeout())?;
+        self.pre.instantiate(&mut store).await.map_err(|e| {
             let state = store.data();
             match state.limiter.exceeded {
                 Some((limit, used, allowed)) => self.limit(limit, used, allowed),
@@ -419,7 +399,7 @@ impl Plugin {
     }
 
     /// Turns the outcome of a call into a typed result and records it.
-    fn finish<T>(
+    fn finish<T: Answer>(
         &self,
         span: &tracing::Span,
         store: Store<PluginState>,
@@ -454,8 +434,16 @@ impl Plugin {
             fuel_used,
             result.as_ref().err().map(PluginError::kind),
         );
-        if let Err(e) = &result {
-            tracing::warn!(plugin = %self.identity, kind = e.kind(), error = %e, "plugin call failed");
+        match &result {
+            Ok(answer) => {
+                if let Some(kind) = answer.refusal() {
+                    span.record("error.type", kind);
+                    self.count_error(kind);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %self.identity, kind = e.kind(), error = %e, "plugin call failed");
+            }
         }
         result
     }
@@ -518,174 +506,53 @@ impl Plugin {
         }
     }
 
-    /// Instantiates the plugin once without calling its export: start
-    /// functions and constructors run, under the plugin's limits. The smoke
-    /// check for agents, whose export would call the LLM.
-    pub async fn probe(&self) -> Result<(), PluginError> {
-        let timeout = Duration::from_millis(self.limits.timeout_ms);
-        let mut store = self.new_store(None, timeout)?;
+    /// The wall-clock bound of one call.
+    pub(super) fn timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.timeout_ms)
+    }
+
+    /// The one way into a plugin. Checks that it is of `world`, creates a
+    /// store (with `agent`, the way back into the pipeline, for agents),
+    /// instantiates, runs `f` over the instance and store as export `op`,
+    /// all within `timeout`, then classifies and records the outcome.
+    /// Everything an export adds is its arguments, its guest call in `f`,
+    /// and the host rules applied to what comes back.
+    pub(super) async fn call<T: Answer>(
+        &self,
+        world: Option<World>,
+        op: &'static str,
+        agent: Option<AgentCall>,
+        timeout: Duration,
+        f: impl AsyncFnOnce(&Instance, &mut Store<PluginState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        if let Some(called_as) = world
+            && called_as != self.world
+        {
+            return Err(self.wrong_world(called_as));
+        }
+        let mut store = self.new_store(agent, timeout)?;
         let started = Instant::now();
-        let span = self.call_span("probe");
+        let span = self.call_span(op);
         let outcome = tokio::time::timeout(timeout, async {
-            let instantiated = match &self.pre {
-                WorldPre::Agent(pre) => pre.instantiate_async(&mut store).await.map(drop),
-                WorldPre::Validator(pre) => pre.instantiate_async(&mut store).await.map(drop),
-                WorldPre::Router(pre) => pre.instantiate_async(&mut store).await.map(drop),
-                WorldPre::Recovery(pre) => pre.instantiate_async(&mut store).await.map(drop),
-            };
-            instantiated.map_err(Step::Instantiate)?;
+            let instance = self
+                .pre
+                .instantiate(&mut store)
+                .await
+                .map_err(Step::Instantiate)?;
             self.warm.store(true, Ordering::Relaxed);
-            Ok(())
+            f(&instance, &mut store).await.map_err(Step::Call)
         })
         .instrument(span.clone())
         .await;
         self.finish(&span, store, started, timeout, outcome)
     }
 
-    /// Runs a validator over `messages` at `stage`.
-    pub async fn validate(
-        &self,
-        stage: Stage,
-        messages: &[Message],
-    ) -> Result<Verdict, PluginError> {
-        let WorldPre::Validator(pre) = &self.pre else {
-            return Err(self.wrong_world(World::Validator));
-        };
-        let timeout = Duration::from_millis(self.limits.timeout_ms);
-        let mut store = self.new_store(None, timeout)?;
-        let args = convert::messages_to_wit(messages);
-        let started = Instant::now();
-        let span = self.call_span("validate");
-        let outcome = tokio::time::timeout(timeout, async {
-            let instance = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Step::Instantiate)?;
-            self.warm.store(true, Ordering::Relaxed);
-            instance
-                .call_validate(&mut store, stage.into(), &args)
-                .await
-                .map_err(Step::Call)
-        })
-        .instrument(span.clone())
-        .await;
-        let verdict: Verdict = self.finish(&span, store, started, timeout, outcome)?.into();
-        if matches!(verdict, Verdict::Reject(_)) {
-            span.record("error.type", "rejected");
-            self.count_error("rejected");
-        }
-        Ok(match verdict {
-            Verdict::Reject(reason) if reason.chars().count() > MAX_REASON_CHARS => {
-                Verdict::Reject(reason.chars().take(MAX_REASON_CHARS).collect())
-            }
-            other => other,
-        })
-    }
-
-    /// Asks a router for the order in which to try `candidates`. The answer
-    /// is sanitised: unknown names and repeats are dropped, so a misbehaving
-    /// router can only reorder or shorten the list.
-    pub async fn route(
-        &self,
-        req: &RouteRequest,
-        candidates: &[Candidate],
-    ) -> Result<Vec<String>, PluginError> {
-        let WorldPre::Router(pre) = &self.pre else {
-            return Err(self.wrong_world(World::Router));
-        };
-        let timeout = Duration::from_millis(self.limits.timeout_ms);
-        let mut store = self.new_store(None, timeout)?;
-        let wit_req = req.into();
-        let wit_candidates: Vec<_> = candidates.iter().map(Into::into).collect();
-        let started = Instant::now();
-        let span = self.call_span("route");
-        let outcome = tokio::time::timeout(timeout, async {
-            let instance = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Step::Instantiate)?;
-            self.warm.store(true, Ordering::Relaxed);
-            instance
-                .call_route(&mut store, &wit_req, &wit_candidates)
-                .await
-                .map_err(Step::Call)
-        })
-        .instrument(span.clone())
-        .await;
-        let names = self.finish(&span, store, started, timeout, outcome)?;
-        let known: HashSet<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
-        let mut seen = HashSet::new();
-        let mut order = Vec::with_capacity(candidates.len());
-        for name in names {
-            if known.contains(name.as_str()) && seen.insert(name.clone()) {
-                order.push(name);
-            }
-        }
-        Ok(order)
-    }
-
-    /// Asks a recovery strategy what to do after a failure. The host still
-    /// enforces its own bounds on whatever comes back.
-    pub async fn recover(&self, ctx: &FailureContext) -> Result<Action, PluginError> {
-        let WorldPre::Recovery(pre) = &self.pre else {
-            return Err(self.wrong_world(World::Recovery));
-        };
-        let timeout = Duration::from_millis(self.limits.timeout_ms);
-        let mut store = self.new_store(None, timeout)?;
-        let wit_ctx = ctx.into();
-        let started = Instant::now();
-        let span = self.call_span("recover");
-        let outcome = tokio::time::timeout(timeout, async {
-            let instance = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Step::Instantiate)?;
-            self.warm.store(true, Ordering::Relaxed);
-            instance
-                .call_recover(&mut store, &wit_ctx)
-                .await
-                .map_err(Step::Call)
-        })
-        .instrument(span.clone())
-        .await;
-        Ok(self.finish(&span, store, started, timeout, outcome)?.into())
-    }
-
-    /// Runs an agent on `task`. `ctx` is the context inside this agent (its
-    /// name already on the chain); the call is bounded by the plugin's
-    /// timeout and by the request's remaining time, whichever is shorter.
-    /// The outer `Result` is the sandbox's verdict, the inner one the agent's.
-    pub async fn handle(
-        &self,
-        task: &Task,
-        ctx: CallContext,
-        host: Arc<dyn AgentHost>,
-    ) -> Result<Result<TaskResult, Failure>, PluginError> {
-        let WorldPre::Agent(pre) = &self.pre else {
-            return Err(self.wrong_world(World::Agent));
-        };
-        let timeout = Duration::from_millis(self.limits.timeout_ms).min(ctx.remaining());
-        let mut store = self.new_store(Some(AgentCall { host, ctx }), timeout)?;
-        let wit_task = task.into();
-        let started = Instant::now();
-        let span = self.call_span("handle");
-        let outcome = tokio::time::timeout(timeout, async {
-            let instance = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Step::Instantiate)?;
-            self.warm.store(true, Ordering::Relaxed);
-            instance
-                .call_handle(&mut store, &wit_task)
-                .await
-                .map_err(Step::Call)
-        })
-        .instrument(span.clone())
-        .await;
-        Ok(self
-            .finish(&span, store, started, timeout, outcome)?
-            .map(Into::into)
-            .map_err(Into::into))
+    /// Instantiates the plugin once without calling its export: start
+    /// functions and constructors run, under the plugin's limits. The smoke
+    /// check for agents, whose export would call the LLM.
+    pub async fn probe(&self) -> Result<(), PluginError> {
+        self.call(None, "probe", None, self.timeout(), async |_, _| Ok(()))
+            .await
     }
 }
 

@@ -1,0 +1,162 @@
+//! Host-side bindings of the `agentrouter:plugin` contract, one module per
+//! contract version.
+//!
+//! The host implements the latest version ([`latest`]): its WIT types are
+//! the ones [`convert`](super) maps to domain types, its interfaces the ones
+//! `host.rs` implements. Everything else in the runtime reaches a guest
+//! through the version-independent [`Pre`] and [`Instance`] below, whose
+//! variants name the version a component was built against (the shape of
+//! Zed's `extension_host/src/wasm_host/wit.rs`).
+//!
+//! Adding `agentrouter:plugin@0.2.0` is one more module: `v0_2_0` with its
+//! generated bindings becomes `latest`; `v0_1_0` keeps its own, implements
+//! its host interfaces by converting to the latest ones, and converts its
+//! exports' arguments and results at its `Instance` methods; [`Linkers`],
+//! [`Pre`] and [`Instance`] get one variant or field each, chosen by the
+//! version of the `agentrouter:plugin` interfaces a component imports. A
+//! plugin built against 0.1.0 keeps loading unchanged.
+
+#![allow(missing_docs)] // generated code
+
+pub mod v0_1_0;
+
+/// The contract version the host implements.
+pub use v0_1_0 as latest;
+
+/// The WIT types of the latest contract.
+pub use latest::wit;
+
+use super::World;
+use super::host::PluginState;
+use wasmtime::component::Component;
+use wasmtime::{Engine, Store};
+
+/// The linkers of every contract version, one per world.
+pub(crate) struct Linkers {
+    v0_1_0: v0_1_0::Linkers,
+}
+
+/// Why a component cannot be pre-instantiated as a world.
+pub(crate) enum LinkError {
+    /// It imports something the world's linker does not hold.
+    Imports(wasmtime::Error),
+    /// It lacks (or mistypes) the world's export.
+    Exports(wasmtime::Error),
+}
+
+impl Linkers {
+    /// Builds each world's linker with exactly that world's imports and WASI.
+    pub(crate) fn new(engine: &Engine) -> wasmtime::Result<Self> {
+        Ok(Self {
+            v0_1_0: v0_1_0::Linkers::new(engine)?,
+        })
+    }
+
+    /// Type-checks `component` as `world`: pre-instantiated against that
+    /// world's linker only, so an import beyond the world cannot resolve.
+    pub(crate) fn pre(&self, world: World, component: &Component) -> Result<Pre, LinkError> {
+        self.v0_1_0.pre(world, component).map(Pre::V0_1_0)
+    }
+}
+
+/// A type-checked component, ready to be instantiated per call.
+pub(crate) enum Pre {
+    V0_1_0(v0_1_0::Pre),
+}
+
+impl Pre {
+    /// A fresh instance in `store`.
+    pub(crate) async fn instantiate(
+        &self,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<Instance> {
+        match self {
+            Pre::V0_1_0(pre) => pre.instantiate(store).await.map(Instance::V0_1_0),
+        }
+    }
+}
+
+/// One instance of a plugin, for one call. Arguments and results are the
+/// latest contract's types whatever version the guest speaks.
+pub(crate) enum Instance {
+    V0_1_0(v0_1_0::Instance),
+}
+
+impl Instance {
+    /// `validate` of the validator world.
+    pub(crate) async fn validate(
+        &self,
+        store: &mut Store<PluginState>,
+        stage: wit::Stage,
+        messages: &[wit::Message],
+    ) -> wasmtime::Result<wit::Verdict> {
+        match self {
+            Instance::V0_1_0(i) => i.validate(store, stage, messages).await,
+        }
+    }
+
+    /// `route` of the router world.
+    pub(crate) async fn route(
+        &self,
+        store: &mut Store<PluginState>,
+        req: &wit::RouteRequest,
+        candidates: &[wit::Candidate],
+    ) -> wasmtime::Result<Vec<String>> {
+        match self {
+            Instance::V0_1_0(i) => i.route(store, req, candidates).await,
+        }
+    }
+
+    /// `recover` of the recovery world.
+    pub(crate) async fn recover(
+        &self,
+        store: &mut Store<PluginState>,
+        ctx: &wit::FailureContext,
+    ) -> wasmtime::Result<wit::Action> {
+        match self {
+            Instance::V0_1_0(i) => i.recover(store, ctx).await,
+        }
+    }
+
+    /// `handle` of the agent world.
+    pub(crate) async fn handle(
+        &self,
+        store: &mut Store<PluginState>,
+        task: &wit::Task,
+    ) -> wasmtime::Result<Result<wit::TaskResult, wit::Failure>> {
+        match self {
+            Instance::V0_1_0(i) => i.handle(store, task).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::engine::{AllocatorChoice, EngineSettings, build_engine};
+
+    #[test]
+    fn each_world_links_only_its_own_imports() {
+        let (engine, _) = build_engine(&EngineSettings {
+            allocator: AllocatorChoice::OnDemand,
+            ..Default::default()
+        })
+        .unwrap();
+        let linkers = Linkers::new(&engine).unwrap();
+        let leaky = crate::plugins::fixture_dir().join("kv_validator.wasm");
+        let leaky = Component::from_file(&engine, leaky).unwrap();
+        assert!(matches!(
+            linkers.pre(World::Validator, &leaky),
+            Err(LinkError::Imports(_))
+        ));
+        let worker = crate::plugins::get("worker").unwrap();
+        let worker = Component::new(&engine, worker.wasm).unwrap();
+        assert!(linkers.pre(World::Agent, &worker).is_ok());
+        for world in [World::Validator, World::Router, World::Recovery] {
+            assert!(
+                matches!(linkers.pre(world, &worker), Err(LinkError::Imports(_))),
+                "{world} linker resolved an agent's imports"
+            );
+        }
+    }
+}
