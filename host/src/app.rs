@@ -15,6 +15,7 @@
 
 use crate::auth::Auth;
 use crate::cache::ResponseCache;
+use crate::cluster::Cluster;
 use crate::config::{
     Config, ListenerConfig, ReloadableConfig, RequestLimitsConfig, StartupConfig, UpstreamConfig,
     UpstreamKind,
@@ -26,6 +27,7 @@ use crate::pipeline::{
 };
 use crate::ratelimit::RateLimiter;
 use crate::resilience::HealthSettings;
+use crate::rollout::shared;
 use crate::rollout::watch::{self, Watch};
 use crate::rollout::{ControlGuard, HotPlugin, Rollouts};
 use crate::runtime::{PluginSource, PluginSpec, Runtime, sha256_hex};
@@ -69,6 +71,9 @@ pub enum AppError {
     /// The API keys could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// `[cluster]` could not be set up (a malformed Redis URL).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A gateway ready to serve.
@@ -77,6 +82,10 @@ pub struct App {
     shutdown: Shutdown,
     rollouts: Arc<Rollouts>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// Background work of a cluster member (key copy refresh, rollout
+    /// sync); ended when the app stops serving.
+    background: Vec<tokio::task::JoinHandle<()>>,
+    rollout_sync: Option<shared::Sync>,
 }
 
 impl App {
@@ -87,6 +96,7 @@ impl App {
         let startup = &config.startup;
         let store = Store::open(&config.store_path())?;
         let metrics = Arc::new(Metrics::new());
+        let cluster = Cluster::connect(&startup.cluster, metrics.clone()).await?;
         let runtime = Runtime::new(&config.runtime_settings(), Arc::new(store.clone()))
             .map_err(AppError::Runtime)?
             .with_metrics(metrics.clone());
@@ -96,6 +106,9 @@ impl App {
             Duration::from_secs(startup.store.kv_sweep_interval_s),
             metrics.clone(),
         );
+        if let Some(cluster) = &cluster {
+            rollouts.join_cluster(cluster.clone());
+        }
         let (live, _) = {
             let guard = rollouts.lock().await;
             assemble(&guard, &rollouts, config, startup, None, metrics).await?
@@ -110,19 +123,47 @@ impl App {
             }) as Arc<dyn Reload>
         });
         let pipeline = live.load().pipeline.clone();
-        let auth = Auth::new(&startup.auth, &store)?;
+        let auth = Arc::new(Auth::new(&startup.auth, &store, cluster.clone()).await?);
         if !auth.enabled() {
             tracing::warn!(
                 "authentication is off ([auth] enabled = false): every client is served as `anonymous`"
             );
         }
-        let cache = ResponseCache::from_config(&startup.cache, &store, pipeline.metrics().clone())
-            .map(Arc::new);
+        let cache = ResponseCache::from_config(
+            &startup.cache,
+            &store,
+            cluster.as_ref(),
+            pipeline.metrics().clone(),
+        )
+        .map(Arc::new);
         let rate_limits = Arc::new(RateLimiter::from_config(
             &startup.rate_limits,
             pipeline.metrics().clone(),
+            cluster.clone(),
         ));
-        let gateway = Arc::new(Gateway::new(live, cache, Arc::new(auth), rate_limits));
+        let mut background = Vec::new();
+        let mut rollout_sync = None;
+        if cluster.is_some() {
+            background.push(tokio::spawn(sync_keys(
+                Arc::downgrade(&auth),
+                Duration::from_millis(startup.cluster.key_sync_ms),
+            )));
+            // Serve what the other replicas serve before taking traffic.
+            let lookup = slot_lookup(&live);
+            shared::sync_once(&rollouts, &lookup).await;
+            rollout_sync = Some(shared::sync(
+                Arc::downgrade(&rollouts),
+                lookup,
+                Duration::from_millis(startup.cluster.rollout_sync_ms),
+            ));
+        }
+        let gateway = Arc::new(Gateway::new(
+            live,
+            cache,
+            auth,
+            rate_limits,
+            &startup.auth.budget_alert_thresholds,
+        ));
         let state = AppState::new(ServerState {
             gateway,
             store,
@@ -133,6 +174,7 @@ impl App {
                 rollouts: rollouts.clone(),
                 reloader,
             },
+            cluster,
         });
         Ok(App {
             state,
@@ -142,6 +184,8 @@ impl App {
             },
             rollouts,
             sweeper,
+            background,
+            rollout_sync,
         })
     }
 
@@ -158,17 +202,10 @@ impl App {
     /// Reloads file plugins when their `.wasm` changes (`serve --watch`);
     /// watching stops when the returned [`Watch`] is dropped.
     pub fn watch(&self) -> Result<Watch, notify::Error> {
-        let live = self.state.gateway.live().clone();
-        let lookup: watch::SlotLookup = Arc::new(move || {
-            let pipeline = live.load().pipeline.clone();
-            let slots = pipeline
-                .slots()
-                .values()
-                .map(|s| s.plugin.clone())
-                .collect();
-            (slots, pipeline.candidates())
-        });
-        watch::watch(Arc::downgrade(&self.rollouts), lookup)
+        watch::watch(
+            Arc::downgrade(&self.rollouts),
+            slot_lookup(self.state.gateway.live()),
+        )
     }
 
     /// The API key registry (create, rotate and revoke keys while serving).
@@ -191,9 +228,15 @@ impl App {
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
         let rollouts = self.rollouts;
         let sweeper = self.sweeper;
+        let background = self.background;
+        let rollout_sync = self.rollout_sync;
         let served = server::serve(listener, self.state, shutdown, self.shutdown);
         async move {
             let result = served.await;
+            drop(rollout_sync);
+            for task in background {
+                task.abort();
+            }
             rollouts.shutdown().await;
             // The sweep holds the store: stop it so the store closes.
             sweeper.abort();
@@ -244,6 +287,33 @@ fn spawn_kv_sweeper(
             }
         }
     })
+}
+
+/// The slots `live` serves now, with their smoke-call candidates.
+fn slot_lookup(live: &Arc<ArcSwap<Live>>) -> watch::SlotLookup {
+    let live = live.clone();
+    Arc::new(move || {
+        let pipeline = live.load().pipeline.clone();
+        let slots = pipeline
+            .slots()
+            .values()
+            .map(|s| s.plugin.clone())
+            .collect();
+        (slots, pipeline.candidates())
+    })
+}
+
+/// Refreshes the copy of the shared keys every `every` (the keys a replica
+/// authenticates with while Redis cannot be reached), until the key
+/// registry is gone.
+async fn sync_keys(auth: std::sync::Weak<Auth>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(auth) = auth.upgrade() else {
+            return;
+        };
+        auth.sync().await;
+    }
 }
 
 /// The previous assembly a reload builds on.
@@ -453,12 +523,15 @@ fn build_upstream(
             (Arc::new(sim), "agentrouter.simulator")
         }
         UpstreamKind::Openai => (
-            Arc::new(OpenAiUpstream::new(
-                info,
-                up.base_url.clone().unwrap_or_default(),
-                up.api_key.as_ref().map(|k| k.expose().to_string()),
-                client.clone(),
-            )),
+            Arc::new(
+                OpenAiUpstream::new(
+                    info,
+                    up.base_url.clone().unwrap_or_default(),
+                    up.api_key.as_ref().map(|k| k.expose().to_string()),
+                    client.clone(),
+                )
+                .with_quota_metrics(metrics.clone()),
+            ),
             "openai",
         ),
     };

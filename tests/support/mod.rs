@@ -20,12 +20,18 @@
 #![allow(dead_code)]
 
 mod gateway;
+mod redis;
 mod sim;
+mod webhook;
 
 #[allow(unused_imports)]
 pub use gateway::{ADMIN_TOKEN, Gateway, Reply};
 #[allow(unused_imports)]
+pub use redis::RedisServer;
+#[allow(unused_imports)]
 pub use sim::{SimServer, steady};
+#[allow(unused_imports)]
+pub use webhook::Webhook;
 
 use serde_json::{Value, json};
 

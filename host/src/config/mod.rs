@@ -16,6 +16,7 @@ mod split;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod validate_shared;
 
 pub use crate::auth::valid_key_name;
 pub use check::{CheckReport, SlotSummary, UpstreamSummary, check};
@@ -71,6 +72,7 @@ struct Document {
     resilience: ResilienceTable,
     telemetry: TelemetryConfig,
     budgets: BudgetsConfig,
+    cluster: ClusterConfig,
 }
 
 impl Document {
@@ -91,6 +93,7 @@ impl Document {
             resilience,
             telemetry,
             budgets,
+            cluster,
         } = self;
         let (listener, request_limits) = server.split();
         let (resilience, bulkhead) = resilience.split();
@@ -104,6 +107,7 @@ impl Document {
                 rate_limits,
                 resilience: bulkhead,
                 telemetry,
+                cluster,
             },
             ReloadableConfig {
                 server: request_limits,

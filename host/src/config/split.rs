@@ -46,6 +46,8 @@ pub struct StartupConfig {
     pub resilience: BulkheadConfig,
     /// `[telemetry]`.
     pub telemetry: TelemetryConfig,
+    /// `[cluster]`.
+    pub cluster: ClusterConfig,
 }
 
 /// What `POST /admin/reload` applies to a running gateway: per-request

@@ -25,6 +25,9 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     rate_limits(config, errors);
     resilience(config, errors, env);
     telemetry(config, errors);
+    super::validate_shared::cluster(config, errors, env);
+    super::validate_shared::moved_cache_url(config, errors);
+    super::validate_shared::budgets(config, errors);
     budgets(config, errors);
 }
 
@@ -457,12 +460,6 @@ fn cache(config: &Config, errors: &mut Errors<'_>) {
     }
     if c.l1_max_mb == 0 {
         errors.push("cache.l1_max_mb", "must be positive");
-    }
-    if c.redis_url.is_some() {
-        errors.push(
-            "cache.redis_url",
-            "is reserved for the shared Redis tier (L3), which this version does not provide; remove it",
-        );
     }
 }
 

@@ -14,6 +14,7 @@
 //! A request loads the [`Live`] snapshot once and keeps it, so a config
 //! reload never changes a request midway.
 
+mod accounting;
 mod error;
 mod stream;
 
@@ -29,6 +30,7 @@ use crate::telemetry::Metrics;
 use crate::telemetry::metrics::RateLimitLabels;
 use crate::telemetry::request;
 use crate::upstream::EventStream;
+use accounting::{BudgetAlerts, Charge, Held};
 use arc_swap::ArcSwap;
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -163,16 +165,19 @@ pub struct Gateway {
     auth: Arc<Auth>,
     rate_limits: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
+    budget_alerts: BudgetAlerts,
 }
 
 impl Gateway {
     /// A gateway serving from `live`, with the optional response cache,
-    /// the key registry and the rate limits.
+    /// the key registry, the rate limits, and the fractions of a key's
+    /// daily budget whose crossing raises an alert.
     pub fn new(
         live: Arc<ArcSwap<Live>>,
         cache: Option<Arc<ResponseCache>>,
         auth: Arc<Auth>,
         rate_limits: Arc<RateLimiter>,
+        budget_alert_thresholds: &[f64],
     ) -> Gateway {
         let metrics = live.load().pipeline.metrics().clone();
         Gateway {
@@ -181,6 +186,9 @@ impl Gateway {
             auth,
             rate_limits,
             metrics,
+            budget_alerts: BudgetAlerts {
+                thresholds: budget_alert_thresholds.into(),
+            },
         }
     }
 
@@ -244,21 +252,22 @@ impl Gateway {
             .settings()
             .rules
             .check("messages", &req.request.messages)?;
-        self.admit(caller, &req.target)?;
+        let held = self.admit(caller, &req.target).await?;
         let id = new_id("chatcmpl");
         let ctx = context(&live, caller, &id, req.end_user.clone());
+        let charge = self.charge(pipeline, caller, &req.target, &ctx, held);
         let created = crate::clock::unix_s();
         let (reply, cache) = match self.cache_entry(pipeline, caller, &req) {
             None => (
-                self.run(pipeline, &ctx, caller, &req).await?,
+                self.run(pipeline, &ctx, &req, charge, None).await?,
                 CacheStatus::Bypass,
             ),
             Some(entry) if req.stream => {
-                self.cached_stream(pipeline, &ctx, caller, &req, entry)
+                self.cached_stream(pipeline, &ctx, &req, charge, entry)
                     .await?
             }
             Some(entry) => {
-                self.cached_whole(pipeline, &ctx, caller, &req, entry)
+                self.cached_whole(pipeline, &ctx, &req, charge, entry)
                     .await?
             }
         };
@@ -270,51 +279,42 @@ impl Gateway {
         })
     }
 
-    /// A cacheable streamed request: a hit is replayed; a miss is computed
-    /// (streams are not coalesced) and stored — a whole answer at once, a
-    /// live stream when it ends.
+    /// A cacheable streamed request: a hit is replayed (and settles with
+    /// nothing); a miss is computed (streams are not coalesced) and stored
+    /// — a whole answer at once, a live stream when it ends.
     async fn cached_stream(
         &self,
         pipeline: &Pipeline,
         ctx: &CallContext,
-        caller: &Identity,
         req: &ChatRequest,
+        mut charge: Charge,
         (cache, key): (Arc<ResponseCache>, CacheKey),
     ) -> Result<(Reply, CacheStatus), GatewayError> {
         if let Some((hit, level)) = cache.lookup(&key).await {
+            charge.settle().await;
             return Ok((from_cache(&hit), CacheStatus::Hit(level)));
         }
-        let reply = match self.run(pipeline, ctx, caller, req).await? {
-            Reply::Whole {
-                completion,
-                cost_usd,
-            } => {
-                cache.store(&key, &completion, cost_usd).await;
-                Reply::Whole {
-                    completion,
-                    cost_usd,
-                }
-            }
-            Reply::Live { model, events } => Reply::Live {
-                model,
-                events: stream::settle(
-                    events,
-                    self.settlement(caller, &req.target, ctx),
-                    Some((cache, key)),
-                ),
-            },
-        };
+        let reply = self
+            .run(pipeline, ctx, req, charge, Some((cache.clone(), key)))
+            .await?;
+        if let Reply::Whole {
+            completion,
+            cost_usd,
+        } = &reply
+        {
+            cache.store(&key, completion, *cost_usd).await;
+        }
         Ok((reply, CacheStatus::Miss))
     }
 
     /// A cacheable whole request: from the cache, from a concurrent
-    /// identical request (single-flight), or computed, accounted and stored.
+    /// identical request (single-flight), or computed, settled and stored.
     async fn cached_whole(
         &self,
         pipeline: &Pipeline,
         ctx: &CallContext,
-        caller: &Identity,
         req: &ChatRequest,
+        mut charge: Charge,
         (cache, key): (Arc<ResponseCache>, CacheKey),
     ) -> Result<(Reply, CacheStatus), GatewayError> {
         let served = cache
@@ -328,6 +328,8 @@ impl Gateway {
                 })
             })
             .await?;
+        // A hit made no steps: its ledger is empty and settles with nothing.
+        charge.settle().await;
         Ok(match served {
             Served::Hit(hit, from) => {
                 let level = match from {
@@ -337,7 +339,6 @@ impl Gateway {
                 (from_cache(&hit), CacheStatus::Hit(level))
             }
             Served::Miss(filled) => {
-                self.account(caller, &req.target, ctx);
                 let reply = Reply::Whole {
                     completion: filled.completion,
                     cost_usd: filled.cost_usd,
@@ -362,11 +363,14 @@ impl Gateway {
         note_target(pipeline, &target);
         pipeline.settings().rules.check("input", &input)?;
         // An unknown agent is the pipeline's 404, not a key's 403.
-        if pipeline.knows(&target) {
-            self.admit(caller, &target)?;
-        }
+        let held = if pipeline.knows(&target) {
+            self.admit(caller, &target).await?
+        } else {
+            Held::new(self.auth.clone(), None)
+        };
         let id = new_id("task");
         let ctx = context(&live, caller, &id, None);
+        let mut charge = self.charge(pipeline, caller, &target, &ctx, held);
         let request = CompletionRequest {
             model: target.to_string(),
             messages: input,
@@ -374,7 +378,7 @@ impl Gateway {
             ..Default::default()
         };
         let output = pipeline.serve(&ctx, &target, request).await?;
-        self.account(caller, &target, &ctx);
+        charge.settle().await;
         Ok(AgentRun {
             id,
             output,
@@ -384,25 +388,33 @@ impl Gateway {
     }
 
     /// Whether `caller` may send a request to `target` now: allowed target
-    /// (403), daily budget, token and model limits (429).
-    fn admit(&self, caller: &Identity, target: &Target) -> Result<(), GatewayError> {
+    /// (403), daily budget (429; its reservation is held until the request
+    /// settles), token and model limits (429).
+    async fn admit(&self, caller: &Identity, target: &Target) -> Result<Held, GatewayError> {
         caller.check_target(target)?;
-        if let Err(budget) = self.auth.check_budget(caller) {
-            self.metrics
-                .rate_limited
-                .get_or_create(&RateLimitLabels {
+        let reservation = match self.auth.reserve_budget(caller).await {
+            Ok(reservation) => reservation,
+            Err(budget) => {
+                self.metrics
+                    .rate_limited
+                    .get_or_create(&RateLimitLabels {
+                        key: caller.name.clone(),
+                        limit: "budget".into(),
+                    })
+                    .inc();
+                return Err(GatewayError::BudgetExceeded {
                     key: caller.name.clone(),
-                    limit: "budget".into(),
-                })
-                .inc();
-            return Err(GatewayError::BudgetExceeded {
-                key: caller.name.clone(),
-                budget,
-            });
-        }
+                    budget,
+                });
+            }
+        };
+        // Held before the next check, so a refusal releases it.
+        let held = Held::new(self.auth.clone(), reservation);
         self.rate_limits
             .admit_completion(&caller.name, caller.limits(), &target.to_string())
-            .map_err(GatewayError::RateLimited)
+            .await
+            .map_err(GatewayError::RateLimited)?;
+        Ok(held)
     }
 
     /// The cache entry of a cacheable request: the cache and the key, in the
@@ -425,14 +437,15 @@ impl Gateway {
         Some((cache.clone(), key))
     }
 
-    /// Runs the pipeline; a whole answer is accounted at once, a live
-    /// stream when it ends.
+    /// Runs the pipeline; a whole answer is charged at once, a live stream
+    /// when it ends (and then cached, with `cache`).
     async fn run(
         &self,
         pipeline: &Pipeline,
         ctx: &CallContext,
-        caller: &Identity,
         req: &ChatRequest,
+        mut charge: Charge,
+        cache: Option<(Arc<ResponseCache>, CacheKey)>,
     ) -> Result<Reply, GatewayError> {
         let output = if req.stream {
             pipeline
@@ -447,7 +460,7 @@ impl Gateway {
         };
         Ok(match output {
             Output::Whole(completion) => {
-                self.account(caller, &req.target, ctx);
+                charge.settle().await;
                 Reply::Whole {
                     completion,
                     cost_usd: ctx.ledger.cost_usd(),
@@ -455,50 +468,32 @@ impl Gateway {
             }
             Output::Live { model, events } => Reply::Live {
                 model,
-                events: stream::settle(events, self.settlement(caller, &req.target, ctx), None),
+                events: stream::settle(events, charge, cache),
             },
         })
     }
 
-    /// Charges what the request really used, as its ledger says.
-    fn account(&self, caller: &Identity, target: &Target, ctx: &CallContext) {
-        charge(&self.rate_limits, &self.auth, caller, target, ctx);
-    }
-
-    /// What a live stream needs to account for itself when it ends.
-    fn settlement(
+    /// What charging `caller` for this request takes, with its budget hold.
+    fn charge(
         &self,
+        pipeline: &Pipeline,
         caller: &Identity,
         target: &Target,
         ctx: &CallContext,
-    ) -> stream::Settlement {
-        stream::Settlement {
+        held: Held,
+    ) -> Charge {
+        Charge {
             rate_limits: self.rate_limits.clone(),
             auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
+            alerts: self.budget_alerts.clone(),
+            alerter: pipeline.alerter().clone(),
             caller: caller.clone(),
             target: target.clone(),
             ctx: ctx.clone(),
+            held,
         }
     }
-}
-
-/// Charges `ctx`'s ledger to `caller`: tokens to the rate limits, cost to
-/// the daily spend. Cached answers make no steps, so they cost nothing.
-fn charge(
-    rate_limits: &RateLimiter,
-    auth: &Auth,
-    caller: &Identity,
-    target: &Target,
-    ctx: &CallContext,
-) {
-    let usage = ctx.ledger.usage();
-    rate_limits.charge(
-        &caller.name,
-        caller.limits(),
-        &target.to_string(),
-        u64::from(usage.total()),
-    );
-    auth.record_spend(caller, ctx.ledger.cost_usd());
 }
 
 /// A cached answer as this request's answer: marked cached, costing nothing.

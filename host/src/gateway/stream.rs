@@ -4,41 +4,31 @@
 //! before that event is passed on, so a client that saw the end of the
 //! stream finds it accounted and cached — it charges the request's ledger
 //! to the caller and, for a cacheable request, stores the whole answer. A
-//! stream that breaks off is never cached (and its failed step used
-//! nothing the caller could be charged for).
+//! stream that breaks off is never cached; its budget reservation is
+//! released when the stream is dropped (and its failed step used nothing
+//! the caller could be charged for).
 
-use super::charge;
-use crate::auth::{Auth, Identity};
+use super::accounting::Charge;
 use crate::cache::{CacheKey, ResponseCache};
-use crate::domain::{CallContext, Completion, Message, Target};
-use crate::ratelimit::RateLimiter;
+use crate::domain::{Completion, Message};
 use crate::upstream::{EventStream, StreamEvent};
 use futures::StreamExt;
 use std::sync::Arc;
 
-/// Who pays for a stream, and how to charge them.
-pub(super) struct Settlement {
-    pub rate_limits: Arc<RateLimiter>,
-    pub auth: Arc<Auth>,
-    pub caller: Identity,
-    pub target: Target,
-    pub ctx: CallContext,
-}
-
 /// The stream, settled at its end (and cached there when `cache` is given).
 pub(super) fn settle(
     events: EventStream,
-    settlement: Settlement,
+    charge: Charge,
     cache: Option<(Arc<ResponseCache>, CacheKey)>,
 ) -> EventStream {
     struct State {
-        settlement: Settlement,
+        charge: Charge,
         cache: Option<(Arc<ResponseCache>, CacheKey)>,
         /// The answer so far, kept only when it will be cached.
         seen: Message,
     }
     let state = Arc::new(tokio::sync::Mutex::new(State {
-        settlement,
+        charge,
         cache,
         seen: Message::assistant(""),
     }));
@@ -60,8 +50,7 @@ pub(super) fn settle(
                 }) => {
                     // The guarded upstream recorded the step (and its cost)
                     // before the event reached this layer.
-                    let t = &s.settlement;
-                    charge(&t.rate_limits, &t.auth, &t.caller, &t.target, &t.ctx);
+                    s.charge.settle().await;
                     if let Some((cache, key)) = s.cache.take() {
                         let completion = Completion {
                             message: std::mem::replace(&mut s.seen, Message::assistant("")),
@@ -71,7 +60,7 @@ pub(super) fn settle(
                             cached: false,
                         };
                         cache
-                            .store(&key, &completion, s.settlement.ctx.ledger.cost_usd())
+                            .store(&key, &completion, s.charge.ctx.ledger.cost_usd())
                             .await;
                     }
                 }

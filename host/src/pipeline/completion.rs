@@ -194,12 +194,14 @@ impl Pipeline {
             .map_or_else(|| "host".to_string(), |s| s.plugin.identity().to_string());
         self.alerter.raise(Alert {
             event: "agentrouter.alert",
+            kind: "request_failed",
             source,
             model: model.to_string(),
             upstream: upstream.to_string(),
             failure: failure.to_string(),
             request_id: ctx.request_id.clone(),
             timestamp: crate::clock::unix_s(),
+            key: None,
         });
     }
 

@@ -186,6 +186,11 @@ impl Pipeline {
         }))
     }
 
+    /// Raises alerts (log, metric, `resilience.alert_webhook`).
+    pub fn alerter(&self) -> &Alerter {
+        &self.alerter
+    }
+
     /// The pipeline's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.settings.metrics

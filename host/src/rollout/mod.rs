@@ -32,6 +32,7 @@ pub mod controller;
 mod manager;
 pub mod persist;
 pub mod plan;
+pub mod shared;
 pub mod stats;
 pub mod watch;
 

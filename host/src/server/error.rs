@@ -115,8 +115,18 @@ impl ApiError {
         )
     }
 
-    /// 429: a gateway rate limit refused the request.
+    /// 429: a gateway rate limit refused the request; 503 when the limit
+    /// could not be checked (shared state lost, `fail-closed`).
     pub fn rate_limited(limited: &Limited) -> Self {
+        if limited.unavailable {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "limit_unavailable",
+                limited.message.clone(),
+            )
+            .with_retry_after(limited.retry_after_s());
+        }
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -126,16 +136,34 @@ impl ApiError {
         .with_retry_after(limited.retry_after_s())
     }
 
-    /// 429: the key's daily budget is spent.
+    /// 429: the key's daily budget is spent, or held by its requests in
+    /// flight; 503 when it could not be checked (`fail-closed`).
     pub fn budget_exceeded(key: &str, b: &BudgetExceeded) -> Self {
+        if let Some(why) = &b.unavailable {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "limit_unavailable",
+                format!("API key `{key}`: {why}; retry shortly"),
+            )
+            .with_retry_after(b.resets_in_s);
+        }
+        let message = if b.spent_usd >= b.budget_usd {
+            format!(
+                "daily budget exhausted for API key `{key}`: spent ${:.6} of ${:.6}; it resets at 00:00 UTC",
+                b.spent_usd, b.budget_usd
+            )
+        } else {
+            format!(
+                "daily budget of API key `{key}` is held by its requests in flight: spent ${:.6} and reserved ${:.6} of ${:.6}; retry when they finish",
+                b.spent_usd, b.reserved_usd, b.budget_usd
+            )
+        };
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "budget_exceeded",
             "budget_exceeded",
-            format!(
-                "daily budget exhausted for API key `{key}`: spent ${:.6} of ${:.6}; it resets at 00:00 UTC",
-                b.spent_usd, b.budget_usd
-            ),
+            message,
         )
         .with_retry_after(b.resets_in_s)
     }

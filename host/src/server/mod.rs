@@ -12,6 +12,7 @@ pub mod admin;
 mod chat;
 mod error;
 mod guard;
+mod keys;
 mod observe;
 
 pub use admin::{AdminState, Reload, ReloadReport};
@@ -74,6 +75,9 @@ pub struct ServerState {
     pub config_origin: Arc<str>,
     /// The admin API's control plane.
     pub admin: AdminState,
+    /// The shared state of a cluster of replicas (`[cluster]`), whose
+    /// reachability readiness reports.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl ServerState {
@@ -265,12 +269,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// `/health/ready`: every check of the parts that own a fact — shutdown,
-/// the store, the plugins, the upstreams, the config.
+/// the store, the plugins, the upstreams, the config, the cluster's Redis.
+/// A degraded check (Redis lost) still answers 200, `"status": "degraded"`.
 async fn ready(State(state): State<AppState>) -> Response {
     let draining = state.draining.load(Ordering::SeqCst);
     let store = state.store.db().contains_key(b"__readiness__");
     let pipeline = state.pipeline();
-    let checks = [
+    let mut checks = vec![
         Check::new(
             "accepting",
             !draining,
@@ -293,7 +298,11 @@ async fn ready(State(state): State<AppState>) -> Response {
             format!("loaded from {}", state.config_origin),
         ),
     ];
+    if let Some(cluster) = &state.cluster {
+        checks.push(cluster.check());
+    }
     let ok = checks.iter().all(|c| c.status);
+    let degraded = checks.iter().any(|c| c.degraded);
     let body: serde_json::Map<String, serde_json::Value> = checks
         .iter()
         .map(|c| (c.name.to_string(), json!(c)))
@@ -303,6 +312,12 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": body, "timestamp": crate::clock::now_rfc3339()});
+    // Degraded still answers 200: the replica serves (see `Check`).
+    let summary = match (ok, degraded) {
+        (false, _) => "not_ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    let body = json!({"status": summary, "checks": body, "timestamp": crate::clock::now_rfc3339()});
     (status, axum::Json(body)).into_response()
 }

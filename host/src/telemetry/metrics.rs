@@ -102,6 +102,45 @@ pub struct RateLimitLabels {
     pub limit: String,
 }
 
+/// Labels naming the cluster's Redis.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisLabels {
+    /// `host:port` (never credentials).
+    pub redis: String,
+}
+
+/// Labels of a failed Redis operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterOpLabels {
+    /// The operation: `ratelimit`, `budget`, `keys`, `cache`, `rollout`, ...
+    pub op: String,
+}
+
+/// Labels of a limit decision taken without Redis.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterFallbackLabels {
+    /// `requests`, `tokens`, `model` or `budget`.
+    pub limit: String,
+    /// `open` (the local limit decided) or `closed` (refused).
+    pub policy: String,
+}
+
+/// Labels naming an API key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// Key id (configured or created name), or `anonymous`.
+    pub key: String,
+}
+
+/// Labels of an upstream's own rate-limit headroom.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    /// Configured upstream name.
+    pub upstream: String,
+    /// `requests` or `tokens`.
+    pub resource: String,
+}
+
 /// Labels of a plugin call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
@@ -245,6 +284,23 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     /// Cost in USD by key and model.
     pub cost_usd: Family<UsageLabels, Counter<f64, AtomicU64>>,
+    /// Whether the cluster's Redis answers (1) or not (0); absent without
+    /// `[cluster]`.
+    pub cluster_redis_up: Family<RedisLabels, Gauge>,
+    /// Redis operations that failed, by operation.
+    pub cluster_errors: Family<ClusterOpLabels, Counter>,
+    /// Limit decisions taken without Redis, by limit and policy.
+    pub cluster_fallbacks: Family<ClusterFallbackLabels, Counter>,
+    /// A key's spend today, USD (keys with a daily budget).
+    pub budget_spent_usd: Family<KeyLabels, Gauge<f64, AtomicU64>>,
+    /// A key's daily budget, USD.
+    pub budget_limit_usd: Family<KeyLabels, Gauge<f64, AtomicU64>>,
+    /// What an upstream says is left of its rate limit (`x-ratelimit-remaining-*`).
+    pub upstream_quota_remaining: Family<QuotaLabels, Gauge>,
+    /// An upstream's rate limit as it announces it (`x-ratelimit-limit-*`).
+    pub upstream_quota_limit: Family<QuotaLabels, Gauge>,
+    /// Resident memory of the process, bytes, read at scrape time.
+    pub process_resident_memory: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -294,6 +350,14 @@ impl Metrics {
             kv_expired_swept: Family::default(),
             tokens: Family::default(),
             cost_usd: Family::default(),
+            cluster_redis_up: Family::default(),
+            cluster_errors: Family::default(),
+            cluster_fallbacks: Family::default(),
+            budget_spent_usd: Family::default(),
+            budget_limit_usd: Family::default(),
+            upstream_quota_remaining: Family::default(),
+            upstream_quota_limit: Family::default(),
+            process_resident_memory: Gauge::default(),
         };
         let mut families = Vec::new();
         let r = &mut m.registry;
@@ -427,6 +491,46 @@ impl Metrics {
             "Cost in USD by key and model",
             m.cost_usd.clone(),
         );
+        register!(
+            "cluster_redis_up",
+            "Whether the cluster's Redis answers: 1 up, 0 lost",
+            m.cluster_redis_up.clone(),
+        );
+        register!(
+            "cluster_redis_errors",
+            "Redis operations that failed, by operation",
+            m.cluster_errors.clone(),
+        );
+        register!(
+            "cluster_fallbacks",
+            "Limit decisions taken without Redis, by limit and on_redis_loss policy",
+            m.cluster_fallbacks.clone(),
+        );
+        register!(
+            "budget_spent_usd",
+            "Spend of a key today (UTC), USD",
+            m.budget_spent_usd.clone(),
+        );
+        register!(
+            "budget_limit_usd",
+            "Daily budget of a key, USD",
+            m.budget_limit_usd.clone(),
+        );
+        register!(
+            "upstream_quota_remaining",
+            "What an upstream reports is left of its rate limit",
+            m.upstream_quota_remaining.clone(),
+        );
+        register!(
+            "upstream_quota_limit",
+            "An upstream's rate limit as it reports it",
+            m.upstream_quota_limit.clone(),
+        );
+        register!(
+            "process_resident_memory_bytes",
+            "Resident memory of the gateway process",
+            m.process_resident_memory.clone(),
+        );
         m.families = families;
         m
     }
@@ -440,11 +544,23 @@ impl Metrics {
 
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.process_resident_memory
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Resident set size of this process (Linux `/proc/self/statm`, pages ×
+/// 4 KiB — the page size of every platform the gateway ships for).
+fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ struct Inner {
     url: Result<reqwest::Url, String>,
     api_key: Option<String>,
     client: reqwest::Client,
+    /// Where the provider's rate-limit headroom (`x-ratelimit-*`) goes.
+    quota: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl std::fmt::Debug for OpenAiUpstream {
@@ -75,8 +77,19 @@ impl OpenAiUpstream {
                 url,
                 api_key,
                 client,
+                quota: None,
             }),
         }
+    }
+
+    /// Also records the provider's rate-limit headroom in `metrics`
+    /// (`agentrouter_upstream_quota_*`). Call it on a fresh upstream, before
+    /// it is shared (it has no effect once cloned).
+    pub fn with_quota_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.quota = Some(metrics);
+        }
+        self
     }
 }
 
@@ -113,6 +126,7 @@ impl Inner {
             http = http.bearer_auth(key);
         }
         let resp = http.send().await.map_err(|e| self.transport(e))?;
+        self.observe_quota(resp.headers());
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -124,6 +138,40 @@ impl Inner {
         let failure = failure_for_status(status.as_u16(), &headers, &body);
         tracing::warn!(upstream = %self.info.name, status = status.as_u16(), %failure, "upstream refused the request");
         Err(failure)
+    }
+
+    /// Records what the provider says is left of its rate limits: OpenAI's
+    /// (and most compatible providers') `x-ratelimit-limit-{requests,tokens}`
+    /// and `x-ratelimit-remaining-{requests,tokens}` headers, so alerts can
+    /// fire before the quota runs out rather than on the first 429.
+    fn observe_quota(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(metrics) = &self.quota else {
+            return;
+        };
+        for resource in ["requests", "tokens"] {
+            let labels = crate::telemetry::metrics::QuotaLabels {
+                upstream: self.info.name.clone(),
+                resource: resource.to_string(),
+            };
+            let read = |name: String| {
+                headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+            };
+            if let Some(limit) = read(format!("x-ratelimit-limit-{resource}")) {
+                metrics
+                    .upstream_quota_limit
+                    .get_or_create(&labels)
+                    .set(limit);
+            }
+            if let Some(left) = read(format!("x-ratelimit-remaining-{resource}")) {
+                metrics
+                    .upstream_quota_remaining
+                    .get_or_create(&labels)
+                    .set(left);
+            }
+        }
     }
 
     /// The failure for a transport error (see the module table in `super`).

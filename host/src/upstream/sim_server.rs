@@ -32,11 +32,16 @@ struct SimState {
     models: Vec<String>,
 }
 
+/// The request quota the simulator announces, like OpenAI's
+/// `x-ratelimit-limit-requests`; `x-ratelimit-remaining-requests` counts
+/// down from it with every request it decides.
+pub const ANNOUNCED_REQUEST_QUOTA: u64 = 10_000;
+
 /// The simulator's routes: `POST /v1/chat/completions`, `GET /v1/models`
 /// and `GET /health`. Only the listed `models` are served.
 pub fn router(sim: Arc<Simulator>, models: Vec<String>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
+        .route("/v1/chat/completions", post(chat_with_quota))
         .route("/v1/models", get(list_models))
         .route("/health", get(|| async { "ok" }))
         .with_state(Arc::new(SimState { sim, models }))
@@ -70,6 +75,17 @@ async fn list_models(State(state): State<Arc<SimState>>) -> Response {
         .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "agentrouter-sim"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// [`chat`], with rate-limit headers as a provider sends them.
+async fn chat_with_quota(state: State<Arc<SimState>>, body: Bytes) -> Response {
+    let sim = state.sim.clone();
+    let mut response = chat(state, body).await;
+    let left = ANNOUNCED_REQUEST_QUOTA.saturating_sub(sim.requests());
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit-requests", ANNOUNCED_REQUEST_QUOTA.into());
+    headers.insert("x-ratelimit-remaining-requests", left.into());
+    response
 }
 
 async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
