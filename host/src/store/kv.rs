@@ -143,6 +143,21 @@ impl Store {
         Ok(usage)
     }
 
+    /// Removes the entry at full key `k` of `namespace`, if any, and takes
+    /// it off the namespace's usage; returns the usage after.
+    fn remove_counted(&self, namespace: &str, k: &[u8]) -> Result<KvUsage, StoreError> {
+        let mut table = self.usage_table();
+        let mut usage = self.loaded(&mut table, namespace)?;
+        if let Some(old) = self.db.remove(k).map_err(|e| self.err(e))? {
+            usage.keys = usage.keys.saturating_sub(1);
+            usage.bytes = usage
+                .bytes
+                .saturating_sub(entry_bytes(k.len(), namespace, old.len()));
+            table.insert(namespace.to_string(), usage);
+        }
+        Ok(usage)
+    }
+
     /// The namespace's usage, counted on first touch. Called with the lock held.
     fn loaded(
         &self,
@@ -209,15 +224,7 @@ impl KvStore for Store {
         if !expired(&raw, clock::unix_ms()) {
             return Ok(Some(raw[8..].to_vec()));
         }
-        let mut table = self.usage_table();
-        let mut usage = self.loaded(&mut table, namespace)?;
-        if let Some(old) = self.db.remove(&k).map_err(|e| self.err(e))? {
-            usage.keys = usage.keys.saturating_sub(1);
-            usage.bytes = usage
-                .bytes
-                .saturating_sub(entry_bytes(k.len(), namespace, old.len()));
-            table.insert(namespace.to_string(), usage);
-        }
+        self.remove_counted(namespace, &k)?;
         Ok(None)
     }
 
@@ -289,17 +296,7 @@ impl KvStore for Store {
     }
 
     fn delete(&self, namespace: &str, key: &str) -> Result<KvUsage, StoreError> {
-        let k = kv_key(namespace, key);
-        let mut table = self.usage_table();
-        let mut usage = self.loaded(&mut table, namespace)?;
-        if let Some(old) = self.db.remove(&k).map_err(|e| self.err(e))? {
-            usage.keys = usage.keys.saturating_sub(1);
-            usage.bytes = usage
-                .bytes
-                .saturating_sub(entry_bytes(k.len(), namespace, old.len()));
-            table.insert(namespace.to_string(), usage);
-        }
-        Ok(usage)
+        self.remove_counted(namespace, &kv_key(namespace, key))
     }
 
     fn usage(&self, namespace: &str) -> Result<KvUsage, StoreError> {
