@@ -37,18 +37,7 @@ use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::decision::{MAX_CHUNKS, describe};
-
-/// The short name of an action, for metric labels.
-fn action_label(action: &Action) -> &'static str {
-    match action {
-        Action::Retry(_) => "retry",
-        Action::Fallback(_) => "fallback",
-        Action::ChunkAndRetry(_) => "chunk",
-        Action::Refine(_) => "refine",
-        Action::Fail(_) => "fail",
-    }
-}
+use super::decision::{MAX_CHUNKS, action_label, describe};
 
 /// Approximate tokens of a conversation (4 characters per token).
 fn estimate_tokens(messages: &[Message]) -> u32 {

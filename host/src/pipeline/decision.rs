@@ -30,7 +30,7 @@ pub(super) fn describe(action: &Action) -> String {
 }
 
 /// The metric label of an action.
-fn label(action: &Action) -> &'static str {
+pub(super) fn action_label(action: &Action) -> &'static str {
     match action {
         Action::Retry(_) => "retry",
         Action::Fallback(_) => "fallback",
@@ -65,7 +65,7 @@ impl Pipeline {
         let Err(reason) = self.judge(action, fctx, plan) else {
             return Ok(());
         };
-        self.refused_decision(slot, label(action));
+        self.refused_decision(slot, action_label(action));
         let error = PipelineError::Decision {
             plugin: by.to_string(),
             decision: describe(action),
