@@ -233,6 +233,7 @@ pub(super) struct ResilienceTable {
     max_concurrent_requests: Option<u32>,
     alert_webhook: Option<Secret>,
     retry_budget: RetryBudgetConfig,
+    hedge: HedgeConfig,
     fallbacks: BTreeMap<String, Vec<String>>,
 }
 
@@ -246,6 +247,7 @@ impl ResilienceTable {
             max_concurrent_requests,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         } = self;
         (
@@ -254,6 +256,7 @@ impl ResilienceTable {
                 max_delay_ms,
                 alert_webhook,
                 retry_budget,
+                hedge,
                 fallbacks,
             },
             BulkheadConfig {
@@ -271,6 +274,7 @@ impl Default for ResilienceTable {
             max_delay_ms,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         } = ResilienceConfig::default();
         let BulkheadConfig {
@@ -282,6 +286,7 @@ impl Default for ResilienceTable {
             max_concurrent_requests,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         }
     }

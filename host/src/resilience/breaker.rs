@@ -20,6 +20,10 @@ pub struct BreakerSettings {
     pub recovery_timeout: Duration,
     /// Successful probes needed to close again.
     pub half_open_probes: u32,
+    /// A call that takes longer than this counts as a failure (the health
+    /// applies it; the state machine only sees failures). `None`: only the
+    /// call's own timeout makes a slow call a failure.
+    pub slow_call: Option<Duration>,
 }
 
 impl Default for BreakerSettings {
@@ -28,6 +32,7 @@ impl Default for BreakerSettings {
             failure_threshold: 5,
             recovery_timeout: Duration::from_secs(30),
             half_open_probes: 1,
+            slow_call: None,
         }
     }
 }
@@ -173,6 +178,7 @@ mod tests {
             failure_threshold: 3,
             recovery_timeout: Duration::from_secs(10),
             half_open_probes: 2,
+            slow_call: None,
         })
     }
 
