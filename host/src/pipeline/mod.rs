@@ -17,6 +17,7 @@ mod completion;
 mod error;
 mod guarded;
 mod plan;
+mod race;
 mod rules;
 mod status;
 
