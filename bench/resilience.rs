@@ -20,7 +20,7 @@
 //! `RESILIENCE_CONCURRENCY` change the load.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use agentrouter::upstream::sim::SimSettings;

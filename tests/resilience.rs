@@ -88,10 +88,8 @@ async fn run_matrix(tuning: Tuning) {
             failures.push(format!("{}: {} upstream calls", cell.name(), outcome.calls));
         }
         // A 429 reaches a client only when no other upstream could serve.
-        if cell.upstreams > 1 && cell.fault != Fault::RateLimits {
-            if outcome.load.count(429) > 0 {
-                failures.push(format!("{}: answered 429", cell.name()));
-            }
+        if cell.upstreams > 1 && cell.fault != Fault::RateLimits && outcome.load.count(429) > 0 {
+            failures.push(format!("{}: answered 429", cell.name()));
         }
     }
     let table = table.join("\n");
