@@ -52,9 +52,11 @@ const MAX_CHUNKS: usize = 32;
 /// told about when the completion gives up.
 #[derive(Default)]
 struct Failures {
-    /// The last failure an upstream really produced (a status, a timeout,
-    /// a malformed body).
+    /// The last failure an upstream really produced other than a rate
+    /// limit (a status, a timeout, a malformed body).
     real: Option<Failure>,
+    /// The last rate limit an upstream really answered.
+    limited: Option<Failure>,
     /// The last call the host refused to make (cooling down, circuit open).
     refused: Option<Failure>,
 }
@@ -62,7 +64,11 @@ struct Failures {
 impl Failures {
     /// Notes a real failure; returns it.
     fn real(&mut self, failure: Failure) -> Failure {
-        self.real = Some(failure.clone());
+        let slot = match failure {
+            Failure::RateLimited(_) => &mut self.limited,
+            _ => &mut self.real,
+        };
+        *slot = Some(failure.clone());
         failure
     }
 
@@ -72,11 +78,13 @@ impl Failures {
         failure
     }
 
-    /// What to report: the last real failure, else the last refusal — so
-    /// a client is answered 429 only when no upstream failed its request
-    /// and every one it could go to was cooling down (or rate-limited it).
+    /// What to report: the last real failure that is not a rate limit,
+    /// else the last rate limit, else the last refusal — so a client is
+    /// answered 429 only when every upstream it could go to rate-limited
+    /// it or was cooling down, and a spent retry budget shows as the
+    /// upstream's own failure (502, 504).
     fn last(self) -> Option<Failure> {
-        self.real.or(self.refused)
+        self.real.or(self.limited).or(self.refused)
     }
 
     /// The error that ends the completion.
