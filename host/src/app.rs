@@ -483,10 +483,11 @@ fn reusable_upstream(
     name: &str,
 ) -> Option<Arc<GuardedUpstream>> {
     let before = &previous.config.reloadable;
-    // The retry budget is per upstream but configured globally: a changed
-    // budget rebuilds the upstream's health with it.
+    // The retry and hedge budgets are per upstream but configured
+    // globally: a changed budget rebuilds the upstream's health with it.
     let unchanged = before.upstreams.get(name)? == config.upstreams.get(name)?
-        && before.resilience.retry_budget == config.resilience.retry_budget;
+        && before.resilience.retry_budget == config.resilience.retry_budget
+        && before.resilience.hedge == config.resilience.hedge;
     if !unchanged {
         return None;
     }
@@ -551,6 +552,7 @@ fn health_settings(config: &ReloadableConfig, up: &UpstreamConfig) -> HealthSett
         breaker: up.breaker.settings(),
         max_concurrent: up.max_concurrent,
         retry_budget: config.resilience.retry_budget.settings(),
+        hedge: config.resilience.hedge.settings(),
     }
 }
 

@@ -20,6 +20,8 @@
 #![allow(dead_code)]
 
 mod gateway;
+pub mod load;
+pub mod matrix;
 mod redis;
 mod sim;
 mod webhook;

@@ -21,6 +21,7 @@ pub use crate::pipeline::budget::{
     AgentBudgetOverrides, AgentCallBudget, BudgetsConfig, RequestBudget,
 };
 pub use crate::ratelimit::{LimitConfig, RateLimitsConfig};
+pub use crate::resilience::{BreakerConfig, HedgeConfig, RetryBudgetConfig};
 use crate::runtime::{AllocatorChoice, Capabilities, EngineSettings, PluginLimits, World};
 pub use crate::telemetry::config::{DEFAULT_SAMPLE_RATE, DEFAULT_SERVICE_NAME, TelemetryConfig};
 pub use crate::upstream::sim::SimSettings;
@@ -289,41 +290,6 @@ pub struct UpstreamConfig {
     pub idle_timeout_ms: Option<u64>,
 }
 
-/// `[upstreams.<name>.breaker]`: when to stop sending traffic to an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerConfig {
-    /// Consecutive failures (timeouts, 5xx, malformed bodies) that open it.
-    pub failure_threshold: u32,
-    /// Seconds an open breaker refuses calls before letting probes through.
-    pub recovery_timeout_s: u64,
-    /// Successful probes needed to close it again.
-    pub half_open_probes: u32,
-}
-
-impl Default for BreakerConfig {
-    /// The breaker's own defaults (`resilience::BreakerSettings`).
-    fn default() -> Self {
-        let d = crate::resilience::BreakerSettings::default();
-        Self {
-            failure_threshold: d.failure_threshold,
-            recovery_timeout_s: d.recovery_timeout.as_secs(),
-            half_open_probes: d.half_open_probes,
-        }
-    }
-}
-
-impl BreakerConfig {
-    /// The runtime form.
-    pub fn settings(&self) -> crate::resilience::BreakerSettings {
-        crate::resilience::BreakerSettings {
-            failure_threshold: self.failure_threshold,
-            recovery_timeout: std::time::Duration::from_secs(self.recovery_timeout_s),
-            half_open_probes: self.half_open_probes,
-        }
-    }
-}
-
 fn default_weight() -> u32 {
     DEFAULT_WEIGHT
 }
@@ -449,6 +415,8 @@ pub struct ResilienceConfig {
     pub alert_webhook: Option<Secret>,
     /// Retry budget, per upstream.
     pub retry_budget: RetryBudgetConfig,
+    /// Hedging of slow attempts, per upstream.
+    pub hedge: HedgeConfig,
     /// Per model, the models to fall back to, in order, when none of its
     /// own upstreams can serve.
     pub fallbacks: BTreeMap<String, Vec<String>>,
@@ -461,6 +429,7 @@ impl Default for ResilienceConfig {
             max_delay_ms: DEFAULT_MAX_DELAY_MS,
             alert_webhook: None,
             retry_budget: RetryBudgetConfig::default(),
+            hedge: HedgeConfig::default(),
             fallbacks: BTreeMap::new(),
         }
     }
@@ -473,40 +442,6 @@ pub struct BulkheadConfig {
     /// Most requests in flight in this replica; beyond it clients get 503
     /// with `Retry-After` at once. Unbounded when absent.
     pub max_concurrent_requests: Option<u32>,
-}
-
-/// `[resilience.retry_budget]`: retries as a share of recent traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryBudgetConfig {
-    /// Retries allowed per first attempt over the window.
-    pub ratio: f64,
-    /// Retries per second allowed whatever the traffic.
-    pub min_per_s: f64,
-    /// Length of the sliding window, seconds.
-    pub window_s: u64,
-}
-
-impl Default for RetryBudgetConfig {
-    fn default() -> Self {
-        let d = crate::resilience::BudgetSettings::default();
-        Self {
-            ratio: d.ratio,
-            min_per_s: d.min_per_s,
-            window_s: d.window.as_secs(),
-        }
-    }
-}
-
-impl RetryBudgetConfig {
-    /// The runtime form.
-    pub fn settings(&self) -> crate::resilience::BudgetSettings {
-        crate::resilience::BudgetSettings {
-            ratio: self.ratio,
-            min_per_s: self.min_per_s,
-            window: std::time::Duration::from_secs(self.window_s),
-        }
-    }
 }
 
 /// `[pipeline]`: which slots a chat completion passes through.

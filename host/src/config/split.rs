@@ -237,6 +237,7 @@ pub(super) struct ResilienceTable {
     max_concurrent_requests: Option<u32>,
     alert_webhook: Option<Secret>,
     retry_budget: RetryBudgetConfig,
+    hedge: HedgeConfig,
     fallbacks: BTreeMap<String, Vec<String>>,
 }
 
@@ -250,6 +251,7 @@ impl ResilienceTable {
             max_concurrent_requests,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         } = self;
         (
@@ -258,6 +260,7 @@ impl ResilienceTable {
                 max_delay_ms,
                 alert_webhook,
                 retry_budget,
+                hedge,
                 fallbacks,
             },
             BulkheadConfig {
@@ -275,6 +278,7 @@ impl Default for ResilienceTable {
             max_delay_ms,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         } = ResilienceConfig::default();
         let BulkheadConfig {
@@ -286,6 +290,7 @@ impl Default for ResilienceTable {
             max_concurrent_requests,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         }
     }

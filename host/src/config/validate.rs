@@ -235,6 +235,7 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                 "breaker.half_open_probes",
                 u64::from(u.breaker.half_open_probes),
             ),
+            ("breaker.slow_call_ms", u.breaker.slow_call_ms.unwrap_or(1)),
         ] {
             if value == 0 {
                 errors.push(key(field), "must be positive");
@@ -628,6 +629,24 @@ fn resilience(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) 
     }
     if b.window_s == 0 {
         errors.push("resilience.retry_budget.window_s", "must be positive");
+    }
+    let h = &r.hedge;
+    for (field, value) in [("ratio", h.ratio), ("min_per_s", h.min_per_s)] {
+        if !(value.is_finite() && value >= 0.0) {
+            errors.push(
+                format!("resilience.hedge.{field}"),
+                format!("must be a number >= 0, got {value}"),
+            );
+        }
+    }
+    if h.window_s == 0 {
+        errors.push("resilience.hedge.window_s", "must be positive");
+    }
+    if h.delay_ms == Some(0) {
+        errors.push(
+            "resilience.hedge.delay_ms",
+            "must be positive (an immediate hedge doubles every call; set enabled = false to turn hedging off)",
+        );
     }
     for (model, chain) in &r.fallbacks {
         let key = format!("resilience.fallbacks.{model}");

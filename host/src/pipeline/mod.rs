@@ -19,6 +19,7 @@ mod decision;
 mod error;
 mod guarded;
 mod plan;
+mod race;
 mod rules;
 mod status;
 

@@ -247,6 +247,9 @@ pub struct Metrics {
     pub bulkhead_rejections: Family<ShedLabels, Counter>,
     /// Retries refused because the retry budget was spent.
     pub retry_budget_exhausted: Family<UpstreamName, Counter>,
+    /// Hedges of a slow upstream's attempts: sent, or refused by its
+    /// hedge budget.
+    pub hedges: Family<UpstreamLabels, Counter>,
     /// Alerts raised (recovery `fail` with alert, or the host).
     pub alerts: Family<AlertLabels, Counter>,
     /// Cache lookups by level and result.
@@ -332,6 +335,7 @@ impl Metrics {
             recovery_actions: Family::default(),
             bulkhead_rejections: Family::default(),
             retry_budget_exhausted: Family::default(),
+            hedges: Family::default(),
             alerts: Family::default(),
             cache_lookups: Family::default(),
             rate_limited: Family::default(),
@@ -408,6 +412,11 @@ impl Metrics {
             "retry_budget_exhausted",
             "Retries refused because the retry budget was spent",
             m.retry_budget_exhausted.clone(),
+        );
+        register!(
+            "hedges",
+            "Hedges of slow upstream attempts: sent, or refused by the hedge budget",
+            m.hedges.clone(),
         );
         register!("alerts", "Alerts raised", m.alerts.clone());
         register!(
