@@ -10,7 +10,7 @@
 use super::charge;
 use crate::auth::{Auth, Identity};
 use crate::cache::{CacheKey, ResponseCache};
-use crate::domain::{CallContext, Completion, Message, Target};
+use crate::domain::{CallContext, Target};
 use crate::ratelimit::RateLimiter;
 use crate::upstream::{EventStream, StreamEvent};
 use futures::StreamExt;
@@ -25,7 +25,8 @@ pub(super) struct Settlement {
     pub ctx: CallContext,
 }
 
-/// The stream, settled at its end (and cached there when `cache` is given).
+/// The stream, settled at its end (and cached there when `cache` is given:
+/// the whole answer `Done` carries, as the upstream sent it).
 pub(super) fn settle(
     events: EventStream,
     settlement: Settlement,
@@ -34,48 +35,22 @@ pub(super) fn settle(
     struct State {
         settlement: Settlement,
         cache: Option<(Arc<ResponseCache>, CacheKey)>,
-        /// The answer so far, kept only when it will be cached.
-        seen: Message,
     }
-    let state = Arc::new(tokio::sync::Mutex::new(State {
-        settlement,
-        cache,
-        seen: Message::assistant(""),
-    }));
+    let state = Arc::new(tokio::sync::Mutex::new(State { settlement, cache }));
     Box::pin(events.then(move |event| {
         let state = state.clone();
         async move {
-            let mut s = state.lock().await;
-            match &event {
-                Ok(StreamEvent::Delta(piece)) if s.cache.is_some() => {
-                    s.seen.content.push_str(piece);
+            if let Ok(StreamEvent::Done(completion)) = &event {
+                let mut s = state.lock().await;
+                // The guarded upstream recorded the step (and its cost)
+                // before the event reached this layer.
+                let t = &s.settlement;
+                charge(&t.rate_limits, &t.auth, &t.caller, &t.target, &t.ctx);
+                if let Some((cache, key)) = s.cache.take() {
+                    cache
+                        .store(&key, completion, s.settlement.ctx.ledger.cost_usd())
+                        .await;
                 }
-                Ok(StreamEvent::ToolCalls(calls)) if s.cache.is_some() => {
-                    s.seen.tool_calls.extend(calls.iter().cloned());
-                }
-                Ok(StreamEvent::Done {
-                    finish_reason,
-                    usage,
-                    model,
-                }) => {
-                    // The guarded upstream recorded the step (and its cost)
-                    // before the event reached this layer.
-                    let t = &s.settlement;
-                    charge(&t.rate_limits, &t.auth, &t.caller, &t.target, &t.ctx);
-                    if let Some((cache, key)) = s.cache.take() {
-                        let completion = Completion {
-                            message: std::mem::replace(&mut s.seen, Message::assistant("")),
-                            model: model.clone(),
-                            finish_reason: finish_reason.clone(),
-                            usage: *usage,
-                            cached: false,
-                        };
-                        cache
-                            .store(&key, &completion, s.settlement.ctx.ledger.cost_usd())
-                            .await;
-                    }
-                }
-                _ => {}
             }
             event
         }

@@ -15,7 +15,11 @@
 //!   without calling, a full bulkhead moves on to the next upstream (and
 //!   answers 503 when every one is full);
 //! - fallbacks only to upstreams serving the model or a model of its
-//!   configured fallback chain; chunking is capped.
+//!   configured fallback chain; chunking is capped;
+//! - an upstream's refusal of the request itself (`Failure::ClientError`,
+//!   a 4xx such as 400 `unsupported_parameter`) ends the completion at
+//!   once with the upstream's answer: no retry, no fallback, no recovery
+//!   plugin, no alert, and nothing held against the upstream.
 //!
 //! Where a completion stands is a [`Plan`]; each attempt is made, gated and
 //! recorded by its [`GuardedUpstream`].
@@ -213,6 +217,12 @@ impl Pipeline {
             let upstream = plan.current().clone();
             let failure = match upstream.complete(ctx, &req, plan.retrying()).await {
                 Ok(completion) => return Ok(completion),
+                // The upstream refused the request itself: no retry, other
+                // upstream or recovery plugin can mend it, and the client
+                // gets the upstream's own answer.
+                Err(AttemptError::Failed(failure)) if failure.is_client_error() => {
+                    return Err(give_up(failure));
+                }
                 Err(AttemptError::Failed(failure)) => failure,
                 // A full bulkhead is not a failure of the upstream: move on
                 // to one with room without spending an attempt.
@@ -269,7 +279,9 @@ impl Pipeline {
                             };
                             tokio::time::sleep(delay).await;
                         }
-                        Action::Refine(messages) => req.messages = messages,
+                        Action::Refine(messages) => {
+                            req.messages = super::rewrite::carry_over(&req.messages, messages);
+                        }
                         _ => {}
                     }
                 }
@@ -351,6 +363,13 @@ impl Pipeline {
             match upstream.stream(ctx, &req).await {
                 Ok(events) => return Ok(events),
                 Err(AttemptError::Saturated) => continue,
+                // As for a whole answer: the request's own fault ends it.
+                Err(AttemptError::Failed(failure)) if failure.is_client_error() => {
+                    return Err(PipelineError::Upstream {
+                        model: req.model,
+                        failure,
+                    });
+                }
                 Err(AttemptError::Failed(failure)) => {
                     attempts += 1;
                     last = Some(failure);
