@@ -51,7 +51,7 @@ pub struct Message {
     /// parts, the role's own name, other fields), so that it is forwarded
     /// as it came. Plugins never see it; see [`MessageWire`].
     #[serde(default, skip_serializing_if = "MessageWire::is_empty")]
-    pub wire: MessageWire,
+    pub wire: Box<MessageWire>,
 }
 
 /// What a wire message carried beyond the text view of [`Message`]: the
@@ -93,7 +93,7 @@ impl Message {
             name: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
-            wire: MessageWire::default(),
+            wire: Box::default(),
         }
     }
 
@@ -295,8 +295,8 @@ pub struct Completion {
     /// What the upstream's answer carried beyond this view (more choices,
     /// logprobs, `system_fingerprint`, usage details, ...), passed back to
     /// the client as it came.
-    #[serde(default, skip_serializing_if = "Details::is_empty")]
-    pub details: Details,
+    #[serde(default, skip_serializing_if = "no_details")]
+    pub details: Box<Details>,
 }
 
 /// The parts of an upstream's answer the host does not read, kept so the
@@ -318,6 +318,11 @@ pub struct Details {
     /// `completion_tokens_details`, ...).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub usage: Map<String, Value>,
+}
+
+/// Whether an answer carried nothing beyond the domain view (for serde).
+fn no_details(details: &Details) -> bool {
+    details.is_empty()
 }
 
 impl Details {

@@ -284,12 +284,12 @@ impl Assembly {
                 finish_reason: first.finish_reason,
                 usage: usage.to_domain(),
                 cached: false,
-                details: Details {
+                details: Box::new(Details {
                     response: self.response,
                     choice: first.extra,
                     choices,
                     usage: usage.extra,
-                },
+                }),
             },
             usage_reported: self.usage.is_some(),
             answer_chars,

@@ -222,11 +222,11 @@ impl WireMessage {
                 })
                 .collect(),
             tool_call_id: self.tool_call_id.clone(),
-            wire: d::MessageWire {
+            wire: Box::new(d::MessageWire {
                 role: (self.role != role_to_wire(role)).then(|| self.role.clone()),
                 parts,
                 extra: self.extra.clone(),
-            },
+            }),
         })
     }
 }

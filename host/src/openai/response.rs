@@ -170,12 +170,12 @@ impl ChatResponse {
             finish_reason: first.finish_reason,
             usage: usage.to_domain(),
             cached: false,
-            details: Details {
+            details: Box::new(Details {
                 response: self.extra,
                 choice: first.extra,
                 choices: more,
                 usage: usage.extra,
-            },
+            }),
         })
     }
 }

@@ -20,7 +20,7 @@ pub struct ApiError {
     retry_after_s: Option<u64>,
     /// An upstream's refusal of the request, answered as it was: its error
     /// body, and the upstream named in `x-agentrouter-upstream`.
-    upstream: Option<UpstreamError>,
+    upstream: Option<Box<UpstreamError>>,
 }
 
 impl ApiError {
@@ -54,7 +54,7 @@ impl ApiError {
             "upstream_refused",
             refusal.message(),
         );
-        e.upstream = Some(refusal.clone());
+        e.upstream = Some(Box::new(refusal.clone()));
         e
     }
 

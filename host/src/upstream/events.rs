@@ -330,7 +330,7 @@ mod tests {
             finish_reason: "stop".into(),
             usage: Usage::new(3, 2),
             cached: false,
-            details,
+            details: Box::new(details),
         }
     }
 
