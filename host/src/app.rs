@@ -513,6 +513,7 @@ fn build_upstream(
         name: name.to_string(),
         model: up.model.clone(),
         input_cost_per_1k: up.input_cost_per_1k,
+        cached_input_cost_per_1k: up.cached_input_cost_per_1k.unwrap_or(up.input_cost_per_1k),
         output_cost_per_1k: up.output_cost_per_1k,
         tags: up.tags.clone(),
         weight: up.weight,

@@ -25,7 +25,7 @@ mod sled_tier;
 pub use config::{
     CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
 };
-pub use key::{CacheKey, SAMPLING_PARAMS};
+pub use key::{CacheKey, NOT_IN_KEY};
 pub use memory::MemoryTier;
 pub use redis_tier::RedisTier;
 pub use sled_tier::SledTier;
@@ -74,13 +74,22 @@ impl CachedAnswer {
 
     /// Approximate bytes it occupies, for the L1 bound.
     pub fn weight_bytes(&self) -> usize {
-        let m = &self.completion.message;
-        m.content.len()
-            + m.tool_calls
-                .iter()
-                .map(|c| c.id.len() + c.name.len() + c.arguments.len())
-                .sum::<usize>()
-            + self.completion.model.len()
+        let c = &self.completion;
+        let message = |m: &crate::domain::Message| {
+            m.content.len()
+                + m.tool_calls
+                    .iter()
+                    .map(|c| c.id.len() + c.name.len() + c.arguments.len())
+                    .sum::<usize>()
+        };
+        // Details (more choices, logprobs) can outweigh the text: count
+        // them as their JSON text, computed only when there are some.
+        let details = if c.details.is_empty() {
+            0
+        } else {
+            serde_json::to_vec(&c.details).map_or(0, |v| v.len())
+        };
+        message(&c.message) + c.model.len() + details
     }
 }
 
@@ -361,6 +370,7 @@ mod tests {
             finish_reason: "stop".into(),
             usage: Default::default(),
             cached: false,
+            details: Default::default(),
         }
     }
 

@@ -258,6 +258,11 @@ pub struct UpstreamConfig {
     /// Price of 1000 input tokens, USD.
     #[serde(default)]
     pub input_cost_per_1k: f64,
+    /// Price of 1000 input tokens the provider served from its prompt cache
+    /// (`prompt_tokens_details.cached_tokens`), USD; `input_cost_per_1k`
+    /// when not set.
+    #[serde(default)]
+    pub cached_input_cost_per_1k: Option<f64>,
     /// Price of 1000 output tokens, USD.
     #[serde(default)]
     pub output_cost_per_1k: f64,

@@ -210,6 +210,10 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
         }
         for (field, cost) in [
             ("input_cost_per_1k", u.input_cost_per_1k),
+            (
+                "cached_input_cost_per_1k",
+                u.cached_input_cost_per_1k.unwrap_or_default(),
+            ),
             ("output_cost_per_1k", u.output_cost_per_1k),
         ] {
             if !(cost.is_finite() && cost >= 0.0) {

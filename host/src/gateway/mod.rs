@@ -91,6 +91,9 @@ pub struct ChatRequest {
     pub request: CompletionRequest,
     /// Whether the client wants the answer as a stream.
     pub stream: bool,
+    /// Whether a streaming client asked for a last chunk with the usage
+    /// (`stream_options.include_usage`).
+    pub include_usage: bool,
     /// The end user the client acts for (OpenAI's `user`), for sticky A/B.
     pub end_user: Option<String>,
 }

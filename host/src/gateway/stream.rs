@@ -10,12 +10,12 @@
 
 use super::accounting::Charge;
 use crate::cache::{CacheKey, ResponseCache};
-use crate::domain::{Completion, Message};
 use crate::upstream::{EventStream, StreamEvent};
 use futures::StreamExt;
 use std::sync::Arc;
 
-/// The stream, settled at its end (and cached there when `cache` is given).
+/// The stream, settled at its end (and cached there when `cache` is given:
+/// the whole answer `Done` carries, as the upstream sent it).
 pub(super) fn settle(
     events: EventStream,
     charge: Charge,
@@ -24,47 +24,21 @@ pub(super) fn settle(
     struct State {
         charge: Charge,
         cache: Option<(Arc<ResponseCache>, CacheKey)>,
-        /// The answer so far, kept only when it will be cached.
-        seen: Message,
     }
-    let state = Arc::new(tokio::sync::Mutex::new(State {
-        charge,
-        cache,
-        seen: Message::assistant(""),
-    }));
+    let state = Arc::new(tokio::sync::Mutex::new(State { charge, cache }));
     Box::pin(events.then(move |event| {
         let state = state.clone();
         async move {
-            let mut s = state.lock().await;
-            match &event {
-                Ok(StreamEvent::Delta(piece)) if s.cache.is_some() => {
-                    s.seen.content.push_str(piece);
+            if let Ok(StreamEvent::Done(completion)) = &event {
+                let mut s = state.lock().await;
+                // The guarded upstream recorded the step (and its cost)
+                // before the event reached this layer.
+                s.charge.settle().await;
+                if let Some((cache, key)) = s.cache.take() {
+                    cache
+                        .store(&key, completion, s.charge.ctx.ledger.cost_usd())
+                        .await;
                 }
-                Ok(StreamEvent::ToolCalls(calls)) if s.cache.is_some() => {
-                    s.seen.tool_calls.extend(calls.iter().cloned());
-                }
-                Ok(StreamEvent::Done {
-                    finish_reason,
-                    usage,
-                    model,
-                }) => {
-                    // The guarded upstream recorded the step (and its cost)
-                    // before the event reached this layer.
-                    s.charge.settle().await;
-                    if let Some((cache, key)) = s.cache.take() {
-                        let completion = Completion {
-                            message: std::mem::replace(&mut s.seen, Message::assistant("")),
-                            model: model.clone(),
-                            finish_reason: finish_reason.clone(),
-                            usage: *usage,
-                            cached: false,
-                        };
-                        cache
-                            .store(&key, &completion, s.charge.ctx.ledger.cost_usd())
-                            .await;
-                    }
-                }
-                _ => {}
             }
             event
         }

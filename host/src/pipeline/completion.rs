@@ -28,6 +28,10 @@
 //! - a completion that gives up reports its last real upstream failure,
 //!   never a refusal of the host's own (a pending `Retry-After`) while one
 //!   is known.
+//! - an upstream's refusal of the request itself (`Failure::ClientError`,
+//!   a 4xx such as 400 `unsupported_parameter`) ends the completion at
+//!   once with the upstream's answer: no retry, no fallback, no recovery
+//!   plugin, no alert, and nothing held against the upstream.
 //!
 //! Where a completion stands is a [`Plan`]; each attempt is made, gated and
 //! recorded by its [`GuardedUpstream`].
@@ -382,6 +386,12 @@ impl Pipeline {
                     }
                     return Ok(completion);
                 }
+                // The upstream refused the request itself: no retry, other
+                // upstream or recovery plugin can mend it, and the client
+                // gets the upstream's own answer.
+                Err(AttemptError::Failed(failure)) if failure.is_client_error() => {
+                    return Err(ended(&model, failure, None));
+                }
                 Err(AttemptError::Failed(failure)) => failures.real(failure),
                 Err(AttemptError::Refused(failure)) => failures.refused(failure),
                 // A full bulkhead is not a failure of the upstream: move on
@@ -468,7 +478,7 @@ impl Pipeline {
                             delay
                         }
                         Action::Refine(messages) => {
-                            req.messages = messages;
+                            req.messages = super::rewrite::carry_over(&req.messages, messages);
                             Some(Duration::ZERO)
                         }
                         _ => Some(Duration::ZERO),
@@ -557,6 +567,13 @@ impl Pipeline {
             match upstream.stream(ctx, &req).await {
                 Ok(events) => return Ok(events),
                 Err(AttemptError::Saturated) => continue,
+                // As for a whole answer: the request's own fault ends it.
+                Err(AttemptError::Failed(failure)) if failure.is_client_error() => {
+                    return Err(PipelineError::Upstream {
+                        model: req.model,
+                        failure,
+                    });
+                }
                 Err(AttemptError::Failed(failure)) => {
                     attempts += 1;
                     failures.real(failure);

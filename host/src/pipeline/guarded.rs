@@ -326,7 +326,7 @@ impl GuardedUpstream {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(idle.min(left), events.next()).await {
                     Ok(Some(event)) => {
-                        let last = matches!(event, Err(_) | Ok(StreamEvent::Done { .. }));
+                        let last = matches!(event, Err(_) | Ok(StreamEvent::Done(_)));
                         Some((event, (events, slot, last)))
                     }
                     Ok(None) => None,
@@ -339,9 +339,7 @@ impl GuardedUpstream {
         let me = self.clone();
         let ctx = ctx.clone();
         Box::pin(guarded.inspect(move |event| match event {
-            Ok(StreamEvent::Done { usage, .. }) => {
-                me.record(&ctx, started.elapsed(), Ok(*usage));
-            }
+            Ok(StreamEvent::Done(c)) => me.record(&ctx, started.elapsed(), Ok(c.usage)),
             Err(failure) => me.record(&ctx, started.elapsed(), Err(failure)),
             Ok(_) => {}
         }))

@@ -20,6 +20,7 @@ mod error;
 mod guarded;
 mod plan;
 mod race;
+mod rewrite;
 mod rules;
 mod status;
 
@@ -314,6 +315,7 @@ impl Pipeline {
                     finish_reason: "stop".into(),
                     usage: result.usage,
                     cached: false,
+                    details: Default::default(),
                 }
             }
             Target::Model(model) => {
@@ -322,15 +324,34 @@ impl Pipeline {
             }
         };
         if !self.settings.output_validators.is_empty() {
-            let validated = self
-                .validate(ctx, Stage::Output, vec![completion.message.clone()])
-                .await?;
-            // The output rules guarantee a last message.
-            if let Some(last) = validated.into_iter().last() {
-                completion.message = last;
-            }
+            self.validate_answer(ctx, &mut completion).await?;
         }
         Ok(completion)
+    }
+
+    /// Runs the output validators on every choice of an answer, one choice
+    /// at a time (each is an answer on its own, as one assistant message —
+    /// the contract's view of an answer); any rejection rejects the whole
+    /// answer. A choice whose text a validator rewrote loses its logprobs:
+    /// they spell the text the validator replaced.
+    async fn validate_answer(
+        &self,
+        ctx: &CallContext,
+        completion: &mut Completion,
+    ) -> Result<(), PipelineError> {
+        for (message, extra) in completion.choices_mut() {
+            let validated = self
+                .validate(ctx, Stage::Output, vec![message.clone()])
+                .await?;
+            if let Some(last) = rewrite::carry_over(std::slice::from_ref(message), validated).pop()
+            {
+                if last.content != message.content {
+                    extra.remove("logprobs");
+                }
+                *message = last;
+            }
+        }
+        Ok(())
     }
 
     /// Serves `req` for a client that wants a stream: a model request with
@@ -409,7 +430,7 @@ impl Pipeline {
                     Ok(Verdict::Rewrite(rewritten)) => {
                         // A rewrite is held to the client's rules.
                         match self.settings.rules.check_stage(stage, &rewritten) {
-                            Ok(()) => messages = rewritten,
+                            Ok(()) => messages = rewrite::carry_over(&messages, rewritten),
                             Err(violation) if slot.policy == FailurePolicy::Open => {
                                 self.refused_decision(name, "rewrite");
                                 tracing::warn!(validator = %slot.plugin.identity(), error = %violation, "validator rewrite breaks the host's rules; ignored (failure_policy = open)");

@@ -131,8 +131,8 @@ pub struct UpstreamHealth {
 }
 
 /// Whether a failure says the upstream is unhealthy (and counts towards
-/// opening its breaker). Rate limits and request-specific refusals mean a
-/// healthy upstream said no to this request.
+/// opening its breaker). Rate limits and request-specific refusals (a 4xx,
+/// `ClientError` included) mean a healthy upstream said no to this request.
 pub fn counts_against_upstream(failure: &Failure) -> bool {
     match failure {
         Failure::Timeout | Failure::InvalidResponse(_) => true,
@@ -225,7 +225,9 @@ impl UpstreamHealth {
         {
             let mut a = self.averages.lock().unwrap_or_else(|p| p.into_inner());
             let ms = latency.as_secs_f64() * 1000.0;
-            let err = if outcome.is_ok() { 0.0 } else { 1.0 };
+            // A refused request is the client's mistake, not an upstream error.
+            let failed = outcome.is_err_and(|f| !f.is_client_error());
+            let err = if failed { 1.0 } else { 0.0 };
             if a.seeded {
                 a.latency_ms += EWMA_ALPHA * (ms - a.latency_ms);
                 a.error_rate += EWMA_ALPHA * (err - a.error_rate);

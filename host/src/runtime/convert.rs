@@ -71,6 +71,7 @@ impl From<wit::Message> for d::Message {
                 })
                 .collect(),
             tool_call_id: m.tool_call_id,
+            wire: Default::default(),
         }
     }
 }
@@ -116,13 +117,13 @@ impl From<wit::CompletionRequest> for d::CompletionRequest {
                     name: t.name,
                     description: t.description,
                     parameters: t.parameters,
+                    wire: None,
                 })
                 .collect(),
             temperature: r.temperature,
             max_tokens: r.max_tokens,
             metadata: metadata_from_wit(r.metadata),
-            tool_choice: None,
-            extra: Default::default(),
+            ..Default::default()
         }
     }
 }
@@ -138,10 +139,7 @@ impl From<d::Usage> for wit::Usage {
 
 impl From<wit::Usage> for d::Usage {
     fn from(u: wit::Usage) -> Self {
-        d::Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-        }
+        d::Usage::new(u.prompt_tokens, u.completion_tokens)
     }
 }
 
@@ -164,6 +162,8 @@ impl From<d::Failure> for wit::Failure {
             d::Failure::RateLimited(ms) => wit::Failure::RateLimited(ms),
             d::Failure::TokenLimitExceeded => wit::Failure::TokenLimitExceeded,
             d::Failure::UpstreamStatus(s) => wit::Failure::UpstreamStatus(s),
+            // Plugins know an upstream's refusal by its status alone.
+            d::Failure::ClientError(e) => wit::Failure::UpstreamStatus(e.status),
             d::Failure::InvalidResponse(m) => wit::Failure::InvalidResponse(m),
             d::Failure::CircuitOpen(u) => wit::Failure::CircuitOpen(u),
             d::Failure::Rejected(r) => wit::Failure::Rejected(r),
@@ -350,6 +350,8 @@ mod fuzz {
                     })
                     .collect(),
                 tool_call_id,
+                // The wire details stay on the host side of the WIT line.
+                wire: Default::default(),
             })
     }
 
@@ -417,7 +419,12 @@ mod fuzz {
             prop_assert_eq!(back, f);
             let result = d::TaskResult {
                 output,
-                usage: d::Usage { prompt_tokens: prompt, completion_tokens: completion },
+                usage: d::Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    // Host-side details the WIT usage does not carry.
+                    ..Default::default()
+                },
             };
             let back: d::TaskResult = wit::TaskResult::from(result.clone()).into();
             prop_assert_eq!(back, result);

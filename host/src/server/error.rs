@@ -1,7 +1,7 @@
 //! The one place errors become HTTP: OpenAI-style bodies with the right status.
 
 use crate::auth::{AuthError, BudgetExceeded};
-use crate::domain::Failure;
+use crate::domain::{Failure, UpstreamError};
 use crate::gateway::GatewayError;
 use crate::openai::ErrorBody;
 use crate::pipeline::PipelineError;
@@ -18,6 +18,9 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_s: Option<u64>,
+    /// An upstream's refusal of the request, answered as it was: its error
+    /// body, and the upstream named in `x-agentrouter-upstream`.
+    upstream: Option<Box<UpstreamError>>,
 }
 
 impl ApiError {
@@ -34,7 +37,25 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_s: None,
+            upstream: None,
         }
+    }
+
+    /// The upstream's own answer to a request it refused (its 4xx status
+    /// and error body): the client's mistake, so never a 5xx.
+    pub fn upstream_refusal(refusal: &UpstreamError) -> Self {
+        let status = StatusCode::from_u16(refusal.status)
+            .ok()
+            .filter(StatusCode::is_client_error)
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        let mut e = Self::new(
+            status,
+            "invalid_request_error",
+            "upstream_refused",
+            refusal.message(),
+        );
+        e.upstream = Some(Box::new(refusal.clone()));
+        e
     }
 
     /// 400: the request is malformed.
@@ -217,6 +238,7 @@ impl ApiError {
                 "agent_error",
                 message,
             ),
+            Failure::ClientError(refusal) => Self::upstream_refusal(refusal),
             Failure::UpstreamStatus(_) | Failure::InvalidResponse(_) | Failure::CircuitOpen(_) => {
                 Self::new(
                     StatusCode::BAD_GATEWAY,
@@ -337,8 +359,21 @@ impl From<AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody::new(self.message, self.kind, self.code);
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = match &self.upstream {
+            Some(refusal) => {
+                let mut response = (self.status, Json(refusal.body.clone())).into_response();
+                if let Ok(name) = HeaderValue::from_str(&refusal.upstream) {
+                    response
+                        .headers_mut()
+                        .insert("x-agentrouter-upstream", name);
+                }
+                response
+            }
+            None => {
+                let body = ErrorBody::new(self.message, self.kind, self.code);
+                (self.status, Json(body)).into_response()
+            }
+        };
         if let Some(secs) = self.retry_after_s
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {

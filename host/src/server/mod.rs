@@ -107,6 +107,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(api)
         .route("/v1/models", get(chat::models))
+        // Ids may hold slashes (`org/model`), so the rest of the path is the id.
+        .route("/v1/models/{*id}", get(chat::model))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::admit));
     Router::new()
         .merge(v1)

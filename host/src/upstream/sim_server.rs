@@ -5,11 +5,11 @@
 //! [`Simulator`] decides, and its outcomes are rendered the way OpenAI would
 //! render them (error bodies, `Retry-After`, SSE chunks).
 
-use super::sim::{SimOutcome, Simulator};
-use super::{StreamEvent, completion_events};
+use super::sim::{SimOutcome, Simulator, error_kind};
+use super::{ChunkWriter, completion_events};
 use crate::clock;
 use crate::domain::Completion;
-use crate::openai::{ChatChunk, ChatRequest, ChatResponse, ChunkWriter, ErrorBody};
+use crate::openai::{ChatRequest, ChatResponse, ErrorBody};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -124,10 +124,7 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
     tokio::time::sleep(latency).await;
     let id = format!("chatcmpl-sim-{}", state.sim.requests());
     match outcome {
-        SimOutcome::Answer(c) if wire.stream => {
-            let include_usage = wire.stream_options.is_some_and(|o| o.include_usage);
-            sse(chunks(&id, &c, include_usage), interval)
-        }
+        SimOutcome::Answer(c) if wire.stream => sse(chunks(&id, c, wire.include_usage()), interval),
         SimOutcome::Answer(c) => {
             axum::Json(ChatResponse::from_completion(id, clock::unix_s(), &c)).into_response()
         }
@@ -138,12 +135,7 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
             message,
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let kind = match status.as_u16() {
-                429 => "rate_limit_error",
-                400..=499 => "invalid_request_error",
-                _ => "server_error",
-            };
-            let mut resp = error(status, kind, code, message);
+            let mut resp = error(status, error_kind(status.as_u16()), code, message);
             if let Some(ms) = retry_after_ms {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, ms.div_ceil(1000).into());
@@ -160,30 +152,14 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
 }
 
 /// The SSE payloads of an answer, OpenAI style: text pieces (the first
-/// carrying the role), tool calls whole, a finish chunk, an optional
-/// usage-only chunk, `[DONE]`.
-fn chunks(id: &str, c: &Completion, include_usage: bool) -> Vec<String> {
-    let mut writer = ChunkWriter::new(id, clock::unix_s(), c.model.clone());
-    let mut out: Vec<ChatChunk> = Vec::new();
-    for event in completion_events(c.clone()) {
-        match event {
-            StreamEvent::Delta(text) => out.push(writer.content(text)),
-            StreamEvent::ToolCalls(calls) => out.push(writer.tool_calls(&calls)),
-            StreamEvent::Done {
-                finish_reason,
-                usage,
-                ..
-            } => {
-                out.push(writer.finish(finish_reason, None));
-                if include_usage {
-                    out.push(writer.usage(usage));
-                }
-            }
-        }
-    }
-    let mut out: Vec<String> = out
+/// carrying the role), tool calls whole, a finish chunk, a usage-only chunk
+/// when asked for, `[DONE]`.
+fn chunks(id: &str, c: Completion, include_usage: bool) -> Vec<String> {
+    let mut writer = ChunkWriter::new(id, clock::unix_s(), c.model.clone(), include_usage);
+    let mut out: Vec<String> = completion_events(c)
         .iter()
-        .map(|c| serde_json::to_string(c).unwrap_or_default())
+        .flat_map(|event| writer.write(event))
+        .map(|chunk| serde_json::to_string(&chunk).unwrap_or_default())
         .collect();
     out.push("[DONE]".into());
     out

@@ -8,6 +8,9 @@
 //! with a nudge to the model. Failures that no retry can fix end the
 //! request; host-side ones, and a provider refusing our credentials
 //! (401/403), also alert the operator.
+//! 408 and 409 are handled like server errors; the host never asks about
+//! other 4xx (the request's own fault, answered with the upstream's error
+//! as it came).
 #![warn(missing_docs)]
 
 use agentrouter_sdk::recovery::{
@@ -111,9 +114,11 @@ pub fn decide(ctx: &FailureContext, settings: &Settings) -> Action {
             Action::Refine(messages)
         }
         Failure::InvalidResponse(_) => Action::Fail(false),
-        // Server errors are often transient, but another upstream answers
-        // sooner than a backoff ends (unless the operator prefers retries).
-        Failure::UpstreamStatus(status) if *status >= 500 => {
+        // Server errors are often transient, and so are a request timeout
+        // (408) and a conflict (409), which OpenAI's own SDKs retry; but
+        // another upstream answers sooner than a backoff ends (unless the
+        // operator prefers retries).
+        Failure::UpstreamStatus(status) if *status >= 500 || matches!(status, 408 | 409) => {
             let retry = || retries_left.then(|| Action::Retry(backoff(ctx.attempt, settings)));
             let first = match settings.on_server_error {
                 OnServerError::Fallback => fallback().or_else(retry),
@@ -124,7 +129,9 @@ pub fn decide(ctx: &FailureContext, settings: &Settings) -> Action {
         // The provider refused our credentials: every request will fail
         // until an operator fixes the key, so say so loudly.
         Failure::UpstreamStatus(401 | 403) => Action::Fail(true),
-        // Other client errors would fail the same way anywhere.
+        // Other client errors would fail the same way anywhere. (The host
+        // answers them with the upstream's own error without asking; this
+        // arm serves hosts and agents that still ask.)
         Failure::UpstreamStatus(_) => Action::Fail(false),
         Failure::CircuitOpen(_) => fallback().unwrap_or(Action::Fail(false)),
         // Policy outcomes, not faults: retrying would not change them.
@@ -285,6 +292,14 @@ mod tests {
         assert_eq!(
             show(run(Failure::UpstreamStatus(404), 1, &["b"])),
             "fail (alert: false)"
+        );
+        assert_eq!(
+            show(run(Failure::UpstreamStatus(408), 1, &["b"])),
+            "retry after 200 ms"
+        );
+        assert_eq!(
+            show(run(Failure::UpstreamStatus(409), 3, &["b"])),
+            "fall back to b"
         );
         assert_eq!(
             show(run(Failure::UpstreamStatus(429), 1, &["b"])),
