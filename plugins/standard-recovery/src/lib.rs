@@ -293,8 +293,13 @@ mod tests {
             show(run(Failure::UpstreamStatus(404), 1, &["b"])),
             "fail (alert: false)"
         );
+        // 408 and 409 are treated as server errors.
         assert_eq!(
             show(run(Failure::UpstreamStatus(408), 1, &["b"])),
+            "fall back to b"
+        );
+        assert_eq!(
+            show(run(Failure::UpstreamStatus(408), 1, &[])),
             "retry after 200 ms"
         );
         assert_eq!(
