@@ -348,7 +348,11 @@ async fn assemble(
     // records: a refused reload must not reset a record, or resume a
     // rollout, for a slot that never serves.
     for hot in &slots.fresh {
-        rollouts.restore(guard, hot).await;
+        let predecessor = previous
+            .as_ref()
+            .and_then(|p| p.live.pipeline.slots().get(hot.name()))
+            .map(|s| &*s.plugin);
+        rollouts.restore(guard, hot, predecessor).await;
     }
     let live = Live {
         pipeline,

@@ -605,7 +605,18 @@ impl Rollouts {
     /// admin-installed version, then a rollout in progress (its controller
     /// restarts). Problems are logged and leave the configured version
     /// serving: a stale record must never stop the gateway from starting.
-    pub async fn restore(&self, guard: &ControlGuard<'_>, hot: &Arc<HotPlugin>) {
+    ///
+    /// `predecessor` is the slot a config reload is replacing. Its rollout's
+    /// counters are newer than the record (the controller persists them only
+    /// on its ticks), so the resumed rollout starts from them: resuming from
+    /// the record would drop every call since the last tick, and reloads
+    /// more frequent than `interval_s` would stall a canary for good.
+    pub async fn restore(
+        &self,
+        guard: &ControlGuard<'_>,
+        hot: &Arc<HotPlugin>,
+        predecessor: Option<&HotPlugin>,
+    ) {
         self.check(guard);
         let record = self.record(hot);
         let base = hot.state().base_digest.clone();
@@ -635,13 +646,29 @@ impl Rollouts {
         if let Some(r) = record.rollout {
             match self.load_stored(hot, &r.candidate).await {
                 Ok(candidate) => {
+                    // Read after the candidate compiled, so the calls the
+                    // predecessor served meanwhile count too.
+                    let carried = predecessor
+                        .and_then(|p| p.state().rollout.clone())
+                        .filter(|p| {
+                            p.candidate.identity().digest == r.candidate.digest
+                                && p.started_at == r.started_at
+                                && p.phase() == Phase::Active
+                        })
+                        .map(|p| p.progress());
+                    let why = if carried.is_some() {
+                        "carried over a config reload"
+                    } else {
+                        "resumed after restart"
+                    };
+                    let progress = carried.unwrap_or(r.progress);
                     let rollout = Arc::new(Rollout::new(
                         r.spec,
                         candidate,
                         r.started_at,
-                        Some(r.progress),
+                        Some(progress),
                     ));
-                    rollout.event(format!("resumed after restart at {}%", rollout.percent()));
+                    rollout.event(format!("{why} at {}%", rollout.percent()));
                     hot.update(guard, |s| {
                         s.rollout = Some(rollout.clone());
                         s.last = None;
