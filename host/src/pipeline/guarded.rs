@@ -15,6 +15,8 @@ use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{ShedLabels, UpstreamLabels, UpstreamName};
 use crate::upstream::{EventStream, StreamEvent, Upstream, UpstreamInfo};
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,6 +67,10 @@ pub struct GuardedUpstream {
     upstream: Arc<dyn Upstream>,
     health: UpstreamHealth,
     metrics: Arc<Metrics>,
+    /// The series every successful attempt moves, looked up once (a family
+    /// lookup hashes its labels under a lock); failures look theirs up.
+    ok_attempts: Counter,
+    durations: Histogram,
 }
 
 impl std::fmt::Debug for GuardedUpstream {
@@ -83,10 +89,26 @@ impl GuardedUpstream {
         settings: HealthSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let name = &upstream.info().name;
+        let ok_attempts = metrics
+            .upstream_attempts
+            .get_or_create(&UpstreamLabels {
+                upstream: name.clone(),
+                outcome: "ok".into(),
+            })
+            .clone();
+        let durations = metrics
+            .upstream_duration
+            .get_or_create(&UpstreamName {
+                upstream: name.clone(),
+            })
+            .clone();
         Self {
             upstream,
             health: UpstreamHealth::new(settings, Instant::now()),
             metrics,
+            ok_attempts,
+            durations,
         }
     }
 
@@ -123,6 +145,10 @@ impl GuardedUpstream {
     }
 
     fn count_attempt(&self, outcome: &str) {
+        if outcome == "ok" {
+            self.ok_attempts.inc();
+            return;
+        }
         self.metrics
             .upstream_attempts
             .get_or_create(&UpstreamLabels {
@@ -166,12 +192,7 @@ impl GuardedUpstream {
         self.health
             .record(latency, outcome.map(drop), Instant::now());
         self.count_attempt(outcome.map_or_else(Failure::kind, |_| "ok"));
-        self.metrics
-            .upstream_duration
-            .get_or_create(&UpstreamName {
-                upstream: self.name().to_string(),
-            })
-            .observe(latency.as_secs_f64());
+        self.durations.observe(latency.as_secs_f64());
         let info = self.info();
         let usage = outcome.as_ref().copied().unwrap_or_default();
         ctx.ledger.push(Step {
