@@ -195,6 +195,10 @@ async fn a_full_pool_names_the_request_and_plugins_that_hold_it() {
 
 [runtime]
 pool_instances = 8
+# Spares of the guard would serve the neighbour from the slots they hold
+# until the hostile request reclaims them: this test is about a pool the
+# hostile request holds entirely.
+spare_instances = 0
 
 [budgets.request]
 max_plugin_instances = 8

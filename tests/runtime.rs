@@ -5,8 +5,8 @@
 use agentrouter::domain::*;
 use agentrouter::plugins;
 use agentrouter::runtime::{
-    AgentHost, Capabilities, DirGrant, LimitKind, Plugin, PluginError, PluginSource, PluginSpec,
-    Runtime, RuntimeSettings, World, inspect,
+    AgentHost, Capabilities, DirGrant, EngineSettings, LimitKind, Plugin, PluginError,
+    PluginSource, PluginSpec, Runtime, RuntimeSettings, World, inspect,
 };
 use agentrouter::store::{KvStore, Store};
 use futures::future::BoxFuture;
@@ -754,6 +754,64 @@ async fn fuel_is_counted_for_every_call_and_enforced_when_limited() {
             ..
         } => assert_eq!(allowed, small_fuel * 2),
         other => panic!("expected a fuel limit error, got {other}"),
+    }
+}
+
+/// What the `remember` fixture says when its instance served no call
+/// before this one.
+const FIRST_CALL: &str = "calls=1;previous=none";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_gets_an_instance_of_its_own_whether_made_ahead_or_on_the_call() {
+    for spares in [2, 0] {
+        let (rt, _store) = runtime_with(RuntimeSettings {
+            engine: EngineSettings {
+                spare_instances: spares,
+                ..Default::default()
+            },
+            cache_dir: None,
+        });
+        let plugin = rt.load(fixture_spec("remember", World::Validator)).unwrap();
+        plugin.warm().await.unwrap();
+        if spares > 0 {
+            // Made in the background after the warm-up.
+            for _ in 0..500 {
+                if plugin.spares_ready() == spares as usize {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(plugin.spares_ready(), spares as usize);
+        }
+        let call = |i: usize| {
+            let plugin = &plugin;
+            async move {
+                let secret = [Message::user(format!("secret {i}"))];
+                plugin.validate(Stage::Input, &secret).await.unwrap()
+            }
+        };
+        for i in 0..20 {
+            assert_eq!(
+                call(i).await,
+                Verdict::Reject(FIRST_CALL.into()),
+                "call {i}"
+            );
+        }
+        let concurrent = futures::future::join_all((20..36).map(call)).await;
+        assert!(
+            concurrent
+                .iter()
+                .all(|v| *v == Verdict::Reject(FIRST_CALL.into())),
+            "{concurrent:?}"
+        );
+        let stats = plugin.stats();
+        assert_eq!(stats.calls, 36);
+        if spares > 0 {
+            assert!(stats.spare_calls >= 1, "{stats:?}");
+        } else {
+            assert_eq!(stats.spare_calls, 0, "{stats:?}");
+            assert_eq!(plugin.spares_ready(), 0);
+        }
     }
 }
 

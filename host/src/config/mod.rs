@@ -276,6 +276,7 @@ impl Config {
                 allocator: runtime.allocator,
                 pool_instances: runtime.pool_instances,
                 epoch_tick_ms: runtime.epoch_tick_ms,
+                spare_instances: runtime.spare_instances,
             },
             cache_dir: Some(cache_dir),
         }

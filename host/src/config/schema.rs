@@ -203,6 +203,8 @@ pub struct RuntimeConfig {
     pub pool_instances: u32,
     /// Granularity of plugin wall-clock limits.
     pub epoch_tick_ms: u64,
+    /// Instances made ahead per validator, router and recovery plugin.
+    pub spare_instances: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -212,12 +214,14 @@ impl Default for RuntimeConfig {
             allocator,
             pool_instances,
             epoch_tick_ms,
+            spare_instances,
         } = EngineSettings::default();
         Self {
             cache_dir: None,
             allocator,
             pool_instances,
             epoch_tick_ms,
+            spare_instances,
         }
     }
 }

@@ -173,6 +173,15 @@ fn server(config: &Config, errors: &mut Errors<'_>) {
     if r.epoch_tick_ms == 0 {
         errors.push("runtime.epoch_tick_ms", "must be positive");
     }
+    if r.spare_instances > r.pool_instances {
+        errors.push(
+            "runtime.spare_instances",
+            format!(
+                "must be at most runtime.pool_instances ({}), got {}",
+                r.pool_instances, r.spare_instances
+            ),
+        );
+    }
     if config.startup.store.kv_sweep_interval_s == 0 {
         errors.push("store.kv_sweep_interval_s", "must be positive");
     }

@@ -26,12 +26,13 @@ use crate::domain::CallContext;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::AdmissionLabels;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How holders are named when a call needs none of a request's context.
-const BACKGROUND: &str = "(background: warm-up, smoke or shadow calls)";
+const BACKGROUND: &str = "(background: warm-up, spare instances, smoke or shadow calls)";
 /// Requests named in a pool-full message.
 const NAMED_HOLDERS: usize = 3;
 
@@ -42,11 +43,23 @@ struct Holding {
     plugins: HashMap<Arc<str>, u32>,
 }
 
+/// Holders of instances nobody is using yet — spare instances
+/// (`instances.rs`) — which give one back when the pool runs out, so spares
+/// never stand between a call and an instance.
+pub(crate) trait Reclaim: Send + Sync {
+    /// Drops one instance no call uses (a spent store not yet torn down, or
+    /// a waiting spare), freeing its slot; false if there is none.
+    fn reclaim_one(&self) -> bool;
+}
+
 /// The process-wide pool of plugin instances.
 pub(crate) struct Pool {
     permits: Arc<Semaphore>,
     capacity: u32,
     holders: Mutex<HashMap<Arc<str>, Holding>>,
+    reclaimers: Mutex<Vec<Weak<dyn Reclaim>>>,
+    /// Slots held by spares no call has taken yet: held, not in use.
+    waiting: AtomicU32,
     metrics: OnceLock<Arc<Metrics>>,
 }
 
@@ -54,14 +67,19 @@ pub(crate) struct Pool {
 /// both given back on drop (after the call's store is gone).
 pub(crate) struct Admitted {
     permit: Option<OwnedSemaphorePermit>,
-    _share: Option<Hold>,
+    share: Option<Hold>,
     pool: Arc<Pool>,
     request: Arc<str>,
     plugin: Arc<str>,
+    /// A spare's slot that no call has taken yet.
+    waiting: bool,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.pool.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
         drop(self.permit.take());
         self.pool.release(&self.request, &self.plugin);
     }
@@ -75,6 +93,8 @@ impl Pool {
             permits: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
             holders: Mutex::new(HashMap::new()),
+            reclaimers: Mutex::new(Vec::new()),
+            waiting: AtomicU32::new(0),
             metrics: OnceLock::new(),
         })
     }
@@ -84,8 +104,19 @@ impl Pool {
         let _ = self.metrics.set(metrics);
     }
 
-    /// Instances in use now.
+    /// Instances in use now: serving a call (spares waiting for one are
+    /// not in use).
     pub(crate) fn in_use(&self) -> u32 {
+        self.held().saturating_sub(self.spares_waiting())
+    }
+
+    /// Spare instances waiting for a call.
+    pub(crate) fn spares_waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Slots held, by calls or by spares.
+    fn held(&self) -> u32 {
         self.capacity - self.permits.available_permits() as u32
     }
 
@@ -116,13 +147,13 @@ impl Pool {
         };
         // This call's hold is the request's only one: it holds nothing else.
         let first = ctx.is_none_or(|c| c.budgets.request.used(Resource::PluginInstances) <= 1);
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) if first => tokio::time::timeout(wait, self.permits.clone().acquire_owned())
+        let permit = match self.try_acquire() {
+            Some(permit) => Some(permit),
+            None if first => tokio::time::timeout(wait, self.permits.clone().acquire_owned())
                 .await
                 .ok()
                 .and_then(Result::ok),
-            Err(_) => None,
+            None => None,
         };
         let Some(permit) = permit else {
             self.refused("pool");
@@ -133,20 +164,112 @@ impl Pool {
             });
         };
         let request: Arc<str> = Arc::from(ctx.map_or(BACKGROUND, |c| c.request_id.as_str()));
-        {
-            let mut holders = self.holders();
-            let holding = holders.entry(request.clone()).or_default();
-            holding.count += 1;
-            *holding.plugins.entry(plugin.clone()).or_default() += 1;
-        }
+        self.hold(&request, plugin);
         self.observe();
         Ok(Admitted {
             permit: Some(permit),
-            _share: share,
+            share,
             pool: self.clone(),
             request,
             plugin: plugin.clone(),
+            waiting: false,
         })
+    }
+
+    /// A slot for a spare instance, if one is free now: never waits, and
+    /// never reclaims another spare to make this one.
+    pub(crate) fn admit_spare(self: &Arc<Self>, plugin: &Arc<str>) -> Option<Admitted> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let request: Arc<str> = Arc::from(BACKGROUND);
+        self.hold(&request, plugin);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.observe();
+        Some(Admitted {
+            permit: Some(permit),
+            share: None,
+            pool: self.clone(),
+            request,
+            plugin: plugin.clone(),
+            waiting: true,
+        })
+    }
+
+    /// A free slot now, reclaiming waiting spares if there is none.
+    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        loop {
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                return Some(permit);
+            }
+            if !self.reclaim_one() {
+                return None;
+            }
+        }
+    }
+
+    /// Registers a holder of waiting instances, which gives them back when
+    /// the pool runs out.
+    pub(crate) fn add_reclaimer(&self, reclaimer: Weak<dyn Reclaim>) {
+        let mut reclaimers = self.reclaimers.lock().unwrap_or_else(|p| p.into_inner());
+        reclaimers.retain(|r| r.strong_count() > 0);
+        reclaimers.push(reclaimer);
+    }
+
+    /// Has some registered holder drop one waiting instance.
+    fn reclaim_one(&self) -> bool {
+        // Upgraded first, called after: a reclaim drops a store, and that
+        // must not happen under this lock.
+        let live: Vec<Arc<dyn Reclaim>> = self
+            .reclaimers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        live.iter().any(|r| r.reclaim_one())
+    }
+
+    /// Whether at least half the pool is free: spare instances
+    /// (`instances.rs`) are made only then, so they never stand between a
+    /// request and an instance.
+    pub(crate) fn has_headroom(&self) -> bool {
+        self.permits.available_permits() as u32 * 2 >= self.capacity
+    }
+
+    /// Moves an instance admitted in the background (a spare) to the
+    /// request of `ctx`, drawing on that request's share as [`Pool::admit`]
+    /// would. On a refusal `admitted` is left as it was.
+    pub(crate) fn assign(
+        &self,
+        admitted: &mut Admitted,
+        ctx: Option<&CallContext>,
+    ) -> Result<(), PluginError> {
+        if let Some(ctx) = ctx {
+            let share = ctx.budgets.hold(Resource::PluginInstances).map_err(|e| {
+                self.refused("request");
+                PluginError::ShareExhausted {
+                    plugin: admitted.plugin.to_string(),
+                    exceeded: e,
+                }
+            })?;
+            let request: Arc<str> = Arc::from(ctx.request_id.as_str());
+            self.release(&admitted.request, &admitted.plugin);
+            self.hold(&request, &admitted.plugin);
+            admitted.request = request;
+            admitted.share = Some(share);
+        }
+        if std::mem::take(&mut admitted.waiting) {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.observe();
+        }
+        Ok(())
+    }
+
+    /// Counts one instance of `plugin` as held by `request`.
+    fn hold(&self, request: &Arc<str>, plugin: &Arc<str>) {
+        let mut holders = self.holders();
+        let holding = holders.entry(request.clone()).or_default();
+        holding.count += 1;
+        *holding.plugins.entry(plugin.clone()).or_default() += 1;
     }
 
     fn release(&self, request: &Arc<str>, plugin: &Arc<str>) {
@@ -214,6 +337,9 @@ impl Pool {
             metrics
                 .plugin_instances_in_use
                 .set(i64::from(self.in_use()));
+            metrics
+                .plugin_instances_spare
+                .set(i64::from(self.spares_waiting()));
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod error;
 pub mod exports;
 mod host;
 pub mod inspect;
+mod instances;
 pub mod limits;
 mod plugin;
 
@@ -245,6 +246,9 @@ pub struct Runtime {
     cache: Option<AotCache>,
     kv: Arc<dyn KvStore>,
     pool: Arc<admission::Pool>,
+    ticker: Arc<engine::Ticker>,
+    /// Spare instances kept per validator, router and recovery plugin.
+    spare_instances: usize,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
@@ -252,7 +256,7 @@ impl Runtime {
     /// Builds the engine, starts the epoch ticker and opens the AOT cache.
     pub fn new(settings: &RuntimeSettings, kv: Arc<dyn KvStore>) -> Result<Self, wasmtime::Error> {
         let (engine, allocator) = engine::build_engine(&settings.engine)?;
-        engine::start_epoch_ticker(
+        let ticker = engine::Ticker::start(
             &engine,
             Duration::from_millis(settings.engine.epoch_tick_ms.max(1)),
         );
@@ -274,6 +278,8 @@ impl Runtime {
             cache,
             kv,
             pool: admission::Pool::new(settings.engine.pool_instances),
+            ticker,
+            spare_instances: settings.engine.spare_instances as usize,
             metrics: None,
         })
     }

@@ -5,37 +5,32 @@
 //! plugin's limits, then turns whatever happened into a typed result and
 //! updates the plugin's counters, span and metrics. The exports themselves
 //! (`validate`, `route`, `recover`, `handle`) are a few lines each in
-//! [`exports`](super::exports). The store is dropped after each call, so
-//! nothing a guest did survives into the next call except through `kv`.
+//! [`exports`](super::exports). Each instance serves one call and is then
+//! dropped, so nothing a guest did survives into the next call except
+//! through `kv`; where instances come from (spares made ahead, for the
+//! stateless worlds) is [`instances`](super::instances).
 
-use super::admission::Pool;
-use super::bindings::{Instance, LinkError, Pre};
+use super::bindings::{Instance, LinkError};
 use super::error::{LimitKind, PluginError};
 use super::exports::Answer;
 use super::host::{AgentCall, KvMetrics, PluginInfo, PluginState};
 use super::inspect;
-use super::limits::{LimitTrap, Limiter, PluginLimits, TimeoutTrap};
+use super::instances::Maker;
+use super::limits::{LimitTrap, PluginLimits, TimeoutTrap};
 use super::{Capabilities, PluginSpec, Runtime, World};
 use crate::domain::CallContext;
-use crate::store::KvStore;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{KvLabels, PluginErrorLabels, PluginLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use tracing::field::Empty;
-use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
-
-/// Bytes of guest stdout/stderr kept per call (the rest is dropped).
-const OUTPUT_CAPTURE_BYTES: usize = 16 * 1024;
-/// Fuel given to plugins without a fuel limit: effectively unbounded, but
-/// still counted, so the fuel metric works for every plugin.
-const UNLIMITED_FUEL: u64 = i64::MAX as u64;
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
 
 /// Who a plugin is: configured name, version label and content digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +58,7 @@ pub struct PluginStats {
     last_fuel: AtomicU64,
     peak_memory_bytes: AtomicU64,
     busy_micros: AtomicU64,
+    spare_calls: AtomicU64,
 }
 
 /// A point-in-time copy of [`PluginStats`].
@@ -80,6 +76,9 @@ pub struct StatsSnapshot {
     pub peak_memory_bytes: u64,
     /// Total time spent in calls, in microseconds.
     pub busy_micros: u64,
+    /// Calls served by an instance made ahead (a spare) rather than on the
+    /// call.
+    pub spare_calls: u64,
 }
 
 impl PluginStats {
@@ -105,6 +104,7 @@ impl PluginStats {
             last_fuel: self.last_fuel.load(Ordering::Relaxed),
             peak_memory_bytes: self.peak_memory_bytes.load(Ordering::Relaxed),
             busy_micros: self.busy_micros.load(Ordering::Relaxed),
+            spare_calls: self.spare_calls.load(Ordering::Relaxed),
         }
     }
 }
@@ -115,27 +115,44 @@ enum Step {
     Call(wasmtime::Error),
 }
 
+/// A plugin's own series, looked up once at load: a family lookup hashes
+/// the labels under a lock, and every call would pay it three times. The
+/// handles share their values with the families' (prometheus-client series
+/// are reference-counted), and no family ever drops a series.
+struct Meters {
+    metrics: Arc<Metrics>,
+    labels: PluginLabels,
+    calls: Counter,
+    duration: Histogram,
+    fuel: Counter,
+}
+
+impl Meters {
+    fn new(metrics: Arc<Metrics>, labels: PluginLabels) -> Meters {
+        let calls = metrics.plugin_calls.get_or_create(&labels).clone();
+        let duration = metrics.plugin_duration.get_or_create(&labels).clone();
+        let fuel = metrics.plugin_fuel.get_or_create(&labels).clone();
+        Meters {
+            metrics,
+            labels,
+            calls,
+            duration,
+            fuel,
+        }
+    }
+}
+
 /// A compiled, type-checked plugin, ready to be called concurrently.
 pub struct Plugin {
     identity: PluginIdentity,
     origin: String,
     world: World,
-    pre: Pre,
-    limits: PluginLimits,
-    capabilities: Capabilities,
-    env: Vec<(String, String)>,
-    info: Arc<PluginInfo>,
-    engine: Engine,
-    kv: Arc<dyn KvStore>,
-    /// The instance pool every call is admitted to (see `admission.rs`).
-    pool: Arc<Pool>,
-    /// Where its kv namespace's use is counted.
-    kv_metrics: Option<Arc<KvMetrics>>,
+    /// How its instances are made (and spares kept), shared with the
+    /// background tasks that do it.
+    make: Arc<Maker>,
     stats: PluginStats,
     /// Where calls are counted, with this plugin's labels.
-    metrics: Option<(Arc<Metrics>, PluginLabels)>,
-    /// `name@version`, shared with every request that calls it.
-    label: Arc<str>,
+    metrics: Option<Meters>,
     /// Instantiated at least once: by [`Plugin::warm`] at load, or by any
     /// call (a version swapped in after a smoke call counts as warm).
     warm: AtomicBool,
@@ -208,26 +225,37 @@ impl Plugin {
                 },
             })
         });
+        let info = Arc::new(PluginInfo {
+            name: spec.name,
+            version,
+            settings: spec.settings,
+        });
+        let make = Maker::new(
+            spec.world,
+            rt.spare_instances,
+            pre,
+            rt.engine.clone(),
+            spec.limits,
+            spec.capabilities,
+            env,
+            info,
+            rt.kv.clone(),
+            kv_metrics,
+            rt.pool.clone(),
+            rt.ticker.clone(),
+            Arc::from(identity.to_string()),
+        );
+        let make = Arc::new(make);
+        let weak = Arc::downgrade(&make);
+        let reclaimer: std::sync::Weak<dyn super::admission::Reclaim> = weak;
+        rt.pool.add_reclaimer(reclaimer);
         Ok(Plugin {
-            metrics: rt.metrics.clone().map(|m| (m, labels)),
-            label: Arc::from(identity.to_string()),
+            metrics: rt.metrics.clone().map(|m| Meters::new(m, labels)),
             warm: AtomicBool::new(false),
-            info: Arc::new(PluginInfo {
-                name: spec.name,
-                version,
-                settings: spec.settings,
-            }),
             identity,
             origin,
             world: spec.world,
-            pre,
-            limits: spec.limits,
-            capabilities: spec.capabilities,
-            env,
-            engine: rt.engine.clone(),
-            kv: rt.kv.clone(),
-            pool: rt.pool.clone(),
-            kv_metrics,
+            make,
             stats: PluginStats::default(),
         })
     }
@@ -249,7 +277,7 @@ impl Plugin {
 
     /// Its limits.
     pub fn limits(&self) -> &PluginLimits {
-        &self.limits
+        &self.make.limits
     }
 
     /// Its counters.
@@ -262,9 +290,11 @@ impl Plugin {
     /// and proves that an instance fits its limits. Readiness reports a
     /// plugin that never warmed.
     pub async fn warm(&self) -> Result<(), PluginError> {
-        let _admitted = self.pool.admit(&self.label, None, self.timeout()).await?;
-        let mut store = self.new_store(None, self.timeout())?;
-        self.pre.instantiate(&mut store).await.map_err(|e| {
+        let make = &self.make;
+        let _admitted = make.pool.admit(&make.label, None, self.timeout()).await?;
+        let mut store = make.new_store(None, self.timeout())?;
+        let _ticking = make.ticker.enter();
+        make.pre.instantiate(&mut store).await.map_err(|e| {
             let state = store.data();
             match state.limiter.exceeded {
                 Some((limit, used, allowed)) => self.limit(limit, used, allowed),
@@ -275,7 +305,14 @@ impl Plugin {
             }
         })?;
         self.warm.store(true, Ordering::Relaxed);
+        make.prefill();
         Ok(())
+    }
+
+    /// Instances made ahead and waiting for a call (validators, routers and
+    /// recovery plugins; see `runtime.spare_instances`).
+    pub fn spares_ready(&self) -> usize {
+        self.make.ready()
     }
 
     /// Whether an instance has been created: by [`Plugin::warm`] or a call.
@@ -310,16 +347,13 @@ impl Plugin {
             span.record("otel.status_code", "ERROR")
                 .record("error.type", kind);
         }
-        crate::telemetry::request::with_current(|r| r.note_plugin(&self.label));
-        let Some((metrics, labels)) = &self.metrics else {
+        crate::telemetry::request::with_current(|r| r.note_plugin(&self.make.label));
+        let Some(meters) = &self.metrics else {
             return;
         };
-        metrics.plugin_calls.get_or_create(labels).inc();
-        metrics
-            .plugin_duration
-            .get_or_create(labels)
-            .observe(elapsed.as_secs_f64());
-        metrics.plugin_fuel.get_or_create(labels).inc_by(fuel);
+        meters.calls.inc();
+        meters.duration.observe(elapsed.as_secs_f64());
+        meters.fuel.inc_by(fuel);
         if let Some(kind) = error_kind {
             self.count_error(kind);
         }
@@ -327,7 +361,10 @@ impl Plugin {
 
     /// Counts one failed (or, for `rejected`, refusing) call of kind `kind`.
     fn count_error(&self, kind: &str) {
-        if let Some((metrics, labels)) = &self.metrics {
+        if let Some(Meters {
+            metrics, labels, ..
+        }) = &self.metrics
+        {
             metrics
                 .plugin_errors
                 .get_or_create(&PluginErrorLabels {
@@ -340,7 +377,7 @@ impl Plugin {
     }
 
     fn fuel_budget(&self) -> u64 {
-        self.limits.fuel.unwrap_or(UNLIMITED_FUEL)
+        self.make.fuel_budget()
     }
 
     fn wrong_world(&self, called_as: World) -> PluginError {
@@ -352,78 +389,11 @@ impl Plugin {
         }
     }
 
-    fn new_store(
-        &self,
-        agent: Option<AgentCall>,
-        timeout: Duration,
-    ) -> Result<Store<PluginState>, PluginError> {
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
-        let mut wasi = WasiCtxBuilder::new();
-        // Deny by default: no preopens, no inherited env or stdio, no sockets.
-        wasi.stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .envs(&self.env);
-        for dir in &self.capabilities.dirs {
-            let perms = if dir.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            wasi.preopened_dir(&dir.host, &dir.guest, perms)
-                .map_err(|e| PluginError::Instantiate {
-                    plugin: self.identity.to_string(),
-                    detail: format!(
-                        "granted directory {} is unavailable: {e:#}",
-                        dir.host.display()
-                    ),
-                })?;
-        }
-        let state = PluginState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: Limiter::new(&self.limits),
-            info: self.info.clone(),
-            kv: self.kv.clone(),
-            kv_quota: self.limits.kv_quota(),
-            kv_metrics: self.kv_metrics.clone(),
-            agent,
-            stdout,
-            stderr,
-            log_events: 0,
-            kv_refusal_logged: false,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store
-            .set_fuel(self.fuel_budget())
-            .map_err(|e| PluginError::Instantiate {
-                plugin: self.identity.to_string(),
-                detail: format!("{e:#}"),
-            })?;
-        store.set_hostcall_fuel(self.limits.hostcall_fuel);
-        // Every epoch tick the guest yields to tokio, so a spinning plugin
-        // never starves other tasks; once its time is up it traps.
-        store.set_epoch_deadline(1);
-        let started = Instant::now();
-        store.epoch_deadline_callback(move |_| {
-            if started.elapsed() >= timeout {
-                Err(wasmtime::Error::new(TimeoutTrap))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        Ok(store)
-    }
-
     /// Turns the outcome of a call into a typed result and records it.
     fn finish<T: Answer>(
         &self,
         span: &tracing::Span,
-        store: Store<PluginState>,
+        store: &Store<PluginState>,
         started: Instant,
         timeout: Duration,
         outcome: Result<Result<T, Step>, tokio::time::error::Elapsed>,
@@ -529,7 +499,7 @@ impl Plugin {
 
     /// The wall-clock bound of one call.
     pub(super) fn timeout(&self) -> Duration {
-        Duration::from_millis(self.limits.timeout_ms)
+        Duration::from_millis(self.make.limits.timeout_ms)
     }
 
     /// The one way into a plugin. Checks that it is of `world`, admits an
@@ -556,29 +526,58 @@ impl Plugin {
         }
         // Held until the store below is gone: the slot is free only then.
         let ctx = ctx.or(agent.as_ref().map(|a| &a.ctx));
-        let wait = ctx.map_or(timeout, |c| timeout.min(c.remaining()));
-        let _admitted = self
-            .pool
-            .admit(&self.label, ctx, wait)
-            .await
-            .inspect_err(|e| {
-                tracing::warn!(plugin = %self.identity, error = %e, "plugin call not admitted");
-            })?;
-        let mut store = self.new_store(agent, timeout)?;
+        let make = &self.make;
+        let _ticking = make.ticker.enter();
+        // Agents start with the way back into the pipeline in their store,
+        // so they never take a spare (none are made for them either).
+        let spare = if agent.is_none() {
+            make.take(timeout)
+        } else {
+            None
+        };
+        let (mut store, mut instance, admitted) = match spare {
+            Some(mut ready) => match make.pool.assign(&mut ready.admitted, ctx) {
+                Ok(()) => {
+                    self.stats.spare_calls.fetch_add(1, Ordering::Relaxed);
+                    (ready.store, Some(ready.instance), ready.admitted)
+                }
+                Err(e) => {
+                    make.put_back(ready);
+                    tracing::warn!(plugin = %self.identity, error = %e, "plugin call not admitted");
+                    return Err(e);
+                }
+            },
+            None => {
+                let wait = ctx.map_or(timeout, |c| timeout.min(c.remaining()));
+                let admitted = make
+                    .pool
+                    .admit(&make.label, ctx, wait)
+                    .await
+                    .inspect_err(|e| {
+                        tracing::warn!(plugin = %self.identity, error = %e, "plugin call not admitted");
+                    })?;
+                (make.new_store(agent, timeout)?, None, admitted)
+            }
+        };
         let started = Instant::now();
         let span = self.call_span(op);
         let outcome = tokio::time::timeout(timeout, async {
-            let instance = self
-                .pre
-                .instantiate(&mut store)
-                .await
-                .map_err(Step::Instantiate)?;
+            let instance = match instance.take() {
+                Some(ready) => ready,
+                None => make
+                    .pre
+                    .instantiate(&mut store)
+                    .await
+                    .map_err(Step::Instantiate)?,
+            };
             self.warm.store(true, Ordering::Relaxed);
             f(&instance, &mut store).await.map_err(Step::Call)
         })
         .instrument(span.clone())
         .await;
-        self.finish(&span, store, started, timeout, outcome)
+        let result = self.finish(&span, &store, started, timeout, outcome);
+        make.recycle(store, admitted);
+        result
     }
 
     /// Instantiates the plugin once without calling its export: start

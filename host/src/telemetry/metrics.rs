@@ -268,6 +268,8 @@ pub struct Metrics {
     pub plugin_peak_memory: Family<PluginLabels, Gauge>,
     /// Plugin instances in use now.
     pub plugin_instances_in_use: Gauge,
+    /// Spare plugin instances made ahead, waiting for a call.
+    pub plugin_instances_spare: Gauge,
     /// Plugin calls not started because no instance could be admitted.
     pub plugin_admissions_refused: Family<AdmissionLabels, Counter>,
     /// Host effects refused because a budget was spent.
@@ -345,6 +347,7 @@ impl Metrics {
             plugin_fuel: Family::default(),
             plugin_peak_memory: Family::default(),
             plugin_instances_in_use: Gauge::default(),
+            plugin_instances_spare: Gauge::default(),
             plugin_admissions_refused: Family::default(),
             budget_denials: Family::default(),
             plugin_decisions_refused: Family::default(),
@@ -454,6 +457,11 @@ impl Metrics {
             "plugin_instances_in_use",
             "Plugin instances in use now, over every plugin",
             m.plugin_instances_in_use.clone(),
+        );
+        register!(
+            "plugin_instances_spare",
+            "Spare plugin instances made ahead, waiting for a call",
+            m.plugin_instances_spare.clone(),
         );
         register!(
             "plugin_admissions_refused",
