@@ -313,3 +313,50 @@ async fn a_hanging_upstream_is_hedged_and_its_breaker_opened_by_slow_calls() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_whose_upstream_fails_before_its_first_byte_falls_back() {
+    // a is first in configured order (no router) and fails each way a
+    // stream can fail before anything reaches the client: a 5xx, a first
+    // event that is not a chunk, a 429. Streams are never hedged, but
+    // until the first byte nothing is lost by moving on.
+    let a = SimServer::start(
+        SimSettings {
+            script: ["500", "malformed", "429"].map(String::from).to_vec(),
+            retry_after_ms: 600_000,
+            ..sim(9)
+        },
+        &["usf-mini"],
+    )
+    .await;
+    let b = SimServer::start(sim(10), &["usf-mini"]).await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        a.upstream("a", "usf-mini", ""),
+        b.upstream("b", "usf-mini", ""),
+    ))
+    .await;
+    for i in 0..4 {
+        let mut req = support::chat("usf-mini", &format!("stream {i}"));
+        req["stream"] = serde_json::json!(true);
+        let reply = gw.chat(&req).await;
+        assert_eq!(reply.status, 200, "stream {i}: {}", reply.text);
+        let (_, text) = support::sse_text(&reply.text);
+        assert_eq!(text, format!("[usf-mini] You said: stream {i}"));
+    }
+    // The fourth went to b first: a was cooling down after its 429, and
+    // was not called.
+    assert_eq!((a.requests(), b.requests()), (3, 4));
+    let metrics = gw.metrics().await;
+    for outcome in ["server-error", "invalid-response", "rate-limited"] {
+        assert_eq!(
+            series(
+                &metrics,
+                &format!(r#"agentrouter_upstream_attempts_total{{upstream="a",outcome="{outcome}"}}"#)
+            ),
+            1.0,
+            "{outcome}: {metrics}"
+        );
+    }
+    gw.stop().await;
+}
