@@ -360,3 +360,71 @@ async fn a_stream_whose_upstream_fails_before_its_first_byte_falls_back() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_hedge_never_duplicates_a_call_in_flight_and_goes_back_to_a_failed_upstream() {
+    let hangs = |seed| SimSettings {
+        hang_rate: 1.0,
+        ..sim(seed)
+    };
+    let fails_once = |seed| SimSettings {
+        script: vec!["500".to_string()],
+        ..sim(seed)
+    };
+    // No router: the configured (name) order, a then b.
+    let config = |a: &SimServer, b: &SimServer| {
+        format!(
+            "{}{}\n[plugins.standard-recovery]\nsource = \"builtin:standard-recovery\"\n\
+             [plugins.standard-recovery.settings]\nbase_delay_ms = 20\n\
+             [pipeline]\nrecovery = \"standard-recovery\"\n[resilience.hedge]\ndelay_ms = 50\n",
+            a.upstream("a", "usf-mini", "timeout_ms = 5000"),
+            b.upstream("b", "usf-mini", "timeout_ms = 5000"),
+        )
+    };
+    let attempts = |metrics: &str, upstream: &str, outcome: &str| {
+        series(
+            metrics,
+            &format!(
+                r#"agentrouter_upstream_attempts_total{{upstream="{upstream}",outcome="{outcome}"}}"#
+            ),
+        )
+    };
+
+    // a hangs; its hedge on b fails. The only other upstream, a, has this
+    // request's call in flight: b is retried instead of a second call to a.
+    let (a, b) = (
+        SimServer::start(hangs(11), &["usf-mini"]).await,
+        SimServer::start(fails_once(12), &["usf-mini"]).await,
+    );
+    let gw = Gateway::start(&config(&a, &b)).await;
+    let reply = gw.chat(&support::chat("usf-mini", "hello")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!((a.requests(), b.requests()), (1, 2));
+    let metrics = gw.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "cancelled"), 1.0, "{metrics}");
+    gw.stop().await;
+
+    // a fails; the fallback to b hangs. Every upstream has been tried, so
+    // the hedge goes back to a (a retry there), not nowhere: the request
+    // does not wait for b's 5 s timeout.
+    let (a, b) = (
+        SimServer::start(fails_once(13), &["usf-mini"]).await,
+        SimServer::start(hangs(14), &["usf-mini"]).await,
+    );
+    let gw = Gateway::start(&config(&a, &b)).await;
+    let reply = gw.chat(&support::chat("usf-mini", "hello")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!((a.requests(), b.requests()), (2, 1));
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            r#"agentrouter_hedges_total{upstream="b",outcome="sent"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(attempts(&metrics, "b", "cancelled"), 1.0, "{metrics}");
+    assert_eq!(attempts(&metrics, "b", "timeout"), 0.0, "{metrics}");
+    gw.stop().await;
+}
