@@ -391,7 +391,9 @@ async fn a_hedge_never_duplicates_a_call_in_flight_and_goes_back_to_a_failed_ups
     };
 
     // a hangs; its hedge on b fails. The only other upstream, a, has this
-    // request's call in flight: b is retried instead of a second call to a.
+    // request's call in flight, so no second call goes there: the request
+    // waits for a, hedges it again after the delay, and that hedge goes
+    // back to b (a retry there).
     let (a, b) = (
         SimServer::start(hangs(11), &["usf-mini"]).await,
         SimServer::start(fails_once(12), &["usf-mini"]).await,

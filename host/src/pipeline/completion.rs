@@ -457,6 +457,19 @@ impl Pipeline {
                 .inc();
             match plan.apply(&action) {
                 Move::Next => next = Some(Duration::ZERO),
+                // Another attempt of this request is still running (the
+                // slow original a hedge failed beside, or the hedge): a
+                // retry after a backoff would most likely come after its
+                // answer. Wait for it instead, and hedge it again after its
+                // delay — to this upstream, as a retry, should it still be
+                // running then.
+                Move::Again if matches!(action, Action::Retry(_)) && !race.is_empty() => {
+                    if let Some(entry) = plan.running_entry()
+                        && let Some(after) = plan.order()[entry].health().hedge_delay()
+                    {
+                        race.hedge_at(Instant::now() + after, entry);
+                    }
+                }
                 Move::Again => {
                     let again = plan.current().clone();
                     if !again.take_retry(ctx) {

@@ -125,6 +125,12 @@ impl Plan {
         self.running.iter().any(|r| r == name)
     }
 
+    /// The plan entry of an upstream with an attempt of this request in
+    /// flight, if any.
+    pub(super) fn running_entry(&self) -> Option<usize> {
+        self.order.iter().position(|u| self.running(u.name()))
+    }
+
     /// The first upstream (in plan order) that this request has not tried
     /// and that can take a call now: where a hedge goes, and where a
     /// request whose retry budget is spent is still served.
