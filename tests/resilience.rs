@@ -352,7 +352,9 @@ async fn a_stream_whose_upstream_fails_before_its_first_byte_falls_back() {
         assert_eq!(
             series(
                 &metrics,
-                &format!(r#"agentrouter_upstream_attempts_total{{upstream="a",outcome="{outcome}"}}"#)
+                &format!(
+                    r#"agentrouter_upstream_attempts_total{{upstream="a",outcome="{outcome}"}}"#
+                )
             ),
             1.0,
             "{outcome}: {metrics}"
