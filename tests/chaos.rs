@@ -134,8 +134,10 @@ async fn a_hanging_upstream_times_out_and_falls_back_within_the_deadline() {
     )
     .await;
     let healthy = SimServer::start(sim(4), &["m"]).await;
+    // Hedging off: this is the timeout's own fallback (with hedges on, the
+    // whole answer would be hedged after a tenth of the 300 ms instead).
     let gw = Gateway::start(&format!(
-        "[server]\nrequest_timeout_ms = 10000\n{}{}{RECOVERY}",
+        "[server]\nrequest_timeout_ms = 10000\n{}{}{RECOVERY}\n[resilience.hedge]\nenabled = false\n",
         hung.upstream("hung", "m", "timeout_ms = 300"),
         healthy.upstream("spare", "m", ""),
     ))

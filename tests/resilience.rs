@@ -8,6 +8,7 @@ mod support;
 use agentrouter::upstream::sim::SimSettings;
 use support::load::drive;
 use support::matrix::{self, Cell, Fault, Tuning};
+use support::table;
 use support::{Gateway, SimServer, series};
 
 /// Fast, seeded simulator settings.
@@ -99,6 +100,61 @@ async fn the_chaos_matrix_with_default_settings_rides_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chaos_matrix_with_tuned_settings_rides_through() {
     run_matrix(Tuning::Tuned).await;
+}
+
+/// Requests per row of the issue's table, and their concurrency: the
+/// issue's own load. At 1,000 requests "99 %" allows 10 failures; the
+/// defaults' expected failures are about 2.4 in the rows with 30 % of
+/// server errors (five attempts: 0.3⁵), so the bound is not met by chance.
+const TABLE_REQUESTS: usize = 1000;
+const TABLE_CONCURRENCY: usize = 32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issues_table_rides_through_with_the_default_config() {
+    let mut failures = Vec::new();
+    let mut lines = vec![table::HEADER.to_string()];
+    for row in table::rows() {
+        let outcome = row.run(TABLE_REQUESTS, TABLE_CONCURRENCY).await;
+        lines.push(table::line(&row, &outcome));
+        let load = &outcome.load;
+        let requests = TABLE_REQUESTS as u64;
+        assert_eq!(load.total(), requests, "{}", row.name);
+        if row.outage {
+            // Nothing can serve: every client gets the upstreams' 502, and
+            // the breakers stop the calls. Before both open, each has
+            // recorded at most its 10 failures in a row, and the requests
+            // in flight then (32, each with at most an attempt and a
+            // hedge running) add at most 64 calls per upstream.
+            if load.count(502) != requests {
+                failures.push(format!("{}: {}", row.name, load.summary()));
+            }
+            let most = 2 * (10 + 2 * TABLE_CONCURRENCY as u64);
+            if outcome.calls > most {
+                failures.push(format!(
+                    "{}: {} upstream calls, more than {most}",
+                    row.name, outcome.calls
+                ));
+            }
+            continue;
+        }
+        // Issue 20, deliverable 4: two flaky providers look like one
+        // reliable one.
+        if load.count(200) * 100 < requests * 99 {
+            failures.push(format!("{}: under 99 %: {}", row.name, load.summary()));
+        }
+        // One provider always has room: no client is told 429.
+        if load.count(429) > 0 {
+            failures.push(format!("{}: answered 429", row.name));
+        }
+        // No amplification: at most one extra call per request on average
+        // (the 30 % rows need about 0.43).
+        if outcome.calls > 2 * requests {
+            failures.push(format!("{}: {} upstream calls", row.name, outcome.calls));
+        }
+    }
+    let lines = lines.join("\n");
+    eprintln!("{lines}");
+    assert!(failures.is_empty(), "{failures:#?}\n{lines}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,5 +311,124 @@ async fn a_hanging_upstream_is_hedged_and_its_breaker_opened_by_slow_calls() {
         3.0,
         "{metrics}"
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_whose_upstream_fails_before_its_first_byte_falls_back() {
+    // a is first in configured order (no router) and fails each way a
+    // stream can fail before anything reaches the client: a 5xx, a first
+    // event that is not a chunk, a 429. Streams are never hedged, but
+    // until the first byte nothing is lost by moving on.
+    let a = SimServer::start(
+        SimSettings {
+            script: ["500", "malformed", "429"].map(String::from).to_vec(),
+            retry_after_ms: 600_000,
+            ..sim(9)
+        },
+        &["usf-mini"],
+    )
+    .await;
+    let b = SimServer::start(sim(10), &["usf-mini"]).await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        a.upstream("a", "usf-mini", ""),
+        b.upstream("b", "usf-mini", ""),
+    ))
+    .await;
+    for i in 0..4 {
+        let mut req = support::chat("usf-mini", &format!("stream {i}"));
+        req["stream"] = serde_json::json!(true);
+        let reply = gw.chat(&req).await;
+        assert_eq!(reply.status, 200, "stream {i}: {}", reply.text);
+        let (_, text) = support::sse_text(&reply.text);
+        assert_eq!(text, format!("[usf-mini] You said: stream {i}"));
+    }
+    // The fourth went to b first: a was cooling down after its 429, and
+    // was not called.
+    assert_eq!((a.requests(), b.requests()), (3, 4));
+    let metrics = gw.metrics().await;
+    for outcome in ["server-error", "invalid-response", "rate-limited"] {
+        assert_eq!(
+            series(
+                &metrics,
+                &format!(
+                    r#"agentrouter_upstream_attempts_total{{upstream="a",outcome="{outcome}"}}"#
+                )
+            ),
+            1.0,
+            "{outcome}: {metrics}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_hedge_never_duplicates_a_call_in_flight_and_goes_back_to_a_failed_upstream() {
+    let hangs = |seed| SimSettings {
+        hang_rate: 1.0,
+        ..sim(seed)
+    };
+    let fails_once = |seed| SimSettings {
+        script: vec!["500".to_string()],
+        ..sim(seed)
+    };
+    // No router: the configured (name) order, a then b.
+    let config = |a: &SimServer, b: &SimServer| {
+        format!(
+            "{}{}\n[plugins.standard-recovery]\nsource = \"builtin:standard-recovery\"\n\
+             [plugins.standard-recovery.settings]\nbase_delay_ms = 20\n\
+             [pipeline]\nrecovery = \"standard-recovery\"\n[resilience.hedge]\ndelay_ms = 50\n",
+            a.upstream("a", "usf-mini", "timeout_ms = 5000"),
+            b.upstream("b", "usf-mini", "timeout_ms = 5000"),
+        )
+    };
+    let attempts = |metrics: &str, upstream: &str, outcome: &str| {
+        series(
+            metrics,
+            &format!(
+                r#"agentrouter_upstream_attempts_total{{upstream="{upstream}",outcome="{outcome}"}}"#
+            ),
+        )
+    };
+
+    // a hangs; its hedge on b fails. The only other upstream, a, has this
+    // request's call in flight, so no second call goes there: the request
+    // waits for a, hedges it again after the delay, and that hedge goes
+    // back to b (a retry there).
+    let (a, b) = (
+        SimServer::start(hangs(11), &["usf-mini"]).await,
+        SimServer::start(fails_once(12), &["usf-mini"]).await,
+    );
+    let gw = Gateway::start(&config(&a, &b)).await;
+    let reply = gw.chat(&support::chat("usf-mini", "hello")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!((a.requests(), b.requests()), (1, 2));
+    let metrics = gw.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "cancelled"), 1.0, "{metrics}");
+    gw.stop().await;
+
+    // a fails; the fallback to b hangs. Every upstream has been tried, so
+    // the hedge goes back to a (a retry there), not nowhere: the request
+    // does not wait for b's 5 s timeout.
+    let (a, b) = (
+        SimServer::start(fails_once(13), &["usf-mini"]).await,
+        SimServer::start(hangs(14), &["usf-mini"]).await,
+    );
+    let gw = Gateway::start(&config(&a, &b)).await;
+    let reply = gw.chat(&support::chat("usf-mini", "hello")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!((a.requests(), b.requests()), (2, 1));
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            r#"agentrouter_hedges_total{upstream="b",outcome="sent"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(attempts(&metrics, "b", "cancelled"), 1.0, "{metrics}");
+    assert_eq!(attempts(&metrics, "b", "timeout"), 0.0, "{metrics}");
     gw.stop().await;
 }

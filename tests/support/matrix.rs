@@ -100,13 +100,31 @@ pub struct Cell {
     pub tuning: Tuning,
 }
 
-/// What a cell's run gave.
+/// What a run gave (a matrix cell, or a row of the issue's table).
 #[derive(Debug)]
 pub struct Outcome {
     /// What clients got.
     pub load: Load,
     /// Calls the simulators received, all upstreams together.
     pub calls: u64,
+    /// Retries the upstreams' retry budgets refused, all together.
+    pub retries_refused: u64,
+    /// Hedges sent, all upstreams together.
+    pub hedges: u64,
+}
+
+/// The sum of every series of family `name` (`name{...} value` lines)
+/// whose labels contain `labels` (empty: all of them).
+pub fn tally(metrics: &str, name: &str, labels: &str) -> u64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            (series.starts_with('{') && series.contains(labels))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum::<f64>() as u64
 }
 
 /// Every cell, by tuning, then fault, then upstream count.
@@ -191,24 +209,31 @@ impl Cell {
         }
         let gw = Gateway::start(&self.config(&servers, timeout_ms)).await;
         let load = drive(&gw, "usf-mini", requests, concurrency).await;
+        let metrics = gw.metrics().await;
         gw.stop().await;
-        let calls = servers.iter().map(SimServer::requests).sum();
-        Outcome { load, calls }
+        Outcome {
+            load,
+            calls: servers.iter().map(SimServer::requests).sum(),
+            retries_refused: tally(&metrics, "agentrouter_retry_budget_exhausted_total", ""),
+            hedges: tally(&metrics, "agentrouter_hedges_total", r#"outcome="sent""#),
+        }
     }
 }
 
 /// The matrix's table header.
-pub const HEADER: &str = "| cell | client results | success | upstream calls | p50 ms | p99 ms |\n|---|---|---|---|---|---|";
+pub const HEADER: &str = "| cell | client results | success | upstream calls | retries refused | hedges | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|";
 
 /// One table row.
 pub fn row(cell: &Cell, outcome: &Outcome) -> String {
     let ms = |d: std::time::Duration| format!("{:.0}", d.as_secs_f64() * 1000.0);
     format!(
-        "| {} | {} | {:.1} % | {} | {} | {} |",
+        "| {} | {} | {:.1} % | {} | {} | {} | {} | {} |",
         cell.name(),
         outcome.load.summary(),
         outcome.load.success() * 100.0,
         outcome.calls,
+        outcome.retries_refused,
+        outcome.hedges,
         ms(outcome.load.quantile(0.5)),
         ms(outcome.load.quantile(0.99)),
     )

@@ -27,6 +27,7 @@ pub mod matrix;
 mod recorder;
 mod redis;
 mod sim;
+pub mod table;
 mod webhook;
 
 #[allow(unused_imports)]

@@ -388,7 +388,7 @@ fn resilience_defaults_and_fallback_chains() {
     ))
     .unwrap();
     assert_eq!(c.reloadable.resilience.max_attempts, DEFAULT_MAX_ATTEMPTS);
-    assert_eq!(c.reloadable.resilience.retry_budget.settings().ratio, 0.2);
+    assert_eq!(c.reloadable.resilience.retry_budget.settings().ratio, 0.5);
     assert_eq!(
         c.reloadable.resilience.fallbacks["m"],
         vec!["mini".to_string()]

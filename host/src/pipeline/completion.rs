@@ -309,8 +309,12 @@ impl Pipeline {
 
     /// The attempt on `order[entry]` has outlasted its hedge delay: sends
     /// the request to the next upstream that has not had it, if the slow
-    /// upstream's hedge budget and the attempt bound allow. The first good
-    /// answer wins; the other call is cancelled.
+    /// upstream's hedge budget and the attempt bound allow — or, once every
+    /// upstream has had it, to one whose attempt failed, as a retry there
+    /// that its retry budget must allow too (else a request whose first
+    /// upstream failed and whose fallback hangs would wait for the whole
+    /// `timeout_ms`). The first good answer wins; the other call is
+    /// cancelled.
     fn hedge(
         &self,
         ctx: &CallContext,
@@ -324,11 +328,16 @@ impl Pipeline {
             return;
         }
         let now = Instant::now();
-        let Some(target) = plan.untried(now) else {
-            return;
+        let (target, again) = match plan.untried(now) {
+            Some(target) => (target, false),
+            None => match plan.idle_tried(now) {
+                Some(target) => (target, true),
+                None => return,
+            },
         };
         let slow = plan.order()[entry].clone();
-        let sent = slow.health().take_hedge(now);
+        let sent =
+            slow.health().take_hedge(now) && (!again || plan.order()[target].take_retry(ctx));
         self.metrics()
             .hedges
             .get_or_create(&UpstreamLabels {
@@ -337,7 +346,11 @@ impl Pipeline {
             })
             .inc();
         if sent {
-            plan.select(target);
+            if again {
+                plan.select_again(target);
+            } else {
+                plan.select(target);
+            }
             self.launch(ctx, req, plan, race, Duration::ZERO, true);
         }
     }
@@ -377,7 +390,7 @@ impl Pipeline {
                 }
                 Event::Finished(finished) => finished,
             };
-            plan.select(finished.entry);
+            plan.ended(finished.entry);
             let upstream = plan.current().clone();
             let failure = match finished.result {
                 Ok(completion) => {
@@ -444,6 +457,19 @@ impl Pipeline {
                 .inc();
             match plan.apply(&action) {
                 Move::Next => next = Some(Duration::ZERO),
+                // Another attempt of this request is still running (the
+                // slow original a hedge failed beside, or the hedge): a
+                // retry after a backoff would most likely come after its
+                // answer. Wait for it instead, and hedge it again after its
+                // delay — to this upstream, as a retry, should it still be
+                // running then.
+                Move::Again if matches!(action, Action::Retry(_)) && !race.is_empty() => {
+                    if let Some(entry) = plan.running_entry()
+                        && let Some(after) = plan.order()[entry].health().hedge_delay()
+                    {
+                        race.hedge_at(Instant::now() + after, entry);
+                    }
+                }
                 Move::Again => {
                     let again = plan.current().clone();
                     if !again.take_retry(ctx) {

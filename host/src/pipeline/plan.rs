@@ -26,6 +26,9 @@ pub(super) struct Plan {
     attempts: u32,
     /// Upstreams attempted (or in flight), in first-attempt order.
     tried: Vec<String>,
+    /// Upstreams with an attempt of this request in flight, once per
+    /// attempt.
+    running: Vec<String>,
     /// Upstreams found full.
     saturated: Vec<String>,
 }
@@ -56,6 +59,7 @@ impl Plan {
             retrying: false,
             attempts: 0,
             tried: Vec::new(),
+            running: Vec::new(),
             saturated: Vec::new(),
         })
     }
@@ -92,12 +96,39 @@ impl Plan {
         }
     }
 
-    /// Notes that an attempt on `current` is under way.
-    pub(super) fn started(&mut self) {
+    /// Notes that `current` has been tried.
+    fn mark_tried(&mut self) {
         let name = self.current.name();
         if !self.tried.iter().any(|t| t == name) {
             self.tried.push(name.to_string());
         }
+    }
+
+    /// Notes that an attempt on `current` is under way.
+    pub(super) fn started(&mut self) {
+        self.mark_tried();
+        self.running.push(self.current.name().to_string());
+    }
+
+    /// Notes that an attempt on `order[entry]` has ended, and makes that
+    /// upstream current (as [`Self::select`]) to deal with the outcome.
+    pub(super) fn ended(&mut self, entry: usize) {
+        self.select(entry);
+        let name = self.current.name();
+        if let Some(i) = self.running.iter().position(|r| r == name) {
+            self.running.swap_remove(i);
+        }
+    }
+
+    /// Whether this request has an attempt on `name` in flight.
+    fn running(&self, name: &str) -> bool {
+        self.running.iter().any(|r| r == name)
+    }
+
+    /// The plan entry of an upstream with an attempt of this request in
+    /// flight, if any.
+    pub(super) fn running_entry(&self) -> Option<usize> {
+        self.order.iter().position(|u| self.running(u.name()))
     }
 
     /// The first upstream (in plan order) that this request has not tried
@@ -107,6 +138,24 @@ impl Plan {
         self.order
             .iter()
             .position(|u| u.health().healthy(now) && !self.tried.iter().any(|t| t == u.name()))
+    }
+
+    /// The first upstream (in plan order) that this request has tried,
+    /// whose attempts have all ended, and that can take a call now: where
+    /// a hedge goes once every upstream has been tried (as a retry there).
+    pub(super) fn idle_tried(&self, now: Instant) -> Option<usize> {
+        self.order.iter().position(|u| {
+            u.health().healthy(now)
+                && self.tried.iter().any(|t| t == u.name())
+                && !self.running(u.name())
+        })
+    }
+
+    /// Makes `order[entry]` current for a repeat call there (a hedge to an
+    /// upstream the request has tried: a retry, under its budget).
+    pub(super) fn select_again(&mut self, entry: usize) {
+        self.select(entry);
+        self.retrying = true;
     }
 
     /// Every upstream in the plan, in order.
@@ -158,19 +207,25 @@ impl Plan {
     /// Counts a failed attempt on `current`.
     pub(super) fn failed(&mut self) {
         self.attempts += 1;
-        self.started();
+        self.mark_tried();
     }
 
     /// Upstreams to offer the recovery plugin after `current` failed: those
     /// that can take a call now (breaker not open, no `Retry-After`
-    /// pending, room in the bulkhead), untried ones first, in routed
+    /// pending, room in the bulkhead) and that have no attempt of this
+    /// request in flight (a slow original a hedge failed beside: a second
+    /// call there would only duplicate it), untried ones first, in routed
     /// order, so that "fall back to the first alternative" makes progress
     /// and never goes where the host would refuse the call.
     pub(super) fn alternatives(&self, now: Instant) -> Vec<String> {
         let mut alternatives: Vec<(bool, &str)> = self
             .order
             .iter()
-            .filter(|u| u.name() != self.current.name() && u.health().healthy(now))
+            .filter(|u| {
+                u.name() != self.current.name()
+                    && u.health().healthy(now)
+                    && !self.running(u.name())
+            })
             .map(|u| (self.tried.iter().any(|t| t == u.name()), u.name()))
             .collect();
         alternatives.sort_by_key(|(tried, _)| *tried);

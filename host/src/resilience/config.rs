@@ -95,8 +95,9 @@ pub struct HedgeConfig {
     /// Whether slow attempts are hedged at all.
     pub enabled: bool,
     /// Hedge an attempt still unanswered after this many milliseconds.
-    /// Absent: after its upstream's observed p95 (of answered calls; of
-    /// the first event for streams), once it has 20 such samples.
+    /// Absent: after its upstream's observed p95 of answered calls, once
+    /// it has 20 such samples; before that, after a tenth of its
+    /// `timeout_ms`.
     pub delay_ms: Option<u64>,
     /// Hedges allowed per first attempt on the slow upstream, over the
     /// window.

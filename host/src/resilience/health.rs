@@ -26,6 +26,14 @@ const EWMA_ALPHA: f64 = 0.2;
 /// The latency quantile an attempt must outlast before it is hedged.
 pub const HEDGE_QUANTILE: f64 = 0.95;
 
+/// Until an upstream has the samples its [`HEDGE_QUANTILE`] needs, its
+/// attempts are hedged after this share of its `timeout_ms` (3 s of the
+/// default 30 s): a call that hangs while the gateway is still learning
+/// (just started, or the upstream has hung from its first call) costs a
+/// tenth of the timeout rather than all of it, and a healthy upstream,
+/// whose answers come well within it, is not hedged at all meanwhile.
+pub const COLD_HEDGE_TIMEOUT_SHARE: u32 = 10;
+
 /// When a slow attempt gets a copy on another upstream.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HedgeSettings {
@@ -261,19 +269,25 @@ impl UpstreamHealth {
 
     /// How long to wait for an attempt before hedging it, at the moment:
     /// the fixed `delay_ms`, or the observed p95 of good calls once there
-    /// are enough of them; `None` when hedging is off or the estimate is
-    /// not there yet.
+    /// are enough of them, else a tenth of the upstream's `timeout_ms`
+    /// ([`COLD_HEDGE_TIMEOUT_SHARE`]); `None` when hedging is off.
     pub fn hedge_delay(&self) -> Option<Duration> {
         let hedge = &self.settings.hedge;
         if !hedge.enabled {
             return None;
         }
-        hedge.delay.or_else(|| {
+        let observed = || {
             self.latency
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .quantile(HEDGE_QUANTILE)
-        })
+        };
+        Some(
+            hedge
+                .delay
+                .or_else(observed)
+                .unwrap_or(self.settings.timeout / COLD_HEDGE_TIMEOUT_SHARE),
+        )
     }
 
     /// Takes a hedge of this upstream's attempt from its hedge budget;
@@ -362,7 +376,11 @@ mod tests {
     fn the_hedge_delay_is_the_p95_of_good_calls_once_known() {
         let t0 = Instant::now();
         let h = UpstreamHealth::new(settings(), t0);
-        assert_eq!(h.hedge_delay(), None);
+        assert_eq!(
+            h.hedge_delay(),
+            Some(DEFAULT_UPSTREAM_TIMEOUT / COLD_HEDGE_TIMEOUT_SHARE),
+            "a tenth of the timeout until the p95 is known"
+        );
         for ms in 1..=100 {
             h.record(Duration::from_millis(ms), Ok(()), t0);
             h.record(Duration::from_secs(9), Err(&Failure::Timeout), t0);
