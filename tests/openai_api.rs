@@ -77,6 +77,51 @@ async fn a_request_reaches_the_upstream_as_sent_and_its_answer_comes_back_whole(
 }
 
 #[tokio::test]
+async fn an_explicit_null_is_read_as_not_given_both_ways() {
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&rec.config("gpt-rec", "")).await;
+    // An OpenAI-compatible server that writes `"tool_calls": null` (and
+    // `"usage": null` on a chunk) answers a valid completion, not a
+    // malformed body.
+    rec.reply(Canned::ok(answer(
+        json!([{"index": 0, "message": {"role": "assistant", "content": "fine", "tool_calls": null,
+            "function_call": null}, "finish_reason": "stop"}]),
+        usage(3, 0, 1, 0),
+    )));
+    // A client that sends `"stream": null` and `"tools": null`, and puts a
+    // pydantic dump of the last answer back in the history.
+    let dumped = json!({"role": "assistant", "content": "earlier", "refusal": null, "tool_calls": null,
+        "function_call": null, "audio": null, "annotations": null});
+    let body = json!({"model": "gpt-rec", "stream": null, "tools": null,
+        "messages": [{"role": "user", "content": "hi"}, dumped, {"role": "user", "content": "and?"}]});
+    let reply = gw.chat(&body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let got = reply.json();
+    assert_eq!(got["choices"][0]["message"]["content"], "fine");
+    assert_eq!(got["choices"][0]["message"]["function_call"], Value::Null);
+    // The nulls the gateway reads go out as absent; the others as sent.
+    let sent = rec.only_body();
+    assert!(sent.get("stream").is_none() && sent.get("tools").is_none(), "{sent}");
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "assistant", "content": "earlier", "refusal": null,
+            "function_call": null, "audio": null, "annotations": null})
+    );
+    rec.reply(Canned::Sse {
+        chunks: vec![
+            json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-rec", "usage": null,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok", "tool_calls": null}, "finish_reason": null}]}),
+            json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-rec", "usage": null,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        ],
+    });
+    let streamed = gw.chat(&json!({"model": "gpt-rec", "stream": true, "messages": [dumped]})).await;
+    assert_eq!(streamed.status, 200, "{}", streamed.text);
+    assert_eq!(sse_text(&streamed.text).1, "ok");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn input_validators_rewrite_the_text_parts_and_leave_the_others() {
     let rec = Recorder::start().await;
     let gw = Gateway::start(&with_redaction(&rec, "input")).await;
@@ -215,6 +260,11 @@ async fn an_upstream_400_is_the_clients_answer_sent_once_and_held_against_no_one
         .chat(&json!({"model": "gpt-rec", "messages": [{"role": "user", "content": "fine now"}]}))
         .await;
     assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(
+        (rec.requests().len(), second.requests().len()),
+        (3, 0),
+        "rec answered: its breaker (threshold 1) did not open"
+    );
     let metrics = gw.metrics().await;
     assert!(!metrics.contains("agentrouter_alerts_total{"), "{metrics}");
     assert_eq!(

@@ -192,6 +192,20 @@ def test_tool_calls_come_back_and_their_results_go_out_unchanged(client):
     assert received()[1]["messages"] == history
 
 
+def test_an_answer_dumped_by_pydantic_goes_back_in_the_history(client):
+    # A common loop: the SDK's message object, dumped whole (its unset
+    # fields as nulls: "tool_calls": null, "audio": null, ...), is the next
+    # request's history.
+    first = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    dumped = first.choices[0].message.model_dump()
+    assert dumped["tool_calls"] is None
+    history = [{"role": "user", "content": "hi"}, dumped, {"role": "user", "content": "and?"}]
+    second = client.chat.completions.create(model=MODEL, messages=history)
+    assert second.choices[0].message.content
+    sent = received()[1]["messages"][1]
+    assert sent == {k: v for k, v in dumped.items() if k != "tool_calls"}
+
+
 class Weather(pydantic.BaseModel):
     city: str
     celsius: int

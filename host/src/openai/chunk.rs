@@ -13,19 +13,19 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChatChunk {
     /// Completion id (the same for every chunk).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub id: String,
     /// `chat.completion.chunk`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub object: String,
     /// Unix seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub created: u64,
     /// Model.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub model: String,
     /// Choice deltas (none on a usage-only chunk).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub choices: Vec<ChunkChoice>,
     /// Usage, on the last chunk when the request asked for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,10 +39,10 @@ pub struct ChatChunk {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChunkChoice {
     /// Which choice it adds to.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub index: u32,
     /// What this chunk adds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub delta: Delta,
     /// Set on the choice's last chunk.
     #[serde(default)]
