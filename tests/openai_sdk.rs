@@ -1,8 +1,10 @@
-//! The official OpenAI Python SDK against a real gateway and the recording
-//! upstream (`tests/openai_sdk/test_openai_sdk.py`, run with pytest): every
-//! parameter the SDK sends reaches the upstream unchanged and every field
-//! the upstream answers comes back; an upstream 400 is the SDK's
-//! `BadRequestError`, sent once.
+//! The official OpenAI Python SDK, langchain-openai and the openai-agents
+//! SDK against a real gateway and the recording upstream (the pytest suites
+//! of `tests/openai_sdk/`): every parameter the SDK sends reaches the
+//! upstream unchanged and every field the upstream answers comes back; an
+//! upstream 400 is the SDK's `BadRequestError`, sent once; langchain's
+//! structured output with a JSON schema parses; an agent with a function
+//! tool runs in chat-completions mode, streamed and not.
 //!
 //! The SDK lives in a venv that `.ci/run` makes (pinned versions in
 //! `tests/openai_sdk/requirements.txt`) and names in
@@ -51,10 +53,15 @@ async fn the_official_openai_python_sdk_gets_what_openai_would_send() {
     let recorder = Recorder::start().await;
     let gw = Gateway::start(&recorder.config("gpt-rec", "")).await;
     let run = tokio::process::Command::new(python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .args(["-m", "pytest", "-v", "-p", "no:cacheprovider"])
         .arg(workspace.join("tests/openai_sdk"))
         .env("AGENTROUTER_GATEWAY", &gw.base)
         .env("AGENTROUTER_RECORDER", &recorder.root)
+        // Nothing leaves 127.0.0.1: no trace export by the agents SDK or
+        // langsmith, whatever the machine's environment says.
+        .env("OPENAI_AGENTS_DISABLE_TRACING", "1")
+        .env("LANGSMITH_TRACING", "false")
+        .env("LANGCHAIN_TRACING_V2", "false")
         .kill_on_drop(true)
         .output();
     // Bounded: a hung suite fails instead of hanging CI.
@@ -67,6 +74,8 @@ async fn the_official_openai_python_sdk_gets_what_openai_would_send() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Shown with `--nocapture`: which cases ran.
+    eprintln!("{report}");
     assert!(
         out.status.success(),
         "the OpenAI SDK suite failed:\n{report}"
