@@ -282,6 +282,66 @@ async fn an_upstream_400_is_the_clients_answer_sent_once_and_held_against_no_one
 }
 
 #[tokio::test]
+async fn other_4xx_come_back_as_sent_and_a_foreign_error_body_is_wrapped() {
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&rec.config("gpt-rec", "")).await;
+    let not_found = json!({"error": {"message": "The model `gpt-x` does not exist.",
+        "type": "invalid_request_error", "param": null, "code": "model_not_found"}});
+    // A FastAPI-style body (vLLM and others): not OpenAI's shape.
+    let fastapi = json!({"detail": [{"loc": ["body", "n"], "msg": "must be 1"}]});
+    for (status, body) in [(404, not_found.clone()), (422, fastapi.clone())] {
+        rec.reply(Canned::Json { status, body });
+        let reply = gw.chat(&support::chat("gpt-rec", "hi")).await;
+        assert_eq!(reply.status, status, "{}", reply.text);
+        assert_eq!(reply.header("x-agentrouter-upstream"), Some("rec"));
+        if status == 404 {
+            assert_eq!(reply.json(), not_found);
+        } else {
+            let error = &reply.json()["error"];
+            assert_eq!(error["type"], "invalid_request_error");
+            let quoted: Value = serde_json::from_str(error["message"].as_str().unwrap()).unwrap();
+            assert_eq!(quoted, fastapi, "its text, so every SDK can read it");
+        }
+    }
+    assert_eq!(rec.requests().len(), 2, "each sent once");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_error_event_in_a_live_stream_reaches_the_client_with_its_message() {
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&rec.config("gpt-rec", "")).await;
+    rec.reply(Canned::Sse {
+        chunks: vec![
+            json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-rec",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hal"}, "finish_reason": null}]}),
+            json!({"error": {"message": "The server had an error while processing your request.",
+                "type": "server_error", "param": null, "code": null}}),
+        ],
+    });
+    let reply = gw
+        .chat(&json!({"model": "gpt-rec", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(reply.status, 200, "the stream had begun: {}", reply.text);
+    let events: Vec<Value> = reply
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events[0]["choices"][0]["delta"]["content"], "Hal");
+    let last = &events[events.len() - 1]["error"];
+    assert_eq!(last["code"], "stream_interrupted", "{events:?}");
+    let message = last["message"].as_str().unwrap();
+    assert!(
+        message.contains("The server had an error while processing your request.") && message.contains("`rec`"),
+        "{message}"
+    );
+    assert!(!reply.text.contains("[DONE]"));
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_scripted_400_from_the_simulator_comes_back_as_a_400() {
     // In process (kind `simulated`) and over HTTP (the simulator's server).
     let up = SimServer::start(
