@@ -101,7 +101,10 @@ async fn an_explicit_null_is_read_as_not_given_both_ways() {
     assert_eq!(got["choices"][0]["message"]["function_call"], Value::Null);
     // The nulls the gateway reads go out as absent; the others as sent.
     let sent = rec.only_body();
-    assert!(sent.get("stream").is_none() && sent.get("tools").is_none(), "{sent}");
+    assert!(
+        sent.get("stream").is_none() && sent.get("tools").is_none(),
+        "{sent}"
+    );
     assert_eq!(
         sent["messages"][1],
         json!({"role": "assistant", "content": "earlier", "refusal": null,
@@ -115,7 +118,9 @@ async fn an_explicit_null_is_read_as_not_given_both_ways() {
                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
         ],
     });
-    let streamed = gw.chat(&json!({"model": "gpt-rec", "stream": true, "messages": [dumped]})).await;
+    let streamed = gw
+        .chat(&json!({"model": "gpt-rec", "stream": true, "messages": [dumped]}))
+        .await;
     assert_eq!(streamed.status, 200, "{}", streamed.text);
     assert_eq!(sse_text(&streamed.text).1, "ok");
     gw.stop().await;
@@ -334,7 +339,8 @@ async fn an_error_event_in_a_live_stream_reaches_the_client_with_its_message() {
     assert_eq!(last["code"], "stream_interrupted", "{events:?}");
     let message = last["message"].as_str().unwrap();
     assert!(
-        message.contains("The server had an error while processing your request.") && message.contains("`rec`"),
+        message.contains("The server had an error while processing your request.")
+            && message.contains("`rec`"),
         "{message}"
     );
     assert!(!reply.text.contains("[DONE]"));

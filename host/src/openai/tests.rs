@@ -220,7 +220,8 @@ fn an_explicit_null_is_read_as_not_given() {
     )
     .unwrap();
     assert!(!req.stream && req.tools.is_empty());
-    let out = serde_json::to_value(ChatRequest::from_domain(&req.to_domain().unwrap(), false)).unwrap();
+    let out =
+        serde_json::to_value(ChatRequest::from_domain(&req.to_domain().unwrap(), false)).unwrap();
     assert_eq!(
         out,
         json!({"model": "m", "messages": [{"role": "assistant", "content": "hi",

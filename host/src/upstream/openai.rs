@@ -372,7 +372,11 @@ impl StreamDecoder {
         // OpenAI reports a failure after the stream began as an event with
         // an `error` object and no choices: the stream is over, and its
         // message must reach the client rather than "no finish reason".
-        if let Some(error) = chunk.extra.get("error").filter(|_| chunk.choices.is_empty()) {
+        if let Some(error) = chunk
+            .extra
+            .get("error")
+            .filter(|_| chunk.choices.is_empty())
+        {
             let message = error["message"].as_str().unwrap_or("no message");
             return Err(invalid(
                 &self.upstream,
