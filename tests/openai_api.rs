@@ -531,6 +531,57 @@ async fn cached_prompt_tokens_are_charged_at_the_cached_price() {
 }
 
 #[tokio::test]
+async fn a_streamed_spoken_answer_is_cached_whole() {
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&rec.config("gpt-rec", "")).await;
+    let delta = |delta: Value, finish: Value| {
+        json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-rec",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    // OpenAI streams audio in pieces: the id first, then data and
+    // transcript fragments.
+    rec.reply(Canned::Sse {
+        chunks: vec![
+            delta(json!({"role": "assistant", "audio": {"id": "audio_1", "transcript": "Hel", "expires_at": 9}}), Value::Null),
+            delta(json!({"audio": {"data": "UklG"}}), Value::Null),
+            delta(json!({"audio": {"transcript": "lo", "data": "Rg=="}}), Value::Null),
+            delta(json!({}), json!("stop")),
+        ],
+    });
+    let ask = |stream: bool| {
+        json!({"model": "gpt-rec", "temperature": 0, "stream": stream, "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "wav"}, "messages": [{"role": "user", "content": "say hello"}]})
+    };
+    let live = gw.chat(&ask(true)).await;
+    assert_eq!(live.header("x-agentrouter-cache"), Some("miss"));
+    let (chunks, _) = sse_text(&live.text);
+    assert_eq!(
+        chunks[1]["choices"][0]["delta"]["audio"],
+        json!({"data": "UklG"}),
+        "passed on as sent"
+    );
+    let whole =
+        json!({"id": "audio_1", "transcript": "Hello", "data": "UklGRg==", "expires_at": 9});
+    let hit = gw.chat(&ask(false)).await;
+    assert_eq!(
+        hit.header("x-agentrouter-cache"),
+        Some("hit"),
+        "{}",
+        hit.text
+    );
+    assert_eq!(hit.json()["choices"][0]["message"]["audio"], whole);
+    let replayed = gw.chat(&ask(true)).await;
+    let (chunks, _) = sse_text(&replayed.text);
+    let audio: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("audio"))
+        .collect();
+    assert_eq!(audio, vec![&whole], "a replay sends it whole, once");
+    assert_eq!(rec.requests().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn the_cache_key_covers_every_forwarded_field() {
     let rec = Recorder::start().await;
     let gw = Gateway::start(&rec.config("gpt-rec", "")).await;

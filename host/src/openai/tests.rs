@@ -240,3 +240,26 @@ fn an_explicit_null_is_read_as_not_given() {
     .unwrap();
     assert_eq!(chunk.choices[0].delta.content.as_deref(), Some("a"));
 }
+
+#[test]
+fn assembly_joins_streamed_audio() {
+    let mut a = Assembly::new("m");
+    for delta in [
+        json!({"role": "assistant", "audio": {"id": "audio_1", "transcript": "Hel", "expires_at": 9}}),
+        json!({"audio": {"data": "UklG"}}),
+        json!({"audio": {"transcript": "lo", "data": "Rg=="}}),
+    ] {
+        a.push(&chunk(json!([{"index": 0, "delta": delta}]), Value::Null))
+            .unwrap();
+    }
+    a.push(&chunk(
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        Value::Null,
+    ))
+    .unwrap();
+    let c = a.finish().unwrap().completion;
+    assert_eq!(
+        c.message.wire.extra["audio"],
+        json!({"id": "audio_1", "transcript": "Hello", "data": "UklGRg==", "expires_at": 9})
+    );
+}
