@@ -77,6 +77,56 @@ async fn a_request_reaches_the_upstream_as_sent_and_its_answer_comes_back_whole(
 }
 
 #[tokio::test]
+async fn an_explicit_null_is_read_as_not_given_both_ways() {
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&rec.config("gpt-rec", "")).await;
+    // An OpenAI-compatible server that writes `"tool_calls": null` (and
+    // `"usage": null` on a chunk) answers a valid completion, not a
+    // malformed body.
+    rec.reply(Canned::ok(answer(
+        json!([{"index": 0, "message": {"role": "assistant", "content": "fine", "tool_calls": null,
+            "function_call": null}, "finish_reason": "stop"}]),
+        usage(3, 0, 1, 0),
+    )));
+    // A client that sends `"stream": null` and `"tools": null`, and puts a
+    // pydantic dump of the last answer back in the history.
+    let dumped = json!({"role": "assistant", "content": "earlier", "refusal": null, "tool_calls": null,
+        "function_call": null, "audio": null, "annotations": null});
+    let body = json!({"model": "gpt-rec", "stream": null, "tools": null,
+        "messages": [{"role": "user", "content": "hi"}, dumped, {"role": "user", "content": "and?"}]});
+    let reply = gw.chat(&body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let got = reply.json();
+    assert_eq!(got["choices"][0]["message"]["content"], "fine");
+    assert_eq!(got["choices"][0]["message"]["function_call"], Value::Null);
+    // The nulls the gateway reads go out as absent; the others as sent.
+    let sent = rec.only_body();
+    assert!(
+        sent.get("stream").is_none() && sent.get("tools").is_none(),
+        "{sent}"
+    );
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "assistant", "content": "earlier", "refusal": null,
+            "function_call": null, "audio": null, "annotations": null})
+    );
+    rec.reply(Canned::Sse {
+        chunks: vec![
+            json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-rec", "usage": null,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok", "tool_calls": null}, "finish_reason": null}]}),
+            json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-rec", "usage": null,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        ],
+    });
+    let streamed = gw
+        .chat(&json!({"model": "gpt-rec", "stream": true, "messages": [dumped]}))
+        .await;
+    assert_eq!(streamed.status, 200, "{}", streamed.text);
+    assert_eq!(sse_text(&streamed.text).1, "ok");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn input_validators_rewrite_the_text_parts_and_leave_the_others() {
     let rec = Recorder::start().await;
     let gw = Gateway::start(&with_redaction(&rec, "input")).await;
@@ -215,6 +265,11 @@ async fn an_upstream_400_is_the_clients_answer_sent_once_and_held_against_no_one
         .chat(&json!({"model": "gpt-rec", "messages": [{"role": "user", "content": "fine now"}]}))
         .await;
     assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(
+        (rec.requests().len(), second.requests().len()),
+        (3, 0),
+        "rec answered: its breaker (threshold 1) did not open"
+    );
     let metrics = gw.metrics().await;
     assert!(!metrics.contains("agentrouter_alerts_total{"), "{metrics}");
     assert_eq!(
@@ -228,6 +283,67 @@ async fn an_upstream_400_is_the_clients_answer_sent_once_and_held_against_no_one
         2.0,
         "{metrics}"
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn other_4xx_come_back_as_sent_and_a_foreign_error_body_is_wrapped() {
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&rec.config("gpt-rec", "")).await;
+    let not_found = json!({"error": {"message": "The model `gpt-x` does not exist.",
+        "type": "invalid_request_error", "param": null, "code": "model_not_found"}});
+    // A FastAPI-style body (vLLM and others): not OpenAI's shape.
+    let fastapi = json!({"detail": [{"loc": ["body", "n"], "msg": "must be 1"}]});
+    for (status, body) in [(404, not_found.clone()), (422, fastapi.clone())] {
+        rec.reply(Canned::Json { status, body });
+        let reply = gw.chat(&support::chat("gpt-rec", "hi")).await;
+        assert_eq!(reply.status, status, "{}", reply.text);
+        assert_eq!(reply.header("x-agentrouter-upstream"), Some("rec"));
+        if status == 404 {
+            assert_eq!(reply.json(), not_found);
+        } else {
+            let error = &reply.json()["error"];
+            assert_eq!(error["type"], "invalid_request_error");
+            let quoted: Value = serde_json::from_str(error["message"].as_str().unwrap()).unwrap();
+            assert_eq!(quoted, fastapi, "its text, so every SDK can read it");
+        }
+    }
+    assert_eq!(rec.requests().len(), 2, "each sent once");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_error_event_in_a_live_stream_reaches_the_client_with_its_message() {
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&rec.config("gpt-rec", "")).await;
+    rec.reply(Canned::Sse {
+        chunks: vec![
+            json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-rec",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hal"}, "finish_reason": null}]}),
+            json!({"error": {"message": "The server had an error while processing your request.",
+                "type": "server_error", "param": null, "code": null}}),
+        ],
+    });
+    let reply = gw
+        .chat(&json!({"model": "gpt-rec", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(reply.status, 200, "the stream had begun: {}", reply.text);
+    let events: Vec<Value> = reply
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events[0]["choices"][0]["delta"]["content"], "Hal");
+    let last = &events[events.len() - 1]["error"];
+    assert_eq!(last["code"], "stream_interrupted", "{events:?}");
+    let message = last["message"].as_str().unwrap();
+    assert!(
+        message.contains("The server had an error while processing your request.")
+            && message.contains("`rec`"),
+        "{message}"
+    );
+    assert!(!reply.text.contains("[DONE]"));
     gw.stop().await;
 }
 
@@ -411,6 +527,57 @@ async fn cached_prompt_tokens_are_charged_at_the_cached_price() {
         .unwrap();
     assert!((cost - 0.78).abs() < 1e-9, "{cost}");
     assert_eq!(reply.json()["usage"], usage(1000, 800, 500, 200));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_spoken_answer_is_cached_whole() {
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&rec.config("gpt-rec", "")).await;
+    let delta = |delta: Value, finish: Value| {
+        json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-rec",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    // OpenAI streams audio in pieces: the id first, then data and
+    // transcript fragments.
+    rec.reply(Canned::Sse {
+        chunks: vec![
+            delta(json!({"role": "assistant", "audio": {"id": "audio_1", "transcript": "Hel", "expires_at": 9}}), Value::Null),
+            delta(json!({"audio": {"data": "UklG"}}), Value::Null),
+            delta(json!({"audio": {"transcript": "lo", "data": "Rg=="}}), Value::Null),
+            delta(json!({}), json!("stop")),
+        ],
+    });
+    let ask = |stream: bool| {
+        json!({"model": "gpt-rec", "temperature": 0, "stream": stream, "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "wav"}, "messages": [{"role": "user", "content": "say hello"}]})
+    };
+    let live = gw.chat(&ask(true)).await;
+    assert_eq!(live.header("x-agentrouter-cache"), Some("miss"));
+    let (chunks, _) = sse_text(&live.text);
+    assert_eq!(
+        chunks[1]["choices"][0]["delta"]["audio"],
+        json!({"data": "UklG"}),
+        "passed on as sent"
+    );
+    let whole =
+        json!({"id": "audio_1", "transcript": "Hello", "data": "UklGRg==", "expires_at": 9});
+    let hit = gw.chat(&ask(false)).await;
+    assert_eq!(
+        hit.header("x-agentrouter-cache"),
+        Some("hit"),
+        "{}",
+        hit.text
+    );
+    assert_eq!(hit.json()["choices"][0]["message"]["audio"], whole);
+    let replayed = gw.chat(&ask(true)).await;
+    let (chunks, _) = sse_text(&replayed.text);
+    let audio: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("audio"))
+        .collect();
+    assert_eq!(audio, vec![&whole], "a replay sends it whole, once");
+    assert_eq!(rec.requests().len(), 1);
     gw.stop().await;
 }
 

@@ -93,6 +93,18 @@ async fn missing_unknown_and_revoked_keys_get_401_and_a_foreign_model_403() {
         .await
         .json();
     assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    // One model is retrieved as it is listed: a model the key may not use
+    // is OpenAI's 404, as if it did not exist.
+    for (id, status) in [("m", 200), ("other", 404)] {
+        let retrieved = gw
+            .send(
+                gw.client
+                    .get(gw.url(&format!("/v1/models/{id}")))
+                    .bearer_auth(CONFIG_KEY),
+            )
+            .await;
+        assert_eq!(retrieved.status, status, "{id}: {}", retrieved.text);
+    }
 
     // A created key works until it is revoked.
     let secret = gw

@@ -9,102 +9,23 @@ AGENTROUTER_RECORDER.
 """
 
 import copy
-import json
-import os
-import urllib.request
 
 import openai
 import pydantic
 import pytest
-from openai import OpenAI
 
-GATEWAY = os.environ["AGENTROUTER_GATEWAY"]
-RECORDER = os.environ["AGENTROUTER_RECORDER"]
-MODEL = "gpt-rec"
-
-
-def control(path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        RECORDER + path,
-        data=data,
-        method="GET" if body is None else "POST",
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        text = resp.read()
-    return json.loads(text) if text else None
-
-
-def reply(*canned):
-    control("/control/replies", list(canned))
-
-
-def answer(body):
-    return {"kind": "json", "status": 200, "body": body}
-
-
-def stream(chunks):
-    return {"kind": "sse", "chunks": chunks}
-
-
-def received():
-    return [r["body"] for r in control("/control/requests")]
-
-
-@pytest.fixture(autouse=True)
-def fresh_recorder():
-    control("/control/reset", {})
-
-
-@pytest.fixture
-def client():
-    # The SDK's own retries stay on (2), so a 5xx would show as 3 requests.
-    return OpenAI(base_url=GATEWAY + "/v1", api_key="unused-without-auth")
-
-
-USAGE = {
-    "prompt_tokens": 20,
-    "completion_tokens": 8,
-    "total_tokens": 28,
-    "prompt_tokens_details": {"cached_tokens": 16, "audio_tokens": 0},
-    "completion_tokens_details": {
-        "reasoning_tokens": 3,
-        "audio_tokens": 0,
-        "accepted_prediction_tokens": 0,
-        "rejected_prediction_tokens": 0,
-    },
-}
-
-
-def completion(choices, **extra):
-    body = {
-        "id": "chatcmpl-upstream",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": MODEL,
-        "choices": choices,
-        "usage": USAGE,
-        "system_fingerprint": "fp_rec",
-        "service_tier": "default",
-    }
-    body.update(extra)
-    return body
-
-
-def logprob(token, lp):
-    return {"token": token, "logprob": lp, "bytes": list(token.encode()), "top_logprobs": []}
-
-
-def text_choice(index, text, **extra):
-    choice = {
-        "index": index,
-        "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
-        "logprobs": None,
-        "finish_reason": "stop",
-    }
-    choice.update(extra)
-    return choice
+from recording import (
+    MODEL,
+    USAGE,
+    answer,
+    chunk,
+    completion,
+    logprob,
+    received,
+    reply,
+    stream,
+    text_choice,
+)
 
 
 def parsed(response):
@@ -122,6 +43,19 @@ def test_every_parameter_reaches_the_upstream_and_every_field_comes_back(client)
             )
         ]
     )
+    # A web-search citation and a spoken answer ride on the message.
+    upstream["choices"][0]["message"]["annotations"] = [
+        {
+            "type": "url_citation",
+            "url_citation": {"start_index": 0, "end_index": 13, "title": "Squares", "url": "https://example.com/sq"},
+        }
+    ]
+    upstream["choices"][0]["message"]["audio"] = {
+        "id": "audio_1",
+        "data": "UklGRg==",
+        "expires_at": 1700003600,
+        "transcript": "A red square.",
+    }
     reply(answer(upstream))
     params = dict(
         model=MODEL,
@@ -258,6 +192,20 @@ def test_tool_calls_come_back_and_their_results_go_out_unchanged(client):
     assert received()[1]["messages"] == history
 
 
+def test_an_answer_dumped_by_pydantic_goes_back_in_the_history(client):
+    # A common loop: the SDK's message object, dumped whole (its unset
+    # fields as nulls: "tool_calls": null, "audio": null, ...), is the next
+    # request's history.
+    first = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    dumped = first.choices[0].message.model_dump()
+    assert dumped["tool_calls"] is None
+    history = [{"role": "user", "content": "hi"}, dumped, {"role": "user", "content": "and?"}]
+    second = client.chat.completions.create(model=MODEL, messages=history)
+    assert second.choices[0].message.content
+    sent = received()[1]["messages"][1]
+    assert sent == {k: v for k, v in dumped.items() if k != "tool_calls"}
+
+
 class Weather(pydantic.BaseModel):
     city: str
     celsius: int
@@ -273,13 +221,6 @@ def test_structured_output_with_a_json_schema(client):
     assert fmt["type"] == "json_schema"
     assert fmt["json_schema"]["name"] == "Weather" and fmt["json_schema"]["strict"] is True
     assert fmt["json_schema"]["schema"]["required"] == ["city", "celsius"]
-
-
-def chunk(choices, **extra):
-    body = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "created": 1700000000, "model": MODEL,
-            "system_fingerprint": "fp_rec", "choices": choices}
-    body.update(extra)
-    return body
 
 
 def streamed_answer():

@@ -13,19 +13,19 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChatChunk {
     /// Completion id (the same for every chunk).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub id: String,
     /// `chat.completion.chunk`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub object: String,
     /// Unix seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub created: u64,
     /// Model.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub model: String,
     /// Choice deltas (none on a usage-only chunk).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub choices: Vec<ChunkChoice>,
     /// Usage, on the last chunk when the request asked for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,10 +39,10 @@ pub struct ChatChunk {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChunkChoice {
     /// Which choice it adds to.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub index: u32,
     /// What this chunk adds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub delta: Delta,
     /// Set on the choice's last chunk.
     #[serde(default)]
@@ -120,6 +120,32 @@ fn merge(into: &mut Map<String, Value>, key: &str, value: &Value) {
     }
 }
 
+/// Adds a streamed `audio` delta to the message's audio: its `data`
+/// (base64) and `transcript` arrive in pieces and are joined; its other
+/// fields (`id`, `expires_at`) come whole and are kept.
+fn merge_audio(into: &mut Map<String, Value>, piece: &Map<String, Value>) {
+    let audio = into
+        .entry("audio")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !audio.is_object() {
+        *audio = Value::Object(Map::new());
+    }
+    let Value::Object(audio) = audio else {
+        return;
+    };
+    for (key, value) in piece {
+        match (key.as_str(), value, audio.get_mut(key)) {
+            ("data" | "transcript", Value::String(more), Some(Value::String(have))) => {
+                have.push_str(more)
+            }
+            (_, Value::Null, _) => {}
+            _ => {
+                audio.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
 /// A whole answer put back together from its chunks.
 #[derive(Debug)]
 pub struct Assembled {
@@ -174,6 +200,9 @@ impl Assembly {
                 match (key.as_str(), value) {
                     ("refusal", Value::String(text)) => {
                         so_far.refusal.get_or_insert_default().push_str(text)
+                    }
+                    ("audio", Value::Object(piece)) => {
+                        merge_audio(&mut so_far.message_extra, piece)
                     }
                     _ => merge(&mut so_far.message_extra, key, value),
                 }

@@ -21,7 +21,20 @@ pub use request::{
 };
 pub use response::{ChatResponse, Choice, WireUsage};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Reads an explicit `null` as the field's default, as OpenAI reads it as
+/// "not given": clients send `"stream": null` or `"tools": null`, a pydantic
+/// dump of an answer sent back in the history carries `"tool_calls": null`,
+/// and so do some OpenAI-compatible servers' answers. Such a field is then
+/// forwarded as absent.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
 
 /// OpenAI-style error body.
 #[derive(Clone, Debug, Serialize, Deserialize)]

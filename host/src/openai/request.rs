@@ -21,7 +21,11 @@ pub struct ChatRequest {
     /// The conversation.
     pub messages: Vec<WireMessage>,
     /// Stream the answer as server-sent events.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "super::null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub stream: bool,
     /// Streaming options; `include_usage` asks for a final usage chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,7 +41,11 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<u32>,
     /// Tools offered to the model, as sent (read: names, for routers and
     /// agents).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "super::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub tools: Vec<Value>,
     /// Tool choice, passed through untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,7 +85,11 @@ pub struct WireMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Tool calls of an assistant message.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "super::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub tool_calls: Vec<WireToolCall>,
     /// For tool messages: the call answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,7 +117,7 @@ pub struct WireFunctionCall {
     /// Function name.
     pub name: String,
     /// Arguments as JSON text.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub arguments: String,
 }
 

@@ -11,16 +11,16 @@ use serde_json::{Map, Value};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChatResponse {
     /// Completion id (the gateway answers with its own).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub id: String,
     /// `chat.completion`.
     #[serde(default = "completion_object")]
     pub object: String,
     /// Unix seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub created: u64,
     /// The model that answered.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub model: String,
     /// The choices, in order.
     pub choices: Vec<Choice>,
@@ -40,7 +40,7 @@ fn completion_object() -> String {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Choice {
     /// Its position.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub index: u32,
     /// The answer.
     pub message: WireMessage,
@@ -60,7 +60,7 @@ pub struct WireUsage {
     /// Completion tokens.
     pub completion_tokens: u32,
     /// Their sum.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     pub total_tokens: u32,
     /// Every other field, as sent (`prompt_tokens_details`,
     /// `completion_tokens_details`, ...).

@@ -209,3 +209,57 @@ fn assembly_rebuilds_choices_tool_calls_refusals_and_logprobs() {
         .unwrap();
     assert!(unfinished.finish().is_err());
 }
+
+#[test]
+fn an_explicit_null_is_read_as_not_given() {
+    // What clients and servers send: a pydantic dump of an answer put back
+    // in the history, `"stream": null`, `"tools": null`.
+    let req: ChatRequest = serde_json::from_str(
+        r#"{"model":"m","stream":null,"tools":null,"messages":[
+        {"role":"assistant","content":"hi","refusal":null,"tool_calls":null,"function_call":null,"audio":null}]}"#,
+    )
+    .unwrap();
+    assert!(!req.stream && req.tools.is_empty());
+    let out =
+        serde_json::to_value(ChatRequest::from_domain(&req.to_domain().unwrap(), false)).unwrap();
+    assert_eq!(
+        out,
+        json!({"model": "m", "messages": [{"role": "assistant", "content": "hi",
+            "refusal": null, "function_call": null, "audio": null}]}),
+        "the nulls it does not read go out as sent"
+    );
+    let body: ChatResponse = serde_json::from_str(
+        r#"{"id":null,"model":null,"choices":[{"index":null,"finish_reason":"stop",
+        "message":{"role":"assistant","content":"x","tool_calls":null}}],"usage":null}"#,
+    )
+    .unwrap();
+    assert_eq!(body.into_completion().unwrap().message.content, "x");
+    let chunk: ChatChunk = serde_json::from_str(
+        r#"{"id":"c","choices":[{"index":0,"delta":{"content":"a","tool_calls":null},"finish_reason":null}],"usage":null}"#,
+    )
+    .unwrap();
+    assert_eq!(chunk.choices[0].delta.content.as_deref(), Some("a"));
+}
+
+#[test]
+fn assembly_joins_streamed_audio() {
+    let mut a = Assembly::new("m");
+    for delta in [
+        json!({"role": "assistant", "audio": {"id": "audio_1", "transcript": "Hel", "expires_at": 9}}),
+        json!({"audio": {"data": "UklG"}}),
+        json!({"audio": {"transcript": "lo", "data": "Rg=="}}),
+    ] {
+        a.push(&chunk(json!([{"index": 0, "delta": delta}]), Value::Null))
+            .unwrap();
+    }
+    a.push(&chunk(
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        Value::Null,
+    ))
+    .unwrap();
+    let c = a.finish().unwrap().completion;
+    assert_eq!(
+        c.message.wire.extra["audio"],
+        json!({"id": "audio_1", "transcript": "Hello", "data": "UklGRg==", "expires_at": 9})
+    );
+}

@@ -369,6 +369,20 @@ impl StreamDecoder {
         }
         let chunk: ChatChunk = serde_json::from_str(data)
             .map_err(|e| invalid(&self.upstream, format!("unparsable stream chunk: {e}")))?;
+        // OpenAI reports a failure after the stream began as an event with
+        // an `error` object and no choices: the stream is over, and its
+        // message must reach the client rather than "no finish reason".
+        if let Some(error) = chunk
+            .extra
+            .get("error")
+            .filter(|_| chunk.choices.is_empty())
+        {
+            let message = error["message"].as_str().unwrap_or("no message");
+            return Err(invalid(
+                &self.upstream,
+                format!("the stream ended with an error: {message}"),
+            ));
+        }
         if let Some(assembly) = &mut self.assembly {
             assembly
                 .push(&chunk)
@@ -507,5 +521,13 @@ mod tests {
         assert!(matches!(err, Failure::InvalidResponse(m) if m.contains("`up`")));
         let mut d = StreamDecoder::new("up".into(), "m".into(), 4);
         assert!(d.on_data("[DONE]").is_err(), "no finish reason");
+        let mut d = StreamDecoder::new("up".into(), "m".into(), 4);
+        let err = d
+            .on_data(r#"{"error":{"message":"The server had an error.","type":"server_error"}}"#)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Failure::InvalidResponse(m) if m.contains("`up`") && m.contains("The server had an error.")),
+            "{err}"
+        );
     }
 }

@@ -3,11 +3,20 @@
 //! The pipeline, the server and the runtime speak these. WIT-generated types
 //! stay inside `runtime` and are converted once at the plugin boundary, so a
 //! change to the contract's generated code never ripples through the host.
+//!
+//! What the OpenAI wire carries beyond these views lives in `wire.rs`; the
+//! calling context and the request's ledger in `context.rs`. Both are
+//! re-exported here, so every type is `domain::Name`.
+
+mod context;
+mod wire;
+
+pub use context::{CallContext, DEFAULT_MAX_DEPTH, Ledger, Step, StepKind};
+pub use wire::{Choice, Details, MessageWire, TokenBound, UpstreamError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 /// Who wrote a chat message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -54,36 +63,6 @@ pub struct Message {
     pub wire: Box<MessageWire>,
 }
 
-/// What a wire message carried beyond the text view of [`Message`]: the
-/// gateway keeps it to forward the message unchanged.
-///
-/// `content` stays the text the host and plugins read (the text parts
-/// joined, in order); `parts` keeps the list as sent. When the text view is
-/// changed (a validator's rewrite, a chunk), the parts are rendered with
-/// the new text in place of the old (see `openai::render_parts`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageWire {
-    /// The role as written when it is not the canonical name of [`Role`]
-    /// (`developer` for a system message, `function` for a tool one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    /// The content parts (`text`, `image_url`, `input_audio`, `file`, ...),
-    /// as sent, when content was a list.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<Value>,
-    /// The message's other fields, as sent (`refusal`, `annotations`,
-    /// `audio`, ...).
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub extra: Map<String, Value>,
-}
-
-impl MessageWire {
-    /// Whether there is nothing beyond the text view.
-    pub fn is_empty(&self) -> bool {
-        self.role.is_none() && self.parts.is_empty() && self.extra.is_empty()
-    }
-}
-
 impl Message {
     /// A plain message with a role and text.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
@@ -126,19 +105,6 @@ pub struct Tool {
     /// than `function`), forwarded as is; `None` for tools a plugin made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wire: Option<Value>,
-}
-
-/// Which request field carried the bound on generated tokens, so that it
-/// is forwarded under the name the client used (reasoning models refuse
-/// `max_tokens`; older servers know only `max_tokens`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenBound {
-    /// `max_tokens` (also what a plugin's request is sent with).
-    #[default]
-    MaxTokens,
-    /// `max_completion_tokens`.
-    MaxCompletionTokens,
 }
 
 /// Free-form request hints, ordered so that cache keys are stable.
@@ -295,56 +261,8 @@ pub struct Completion {
     /// What the upstream's answer carried beyond this view (more choices,
     /// logprobs, `system_fingerprint`, usage details, ...), passed back to
     /// the client as it came.
-    #[serde(default, skip_serializing_if = "no_details")]
+    #[serde(default, skip_serializing_if = "wire::no_details")]
     pub details: Box<Details>,
-}
-
-/// The parts of an upstream's answer the host does not read, kept so the
-/// client gets them as the upstream sent them. Plugins never see them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Details {
-    /// Response fields other than `id`, `object`, `created`, `model`,
-    /// `choices` and `usage` (`system_fingerprint`, `service_tier`, ...).
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub response: Map<String, Value>,
-    /// The first choice's fields other than `index`, `message` and
-    /// `finish_reason` (`logprobs`, ...).
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub choice: Map<String, Value>,
-    /// The choices after the first, when the client asked for several (`n`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub choices: Vec<Choice>,
-    /// Usage fields other than the three counts (`prompt_tokens_details`,
-    /// `completion_tokens_details`, ...).
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub usage: Map<String, Value>,
-}
-
-/// Whether an answer carried nothing beyond the domain view (for serde).
-fn no_details(details: &Details) -> bool {
-    details.is_empty()
-}
-
-impl Details {
-    /// Whether the answer had nothing beyond the view.
-    pub fn is_empty(&self) -> bool {
-        self.response.is_empty()
-            && self.choice.is_empty()
-            && self.choices.is_empty()
-            && self.usage.is_empty()
-    }
-}
-
-/// One more choice of an answer (`n` > 1).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Choice {
-    /// Its message.
-    pub message: Message,
-    /// Its finish reason.
-    pub finish_reason: String,
-    /// Its other fields (`logprobs`, ...), as sent.
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub extra: Map<String, Value>,
 }
 
 impl Completion {
@@ -421,37 +339,6 @@ impl Failure {
             Failure::Denied(_) => "denied",
             Failure::Internal(_) => "internal",
         }
-    }
-}
-
-/// An upstream's refusal of a request, as it answered it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpstreamError {
-    /// The upstream that refused.
-    pub upstream: String,
-    /// Its HTTP status.
-    pub status: u16,
-    /// Its error body, OpenAI-shaped (`{"error": {"message", "type", ...}}`):
-    /// as sent when it was, else wrapped in that shape.
-    pub body: Value,
-}
-
-impl UpstreamError {
-    /// The upstream's error message.
-    pub fn message(&self) -> &str {
-        self.body["error"]["message"].as_str().unwrap_or_default()
-    }
-}
-
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "upstream `{}` refused the request with HTTP {}: {}",
-            self.upstream,
-            self.status,
-            self.message()
-        )
     }
 }
 
@@ -586,202 +473,4 @@ pub enum Action {
     Refine(Vec<Message>),
     /// Give up; `true` raises an alert.
     Fail(bool),
-}
-
-/// Default bound on nested agent calls.
-pub const DEFAULT_MAX_DEPTH: u32 = 4;
-
-/// What a step was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepKind {
-    /// An upstream completion (one attempt).
-    Completion,
-    /// A delegation to an agent.
-    Agent,
-}
-
-/// One completion or delegation made while serving a request.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Step {
-    /// A completion or an agent delegation.
-    pub kind: StepKind,
-    /// The model (for completions) or agent (for delegations).
-    pub target: String,
-    /// The upstream that served a completion.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
-    /// Who made the call: the agent on top of the chain, or `client`.
-    pub caller: String,
-    /// Nesting depth (0 = made for the client directly).
-    pub depth: u32,
-    /// Wall-clock time of the step.
-    pub latency_ms: u64,
-    /// Tokens used (for an agent: everything below it).
-    pub usage: Usage,
-    /// Cost of a completion in USD (agents: 0, their completions are steps too).
-    pub cost_usd: f64,
-    /// Whether it succeeded.
-    pub ok: bool,
-    /// The failure, when it did not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The one ledger of a request: every step made for it, across all nesting
-/// levels, from which its usage and cost are read. Shared (cloning shares),
-/// append-only.
-///
-/// It is the only record of what a request used: the request log line, the
-/// `/invoke` steps, the cost header and the key's spend all read it, so they
-/// can never disagree.
-#[derive(Clone, Debug, Default)]
-pub struct Ledger(std::sync::Arc<std::sync::Mutex<Vec<Step>>>);
-
-impl Ledger {
-    /// Appends a step.
-    pub fn push(&self, step: Step) {
-        self.with(|steps| steps.push(step));
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut Vec<Step>) -> R) -> R {
-        // A panic while holding the lock cannot leave a step half-written.
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// A copy of the steps so far.
-    pub fn steps(&self) -> Vec<Step> {
-        self.with(|steps| steps.clone())
-    }
-
-    /// Tokens of the completions recorded (an agent step's usage is the sum
-    /// of completions that are steps too, so agents are not added again).
-    pub fn usage(&self) -> Usage {
-        self.with(|steps| {
-            steps
-                .iter()
-                .filter(|s| s.kind == StepKind::Completion)
-                .fold(Usage::default(), |total, s| total.plus(s.usage))
-        })
-    }
-
-    /// Total cost of the completions recorded, USD.
-    pub fn cost_usd(&self) -> f64 {
-        self.with(|steps| steps.iter().map(|s| s.cost_usd).sum())
-    }
-}
-
-/// Who is calling and under which bounds; travels with every nested call.
-///
-/// An agent's `llm.complete` and `agents.call` run with the caller's identity,
-/// deadline and depth, so a delegation chain can never outlive or outgrow the
-/// request that started it.
-#[derive(Clone, Debug)]
-pub struct CallContext {
-    /// Client identity (API key id, or `anonymous`).
-    pub client: String,
-    /// The end user the client acts for (OpenAI's `user` field), if given.
-    pub end_user: Option<String>,
-    /// Request id for correlation.
-    pub request_id: String,
-    /// When the whole request must be done.
-    pub deadline: Instant,
-    /// Agents on the current call path, outermost first.
-    pub chain: Vec<String>,
-    /// Bound on `chain.len()`.
-    pub max_depth: u32,
-    /// The request's ledger: every step made for it, across all nesting levels.
-    pub ledger: Ledger,
-    /// What the request, and the agent call on top of the chain, may still
-    /// make the host do (see [`crate::budget`]).
-    pub budgets: crate::budget::Budgets,
-}
-
-impl CallContext {
-    /// A root context for a request.
-    pub fn new(client: impl Into<String>, request_id: impl Into<String>, budget: Duration) -> Self {
-        Self {
-            client: client.into(),
-            end_user: None,
-            request_id: request_id.into(),
-            deadline: Instant::now() + budget,
-            chain: Vec::new(),
-            max_depth: DEFAULT_MAX_DEPTH,
-            ledger: Ledger::default(),
-            budgets: crate::budget::Budgets::default(),
-        }
-    }
-
-    /// A copy for work that must not show in, or spend from, this request
-    /// (a shadow call): a ledger and budgets of its own.
-    pub fn detached(&self) -> CallContext {
-        let mut ctx = self.clone();
-        ctx.ledger = Ledger::default();
-        ctx.budgets = self.budgets.fresh();
-        ctx
-    }
-
-    /// Who this request is for, as one stable key: the client identity and,
-    /// when the request names one, its end user. A/B rollouts assign arms by
-    /// it, so one user keeps seeing one version.
-    pub fn sticky_key(&self) -> String {
-        match &self.end_user {
-            Some(user) => format!("{}\n{user}", self.client),
-            None => self.client.clone(),
-        }
-    }
-
-    /// The agent making calls in this context, or `client` at the top.
-    pub fn caller(&self) -> &str {
-        self.chain.last().map(String::as_str).unwrap_or("client")
-    }
-
-    /// Time left before the deadline (zero when passed).
-    pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-
-    /// The context for calling `agent` from here, refused when it would
-    /// exceed the depth limit, revisit an agent already on the path, or start
-    /// after the deadline.
-    pub fn enter(&self, agent: &str) -> Result<CallContext, Failure> {
-        if self.chain.iter().any(|a| a == agent) {
-            let path = self.chain.join(" → ");
-            return Err(Failure::Denied(format!("agent cycle: {path} → {agent}")));
-        }
-        if self.chain.len() as u32 >= self.max_depth {
-            return Err(Failure::Denied(format!(
-                "agent depth limit {} reached calling `{agent}` from {}",
-                self.max_depth,
-                self.chain.join(" → ")
-            )));
-        }
-        if self.remaining().is_zero() {
-            return Err(Failure::Timeout);
-        }
-        let mut child = self.clone();
-        child.chain.push(agent.to_string());
-        Ok(child)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn call_context_refuses_cycles_and_excess_depth() {
-        let root = CallContext::new("c", "r", Duration::from_secs(5));
-        let a = root.enter("a").unwrap();
-        let b = a.enter("b").unwrap();
-        assert!(matches!(b.enter("a"), Err(Failure::Denied(m)) if m.contains("a → b → a")));
-        let c = b.enter("c").unwrap().enter("d").unwrap();
-        assert!(matches!(c.enter("e"), Err(Failure::Denied(m)) if m.contains("depth limit 4")));
-    }
-
-    #[test]
-    fn call_context_refuses_after_deadline() {
-        let root = CallContext::new("c", "r", Duration::ZERO);
-        assert_eq!(root.enter("a").unwrap_err(), Failure::Timeout);
-    }
 }
