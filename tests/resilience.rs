@@ -8,7 +8,7 @@ mod support;
 use agentrouter::upstream::sim::SimSettings;
 use support::load::drive;
 use support::matrix::{self, Cell, Fault, Tuning};
-use support::table;
+use support::table::{self, ROUTED};
 use support::{Gateway, SimServer, series};
 
 /// Fast, seeded simulator settings.
@@ -20,16 +20,6 @@ fn sim(seed: u64) -> SimSettings {
         ..Default::default()
     }
 }
-
-const ROUTED: &str = r#"
-[plugins.cost-router]
-source = "builtin:cost-router"
-[plugins.standard-recovery]
-source = "builtin:standard-recovery"
-[pipeline]
-router = "cost-router"
-recovery = "standard-recovery"
-"#;
 
 /// Requests per matrix cell, and their concurrency.
 const CELL_REQUESTS: usize = 100;

@@ -74,6 +74,18 @@ pub fn rows() -> Vec<Row> {
     ]
 }
 
+/// The first-party router and recovery plugin, as an operator configures
+/// them for resilience.
+pub const ROUTED: &str = r#"
+[plugins.cost-router]
+source = "builtin:cost-router"
+[plugins.standard-recovery]
+source = "builtin:standard-recovery"
+[pipeline]
+router = "cost-router"
+recovery = "standard-recovery"
+"#;
+
 /// The operator's gateway for `a` and `b`: nothing but the upstreams and
 /// the two plugins is configured.
 pub fn config(a: &SimServer, b: &SimServer) -> String {
@@ -85,17 +97,7 @@ listen = "127.0.0.1:0"
 [store]
 path = "data"
 
-{}{}
-[plugins.cost-router]
-source = "builtin:cost-router"
-
-[plugins.standard-recovery]
-source = "builtin:standard-recovery"
-
-[pipeline]
-router = "cost-router"
-recovery = "standard-recovery"
-"#,
+{}{}{ROUTED}"#,
         a.upstream("a", "usf-mini", ""),
         b.upstream("b", "usf-mini", ""),
     )
