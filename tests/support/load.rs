@@ -90,12 +90,7 @@ fn whole_stream(text: &str, prompt: &str) -> bool {
 
 /// Like [`drive`], with `"stream": true`: each 200 is read to its end and
 /// counted [`Load::broken`] unless it is the whole answer.
-pub async fn drive_streams(
-    gw: &Gateway,
-    model: &str,
-    requests: usize,
-    concurrency: usize,
-) -> Load {
+pub async fn drive_streams(gw: &Gateway, model: &str, requests: usize, concurrency: usize) -> Load {
     let started = Instant::now();
     let results: Vec<(u16, bool, Duration)> = futures::stream::iter(0..requests)
         .map(|i| async move {
