@@ -6,7 +6,7 @@
 mod support;
 
 use agentrouter::upstream::sim::SimSettings;
-use support::load::drive;
+use support::load::{drive, drive_streams};
 use support::matrix::{self, Cell, Fault, Tuning};
 use support::table::{self, ROUTED};
 use support::{Gateway, SimServer, series};
@@ -308,8 +308,8 @@ async fn a_hanging_upstream_is_hedged_and_its_breaker_opened_by_slow_calls() {
 async fn a_stream_whose_upstream_fails_before_its_first_byte_falls_back() {
     // a is first in configured order (no router) and fails each way a
     // stream can fail before anything reaches the client: a 5xx, a first
-    // event that is not a chunk, a 429. Streams are never hedged, but
-    // until the first byte nothing is lost by moving on.
+    // event that is not a chunk, a 429. Until the first byte nothing has
+    // reached the client, so nothing is lost by moving on.
     let a = SimServer::start(
         SimSettings {
             script: ["500", "malformed", "429"].map(String::from).to_vec(),
@@ -420,5 +420,170 @@ async fn a_hedge_never_duplicates_a_call_in_flight_and_goes_back_to_a_failed_ups
     );
     assert_eq!(attempts(&metrics, "b", "cancelled"), 1.0, "{metrics}");
     assert_eq!(attempts(&metrics, "b", "timeout"), 0.0, "{metrics}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_ride_through_30_percent_of_5xx_on_both_upstreams() {
+    // The issue's second row, streamed, with the default config: before
+    // its first byte a stream follows the plan a whole answer does —
+    // fallback, retries of the same upstream within its budget, five
+    // attempts — so it fails only when all five fail (0.3⁵ = 0.24 %).
+    let flaky = |seed| SimSettings {
+        fail_rate: 0.3,
+        ..sim(seed)
+    };
+    let a = SimServer::start(flaky(15), &["usf-mini"]).await;
+    let b = SimServer::start(flaky(16), &["usf-mini"]).await;
+    let gw = Gateway::start(&format!(
+        "{}{}{ROUTED}",
+        a.upstream("a", "usf-mini", ""),
+        b.upstream("b", "usf-mini", ""),
+    ))
+    .await;
+    // 1,000 rather than 200: "99 %" of 200 allows 2 failures against an
+    // expected 0.5–0.6 (measured), which 200 streams exceed about one run
+    // in forty; of 1,000 it allows 10 against 3–5 measured (2.4 by the
+    // model), as the issue's table does for whole answers.
+    const STREAMS: u64 = 1000;
+    let load = drive_streams(&gw, "usf-mini", STREAMS as usize, 16).await;
+    let calls = a.requests() + b.requests();
+    let metrics = gw.metrics().await;
+    let hedges = matrix::tally(&metrics, "agentrouter_hedges_total", r#"outcome="sent""#);
+    eprintln!(
+        "streams: {}; {calls} upstream calls, {hedges} hedges",
+        load.summary()
+    );
+    assert_eq!(load.total(), STREAMS);
+    // Moving on through the other upstream alone, as before, served about
+    // 91 % (88.5 % of 200 measured).
+    assert!(load.whole() * 100 >= STREAMS * 99, "{}", load.summary());
+    assert_eq!(load.broken, 0, "{}", load.summary());
+    assert_eq!(load.count(429), 0, "{}", load.summary());
+    // No amplification: about 1.43 calls per stream (1 / 0.7), plus the
+    // hedges of slow openings within their budget.
+    assert!(
+        calls <= 2 * STREAMS,
+        "{calls} upstream calls for {STREAMS} streams"
+    );
+    // The recovery plugin decided what each failed opening did next.
+    let decisions = matrix::tally(&metrics, "agentrouter_recovery_actions_total", "");
+    assert!(decisions > 0, "{metrics}");
+    gw.stop().await;
+}
+
+/// One streamed request for `prompt`, answered 200: the text of the
+/// answer, which must have come whole (ended with `[DONE]`).
+async fn stream_once(gw: &Gateway, prompt: &str) -> String {
+    let mut req = support::chat("usf-mini", prompt);
+    req["stream"] = serde_json::json!(true);
+    let reply = gw.chat(&req).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    support::sse_text(&reply.text).1
+}
+
+#[tokio::test]
+async fn a_stream_on_a_lone_upstream_is_retried_before_its_first_byte() {
+    // No other upstream to fall back to: the recovery plugin retries the
+    // same one, within its retry budget, as for a whole answer.
+    let a = SimServer::start(
+        SimSettings {
+            script: ["500", "500"].map(String::from).to_vec(),
+            ..sim(17)
+        },
+        &["usf-mini"],
+    )
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}\n[plugins.standard-recovery]\nsource = \"builtin:standard-recovery\"\n\
+         [plugins.standard-recovery.settings]\nbase_delay_ms = 20\n\
+         [pipeline]\nrecovery = \"standard-recovery\"\n",
+        a.upstream("a", "usf-mini", ""),
+    ))
+    .await;
+    let text = stream_once(&gw, "again").await;
+    assert_eq!(text, "[usf-mini] You said: again");
+    assert_eq!(a.requests(), 3);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            r#"agentrouter_recovery_actions_total{upstream="a",action="retry"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_is_hedged_before_its_first_byte_and_never_after_it() {
+    // No router: the configured (name) order, a then b.
+    let config = |a: &SimServer, b: &SimServer| {
+        format!(
+            "{}{}\n[resilience.hedge]\ndelay_ms = 50\n",
+            a.upstream("a", "usf-mini", "timeout_ms = 5000"),
+            b.upstream("b", "usf-mini", "timeout_ms = 5000"),
+        )
+    };
+    let counted = |metrics: &str, family: &str, outcome: &str| {
+        series(
+            metrics,
+            &format!(r#"agentrouter_{family}_total{{upstream="a",outcome="{outcome}"}}"#),
+        )
+    };
+
+    // a never answers: after the hedge delay the stream is opened on b as
+    // well, b's first event wins, and a's call is cancelled — the stream
+    // does not wait for a's first-token timeout (5 s).
+    let a = SimServer::start(
+        SimSettings {
+            hang_rate: 1.0,
+            ..sim(18)
+        },
+        &["usf-mini"],
+    )
+    .await;
+    let b = SimServer::start(sim(19), &["usf-mini"]).await;
+    let gw = Gateway::start(&config(&a, &b)).await;
+    let text = stream_once(&gw, "hedged").await;
+    assert_eq!(text, "[usf-mini] You said: hedged");
+    assert_eq!((a.requests(), b.requests()), (1, 1));
+    let metrics = gw.metrics().await;
+    assert_eq!(counted(&metrics, "hedges", "sent"), 1.0, "{metrics}");
+    assert_eq!(
+        counted(&metrics, "upstream_attempts", "cancelled"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        counted(&metrics, "upstream_attempts", "timeout"),
+        0.0,
+        "{metrics}"
+    );
+    gw.stop().await;
+
+    // a's first event comes at once and the rest 100 ms apart, well past
+    // the hedge delay: the stream is the answer, and never duplicated.
+    let a = SimServer::start(
+        SimSettings {
+            chunk_interval_ms: 100,
+            ..sim(20)
+        },
+        &["usf-mini"],
+    )
+    .await;
+    let b = SimServer::start(sim(21), &["usf-mini"]).await;
+    let gw = Gateway::start(&config(&a, &b)).await;
+    let text = stream_once(&gw, "slow but started").await;
+    assert_eq!(text, "[usf-mini] You said: slow but started");
+    assert_eq!((a.requests(), b.requests()), (1, 0));
+    let metrics = gw.metrics().await;
+    assert_eq!(counted(&metrics, "hedges", "sent"), 0.0, "{metrics}");
+    assert_eq!(
+        counted(&metrics, "upstream_attempts", "ok"),
+        1.0,
+        "{metrics}"
+    );
     gw.stop().await;
 }

@@ -33,16 +33,22 @@
 //!   once with the upstream's answer: no retry, no fallback, no recovery
 //!   plugin, no alert, and nothing held against the upstream.
 //!
+//! A streamed completion follows the same plan until its first event (see
+//! `attempt.rs`): nothing has reached the client before it, so it is
+//! retried, falls back and is hedged like a whole answer; once the first
+//! event is in hand it is the answer and never repeated.
+//!
 //! Where a completion stands is a [`Plan`]; each attempt is made, gated and
 //! recorded by its [`GuardedUpstream`].
 
+use super::attempt::Attempt;
 use super::guarded::{AttemptError, GuardedUpstream};
 use super::plan::{Move, Plan};
 use super::race::{Event, Finished, Race};
 use super::{FailurePolicy, Pipeline, PipelineError};
 use crate::domain::{
     Action, CallContext, Candidate, Completion, CompletionRequest, Failure, FailureContext,
-    Message, Role, RouteRequest,
+    Message, RouteRequest,
 };
 use crate::resilience::{Alert, retry_delay};
 use crate::telemetry::metrics::{ActionLabels, UpstreamLabels};
@@ -52,7 +58,7 @@ use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::decision::{MAX_CHUNKS, action_label, describe};
+use super::decision::{action_label, describe};
 
 /// The failures of one completion's attempts, and which one a client is
 /// told about when the completion gives up.
@@ -273,12 +279,12 @@ impl Pipeline {
 
     /// Starts an attempt on the plan's current upstream after `delay` (a
     /// retry's backoff), and arms the hedge timer for it.
-    fn launch(
+    fn launch<A: Attempt>(
         &self,
         ctx: &CallContext,
         req: &CompletionRequest,
         plan: &mut Plan,
-        race: &mut Race<Completion, AttemptError>,
+        race: &mut Race<A, AttemptError>,
         delay: Duration,
         hedge: bool,
     ) {
@@ -292,7 +298,7 @@ impl Pipeline {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let result = called.complete(&ctx, &req, retry).await;
+                let result = A::call(called, ctx, req, retry).await;
                 Finished {
                     entry,
                     hedge,
@@ -315,12 +321,12 @@ impl Pipeline {
     /// upstream failed and whose fallback hangs would wait for the whole
     /// `timeout_ms`). The first good answer wins; the other call is
     /// cancelled.
-    fn hedge(
+    fn hedge<A: Attempt>(
         &self,
         ctx: &CallContext,
         req: &CompletionRequest,
         plan: &mut Plan,
-        race: &mut Race<Completion, AttemptError>,
+        race: &mut Race<A, AttemptError>,
         entry: usize,
     ) {
         let max_attempts = self.settings.max_attempts.max(1);
@@ -356,14 +362,40 @@ impl Pipeline {
     }
 
     /// Serves a completion for a model (empty model: any upstream the
-    /// router picks). Attempts run in a [`Race`]: usually one at a time,
-    /// two when a slow one is hedged or one fails while a hedge runs; the
-    /// first good answer ends the race and cancels the rest.
+    /// router picks), answered whole.
     pub(super) async fn complete(
         &self,
         ctx: &CallContext,
-        mut req: CompletionRequest,
+        req: CompletionRequest,
     ) -> Result<Completion, PipelineError> {
+        self.run(ctx, req).await
+    }
+
+    /// Opens a live stream for a completion. Until an upstream produces a
+    /// first event (within its `first_token_timeout_ms`) nothing has reached
+    /// the client, so a stream follows the plan a whole answer does:
+    /// retries within the budget, fallbacks, the recovery plugin's
+    /// decisions, the attempt cap and hedges of a slow opening. Once the
+    /// first event is in hand the stream is the answer: it is never
+    /// retried or hedged, and a silence longer than `idle_timeout_ms` (or
+    /// the request's deadline) ends it with a timeout.
+    pub(super) async fn open_stream(
+        &self,
+        ctx: &CallContext,
+        req: CompletionRequest,
+    ) -> Result<EventStream, PipelineError> {
+        self.run(ctx, req).await
+    }
+
+    /// Runs a completion's plan until an attempt answers (a whole answer,
+    /// or a stream's first event). Attempts run in a [`Race`]: usually one
+    /// at a time, two when a slow one is hedged or one fails while a hedge
+    /// runs; the first good answer ends the race and cancels the rest.
+    async fn run<A: Attempt>(
+        &self,
+        ctx: &CallContext,
+        mut req: CompletionRequest,
+    ) -> Result<A, PipelineError> {
         let mut plan = self.plan(ctx, &req).await?;
         let model = req.model.clone();
         let max_attempts = self.settings.max_attempts.max(1);
@@ -393,11 +425,11 @@ impl Pipeline {
             plan.ended(finished.entry);
             let upstream = plan.current().clone();
             let failure = match finished.result {
-                Ok(completion) => {
+                Ok(answer) => {
                     if finished.hedge {
                         tracing::debug!(upstream = %upstream.name(), request = %ctx.request_id, "a hedge answered first");
                     }
-                    return Ok(completion);
+                    return Ok(answer);
                 }
                 // The upstream refused the request itself: no retry, other
                 // upstream or recovery plugin can mend it, and the client
@@ -511,11 +543,23 @@ impl Pipeline {
                     };
                 }
                 Move::Chunk(max_chars) => {
+                    let Some(chunks) = A::chunked(self, ctx, &upstream, &req, max_chars) else {
+                        // A stream cannot be joined from chunks: as for a
+                        // fallback, it moves on to an upstream it has not
+                        // tried (one with a larger context may take it).
+                        if let Some(entry) = plan.untried(Instant::now()) {
+                            plan.select(entry);
+                            next = Some(Duration::ZERO);
+                        } else {
+                            ended_by = decision("; refused: a stream cannot be split into chunks");
+                        }
+                        continue;
+                    };
                     // Chunks go to this upstream alone; a hedge of the
                     // whole input is moot.
                     drop(race);
-                    return match self.chunked(ctx, &upstream, req, max_chars).await {
-                        Ok(completion) => Ok(completion),
+                    return match chunks.await {
+                        Ok(answer) => Ok(answer),
                         Err(AttemptError::Failed(failure) | AttemptError::Refused(failure)) => {
                             Err(ended(&model, failure, decision("")))
                         }
@@ -531,98 +575,6 @@ impl Pipeline {
                     ended_by = decision("");
                 }
             }
-        }
-    }
-
-    /// Splits the last user message into chunks of at most `max_chars`,
-    /// completes each on `upstream`, and merges the answers.
-    async fn chunked(
-        &self,
-        ctx: &CallContext,
-        upstream: &GuardedUpstream,
-        req: CompletionRequest,
-        max_chars: usize,
-    ) -> Result<Completion, AttemptError> {
-        let refuse = || AttemptError::Failed(Failure::TokenLimitExceeded);
-        let Some(pos) = req.messages.iter().rposition(|m| m.role == Role::User) else {
-            return Err(refuse());
-        };
-        let chars: Vec<char> = req.messages[pos].content.chars().collect();
-        if max_chars == 0 || chars.len().div_ceil(max_chars) > MAX_CHUNKS {
-            return Err(refuse());
-        }
-        let mut merged: Option<Completion> = None;
-        for chunk in chars.chunks(max_chars) {
-            let mut part = req.clone();
-            part.messages[pos].content = chunk.iter().collect();
-            let answer = upstream.complete(ctx, &part, false).await?;
-            merged = Some(match merged {
-                None => answer,
-                Some(mut acc) => {
-                    acc.message.content.push('\n');
-                    acc.message.content.push_str(&answer.message.content);
-                    acc.usage = acc.usage.plus(answer.usage);
-                    acc
-                }
-            });
-        }
-        merged.ok_or_else(refuse)
-    }
-
-    /// Opens a live stream for a completion. Upstreams are tried in planned
-    /// order (fallback chain included) until one produces a first event
-    /// within its `first_token_timeout_ms`; before that nothing has reached
-    /// the client, so a failure moves on to the next upstream. Once the
-    /// first event is in hand the stream is the answer: it is never retried,
-    /// and a silence longer than `idle_timeout_ms` (or the request's
-    /// deadline) ends it with a timeout.
-    pub(super) async fn open_stream(
-        &self,
-        ctx: &CallContext,
-        req: CompletionRequest,
-    ) -> Result<EventStream, PipelineError> {
-        let mut plan = self.plan(ctx, &req).await?;
-        self.add_chain(ctx, &req, &mut plan).await?;
-        let max_attempts = self.settings.max_attempts.max(1);
-        let mut failures = Failures::default();
-        let mut attempts = 0;
-        for upstream in plan.order() {
-            if attempts >= max_attempts || ctx.remaining().is_zero() {
-                break;
-            }
-            match upstream.stream(ctx, &req).await {
-                Ok(events) => return Ok(events),
-                Err(AttemptError::Saturated) => continue,
-                // As for a whole answer: the request's own fault ends it.
-                Err(AttemptError::Failed(failure)) if failure.is_client_error() => {
-                    return Err(PipelineError::Upstream {
-                        model: req.model,
-                        failure,
-                    });
-                }
-                Err(AttemptError::Failed(failure)) => {
-                    attempts += 1;
-                    failures.real(failure);
-                }
-                Err(AttemptError::Refused(failure)) => {
-                    attempts += 1;
-                    failures.refused(failure);
-                }
-            }
-        }
-        match failures.last() {
-            Some(failure) => Err(PipelineError::Upstream {
-                model: req.model,
-                failure,
-            }),
-            // Nothing was attempted: every upstream's bulkhead was full.
-            None if !ctx.remaining().is_zero() => Err(PipelineError::Overloaded {
-                scope: plan.order()[0].name().to_string(),
-            }),
-            None => Err(PipelineError::Upstream {
-                model: req.model,
-                failure: Failure::Timeout,
-            }),
         }
     }
 }

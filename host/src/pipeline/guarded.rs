@@ -50,6 +50,13 @@ impl InFlight<'_> {
         self.upstream
             .record(self.ctx, self.started.elapsed(), outcome);
     }
+
+    /// A stream's first event is in hand: the stream records the call
+    /// when it ends. Returns when the call started.
+    fn opened(mut self) -> Instant {
+        self.ended = true;
+        self.started
+    }
 }
 
 impl Drop for InFlight<'_> {
@@ -284,18 +291,39 @@ impl GuardedUpstream {
     /// Opens a stream and waits for its first event within the first-token
     /// timeout; then the stream is the answer, bounded by the idle timeout
     /// and the request's deadline, holding its bulkhead place until it ends,
-    /// and recorded when it ends.
+    /// and recorded when it ends. A `retry` waits out a `Retry-After` set
+    /// since it was planned, and is not new traffic for the budgets (as
+    /// for [`Self::complete`]). An opening dropped before its first event
+    /// (a hedge opened first, or the client went away) is recorded as
+    /// abandoned.
     pub(super) async fn stream(
         self: &Arc<Self>,
         ctx: &CallContext,
         req: &CompletionRequest,
+        retry: bool,
     ) -> Result<EventStream, AttemptError> {
-        let slot = self.gate()?;
-        self.health.count_first_attempt(Instant::now());
-        let started = Instant::now();
+        if retry
+            && let Some(wait) = self.health.cooling(Instant::now())
+            && wait < ctx.remaining()
+        {
+            tokio::time::sleep(wait).await;
+        }
         // The stream as a whole may run until the request's deadline; the
         // first-token and idle bounds are the host's, below.
         let total = ctx.remaining();
+        if total.is_zero() {
+            return Err(AttemptError::Failed(Failure::Timeout));
+        }
+        let slot = self.gate()?;
+        if !retry {
+            self.health.count_first_attempt(Instant::now());
+        }
+        let call = InFlight {
+            upstream: self,
+            ctx,
+            started: Instant::now(),
+            ended: false,
+        };
         let opening = async {
             let mut events = self.upstream.stream(req.clone(), total).await?;
             match events.next().await {
@@ -315,14 +343,15 @@ impl GuardedUpstream {
         let events = match tokio::time::timeout(first_token.min(total), opening).await {
             Ok(Ok(events)) => events,
             Ok(Err(failure)) => {
-                self.record(ctx, started.elapsed(), Err(&failure));
+                call.end(Err(&failure));
                 return Err(AttemptError::Failed(failure));
             }
             Err(_) => {
-                self.record(ctx, started.elapsed(), Err(&Failure::Timeout));
+                call.end(Err(&Failure::Timeout));
                 return Err(AttemptError::Failed(Failure::Timeout));
             }
         };
+        let started = call.opened();
         Ok(self.guard_stream(ctx, events, slot, started))
     }
 

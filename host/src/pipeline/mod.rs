@@ -13,6 +13,7 @@
 //! context's ledger afterwards.
 
 mod agents;
+mod attempt;
 pub mod budget;
 mod completion;
 mod decision;
