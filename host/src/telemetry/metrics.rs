@@ -122,6 +122,16 @@ pub struct PluginErrorLabels {
     pub kind: String,
 }
 
+/// Labels of a plugin compilation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCompileLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `hit` (loaded from the AOT cache), `miss` (compiled, then stored) or
+    /// `uncached` (compiled; no cache configured).
+    pub outcome: String,
+}
+
 /// Labels of usage accounting.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UsageLabels {
@@ -180,6 +190,8 @@ pub struct Metrics {
     pub plugin_fuel: Family<PluginLabels, Counter>,
     /// Peak linear memory seen in one call.
     pub plugin_peak_memory: Family<PluginLabels, Gauge>,
+    /// Plugin loads by where the compiled code came from.
+    pub plugin_compilations: Family<PluginCompileLabels, Counter>,
     /// Tokens by key, model and direction.
     pub tokens: Family<TokenLabels, Counter>,
     /// Cost in USD by key and model.
@@ -223,6 +235,7 @@ impl Metrics {
             plugin_duration: histograms(),
             plugin_fuel: Family::default(),
             plugin_peak_memory: Family::default(),
+            plugin_compilations: Family::default(),
             tokens: Family::default(),
             cost_usd: Family::default(),
         };
@@ -307,6 +320,11 @@ impl Metrics {
             "plugin_peak_memory_bytes",
             "Largest linear memory seen in one plugin call",
             m.plugin_peak_memory.clone(),
+        );
+        register!(
+            "plugin_compilations",
+            "Plugin loads by where the compiled code came from (AOT cache hit, miss, uncached)",
+            m.plugin_compilations.clone(),
         );
         register!(
             "tokens",
