@@ -24,6 +24,7 @@ const RULES = [
 ];
 
 const INVISIBLE = /[\u200b-\u200f\u2060-\u2064\ufeff]/g;
+const FULL_WIDTH = /[\uff01-\uff5e]/g;
 
 function setting(key, fallback) {
   const value = get(key);
@@ -37,6 +38,10 @@ function normalize(text) {
   } catch (_) {
     // An engine without Unicode tables still gets the rest.
   }
+  // Full-width ASCII (U+FF01..U+FF5E) folded by hand: componentize-js's
+  // engine is built without the ICU tables NFKC needs, so `normalize` above
+  // leaves "ｉｇｎｏｒｅ" as it is there.
+  t = t.replace(FULL_WIDTH, (c) => String.fromCharCode(c.charCodeAt(0) - 0xfee0));
   return t.replace(INVISIBLE, "").toLowerCase().replace(/[ \t\r\f\v]+/g, " ");
 }
 
