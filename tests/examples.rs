@@ -292,7 +292,7 @@ async fn a_restart_loads_the_python_and_js_components_from_the_aot_cache() {
 }
 
 #[tokio::test]
-async fn a_python_agent_under_a_memory_limit_it_cannot_fit_is_not_ready_and_fails_with_the_numbers() {
+async fn python_agent_over_its_memory_limit_is_not_ready_and_fails_with_the_numbers() {
     let Some(wasm) = built("python-agent.wasm") else {
         return;
     };
@@ -305,7 +305,9 @@ async fn a_python_agent_under_a_memory_limit_it_cannot_fit_is_not_ready_and_fail
     let gw = Gateway::start_in(dir.path(), &config).await;
     let (status, body) = gw.get("/health/ready").await;
     assert_eq!(status, 503, "{body}");
-    let detail = body["checks"]["plugins"]["detail"].as_str().unwrap_or_default();
+    let detail = body["checks"]["plugins"]["detail"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
         detail.contains("could not be instantiated") && detail.contains("triage@"),
         "{body}"
@@ -497,11 +499,17 @@ async fn c_router_sends_traffic_to_the_preferred_upstream_over_http() {
     let attempts = |upstream: &str| {
         series(
             &metrics,
-            &format!("agentrouter_upstream_attempts_total{{upstream=\"{upstream}\",outcome=\"ok\"}}"),
+            &format!(
+                "agentrouter_upstream_attempts_total{{upstream=\"{upstream}\",outcome=\"ok\"}}"
+            ),
         )
     };
     // `primary` is slower and pricier, but tagged with `prefer_tag`.
-    assert_eq!((attempts("primary"), attempts("budget")), (5.0, 0.0), "{metrics}");
+    assert_eq!(
+        (attempts("primary"), attempts("budget")),
+        (5.0, 0.0),
+        "{metrics}"
+    );
     let version = &sha256_hex(&read(&wasm))[..12];
     let calls = series(
         &metrics,
