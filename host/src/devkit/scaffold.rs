@@ -45,6 +45,10 @@ pub mod pins {
     pub const COMPONENTIZE_JS: &str = "0.23.0";
     /// @bytecodealliance/jco on npm.
     pub const JCO: &str = "1.35.0";
+    /// @bytecodealliance/preview2-shim on npm: componentize-js 0.23.0
+    /// imports it without declaring it, so `npm ci` of a project that does
+    /// not name it fails at build time with `ERR_MODULE_NOT_FOUND`.
+    pub const PREVIEW2_SHIM: &str = "0.25.0";
 }
 
 /// Why a project could not be written.
@@ -255,12 +259,14 @@ fn js_manifest(name: &str, world: World) -> String {
   }},
   "devDependencies": {{
     "@bytecodealliance/componentize-js": "{cjs}",
-    "@bytecodealliance/jco": "{jco}"
+    "@bytecodealliance/jco": "{jco}",
+    "@bytecodealliance/preview2-shim": "{shim}"
   }}
 }}
 "#,
         cjs = pins::COMPONENTIZE_JS,
         jco = pins::JCO,
+        shim = pins::PREVIEW2_SHIM,
     )
 }
 
