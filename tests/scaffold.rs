@@ -81,11 +81,7 @@ fn readme_build(dir: &Path) -> Command {
         .and_then(|b| b.split("```").next())
         .unwrap_or_else(|| panic!("no sh block in {}", dir.display()));
     // The block's last line is the build; earlier lines are one-time setup.
-    let build = block
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
-        .unwrap();
+    let build = block.lines().rfind(|l| !l.trim().is_empty()).unwrap();
     let mut cmd = Command::new("sh");
     cmd.args(["-c", build]);
     cmd
