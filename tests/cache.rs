@@ -121,6 +121,7 @@ async fn a_cached_answer_is_replayed_as_a_stream_and_a_streamed_answer_is_cached
     let whole = gw.chat(&request).await;
     assert_eq!(whole.header("x-agentrouter-cache"), Some("miss"));
     request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
     let streamed = gw.chat(&request).await;
     assert_eq!(streamed.status, 200);
     assert_eq!(streamed.header("x-agentrouter-cache"), Some("hit"));
@@ -133,8 +134,11 @@ async fn a_cached_answer_is_replayed_as_a_stream_and_a_streamed_answer_is_cached
     let (chunks, text) = sse_text(&streamed.text);
     assert_eq!(text, content(&whole.json()));
     assert!(chunks.len() > 2, "{chunks:?}");
-    let last = chunks.last().unwrap();
-    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    let [.., finish, last] = &chunks[..] else {
+        panic!("{chunks:?}")
+    };
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"], whole.json()["usage"]);
     assert_eq!(up.requests(), 1);
 

@@ -150,10 +150,13 @@ fn keys_create_list_rotate_revoke_round_trip() {
     let check = |secret: &str| {
         let config = Config::from_file(&path).unwrap();
         let store = Store::open(&config.store_path()).unwrap();
-        let auth = Auth::new(&config.startup.auth, &store).unwrap();
         let mut headers = axum::http::HeaderMap::new();
         headers.insert("authorization", format!("Bearer {secret}").parse().unwrap());
-        auth.authenticate(&headers).map(|id| id.name)
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let auth = Auth::new(&config.startup.auth, &store, None).await.unwrap();
+            auth.authenticate(&headers).await.map(|id| id.name)
+        })
     };
     assert_eq!(check(&secret).unwrap(), "team-x");
     assert_eq!(check(&rotated).unwrap(), "team-x");

@@ -109,6 +109,7 @@ async fn streams_models_and_agents_as_chunks_ending_with_done() {
         let mut req = chat(model, "Tell me about components in one line");
         let (_, whole) = gw.post("/v1/chat/completions", &req).await;
         req["stream"] = json!(true);
+        req["stream_options"] = json!({"include_usage": true});
         let (chunks, text) = stream_chunks(&gw, &req).await;
         assert!(chunks.len() >= 3, "{chunks:?}");
         assert!(
@@ -118,8 +119,14 @@ async fn streams_models_and_agents_as_chunks_ending_with_done() {
         );
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(text, content(&whole), "{model}");
-        let last = chunks.last().unwrap();
-        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        // As OpenAI streams it: the finish chunk, then (asked for) a
+        // usage chunk with no choices.
+        let [.., finish, last] = &chunks[..] else {
+            panic!("{chunks:?}")
+        };
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        assert!(finish.get("usage").is_none(), "{finish}");
+        assert_eq!(last["choices"], json!([]));
         assert!(last["usage"]["total_tokens"].as_u64().unwrap() > 0);
     }
     gw.stop().await;

@@ -782,6 +782,8 @@ output_cost_per_1k = 1.0
     .await;
     let mut req = chat("stream-model", "stream a few words back to me please");
     req["stream"] = json!(true);
+    // As with OpenAI, the stream ends with a usage chunk only when asked.
+    req["stream_options"] = json!({"include_usage": true});
     let reply = gw.chat(&req).await;
     assert_eq!(reply.status, 200);
     let request_id = reply.header("x-request-id").unwrap();

@@ -408,11 +408,9 @@ impl ScriptedHost {
             message,
             model: "scripted".into(),
             finish_reason: finish_reason.into(),
-            usage: Usage {
-                prompt_tokens: 10,
-                completion_tokens: 5,
-            },
+            usage: Usage::new(10, 5),
             cached: false,
+            details: Default::default(),
         }
     }
 }
@@ -437,6 +435,8 @@ impl AgentHost for HostHandle {
     ) -> BoxFuture<'static, Result<TaskResult, Failure>> {
         let host = self.0.clone();
         Box::pin(async move {
+            // The host enters the callee (depth and cycle guards).
+            let ctx = ctx.enter(&agent)?;
             let plugin = host.agents.lock().unwrap().get(&agent).cloned();
             let Some(plugin) = plugin else {
                 return Err(Failure::Denied(format!("unknown agent {agent}")));
@@ -458,6 +458,18 @@ impl AgentHost for HostHandle {
             host.in_flight.fetch_sub(1, Ordering::SeqCst);
             result.map_err(|e| Failure::Internal(e.to_string()))?
         })
+    }
+
+    fn call_all(
+        &self,
+        ctx: CallContext,
+        calls: Vec<(String, Task)>,
+    ) -> BoxFuture<'static, Vec<Result<TaskResult, Failure>>> {
+        let calls: Vec<_> = calls
+            .into_iter()
+            .map(|(agent, task)| self.call_agent(ctx.clone(), agent, task))
+            .collect();
+        Box::pin(futures::future::join_all(calls))
     }
 }
 
@@ -498,13 +510,7 @@ async fn worker_answers_in_its_persona_and_keeps_state_in_kv() {
                 && result.output.content.contains("What is WASI?"),
             "{result:?}"
         );
-        assert_eq!(
-            result.usage,
-            Usage {
-                prompt_tokens: 10,
-                completion_tokens: 5
-            }
-        );
+        assert_eq!(result.usage, Usage::new(10, 5));
     }
     // The worker counts tasks in its kv namespace, backed by the sled store.
     let counter = store
@@ -545,13 +551,7 @@ async fn manager_delegates_to_both_workers_concurrently_and_sums_usage() {
     );
     // Two manager completions (delegate, then answer) and one per worker.
     assert_eq!(host.completions.load(Ordering::SeqCst), 4);
-    assert_eq!(
-        result.usage,
-        Usage {
-            prompt_tokens: 40,
-            completion_tokens: 20
-        }
-    );
+    assert_eq!(result.usage, Usage::new(40, 20));
     assert_eq!(
         host.max_in_flight.load(Ordering::SeqCst),
         2,

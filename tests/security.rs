@@ -95,14 +95,19 @@ async fn missing_unknown_and_revoked_keys_get_401_and_a_foreign_model_403() {
     assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
 
     // A created key works until it is revoked.
-    let secret = gw.auth.create("temp", KeyPolicy::default()).unwrap();
+    let secret = gw
+        .auth
+        .create("temp", KeyPolicy::default())
+        .await
+        .unwrap()
+        .1;
     assert_eq!(gw.chat_as(&secret, &hi).await.status, 200);
-    gw.auth.revoke("temp").unwrap();
+    gw.auth.revoke("temp").await.unwrap();
     let revoked = gw.chat_as(&secret, &hi).await;
     assert_refused(&revoked, 401, "revoked_api_key");
     assert!(revoked.text.contains("temp"), "{}", revoked.text);
     // Config keys are changed in the config, not at runtime.
-    assert!(gw.auth.revoke("declared").is_err());
+    assert!(gw.auth.revoke("declared").await.is_err());
     gw.stop().await;
 }
 
@@ -112,9 +117,19 @@ async fn a_rotated_key_works_old_and_new_within_the_grace_period_then_only_new()
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start_in(dir.path(), &with_auth(&up, "")).await;
     let hi = chat("m", "hi");
-    let old = gw.auth.create("rotor", KeyPolicy::default()).unwrap();
+    let old = gw
+        .auth
+        .create("rotor", KeyPolicy::default())
+        .await
+        .unwrap()
+        .1;
     assert_eq!(gw.chat_as(&old, &hi).await.status, 200);
-    let new = gw.auth.rotate("rotor", Duration::from_millis(800)).unwrap();
+    let new = gw
+        .auth
+        .rotate("rotor", Duration::from_millis(800))
+        .await
+        .unwrap()
+        .1;
     assert_ne!(old, new);
     assert_eq!(gw.chat_as(&old, &hi).await.status, 200, "old, within grace");
     assert_eq!(gw.chat_as(&new, &hi).await.status, 200, "new");
@@ -145,7 +160,9 @@ async fn a_burst_of_twelve_against_a_bucket_of_five_gets_exactly_seven_429s() {
                 ..Default::default()
             },
         )
-        .unwrap();
+        .await
+        .unwrap()
+        .1;
     let mut ok = 0;
     let mut limited = Vec::new();
     for _ in 0..12 {
@@ -249,7 +266,9 @@ async fn an_exhausted_daily_budget_refuses_with_budget_exceeded() {
                 ..Default::default()
             },
         )
-        .unwrap();
+        .await
+        .unwrap()
+        .1;
     let first = gw.chat_as(&key, &chat("m", "spend it all")).await;
     assert_eq!(first.status, 200, "{}", first.text);
     let refused = gw.chat_as(&key, &chat("m", "and more")).await;

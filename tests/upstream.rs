@@ -25,6 +25,7 @@ fn info(name: &str) -> UpstreamInfo {
         name: name.into(),
         model: MODEL.into(),
         input_cost_per_1k: 0.001,
+        cached_input_cost_per_1k: 0.001,
         output_cost_per_1k: 0.002,
         tags: vec!["test".into()],
         weight: 1,
@@ -67,6 +68,7 @@ fn with_tools() -> CompletionRequest {
             name: n.to_string(),
             description: format!("{n} things"),
             parameters: r#"{"type":"object"}"#.into(),
+            wire: None,
         })
         .collect();
     req
@@ -97,13 +99,7 @@ fn assert_content_rules(plain: &Completion, tools: &Completion, after: &Completi
     assert_eq!(plain.finish_reason, "stop");
     assert_eq!(plain.model, MODEL);
     // 8 + 69 prompt chars, 91 answer chars.
-    assert_eq!(
-        plain.usage,
-        Usage {
-            prompt_tokens: 20,
-            completion_tokens: 23
-        }
-    );
+    assert_eq!(plain.usage, Usage::new(20, 23));
 
     assert_eq!(tools.finish_reason, "tool_calls");
     assert_eq!(tools.message.content, "");
@@ -140,23 +136,40 @@ async fn collect(stream: EventStream) -> Vec<StreamEvent> {
     stream.map(|e| e.expect("stream event")).collect().await
 }
 
-/// Text, tool calls and the final event of a stream; checks `Done` is last.
-fn replay(events: &[StreamEvent]) -> (String, Vec<ToolCall>, &StreamEvent) {
+/// Text and tool calls of a stream's chunks, and the whole answer of its
+/// `Done`; checks `Done` is last.
+fn replay(events: &[StreamEvent]) -> (String, Vec<ToolCall>, &Completion) {
     let (last, rest) = events.split_last().expect("at least Done");
-    assert!(matches!(last, StreamEvent::Done { .. }), "{events:?}");
+    let done = last
+        .done()
+        .unwrap_or_else(|| panic!("Done last: {events:?}"));
     let mut text = String::new();
     let mut calls = Vec::new();
     for e in rest {
-        match e {
-            StreamEvent::Delta(t) => text.push_str(t),
-            StreamEvent::ToolCalls(c) => {
-                assert!(calls.is_empty(), "tool calls arrive in one event");
-                calls = c.clone();
-            }
-            StreamEvent::Done { .. } => panic!("Done before the end: {events:?}"),
+        let StreamEvent::Chunk(chunk) = e else {
+            panic!("Done before the end: {events:?}")
+        };
+        text.push_str(e.text());
+        for fragment in chunk
+            .choices
+            .iter()
+            .filter_map(|c| c.delta.tool_calls.as_ref())
+        {
+            assert!(
+                calls.is_empty(),
+                "the simulator sends tool calls whole, in one chunk"
+            );
+            calls = fragment
+                .iter()
+                .map(|c| ToolCall {
+                    id: c["id"].as_str().unwrap().into(),
+                    name: c["function"]["name"].as_str().unwrap().into(),
+                    arguments: c["function"]["arguments"].as_str().unwrap().into(),
+                })
+                .collect();
         }
     }
-    (text, calls, last)
+    (text, calls, done)
 }
 
 #[tokio::test]
@@ -178,16 +191,9 @@ async fn http_stream_matches_whole_answer() {
         let (text, calls, done) = replay(&events);
         assert_eq!(text, whole.message.content);
         assert_eq!(calls, whole.message.tool_calls);
-        assert_eq!(
-            done,
-            &StreamEvent::Done {
-                finish_reason: whole.finish_reason.clone(),
-                usage: whole.usage,
-                model: MODEL.into(),
-            }
-        );
+        assert_eq!(done, &whole, "the stream assembles to the whole answer");
         if !whole.message.content.is_empty() {
-            let deltas = events.iter().filter(|e| matches!(e, StreamEvent::Delta(_)));
+            let deltas = events.iter().filter(|e| !e.text().is_empty());
             assert!(deltas.count() > 1, "answer streamed in pieces: {events:?}");
         }
     }
@@ -316,13 +322,9 @@ async fn stream_that_stalls_ends_with_timeout() {
     let events: Vec<_> = tokio::time::timeout(LONG, stream.collect::<Vec<_>>())
         .await
         .expect("the upstream's own timeout fires");
-    assert_eq!(
-        events,
-        vec![
-            Ok(StreamEvent::Delta("partial".into())),
-            Err(Failure::Timeout)
-        ]
-    );
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].as_ref().map(StreamEvent::text), Ok("partial"));
+    assert_eq!(events[1], Err(Failure::Timeout));
 }
 
 #[tokio::test]
@@ -466,7 +468,7 @@ async fn in_process_content_rules_and_stream() {
         let (text, calls, done) = replay(&events);
         assert_eq!(text, whole.message.content);
         assert_eq!(calls, whole.message.tool_calls);
-        assert!(matches!(done, StreamEvent::Done { usage, .. } if *usage == whole.usage));
+        assert_eq!(done.usage, whole.usage);
     }
     assert_eq!(up.simulator().requests(), 6);
 }

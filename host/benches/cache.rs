@@ -33,6 +33,7 @@ fn info() -> UpstreamInfo {
         name: "up".into(),
         model: "m".into(),
         input_cost_per_1k: 0.001,
+        cached_input_cost_per_1k: 0.001,
         output_cost_per_1k: 0.002,
         tags: vec![],
         weight: 1,
@@ -64,11 +65,9 @@ impl Upstream for Instant {
                 message: Message::assistant(text),
                 model: "m".into(),
                 finish_reason: "stop".into(),
-                usage: Usage {
-                    prompt_tokens: 20,
-                    completion_tokens: 20,
-                },
+                usage: Usage::new(20, 20),
                 cached: false,
+                details: Default::default(),
             })
         })
     }

@@ -15,20 +15,24 @@
 
 use crate::auth::Auth;
 use crate::cache::ResponseCache;
+use crate::cluster::Cluster;
 use crate::config::{
     Config, ListenerConfig, ReloadableConfig, RequestLimitsConfig, StartupConfig, UpstreamConfig,
     UpstreamKind,
 };
 use crate::gateway::{Gateway, Live, ServerLimits};
 use crate::net::http_client;
-use crate::pipeline::{GuardedUpstream, Pipeline, PipelineSettings, Slot};
+use crate::pipeline::{
+    AgentBudgetOverrides, BudgetSettings, GuardedUpstream, Pipeline, PipelineSettings, Slot,
+};
 use crate::ratelimit::RateLimiter;
 use crate::resilience::HealthSettings;
+use crate::rollout::shared;
 use crate::rollout::watch::{self, Watch};
 use crate::rollout::{ControlGuard, HotPlugin, Rollouts};
 use crate::runtime::{PluginSource, PluginSpec, Runtime, sha256_hex};
 use crate::server::admin::ReloadError;
-use crate::server::{self, AdminState, AppState, Reload, ReloadReport, Shutdown};
+use crate::server::{self, AdminState, AppState, Reload, ReloadReport, ServerState, Shutdown};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::openai::OpenAiUpstream;
@@ -67,6 +71,9 @@ pub enum AppError {
     /// The API keys could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// `[cluster]` could not be set up (a malformed Redis URL).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A gateway ready to serve.
@@ -74,6 +81,11 @@ pub struct App {
     state: AppState,
     shutdown: Shutdown,
     rollouts: Arc<Rollouts>,
+    sweeper: tokio::task::JoinHandle<()>,
+    /// Background work of a cluster member (key copy refresh, rollout
+    /// sync); ended when the app stops serving.
+    background: Vec<tokio::task::JoinHandle<()>>,
+    rollout_sync: Option<shared::Sync>,
 }
 
 impl App {
@@ -84,10 +96,19 @@ impl App {
         let startup = &config.startup;
         let store = Store::open(&config.store_path())?;
         let metrics = Arc::new(Metrics::new());
+        let cluster = Cluster::connect(&startup.cluster, metrics.clone()).await?;
         let runtime = Runtime::new(&config.runtime_settings(), Arc::new(store.clone()))
             .map_err(AppError::Runtime)?
             .with_metrics(metrics.clone());
         let rollouts = Rollouts::new(Arc::new(runtime), store.clone());
+        let sweeper = spawn_kv_sweeper(
+            store.clone(),
+            Duration::from_secs(startup.store.kv_sweep_interval_s),
+            metrics.clone(),
+        );
+        if let Some(cluster) = &cluster {
+            rollouts.join_cluster(cluster.clone());
+        }
         let (live, _) = {
             let guard = rollouts.lock().await;
             assemble(&guard, &rollouts, config, startup, None, metrics).await?
@@ -102,20 +123,48 @@ impl App {
             }) as Arc<dyn Reload>
         });
         let pipeline = live.load().pipeline.clone();
-        let auth = Auth::new(&startup.auth, &store)?;
+        let auth = Arc::new(Auth::new(&startup.auth, &store, cluster.clone()).await?);
         if !auth.enabled() {
             tracing::warn!(
                 "authentication is off ([auth] enabled = false): every client is served as `anonymous`"
             );
         }
-        let cache = ResponseCache::from_config(&startup.cache, &store, pipeline.metrics().clone())
-            .map(Arc::new);
+        let cache = ResponseCache::from_config(
+            &startup.cache,
+            &store,
+            cluster.as_ref(),
+            pipeline.metrics().clone(),
+        )
+        .map(Arc::new);
         let rate_limits = Arc::new(RateLimiter::from_config(
             &startup.rate_limits,
             pipeline.metrics().clone(),
+            cluster.clone(),
         ));
-        let gateway = Arc::new(Gateway::new(live, cache, Arc::new(auth), rate_limits));
-        let state = AppState {
+        let mut background = Vec::new();
+        let mut rollout_sync = None;
+        if cluster.is_some() {
+            background.push(tokio::spawn(sync_keys(
+                Arc::downgrade(&auth),
+                Duration::from_millis(startup.cluster.key_sync_ms),
+            )));
+            // Serve what the other replicas serve before taking traffic.
+            let lookup = slot_lookup(&live);
+            shared::sync_once(&rollouts, &lookup).await;
+            rollout_sync = Some(shared::sync(
+                Arc::downgrade(&rollouts),
+                lookup,
+                Duration::from_millis(startup.cluster.rollout_sync_ms),
+            ));
+        }
+        let gateway = Arc::new(Gateway::new(
+            live,
+            cache,
+            auth,
+            rate_limits,
+            &startup.auth.budget_alert_thresholds,
+        ));
+        let state = AppState::new(ServerState {
             gateway,
             store,
             draining: Arc::new(AtomicBool::new(false)),
@@ -125,7 +174,8 @@ impl App {
                 rollouts: rollouts.clone(),
                 reloader,
             },
-        };
+            cluster,
+        });
         Ok(App {
             state,
             shutdown: Shutdown {
@@ -133,6 +183,9 @@ impl App {
                 grace: Duration::from_millis(startup.server.shutdown_grace_ms),
             },
             rollouts,
+            sweeper,
+            background,
+            rollout_sync,
         })
     }
 
@@ -149,17 +202,10 @@ impl App {
     /// Reloads file plugins when their `.wasm` changes (`serve --watch`);
     /// watching stops when the returned [`Watch`] is dropped.
     pub fn watch(&self) -> Result<Watch, notify::Error> {
-        let live = self.state.gateway.live().clone();
-        let lookup: watch::SlotLookup = Arc::new(move || {
-            let pipeline = live.load().pipeline.clone();
-            let slots = pipeline
-                .slots()
-                .values()
-                .map(|s| s.plugin.clone())
-                .collect();
-            (slots, pipeline.candidates())
-        });
-        watch::watch(Arc::downgrade(&self.rollouts), lookup)
+        watch::watch(
+            Arc::downgrade(&self.rollouts),
+            slot_lookup(self.state.gateway.live()),
+        )
     }
 
     /// The API key registry (create, rotate and revoke keys while serving).
@@ -181,12 +227,92 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
         let rollouts = self.rollouts;
+        let sweeper = self.sweeper;
+        let background = self.background;
+        let rollout_sync = self.rollout_sync;
         let served = server::serve(listener, self.state, shutdown, self.shutdown);
         async move {
             let result = served.await;
+            drop(rollout_sync);
+            for task in background {
+                task.abort();
+            }
             rollouts.shutdown().await;
+            // The sweep holds the store: stop it so the store closes.
+            sweeper.abort();
+            let _ = sweeper.await;
             result
         }
+    }
+}
+
+/// Removes expired plugin kv entries every `interval`, counting them per
+/// namespace. A sweep is a short synchronous scan (kv is bounded by the
+/// plugins' quotas), so it runs inline rather than on a blocking thread,
+/// which would outlive an abort and keep the store open.
+fn spawn_kv_sweeper(
+    store: Store,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    use crate::store::KvStore;
+    use crate::telemetry::metrics::KvLabels;
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: sweep what expired while stopped.
+        loop {
+            ticks.tick().await;
+            match store.sweep_expired() {
+                Ok(swept) => {
+                    for s in swept {
+                        let labels = KvLabels {
+                            plugin: s.namespace,
+                        };
+                        metrics
+                            .kv_expired_swept
+                            .get_or_create(&labels)
+                            .inc_by(s.removed);
+                        metrics
+                            .kv_keys
+                            .get_or_create(&labels)
+                            .set(s.usage.keys as i64);
+                        metrics
+                            .kv_bytes
+                            .get_or_create(&labels)
+                            .set(s.usage.bytes as i64);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "kv sweep failed"),
+            }
+        }
+    })
+}
+
+/// The slots `live` serves now, with their smoke-call candidates.
+fn slot_lookup(live: &Arc<ArcSwap<Live>>) -> watch::SlotLookup {
+    let live = live.clone();
+    Arc::new(move || {
+        let pipeline = live.load().pipeline.clone();
+        let slots = pipeline
+            .slots()
+            .values()
+            .map(|s| s.plugin.clone())
+            .collect();
+        (slots, pipeline.candidates())
+    })
+}
+
+/// Refreshes the copy of the shared keys every `every` (the keys a replica
+/// authenticates with while Redis cannot be reached), until the key
+/// registry is gone.
+async fn sync_keys(auth: std::sync::Weak<Auth>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(auth) = auth.upgrade() else {
+            return;
+        };
+        auth.sync().await;
     }
 }
 
@@ -216,7 +342,7 @@ async fn assemble(
     let pipeline = Pipeline::new(
         slots.serving,
         upstreams,
-        pipeline_settings(&config.reloadable, metrics),
+        pipeline_settings(&config.reloadable, startup, metrics),
     )?;
     // Only now, with nothing left to fail, do fresh slots take over their
     // records: a refused reload must not reset a record, or resume a
@@ -357,10 +483,11 @@ fn reusable_upstream(
     name: &str,
 ) -> Option<Arc<GuardedUpstream>> {
     let before = &previous.config.reloadable;
-    // The retry budget is per upstream but configured globally: a changed
-    // budget rebuilds the upstream's health with it.
+    // The retry and hedge budgets are per upstream but configured
+    // globally: a changed budget rebuilds the upstream's health with it.
     let unchanged = before.upstreams.get(name)? == config.upstreams.get(name)?
-        && before.resilience.retry_budget == config.resilience.retry_budget;
+        && before.resilience.retry_budget == config.resilience.retry_budget
+        && before.resilience.hedge == config.resilience.hedge;
     if !unchanged {
         return None;
     }
@@ -386,6 +513,7 @@ fn build_upstream(
         name: name.to_string(),
         model: up.model.clone(),
         input_cost_per_1k: up.input_cost_per_1k,
+        cached_input_cost_per_1k: up.cached_input_cost_per_1k.unwrap_or(up.input_cost_per_1k),
         output_cost_per_1k: up.output_cost_per_1k,
         tags: up.tags.clone(),
         weight: up.weight,
@@ -397,12 +525,15 @@ fn build_upstream(
             (Arc::new(sim), "agentrouter.simulator")
         }
         UpstreamKind::Openai => (
-            Arc::new(OpenAiUpstream::new(
-                info,
-                up.base_url.clone().unwrap_or_default(),
-                up.api_key.as_ref().map(|k| k.expose().to_string()),
-                client.clone(),
-            )),
+            Arc::new(
+                OpenAiUpstream::new(
+                    info,
+                    up.base_url.clone().unwrap_or_default(),
+                    up.api_key.as_ref().map(|k| k.expose().to_string()),
+                    client.clone(),
+                )
+                .with_quota_metrics(metrics.clone()),
+            ),
             "openai",
         ),
     };
@@ -422,13 +553,34 @@ fn health_settings(config: &ReloadableConfig, up: &UpstreamConfig) -> HealthSett
         breaker: up.breaker.settings(),
         max_concurrent: up.max_concurrent,
         retry_budget: config.resilience.retry_budget.settings(),
+        hedge: config.resilience.hedge.settings(),
     }
 }
 
-/// How the pipeline is wired and bounded, from the config. `metrics` is the
-/// gateway's one registry: a reload must not reset counters.
-fn pipeline_settings(config: &ReloadableConfig, metrics: Arc<Metrics>) -> PipelineSettings {
+/// How the pipeline is wired and bounded, from the config (and the
+/// instance pool the gateway started with). `metrics` is the gateway's one
+/// registry: a reload must not reset counters.
+fn pipeline_settings(
+    config: &ReloadableConfig,
+    startup: &StartupConfig,
+    metrics: Arc<Metrics>,
+) -> PipelineSettings {
     let resilience = &config.resilience;
+    let limits = server_limits(&startup.server, &config.server);
+    let pool = startup.runtime.pool_instances;
+    // A quarter of the pool unless configured: four requests fanning out
+    // at once still leave room for everyone else's validators.
+    let share = config
+        .budgets
+        .request
+        .max_plugin_instances
+        .unwrap_or((pool / 4).max(1))
+        .min(pool);
+    let overrides: HashMap<String, AgentBudgetOverrides> = config
+        .plugins
+        .iter()
+        .map(|(slot, p)| (slot.clone(), p.budget.clone()))
+        .collect();
     PipelineSettings {
         input_validators: config.pipeline.input_validators.clone(),
         output_validators: config.pipeline.output_validators.clone(),
@@ -445,6 +597,8 @@ fn pipeline_settings(config: &ReloadableConfig, metrics: Arc<Metrics>) -> Pipeli
             .alert_webhook
             .as_ref()
             .map(|hook| hook.expose().trim().to_string()),
+        rules: limits.message_rules(),
+        budgets: BudgetSettings::new(&config.budgets, &overrides, share),
         metrics,
     }
 }

@@ -5,6 +5,7 @@
 //! change to the contract's generated code never ripples through the host.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,41 @@ pub struct Message {
     pub tool_calls: Vec<ToolCall>,
     /// For tool messages: the call answered.
     pub tool_call_id: Option<String>,
+    /// How the message was written on the wire beyond this view (content
+    /// parts, the role's own name, other fields), so that it is forwarded
+    /// as it came. Plugins never see it; see [`MessageWire`].
+    #[serde(default, skip_serializing_if = "MessageWire::is_empty")]
+    pub wire: Box<MessageWire>,
+}
+
+/// What a wire message carried beyond the text view of [`Message`]: the
+/// gateway keeps it to forward the message unchanged.
+///
+/// `content` stays the text the host and plugins read (the text parts
+/// joined, in order); `parts` keeps the list as sent. When the text view is
+/// changed (a validator's rewrite, a chunk), the parts are rendered with
+/// the new text in place of the old (see `openai::render_parts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageWire {
+    /// The role as written when it is not the canonical name of [`Role`]
+    /// (`developer` for a system message, `function` for a tool one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The content parts (`text`, `image_url`, `input_audio`, `file`, ...),
+    /// as sent, when content was a list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Value>,
+    /// The message's other fields, as sent (`refusal`, `annotations`,
+    /// `audio`, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+impl MessageWire {
+    /// Whether there is nothing beyond the text view.
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none() && self.parts.is_empty() && self.extra.is_empty()
+    }
 }
 
 impl Message {
@@ -57,6 +93,7 @@ impl Message {
             name: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
+            wire: Box::default(),
         }
     }
 
@@ -85,6 +122,23 @@ pub struct Tool {
     pub description: String,
     /// JSON schema of the arguments, as JSON text.
     pub parameters: String,
+    /// The tool exactly as the client sent it (`strict`, tool types other
+    /// than `function`), forwarded as is; `None` for tools a plugin made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<Value>,
+}
+
+/// Which request field carried the bound on generated tokens, so that it
+/// is forwarded under the name the client used (reasoning models refuse
+/// `max_tokens`; older servers know only `max_tokens`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenBound {
+    /// `max_tokens` (also what a plugin's request is sent with).
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`.
+    MaxCompletionTokens,
 }
 
 /// Free-form request hints, ordered so that cache keys are stable.
@@ -101,15 +155,22 @@ pub struct CompletionRequest {
     pub tools: Vec<Tool>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
-    /// Bound on generated tokens.
+    /// Bound on generated tokens: `max_completion_tokens` when the client
+    /// sent it, else `max_tokens`. Plugins see this one number.
     pub max_tokens: Option<u32>,
+    /// The field `max_tokens` came in, and is forwarded in.
+    #[serde(default)]
+    pub token_bound: TokenBound,
     /// Hints.
     pub metadata: Metadata,
     /// OpenAI `tool_choice`, passed through to upstreams untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<serde_json::Value>,
-    /// Fields of the client's request the gateway does not read (`top_p`,
-    /// `seed`, `response_format`, ...), as sent. Part of the cache key.
+    /// Fields of the client's request forwarded as sent to OpenAI-kind
+    /// upstreams: every field the gateway does not read (`top_p`, `seed`,
+    /// `response_format`, `n`, `logprobs`, ...), and `user` and `metadata`,
+    /// which it reads and forwards too. Part of the cache key (but for
+    /// `user`, `metadata` and `stream_options`, see `cache::key`).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -165,16 +226,39 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// Token counts.
+/// Token counts, as OpenAI reports them: `cached_prompt_tokens` are part
+/// of `prompt_tokens` and `reasoning_tokens` part of `completion_tokens`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: u32,
-    /// Completion tokens.
+    /// Completion tokens (reasoning tokens included).
     pub completion_tokens: u32,
+    /// Of the prompt tokens, those the provider served from its prompt cache
+    /// (`prompt_tokens_details.cached_tokens`); priced at the upstream's
+    /// `cached_input_cost_per_1k`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_prompt_tokens: u32,
+    /// Of the completion tokens, those spent reasoning
+    /// (`completion_tokens_details.reasoning_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Usage {
+    /// Prompt and completion tokens, with no details.
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            ..Usage::default()
+        }
+    }
+
     /// Saturating sum.
     pub fn plus(self, other: Usage) -> Usage {
         Usage {
@@ -182,6 +266,10 @@ impl Usage {
             completion_tokens: self
                 .completion_tokens
                 .saturating_add(other.completion_tokens),
+            cached_prompt_tokens: self
+                .cached_prompt_tokens
+                .saturating_add(other.cached_prompt_tokens),
+            reasoning_tokens: self.reasoning_tokens.saturating_add(other.reasoning_tokens),
         }
     }
 
@@ -204,6 +292,74 @@ pub struct Completion {
     pub usage: Usage,
     /// Served from cache.
     pub cached: bool,
+    /// What the upstream's answer carried beyond this view (more choices,
+    /// logprobs, `system_fingerprint`, usage details, ...), passed back to
+    /// the client as it came.
+    #[serde(default, skip_serializing_if = "no_details")]
+    pub details: Box<Details>,
+}
+
+/// The parts of an upstream's answer the host does not read, kept so the
+/// client gets them as the upstream sent them. Plugins never see them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Details {
+    /// Response fields other than `id`, `object`, `created`, `model`,
+    /// `choices` and `usage` (`system_fingerprint`, `service_tier`, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub response: Map<String, Value>,
+    /// The first choice's fields other than `index`, `message` and
+    /// `finish_reason` (`logprobs`, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub choice: Map<String, Value>,
+    /// The choices after the first, when the client asked for several (`n`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<Choice>,
+    /// Usage fields other than the three counts (`prompt_tokens_details`,
+    /// `completion_tokens_details`, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub usage: Map<String, Value>,
+}
+
+/// Whether an answer carried nothing beyond the domain view (for serde).
+fn no_details(details: &Details) -> bool {
+    details.is_empty()
+}
+
+impl Details {
+    /// Whether the answer had nothing beyond the view.
+    pub fn is_empty(&self) -> bool {
+        self.response.is_empty()
+            && self.choice.is_empty()
+            && self.choices.is_empty()
+            && self.usage.is_empty()
+    }
+}
+
+/// One more choice of an answer (`n` > 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Its message.
+    pub message: Message,
+    /// Its finish reason.
+    pub finish_reason: String,
+    /// Its other fields (`logprobs`, ...), as sent.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+impl Completion {
+    /// Every choice's message and other fields, the first one first: what
+    /// output validators go through one by one.
+    pub fn choices_mut(&mut self) -> Vec<(&mut Message, &mut Map<String, Value>)> {
+        let mut all = vec![(&mut self.message, &mut self.details.choice)];
+        all.extend(
+            self.details
+                .choices
+                .iter_mut()
+                .map(|c| (&mut c.message, &mut c.extra)),
+        );
+        all
+    }
 }
 
 /// Why an operation failed, in the contract's vocabulary.
@@ -218,9 +374,17 @@ pub enum Failure {
     /// The input exceeded the model's context window.
     #[error("token limit exceeded")]
     TokenLimitExceeded,
-    /// The upstream answered with this HTTP status.
+    /// The upstream answered with this HTTP status, and it is not the
+    /// client's mistake (5xx, 401/403 for the gateway's credentials, 408 and
+    /// 409, which are transient).
     #[error("upstream answered HTTP {0}")]
     UpstreamStatus(u16),
+    /// The upstream refused the request itself (a 4xx other than 401, 403,
+    /// 408, 409 and 429): its answer is the client's answer. Never retried,
+    /// never held against the upstream; plugins see it as
+    /// `upstream-status(status)`.
+    #[error("{0}")]
+    ClientError(UpstreamError),
     /// The upstream's body could not be understood.
     #[error("invalid upstream response: {0}")]
     InvalidResponse(String),
@@ -249,7 +413,7 @@ impl Failure {
             Failure::RateLimited(_) => "rate-limited",
             Failure::TokenLimitExceeded => "token-limit",
             Failure::UpstreamStatus(s) if *s >= 500 => "server-error",
-            Failure::UpstreamStatus(_) => "client-error",
+            Failure::UpstreamStatus(_) | Failure::ClientError(_) => "client-error",
             Failure::InvalidResponse(_) => "invalid-response",
             Failure::CircuitOpen(_) => "circuit-open",
             Failure::Rejected(_) => "rejected",
@@ -257,6 +421,45 @@ impl Failure {
             Failure::Denied(_) => "denied",
             Failure::Internal(_) => "internal",
         }
+    }
+}
+
+/// An upstream's refusal of a request, as it answered it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamError {
+    /// The upstream that refused.
+    pub upstream: String,
+    /// Its HTTP status.
+    pub status: u16,
+    /// Its error body, OpenAI-shaped (`{"error": {"message", "type", ...}}`):
+    /// as sent when it was, else wrapped in that shape.
+    pub body: Value,
+}
+
+impl UpstreamError {
+    /// The upstream's error message.
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "upstream `{}` refused the request with HTTP {}: {}",
+            self.upstream,
+            self.status,
+            self.message()
+        )
+    }
+}
+
+impl Failure {
+    /// Whether the upstream refused the request itself: what the client
+    /// must fix, so nothing the host could do (retry, fall back) helps.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, Failure::ClientError(_))
     }
 }
 
@@ -489,6 +692,9 @@ pub struct CallContext {
     pub max_depth: u32,
     /// The request's ledger: every step made for it, across all nesting levels.
     pub ledger: Ledger,
+    /// What the request, and the agent call on top of the chain, may still
+    /// make the host do (see [`crate::budget`]).
+    pub budgets: crate::budget::Budgets,
 }
 
 impl CallContext {
@@ -502,7 +708,17 @@ impl CallContext {
             chain: Vec::new(),
             max_depth: DEFAULT_MAX_DEPTH,
             ledger: Ledger::default(),
+            budgets: crate::budget::Budgets::default(),
         }
+    }
+
+    /// A copy for work that must not show in, or spend from, this request
+    /// (a shadow call): a ledger and budgets of its own.
+    pub fn detached(&self) -> CallContext {
+        let mut ctx = self.clone();
+        ctx.ledger = Ledger::default();
+        ctx.budgets = self.budgets.fresh();
+        ctx
     }
 
     /// Who this request is for, as one stable key: the client identity and,

@@ -10,18 +10,24 @@
 //! below it:
 //!
 //! ```text
-//! app           assembles everything from a Config; reload re-assembles
+//! app backup    assemble everything from a Config (reload re-assembles);
+//!               back up and restore the state a config names
 //! server        HTTP ⇄ domain types, admin API, one error mapping (ApiError)
 //! gateway       serves one request for a caller: rules, key admission,
 //!               cache, accounting, stream settlement
 //! pipeline      validators → agent | completion plan over guarded
 //!               upstreams → validators; the request's ledger
-//! rollout runtime upstream resilience cache auth ratelimit telemetry
+//! rollout runtime upstream resilience cache auth ratelimit
 //!               hot-swappable slots, the sandbox, providers, breakers and
-//!               budgets, the response cache, keys, limits, metrics
-//! domain clock net secret store openai
-//!               small shared types, wall-clock time, the HTTP client,
-//!               secret values, sled, the OpenAI wire format
+//!               budgets, the response cache, keys, limits
+//! cluster       the shared Redis of several replicas (`[cluster]`): the
+//!               connection and whether it answers; each module above owns
+//!               its data and scripts in it
+//! telemetry     metrics, readiness checks, the request record
+//! domain budget clock net secret store openai
+//!               small shared types, budgets of a request and its agent
+//!               calls, wall-clock time, the HTTP client, secret values,
+//!               sled, the OpenAI wire format
 //! ```
 //!
 //! `devkit` (the `agentrouter plugin` commands: scaffolds and the local
@@ -36,8 +42,11 @@
 
 pub mod app;
 pub mod auth;
+pub mod backup;
+pub mod budget;
 pub mod cache;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod devkit;
 pub mod domain;

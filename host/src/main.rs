@@ -1,5 +1,7 @@
 //! The `agentrouter` command line.
 
+mod cli;
+
 use agentrouter::app::App;
 use agentrouter::auth::{KeyPolicy, KeyStore};
 use agentrouter::clock::rfc3339;
@@ -100,6 +102,12 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Back up and restore a config's store (keys, rollouts, spend, cache):
+    /// the disaster-recovery commands.
+    Store {
+        #[command(subcommand)]
+        command: cli::store::StoreCommand,
     },
 }
 
@@ -248,6 +256,10 @@ fn main() -> ExitCode {
         Command::Keys { command } => init_logging(format)
             .map_err(Into::into)
             .and_then(|_logs| keys(command)),
+        Command::Store { command } => run_async(async move {
+            let _logs = init_logging(format)?;
+            cli::store::run(command).await
+        }),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,9 @@
 //! The one harness of the end-to-end tests: a real gateway on 127.0.0.1
 //! with an ephemeral port and a real sled store ([`Gateway`]), the simulator
 //! behind its OpenAI-compatible HTTP server so upstream faults cross a real
-//! network boundary ([`SimServer`]), and the few readers a test needs to
+//! network boundary ([`SimServer`]), an upstream that records exactly what
+//! it receives and answers what the test scripted ([`Recorder`]), and the
+//! few readers a test needs to
 //! state what it expects: request bodies ([`chat`]), answer text
 //! ([`content`]), SSE streams ([`sse_text`]) and Prometheus series
 //! ([`series`], [`value`]).
@@ -20,12 +22,23 @@
 #![allow(dead_code)]
 
 mod gateway;
+pub mod load;
+pub mod matrix;
+mod recorder;
+mod redis;
 mod sim;
+mod webhook;
 
 #[allow(unused_imports)]
 pub use gateway::{ADMIN_TOKEN, Gateway, Reply};
 #[allow(unused_imports)]
+pub use recorder::{Canned, Recorded, Recorder};
+#[allow(unused_imports)]
+pub use redis::RedisServer;
+#[allow(unused_imports)]
 pub use sim::{SimServer, steady};
+#[allow(unused_imports)]
+pub use webhook::Webhook;
 
 use serde_json::{Value, json};
 

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 /// Default `auth.rotation_grace_s`.
 pub const DEFAULT_ROTATION_GRACE_S: u64 = 3600;
+/// Default `auth.budget_reservation_usd`: the least a request holds of its
+/// key's budget while it runs (see `auth::Budgets`).
+pub const DEFAULT_BUDGET_RESERVATION_USD: f64 = 0.001;
+/// Default `auth.budget_alert_thresholds`: alert at 80 % and at 100 %.
+pub const DEFAULT_BUDGET_ALERT_THRESHOLDS: &[f64] = &[0.8, 1.0];
 
 /// `[auth]`: API keys.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -18,6 +23,12 @@ pub struct AuthConfig {
     pub accept_x_api_key: bool,
     /// Default grace period of `agentrouter keys rotate`, seconds.
     pub rotation_grace_s: u64,
+    /// The least a request reserves of its key's daily budget while it
+    /// runs, USD; it reserves the key's mean cost per request when higher.
+    pub budget_reservation_usd: f64,
+    /// Fractions of a key's daily budget whose crossing raises an alert
+    /// (log event, `agentrouter_alerts_total`, `resilience.alert_webhook`).
+    pub budget_alert_thresholds: Vec<f64>,
     /// Keys declared in the file.
     pub keys: Vec<KeyConfig>,
 }
@@ -28,6 +39,8 @@ impl Default for AuthConfig {
             enabled: false,
             accept_x_api_key: true,
             rotation_grace_s: DEFAULT_ROTATION_GRACE_S,
+            budget_reservation_usd: DEFAULT_BUDGET_RESERVATION_USD,
+            budget_alert_thresholds: DEFAULT_BUDGET_ALERT_THRESHOLDS.to_vec(),
             keys: Vec::new(),
         }
     }

@@ -132,7 +132,8 @@ impl KeyStore {
         }
     }
 
-    fn put(&self, record: &KeyRecord) -> Result<(), AuthError> {
+    /// Writes `record` as it is (a restore from a backup).
+    pub fn put(&self, record: &KeyRecord) -> Result<(), AuthError> {
         let bytes = serde_json::to_vec(record).map_err(Self::err)?;
         self.store
             .db()
@@ -155,17 +156,7 @@ impl KeyStore {
         if self.get(name)?.is_some() {
             return Err(AuthError::Exists(name.to_string()));
         }
-        let secret = generate_secret();
-        let record = KeyRecord {
-            name: name.to_string(),
-            hash: hash_secret(&secret),
-            previous: None,
-            created_at_ms: clock::unix_ms(),
-            rotated_at_ms: None,
-            revoked_at_ms: None,
-            policy,
-            from_config: false,
-        };
+        let (record, secret) = new_key(name, policy);
         self.put(&record)?;
         Ok((record, secret))
     }
@@ -173,32 +164,58 @@ impl KeyStore {
     /// Revokes a key: it is refused from now on (and so is a secret still
     /// in its rotation grace period).
     pub fn revoke(&self, name: &str) -> Result<KeyRecord, AuthError> {
-        let mut record = self.existing(name)?;
-        if record.revoked_at_ms.is_none() {
-            record.revoked_at_ms = Some(clock::unix_ms());
-        }
-        record.previous = None;
+        let record = revoked(self.existing(name)?);
         self.put(&record)?;
         Ok(record)
     }
 
     /// Gives a key a new secret; the old one keeps working for `grace`.
     pub fn rotate(&self, name: &str, grace: Duration) -> Result<(KeyRecord, String), AuthError> {
-        let mut record = self.existing(name)?;
-        if record.revoked_at_ms.is_some() {
-            return Err(AuthError::Revoked(name.to_string()));
-        }
-        let secret = generate_secret();
-        let now = clock::unix_ms();
-        record.previous = (!grace.is_zero()).then(|| PreviousSecret {
-            hash: std::mem::take(&mut record.hash),
-            valid_until_ms: now.saturating_add(grace.as_millis() as u64),
-        });
-        record.hash = hash_secret(&secret);
-        record.rotated_at_ms = Some(now);
+        let (record, secret) = rotated(self.existing(name)?, grace)?;
         self.put(&record)?;
         Ok((record, secret))
     }
+}
+
+/// A new key `name` with `policy`, and its secret.
+pub fn new_key(name: &str, policy: KeyPolicy) -> (KeyRecord, String) {
+    let secret = generate_secret();
+    let record = KeyRecord {
+        name: name.to_string(),
+        hash: hash_secret(&secret),
+        previous: None,
+        created_at_ms: clock::unix_ms(),
+        rotated_at_ms: None,
+        revoked_at_ms: None,
+        policy,
+        from_config: false,
+    };
+    (record, secret)
+}
+
+/// `record`, revoked (its grace-period secret too).
+pub fn revoked(mut record: KeyRecord) -> KeyRecord {
+    if record.revoked_at_ms.is_none() {
+        record.revoked_at_ms = Some(clock::unix_ms());
+    }
+    record.previous = None;
+    record
+}
+
+/// `record` with a new secret (returned), the old one valid for `grace`.
+pub fn rotated(mut record: KeyRecord, grace: Duration) -> Result<(KeyRecord, String), AuthError> {
+    if record.revoked_at_ms.is_some() {
+        return Err(AuthError::Revoked(record.name));
+    }
+    let secret = generate_secret();
+    let now = clock::unix_ms();
+    record.previous = (!grace.is_zero()).then(|| PreviousSecret {
+        hash: std::mem::take(&mut record.hash),
+        valid_until_ms: now.saturating_add(grace.as_millis() as u64),
+    });
+    record.hash = hash_secret(&secret);
+    record.rotated_at_ms = Some(now);
+    Ok((record, secret))
 }
 
 #[cfg(test)]

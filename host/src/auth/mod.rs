@@ -6,22 +6,35 @@
 //! (`subtle`), so response timing says nothing about how close a guess was.
 //! Clients send `Authorization: Bearer <key>` (what OpenAI SDKs do) or, when
 //! allowed, `x-api-key: <key>`. The admin token is a separate credential.
+//!
+//! With `[cluster]`, keys created through the admin API live in Redis
+//! ([`shared`]) and every replica authenticates against them; budgets are
+//! shared the same way ([`budget`]).
 
 mod budget;
 mod config;
 mod keys;
+pub mod shared;
 
-pub use budget::{Spend, seconds_to_midnight, utc_day};
-pub use config::{AuthConfig, DEFAULT_ROTATION_GRACE_S, KeyConfig, valid_key_name};
+pub use budget::{
+    BudgetExceeded, Budgets, Reservation, Spend, SpendUpdate, seconds_to_midnight, utc_day,
+};
+pub use config::{
+    AuthConfig, DEFAULT_BUDGET_ALERT_THRESHOLDS, DEFAULT_BUDGET_RESERVATION_USD,
+    DEFAULT_ROTATION_GRACE_S, KeyConfig, valid_key_name,
+};
 pub use keys::{
     KeyPolicy, KeyRecord, KeyStore, PreviousSecret, SECRET_PREFIX, generate_secret, hash_secret,
+    new_key, revoked, rotated,
 };
 
 use crate::clock;
+use crate::cluster::Cluster;
 use crate::domain::Target;
 use crate::ratelimit::Limits;
 use crate::store::Store;
 use axum::http::{HeaderMap, header};
+use shared::SharedKeys;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -129,31 +142,38 @@ pub struct NotAllowed {
     pub allowed: Vec<String>,
 }
 
-/// The budget of a key is spent for today.
-#[derive(Debug)]
-pub struct BudgetExceeded {
-    /// Spent today, USD.
-    pub spent_usd: f64,
-    /// The daily budget, USD.
-    pub budget_usd: f64,
-    /// Seconds until the budget resets (UTC midnight).
-    pub resets_in_s: u64,
-}
-
 /// The gateway's authenticator and key registry.
 pub struct Auth {
     enabled: bool,
     accept_x_api_key: bool,
+    rotation_grace: Duration,
+    /// Keys of the config file, then the store's (sled's, or with a
+    /// cluster the last synced copy of the shared ones).
     keys: RwLock<Vec<KeyRecord>>,
     store: KeyStore,
-    spend: Spend,
+    shared: Option<SharedKeys>,
+    budgets: Budgets,
 }
 
+/// A change of a shared key that raced another change this many times in a
+/// row is given up (each retry reads the newer record first).
+const SHARED_RETRIES: usize = 5;
+
 impl Auth {
-    /// Keys from `config` and from `store`; a name in both is an error.
-    pub fn new(config: &AuthConfig, store: &Store) -> Result<Auth, AuthError> {
+    /// Keys from `config` and from `store` (with `cluster`, from Redis; the
+    /// store's keys are copied there when Redis lacks them); a name in both
+    /// the config and a store is an error.
+    pub async fn new(
+        config: &AuthConfig,
+        store: &Store,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Auth, AuthError> {
         let key_store = KeyStore::new(store.clone());
         let mut keys = key_store.list()?;
+        let shared = cluster.clone().map(SharedKeys::new);
+        if let Some(shared) = &shared {
+            keys = import(shared, keys).await;
+        }
         for k in &config.keys {
             if keys.iter().any(|r| r.name == k.name) {
                 return Err(AuthError::Conflict(k.name.clone()));
@@ -179,15 +199,27 @@ impl Auth {
         Ok(Auth {
             enabled: config.enabled,
             accept_x_api_key: config.accept_x_api_key,
+            rotation_grace: Duration::from_secs(config.rotation_grace_s),
             keys: RwLock::new(keys),
             store: key_store,
-            spend: Spend::new(store.clone()),
+            shared,
+            budgets: Budgets::new(store.clone(), cluster, config.budget_reservation_usd),
         })
     }
 
     /// Whether requests need a key.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Whether keys are shared through a cluster.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The default grace period of a rotation (`auth.rotation_grace_s`).
+    pub fn rotation_grace(&self) -> Duration {
+        self.rotation_grace
     }
 
     /// Names of every known key.
@@ -198,6 +230,31 @@ impl Auth {
             .iter()
             .map(|k| k.name.clone())
             .collect()
+    }
+
+    /// Every key: the config file's, then the store's (with a cluster,
+    /// read from Redis, or the last synced copy while it is lost).
+    pub async fn list(&self) -> Vec<KeyRecord> {
+        if self.shared.is_some() {
+            self.sync().await;
+        }
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Refreshes the copy of the shared keys (with a cluster; called every
+    /// `cluster.key_sync_ms`). Keeps the copy when Redis is unreachable.
+    pub async fn sync(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        match shared.list().await {
+            Ok(records) => {
+                let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+                keys.retain(|k| k.from_config);
+                keys.extend(records.into_iter().filter(|r| !r.from_config));
+            }
+            Err(e) => tracing::debug!(error = %e, "keeping the last copy of the shared keys"),
+        }
     }
 
     fn presented(&self, headers: &HeaderMap) -> Result<String, AuthError> {
@@ -222,48 +279,67 @@ impl Auth {
 
     /// The identity of a request: `anonymous` when auth is off, else the
     /// key its credentials match.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         if !self.enabled {
             return Ok(Identity::anonymous());
         }
         let hash = hash_secret(&self.presented(headers)?);
         let now = clock::unix_ms();
+        if let Some(shared) = &self.shared {
+            if let Some(found) = self.match_local(&hash, now, true) {
+                return found;
+            }
+            match shared.lookup(&hash).await {
+                Ok(Some(record)) => {
+                    let answer = identity_of(&record, &hash, now);
+                    self.replace(record);
+                    return answer;
+                }
+                Ok(None) => return Err(AuthError::Unknown),
+                Err(e) => {
+                    tracing::debug!(error = %e, "authenticating from the last copy of the shared keys")
+                }
+            }
+        }
+        self.match_local(&hash, now, false)
+            .unwrap_or(Err(AuthError::Unknown))
+    }
+
+    /// Matches `hash` against the known keys (only the config file's when
+    /// `config_only`), comparing with every one in constant time, without
+    /// stopping at the first match, so the time taken does not depend on
+    /// which key (if any) matched.
+    fn match_local(
+        &self,
+        hash: &str,
+        now: u64,
+        config_only: bool,
+    ) -> Option<Result<Identity, AuthError>> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
-        // Compare against every key, without stopping at the first match,
-        // so the time taken does not depend on which key (if any) matched.
         let mut current = None;
         let mut previous = None;
         for (i, k) in keys.iter().enumerate() {
+            if config_only && !k.from_config {
+                continue;
+            }
             if bool::from(k.hash.as_bytes().ct_eq(hash.as_bytes())) {
                 current = Some(i);
             }
             if let Some(p) = &k.previous
                 && bool::from(p.hash.as_bytes().ct_eq(hash.as_bytes()))
             {
-                previous = Some((i, p.valid_until_ms));
+                previous = Some(i);
             }
         }
-        let (index, grace_ok) = match (current, previous) {
-            (Some(i), _) => (i, true),
-            (None, Some((i, until))) => (i, now < until),
-            (None, None) => return Err(AuthError::Unknown),
-        };
-        let key = &keys[index];
-        if key.revoked_at_ms.is_some() {
-            return Err(AuthError::Revoked(key.name.clone()));
-        }
-        if !grace_ok {
-            return Err(AuthError::GraceEnded(key.name.clone()));
-        }
-        Ok(Identity {
-            name: key.name.clone(),
-            policy: Arc::new(key.policy.clone()),
-        })
+        current
+            .or(previous)
+            .map(|i| identity_of(&keys[i], hash, now))
     }
 
     fn replace(&self, record: KeyRecord) {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         match keys.iter_mut().find(|k| k.name == record.name) {
+            Some(k) if k.from_config => {}
             Some(k) => *k = record,
             None => keys.push(record),
         }
@@ -277,67 +353,155 @@ impl Auth {
         }
     }
 
-    /// Creates a key in the store and serves it at once; returns its secret.
-    pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<String, AuthError> {
+    /// Creates a key in the store and serves it at once; returns it and
+    /// its secret.
+    pub async fn create(
+        &self,
+        name: &str,
+        policy: KeyPolicy,
+    ) -> Result<(KeyRecord, String), AuthError> {
         self.stored(name)?;
-        let (record, secret) = self.store.create(name, policy)?;
-        self.replace(record);
-        Ok(secret)
+        let (record, secret) = match &self.shared {
+            Some(shared) => {
+                if !valid_key_name(name) {
+                    return Err(AuthError::InvalidName(name.to_string()));
+                }
+                let (record, secret) = new_key(name, policy);
+                if !shared.put(&record, None, None).await? {
+                    return Err(AuthError::Exists(name.to_string()));
+                }
+                (record, secret)
+            }
+            None => self.store.create(name, policy)?,
+        };
+        self.replace(record.clone());
+        Ok((record, secret))
     }
 
     /// Rotates a stored key; the old secret works for `grace` more.
-    pub fn rotate(&self, name: &str, grace: Duration) -> Result<String, AuthError> {
+    pub async fn rotate(
+        &self,
+        name: &str,
+        grace: Duration,
+    ) -> Result<(KeyRecord, String), AuthError> {
         self.stored(name)?;
-        let (record, secret) = self.store.rotate(name, grace)?;
-        self.replace(record);
-        Ok(secret)
+        let mut secret = String::new();
+        let record = self
+            .change(
+                name,
+                |record| {
+                    let (next, s) = rotated(record, grace)?;
+                    secret = s;
+                    Ok(next)
+                },
+                |store| store.rotate(name, grace).map(|(r, s)| (r, Some(s))),
+            )
+            .await?;
+        Ok((record.0, record.1.unwrap_or(secret)))
     }
 
     /// Revokes a stored key, effective immediately.
-    pub fn revoke(&self, name: &str) -> Result<(), AuthError> {
+    pub async fn revoke(&self, name: &str) -> Result<KeyRecord, AuthError> {
         self.stored(name)?;
-        let record = self.store.revoke(name)?;
-        self.replace(record);
-        Ok(())
+        let (record, _) = self
+            .change(
+                name,
+                |record| Ok(revoked(record)),
+                |store| store.revoke(name).map(|r| (r, None)),
+            )
+            .await?;
+        Ok(record)
     }
 
-    /// Refuses an identity whose daily budget is spent.
-    pub fn check_budget(&self, id: &Identity) -> Result<(), BudgetExceeded> {
-        let Some(budget) = id.policy.daily_budget_usd else {
-            return Ok(());
+    /// Applies `edit` to the shared record of `name` (compare-and-set,
+    /// retried when another replica changed it meanwhile), or `local` to
+    /// the sled store without a cluster.
+    async fn change(
+        &self,
+        name: &str,
+        mut edit: impl FnMut(KeyRecord) -> Result<KeyRecord, AuthError>,
+        local: impl FnOnce(&KeyStore) -> Result<(KeyRecord, Option<String>), AuthError>,
+    ) -> Result<(KeyRecord, Option<String>), AuthError> {
+        let Some(shared) = &self.shared else {
+            let changed = local(&self.store)?;
+            self.replace(changed.0.clone());
+            return Ok(changed);
         };
-        let now_s = clock::unix_s();
-        let spent = self
-            .spend
-            .spent(&id.name, utc_day(now_s))
-            .unwrap_or_else(|e| {
-                tracing::warn!(key = %id.name, error = %e, "cannot read spend; assuming none");
-                0.0
-            });
-        if spent >= budget {
-            return Err(BudgetExceeded {
-                spent_usd: spent,
-                budget_usd: budget,
-                resets_in_s: seconds_to_midnight(now_s),
-            });
+        for _ in 0..SHARED_RETRIES {
+            let (record, text) = shared
+                .get(name)
+                .await?
+                .ok_or_else(|| AuthError::NotFound(name.to_string()))?;
+            let next = edit(record.clone())?;
+            if shared.put(&next, Some(&text), Some(&record)).await? {
+                self.replace(next.clone());
+                return Ok((next, None));
+            }
         }
-        Ok(())
+        Err(AuthError::Store(format!(
+            "key `{name}` kept changing on other replicas; try again"
+        )))
     }
 
-    /// Adds the real cost of an answer to the identity's spend today.
-    pub fn record_spend(&self, id: &Identity, usd: f64) {
-        if usd <= 0.0 || id.policy.daily_budget_usd.is_none() {
-            return;
-        }
-        if let Err(e) = self.spend.add(&id.name, utc_day(clock::unix_s()), usd) {
-            tracing::warn!(key = %id.name, error = %e, "cannot record spend");
-        }
+    /// Admits a request of `id` against its daily budget: `None` without a
+    /// budget, else the reservation to settle with its real cost.
+    pub async fn reserve_budget(
+        &self,
+        id: &Identity,
+    ) -> Result<Option<Reservation>, BudgetExceeded> {
+        let Some(budget) = id.policy.daily_budget_usd else {
+            return Ok(None);
+        };
+        self.budgets.reserve(&id.name, budget).await.map(Some)
+    }
+
+    /// Settles a reservation with what the request really cost.
+    pub async fn settle(&self, reservation: Reservation, cost_usd: f64) -> SpendUpdate {
+        self.budgets.settle(reservation, cost_usd).await
     }
 
     /// What `id` spent today, USD.
-    pub fn spent_today(&self, id: &Identity) -> f64 {
-        self.spend
-            .spent(&id.name, utc_day(clock::unix_s()))
-            .unwrap_or(0.0)
+    pub async fn spent_today(&self, id: &Identity) -> f64 {
+        self.budgets.spent_today(&id.name).await
+    }
+}
+
+/// The identity `record` gives a secret hashing to `hash`, or why not.
+fn identity_of(record: &KeyRecord, hash: &str, now: u64) -> Result<Identity, AuthError> {
+    if record.revoked_at_ms.is_some() {
+        return Err(AuthError::Revoked(record.name.clone()));
+    }
+    let current = bool::from(record.hash.as_bytes().ct_eq(hash.as_bytes()));
+    let in_grace = record.previous.as_ref().is_some_and(|p| {
+        bool::from(p.hash.as_bytes().ct_eq(hash.as_bytes())) && now < p.valid_until_ms
+    });
+    if !current && !in_grace {
+        return Err(AuthError::GraceEnded(record.name.clone()));
+    }
+    Ok(Identity {
+        name: record.name.clone(),
+        policy: Arc::new(record.policy.clone()),
+    })
+}
+
+/// Copies the sled store's keys into Redis where Redis lacks them (a
+/// single replica turned into a cluster), and returns the shared keys —
+/// or, with Redis unreachable, the sled ones.
+async fn import(shared: &SharedKeys, local: Vec<KeyRecord>) -> Vec<KeyRecord> {
+    for record in &local {
+        match shared.put(record, None, None).await {
+            Ok(true) => {
+                tracing::info!(key = %record.name, "copied a key of the local store into the cluster")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the cluster's keys; serving the local store's until it answers");
+                return local;
+            }
+        }
+    }
+    match shared.list().await {
+        Ok(records) => records,
+        Err(_) => local,
     }
 }

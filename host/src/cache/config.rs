@@ -33,7 +33,7 @@ pub enum CacheScope {
     PerKey,
 }
 
-/// `[cache]`: the response cache (L1 memory, L2 sled, L3 reserved).
+/// `[cache]`: the response cache (L1 memory, L2 sled, L3 the cluster's Redis).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
@@ -45,11 +45,14 @@ pub struct CacheConfig {
     pub l1_max_mb: u64,
     /// Whether the sled tier (survives restarts) is used.
     pub l2: bool,
+    /// Whether the cluster's Redis (`[cluster] redis_url`) is used as a
+    /// shared tier; without `[cluster]` there is no L3.
+    pub l3: bool,
     /// Which requests are cacheable.
     pub policy: CachePolicy,
     /// Who shares entries.
     pub scope: CacheScope,
-    /// Reserved for the shared Redis tier (L3); refused until it exists.
+    /// Moved to `[cluster] redis_url`; refused with a message saying so.
     pub redis_url: Option<Secret>,
 }
 
@@ -60,6 +63,7 @@ impl Default for CacheConfig {
             ttl_s: DEFAULT_CACHE_TTL_S,
             l1_max_mb: DEFAULT_CACHE_L1_MAX_MB,
             l2: true,
+            l3: true,
             policy: CachePolicy::default(),
             scope: CacheScope::default(),
             redis_url: None,

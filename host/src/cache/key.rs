@@ -1,36 +1,24 @@
 //! Cache keys: the SHA-256 of a normalised request.
 //!
 //! Two requests share a key when an upstream would be asked the same thing:
-//! the model, the messages as the pipeline sees them (content parts joined,
-//! `developer` read as `system`), the tools and every sampling parameter.
-//! `stream`, `stream_options`, `user` and `metadata` never reach the answer,
-//! so they are left out — a streamed and a non-streamed request share an
-//! entry. Parameters the gateway does not forward yet (`top_p`, `stop`,
-//! `seed`, ...) are still part of the key (the request carries them in
-//! `extra`): a parameter in the key can only cost a hit, a parameter
-//! missing from it could serve a wrong answer.
+//! the model, the messages as the pipeline sees them (text, and the wire
+//! detail it forwards: content parts, role names, other message fields),
+//! the tools as sent, the token bound and the field it came in, and every
+//! other field the gateway forwards (`extra`: `top_p`, `stop`, `seed`, `n`,
+//! `response_format`, `logprobs`, fields it has never heard of, ...). Only
+//! what cannot change the answer is left out — `stream` and
+//! `stream_options` (a streamed and a non-streamed request share an entry),
+//! `user` and `metadata` — because a field in the key can only cost a hit,
+//! while a field missing from it could serve a wrong answer.
 
 use crate::domain::CompletionRequest;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// Request fields that may change an answer beyond what the domain request
-/// names; read from its `extra` fields.
-pub const SAMPLING_PARAMS: &[&str] = &[
-    "top_p",
-    "stop",
-    "seed",
-    "n",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "response_format",
-    "parallel_tool_calls",
-    "reasoning_effort",
-];
+/// Forwarded request fields that never change an answer, left out of the
+/// key.
+pub const NOT_IN_KEY: &[&str] = &["stream", "stream_options", "user", "metadata"];
 
 /// SHA-256 of a normalised request.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,14 +27,17 @@ pub struct CacheKey(pub [u8; 32]);
 impl CacheKey {
     /// The key of `req` in `namespace` (see [`super::ResponseCache::namespace`]).
     pub fn of(namespace: &str, req: &CompletionRequest) -> CacheKey {
-        let params: Map<String, Value> = SAMPLING_PARAMS
+        let params: Map<String, Value> = req
+            .extra
             .iter()
-            .filter_map(|p| req.extra.get(*p).map(|v| (p.to_string(), v.clone())))
-            .filter(|(_, v)| !v.is_null())
+            .filter(|(k, v)| !NOT_IN_KEY.contains(&k.as_str()) && !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         // serde_json's map is ordered by key, so this text is canonical.
+        // Version 2: every forwarded field is in the key, and answers keep
+        // every choice; entries of version 1 were made without them.
         let normalised = json!({
-            "v": 1,
+            "v": 2,
             "namespace": namespace,
             "model": req.model,
             "messages": req.messages,
@@ -54,6 +45,7 @@ impl CacheKey {
             "tool_choice": req.tool_choice,
             "temperature": req.temperature,
             "max_tokens": req.max_tokens,
+            "token_bound": req.token_bound,
             "params": params,
         });
         let bytes = serde_json::to_vec(&normalised).unwrap_or_default();
@@ -93,7 +85,7 @@ mod tests {
     }
 
     #[test]
-    fn ignores_stream_user_and_metadata_but_not_sampling_params() {
+    fn ignores_stream_user_and_metadata_but_not_any_other_field() {
         let r = req("hi", Some(0.0));
         let base = CacheKey::of(
             "ns",
@@ -110,6 +102,24 @@ mod tests {
         assert_ne!(
             base,
             CacheKey::of("ns", &with(r.clone(), r#"{"stop":["x"]}"#))
+        );
+        assert_ne!(
+            base,
+            CacheKey::of("ns", &with(r.clone(), r#"{"a_field_from_next_year":1}"#))
+        );
+        let mut pictured = r.clone();
+        pictured.messages[0].wire.parts = vec![
+            json!({"type": "text", "text": "hi"}),
+            json!({"type": "image_url", "image_url": {"url": "u"}}),
+        ];
+        assert_ne!(base, CacheKey::of("ns", &with(pictured, "{}")));
+        let mut bound = r.clone();
+        bound.max_tokens = Some(5);
+        let mut renamed = bound.clone();
+        renamed.token_bound = crate::domain::TokenBound::MaxCompletionTokens;
+        assert_ne!(
+            CacheKey::of("ns", &with(bound, "{}")),
+            CacheKey::of("ns", &with(renamed, "{}"))
         );
         assert_ne!(base, CacheKey::of("other", &with(r.clone(), "{}")));
         assert_ne!(base, CacheKey::of("ns", &with(req("hi!", Some(0.0)), "{}")));

@@ -1,4 +1,4 @@
-//! The response cache: L1 memory → L2 sled → L3 (a shared tier, reserved).
+//! The response cache: L1 memory → L2 sled → L3 Redis (shared by replicas).
 //!
 //! The request layer (`gateway`) wraps the pipeline with it: a cacheable
 //! request is looked up before the pipeline runs (validators included — the stored
@@ -8,9 +8,9 @@
 //! Failures are never cached.
 //!
 //! Every tier implements [`CacheTier`]; [`ResponseCache`] consults them in
-//! order and copies a hit into the faster tiers above it. A Redis tier for
-//! clusters (issue: scale-out) is one more [`CacheTier`] appended to the
-//! list, behind the reserved `cache.redis_url` key.
+//! order and copies a hit into the faster tiers above it. With `[cluster]`
+//! (and `cache.l3`, on by default) a Redis tier ([`RedisTier`]) comes last:
+//! an answer stored through one replica is a hit through every other.
 //!
 //! Concurrent identical misses are coalesced ([`flight`]): one request calls
 //! the upstream, the others wait for its answer.
@@ -19,16 +19,19 @@ mod config;
 mod flight;
 mod key;
 mod memory;
+mod redis_tier;
 mod sled_tier;
 
 pub use config::{
     CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
 };
-pub use key::{CacheKey, SAMPLING_PARAMS};
+pub use key::{CacheKey, NOT_IN_KEY};
 pub use memory::MemoryTier;
+pub use redis_tier::RedisTier;
 pub use sled_tier::SledTier;
 
 use crate::clock;
+use crate::cluster::Cluster;
 use crate::domain::{Completion, CompletionRequest, Target};
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -71,13 +74,22 @@ impl CachedAnswer {
 
     /// Approximate bytes it occupies, for the L1 bound.
     pub fn weight_bytes(&self) -> usize {
-        let m = &self.completion.message;
-        m.content.len()
-            + m.tool_calls
-                .iter()
-                .map(|c| c.id.len() + c.name.len() + c.arguments.len())
-                .sum::<usize>()
-            + self.completion.model.len()
+        let c = &self.completion;
+        let message = |m: &crate::domain::Message| {
+            m.content.len()
+                + m.tool_calls
+                    .iter()
+                    .map(|c| c.id.len() + c.name.len() + c.arguments.len())
+                    .sum::<usize>()
+        };
+        // Details (more choices, logprobs) can outweigh the text: count
+        // them as their JSON text, computed only when there are some.
+        let details = if c.details.is_empty() {
+            0
+        } else {
+            serde_json::to_vec(&c.details).map_or(0, |v| v.len())
+        };
+        message(&c.message) + c.model.len() + details
     }
 }
 
@@ -139,10 +151,12 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    /// The cache `config` describes, or `None` when disabled.
+    /// The cache `config` describes, or `None` when disabled; with a
+    /// `cluster` (and `cache.l3`), its Redis is the last tier.
     pub fn from_config(
         config: &CacheConfig,
         store: &Store,
+        cluster: Option<&Arc<Cluster>>,
         metrics: Arc<Metrics>,
     ) -> Option<ResponseCache> {
         if !config.enabled {
@@ -161,6 +175,9 @@ impl ResponseCache {
                 Err(e) => tracing::warn!(error = %e, "could not sweep expired cache entries"),
             }
             tiers.push(Arc::new(l2));
+        }
+        if let Some(cluster) = cluster.filter(|_| config.l3) {
+            tiers.push(Arc::new(RedisTier::new(cluster.clone())));
         }
         Some(Self::new(tiers, ttl, config.policy, config.scope, metrics))
     }
@@ -353,6 +370,7 @@ mod tests {
             finish_reason: "stop".into(),
             usage: Default::default(),
             cached: false,
+            details: Default::default(),
         }
     }
 

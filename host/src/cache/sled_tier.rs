@@ -29,6 +29,23 @@ impl SledTier {
         k
     }
 
+    /// Every live entry (a backup).
+    pub fn entries(&self) -> Result<Vec<(CacheKey, CachedAnswer)>, CacheError> {
+        let mut out = Vec::new();
+        for item in self.store.db().scan_prefix(PREFIX) {
+            let (k, v) = item.map_err(|e| CacheError::Store(e.to_string()))?;
+            let Ok(key) = <[u8; 32]>::try_from(&k[PREFIX.len()..]) else {
+                continue;
+            };
+            if let Ok(answer) = serde_json::from_slice::<CachedAnswer>(&v)
+                && !answer.expired()
+            {
+                out.push((CacheKey(key), answer));
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes every expired (or unreadable) entry; returns how many.
     pub fn sweep(&self) -> Result<usize, CacheError> {
         let db = self.store.db();

@@ -16,6 +16,7 @@ mod split;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod validate_shared;
 
 pub use crate::auth::valid_key_name;
 pub use check::{CheckReport, SlotSummary, UpstreamSummary, check};
@@ -70,6 +71,8 @@ struct Document {
     rate_limits: RateLimitsConfig,
     resilience: ResilienceTable,
     telemetry: TelemetryConfig,
+    budgets: BudgetsConfig,
+    cluster: ClusterConfig,
 }
 
 impl Document {
@@ -89,6 +92,8 @@ impl Document {
             rate_limits,
             resilience,
             telemetry,
+            budgets,
+            cluster,
         } = self;
         let (listener, request_limits) = server.split();
         let (resilience, bulkhead) = resilience.split();
@@ -102,6 +107,7 @@ impl Document {
                 rate_limits,
                 resilience: bulkhead,
                 telemetry,
+                cluster,
             },
             ReloadableConfig {
                 server: request_limits,
@@ -110,6 +116,7 @@ impl Document {
                 plugins,
                 pipeline,
                 resilience,
+                budgets,
             },
         )
     }

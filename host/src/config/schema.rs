@@ -15,8 +15,13 @@ pub use crate::auth::{AuthConfig, DEFAULT_ROTATION_GRACE_S, KeyConfig};
 pub use crate::cache::{
     CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
 };
+pub use crate::cluster::{ClusterConfig, LossPolicies, LossPolicy};
 pub use crate::pipeline::FailurePolicy;
+pub use crate::pipeline::budget::{
+    AgentBudgetOverrides, AgentCallBudget, BudgetsConfig, RequestBudget,
+};
 pub use crate::ratelimit::{LimitConfig, RateLimitsConfig};
+pub use crate::resilience::{BreakerConfig, HedgeConfig, RetryBudgetConfig};
 use crate::runtime::{AllocatorChoice, Capabilities, EngineSettings, PluginLimits, World};
 pub use crate::telemetry::config::{DEFAULT_SAMPLE_RATE, DEFAULT_SERVICE_NAME, TelemetryConfig};
 pub use crate::upstream::sim::SimSettings;
@@ -168,12 +173,18 @@ pub struct StoreConfig {
     /// sled directory, as written (see [`super::Config::store_path`]).
     #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
+    /// How often expired plugin kv entries are removed.
+    pub kv_sweep_interval_s: u64,
 }
+
+/// Default `store.kv_sweep_interval_s`.
+pub const DEFAULT_KV_SWEEP_INTERVAL_S: u64 = 60;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from(DEFAULT_STORE_PATH),
+            kv_sweep_interval_s: DEFAULT_KV_SWEEP_INTERVAL_S,
         }
     }
 }
@@ -247,6 +258,11 @@ pub struct UpstreamConfig {
     /// Price of 1000 input tokens, USD.
     #[serde(default)]
     pub input_cost_per_1k: f64,
+    /// Price of 1000 input tokens the provider served from its prompt cache
+    /// (`prompt_tokens_details.cached_tokens`), USD; `input_cost_per_1k`
+    /// when not set.
+    #[serde(default)]
+    pub cached_input_cost_per_1k: Option<f64>,
     /// Price of 1000 output tokens, USD.
     #[serde(default)]
     pub output_cost_per_1k: f64,
@@ -277,41 +293,6 @@ pub struct UpstreamConfig {
     /// Streams: longest silence between two events; `timeout_ms` when absent.
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
-}
-
-/// `[upstreams.<name>.breaker]`: when to stop sending traffic to an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerConfig {
-    /// Consecutive failures (timeouts, 5xx, malformed bodies) that open it.
-    pub failure_threshold: u32,
-    /// Seconds an open breaker refuses calls before letting probes through.
-    pub recovery_timeout_s: u64,
-    /// Successful probes needed to close it again.
-    pub half_open_probes: u32,
-}
-
-impl Default for BreakerConfig {
-    /// The breaker's own defaults (`resilience::BreakerSettings`).
-    fn default() -> Self {
-        let d = crate::resilience::BreakerSettings::default();
-        Self {
-            failure_threshold: d.failure_threshold,
-            recovery_timeout_s: d.recovery_timeout.as_secs(),
-            half_open_probes: d.half_open_probes,
-        }
-    }
-}
-
-impl BreakerConfig {
-    /// The runtime form.
-    pub fn settings(&self) -> crate::resilience::BreakerSettings {
-        crate::resilience::BreakerSettings {
-            failure_threshold: self.failure_threshold,
-            recovery_timeout: std::time::Duration::from_secs(self.recovery_timeout_s),
-            half_open_probes: self.half_open_probes,
-        }
-    }
 }
 
 fn default_weight() -> u32 {
@@ -378,6 +359,9 @@ pub struct PluginConfig {
     /// Granted capabilities (deny by default).
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// Agent slots: overrides of `[budgets.agent_call]`.
+    #[serde(default)]
+    pub budget: AgentBudgetOverrides,
 }
 
 /// `[plugins.<slot>.limits]`: overrides of the world's default limits.
@@ -394,6 +378,12 @@ pub struct LimitsConfig {
     pub hostcall_fuel: Option<usize>,
     /// Largest table, in elements.
     pub table_elements: Option<u32>,
+    /// Most keys in the plugin's kv namespace.
+    pub kv_max_keys: Option<u64>,
+    /// Largest kv value, bytes.
+    pub kv_max_value_bytes: Option<usize>,
+    /// Most bytes of keys and values in the plugin's kv namespace.
+    pub kv_max_total_bytes: Option<u64>,
 }
 
 impl LimitsConfig {
@@ -410,6 +400,9 @@ impl LimitsConfig {
             fuel: self.fuel.or(base.fuel),
             hostcall_fuel: self.hostcall_fuel.unwrap_or(base.hostcall_fuel),
             table_elements: self.table_elements.unwrap_or(base.table_elements),
+            kv_max_keys: self.kv_max_keys.unwrap_or(base.kv_max_keys),
+            kv_max_value_bytes: self.kv_max_value_bytes.unwrap_or(base.kv_max_value_bytes),
+            kv_max_total_bytes: self.kv_max_total_bytes.unwrap_or(base.kv_max_total_bytes),
         }
     }
 }
@@ -427,6 +420,8 @@ pub struct ResilienceConfig {
     pub alert_webhook: Option<Secret>,
     /// Retry budget, per upstream.
     pub retry_budget: RetryBudgetConfig,
+    /// Hedging of slow attempts, per upstream.
+    pub hedge: HedgeConfig,
     /// Per model, the models to fall back to, in order, when none of its
     /// own upstreams can serve.
     pub fallbacks: BTreeMap<String, Vec<String>>,
@@ -439,6 +434,7 @@ impl Default for ResilienceConfig {
             max_delay_ms: DEFAULT_MAX_DELAY_MS,
             alert_webhook: None,
             retry_budget: RetryBudgetConfig::default(),
+            hedge: HedgeConfig::default(),
             fallbacks: BTreeMap::new(),
         }
     }
@@ -451,40 +447,6 @@ pub struct BulkheadConfig {
     /// Most requests in flight in this replica; beyond it clients get 503
     /// with `Retry-After` at once. Unbounded when absent.
     pub max_concurrent_requests: Option<u32>,
-}
-
-/// `[resilience.retry_budget]`: retries as a share of recent traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryBudgetConfig {
-    /// Retries allowed per first attempt over the window.
-    pub ratio: f64,
-    /// Retries per second allowed whatever the traffic.
-    pub min_per_s: f64,
-    /// Length of the sliding window, seconds.
-    pub window_s: u64,
-}
-
-impl Default for RetryBudgetConfig {
-    fn default() -> Self {
-        let d = crate::resilience::BudgetSettings::default();
-        Self {
-            ratio: d.ratio,
-            min_per_s: d.min_per_s,
-            window_s: d.window.as_secs(),
-        }
-    }
-}
-
-impl RetryBudgetConfig {
-    /// The runtime form.
-    pub fn settings(&self) -> crate::resilience::BudgetSettings {
-        crate::resilience::BudgetSettings {
-            ratio: self.ratio,
-            min_per_s: self.min_per_s,
-            window: std::time::Duration::from_secs(self.window_s),
-        }
-    }
 }
 
 /// `[pipeline]`: which slots a chat completion passes through.

@@ -46,6 +46,8 @@ pub struct StartupConfig {
     pub resilience: BulkheadConfig,
     /// `[telemetry]`.
     pub telemetry: TelemetryConfig,
+    /// `[cluster]`.
+    pub cluster: ClusterConfig,
 }
 
 /// What `POST /admin/reload` applies to a running gateway: per-request
@@ -65,6 +67,8 @@ pub struct ReloadableConfig {
     pub pipeline: PipelineConfig,
     /// Retries, fallbacks and alerts of `[resilience]`.
     pub resilience: ResilienceConfig,
+    /// `[budgets]`: what agents may make the host do.
+    pub budgets: BudgetsConfig,
 }
 
 impl StartupConfig {
@@ -233,6 +237,7 @@ pub(super) struct ResilienceTable {
     max_concurrent_requests: Option<u32>,
     alert_webhook: Option<Secret>,
     retry_budget: RetryBudgetConfig,
+    hedge: HedgeConfig,
     fallbacks: BTreeMap<String, Vec<String>>,
 }
 
@@ -246,6 +251,7 @@ impl ResilienceTable {
             max_concurrent_requests,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         } = self;
         (
@@ -254,6 +260,7 @@ impl ResilienceTable {
                 max_delay_ms,
                 alert_webhook,
                 retry_budget,
+                hedge,
                 fallbacks,
             },
             BulkheadConfig {
@@ -271,6 +278,7 @@ impl Default for ResilienceTable {
             max_delay_ms,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         } = ResilienceConfig::default();
         let BulkheadConfig {
@@ -282,6 +290,7 @@ impl Default for ResilienceTable {
             max_concurrent_requests,
             alert_webhook,
             retry_budget,
+            hedge,
             fallbacks,
         }
     }

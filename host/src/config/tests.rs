@@ -415,6 +415,19 @@ fn bad_resilience_keys_name_key_and_line() {
     ));
     assert_eq!(e.key, "resilience.retry_budget.ratio");
     let e = only_error(&format!(
+        "{UPSTREAM}[resilience.hedge]\nenabled = true\ndelay_ms = 0\n"
+    ));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("resilience.hedge.delay_ms", Some(6))
+    );
+    let e = only_error(&format!("{UPSTREAM}[resilience.hedge]\nratio = -0.5\n"));
+    assert_eq!(e.key, "resilience.hedge.ratio");
+    let e = only_error(&format!(
+        "{UPSTREAM}[upstreams.a.breaker]\nslow_call_ms = 0\n"
+    ));
+    assert_eq!(e.key, "upstreams.a.breaker.slow_call_ms");
+    let e = only_error(&format!(
         "{UPSTREAM}[resilience]\nalert_webhook = \"ftp://x\"\n"
     ));
     assert_eq!(e.key, "resilience.alert_webhook");

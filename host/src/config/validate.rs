@@ -25,6 +25,72 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     rate_limits(config, errors);
     resilience(config, errors, env);
     telemetry(config, errors);
+    super::validate_shared::cluster(config, errors, env);
+    super::validate_shared::moved_cache_url(config, errors);
+    super::validate_shared::budgets(config, errors);
+    budgets(config, errors);
+}
+
+fn budgets(config: &Config, errors: &mut Errors<'_>) {
+    let b = &config.reloadable.budgets;
+    let r = &b.request;
+    let pool = config.startup.runtime.pool_instances;
+    for (field, value) in [
+        ("max_llm_calls", Some(r.max_llm_calls)),
+        ("max_tokens", Some(r.max_tokens)),
+        ("max_delegations", Some(r.max_delegations)),
+        ("max_wall_ms", r.max_wall_ms),
+        (
+            "max_plugin_instances",
+            r.max_plugin_instances.map(u64::from),
+        ),
+    ] {
+        if value == Some(0) {
+            errors.push(format!("budgets.request.{field}"), "must be positive");
+        }
+    }
+    if let Some(share) = r.max_plugin_instances
+        && share > pool
+    {
+        errors.push(
+            "budgets.request.max_plugin_instances",
+            format!("is {share}, more than the whole pool (runtime.pool_instances = {pool})"),
+        );
+    }
+    let mut tables = vec![("budgets.agent_call".to_string(), b.agent_call.clone())];
+    for (slot, p) in &config.reloadable.plugins {
+        if p.budget.is_empty() {
+            continue;
+        }
+        if p.world.is_some_and(|w| w != World::Agent) {
+            errors.push(
+                format!("plugins.{slot}.budget"),
+                "is only for agent slots (a budget bounds what an agent makes the host do)",
+            );
+            continue;
+        }
+        tables.push((
+            format!("plugins.{slot}.budget"),
+            p.budget.merge(&b.agent_call),
+        ));
+    }
+    for (table, a) in tables {
+        for (field, value) in [
+            ("max_llm_calls", Some(a.max_llm_calls)),
+            ("max_tokens", Some(a.max_tokens)),
+            ("max_delegations", Some(a.max_delegations)),
+            ("max_wall_ms", a.max_wall_ms),
+            ("max_call_all_tasks", Some(u64::from(a.max_call_all_tasks))),
+            (
+                "max_call_all_concurrency",
+                Some(u64::from(a.max_call_all_concurrency)),
+            ),
+        ] {
+            if value == Some(0) {
+                errors.push(format!("{table}.{field}"), "must be positive");
+            }
+        }
+    }
 }
 
 fn telemetry(config: &Config, errors: &mut Errors<'_>) {
@@ -107,6 +173,9 @@ fn server(config: &Config, errors: &mut Errors<'_>) {
     if r.epoch_tick_ms == 0 {
         errors.push("runtime.epoch_tick_ms", "must be positive");
     }
+    if config.startup.store.kv_sweep_interval_s == 0 {
+        errors.push("store.kv_sweep_interval_s", "must be positive");
+    }
 }
 
 fn admin(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
@@ -141,6 +210,10 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
         }
         for (field, cost) in [
             ("input_cost_per_1k", u.input_cost_per_1k),
+            (
+                "cached_input_cost_per_1k",
+                u.cached_input_cost_per_1k.unwrap_or_default(),
+            ),
             ("output_cost_per_1k", u.output_cost_per_1k),
         ] {
             if !(cost.is_finite() && cost >= 0.0) {
@@ -166,6 +239,7 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                 "breaker.half_open_probes",
                 u64::from(u.breaker.half_open_probes),
             ),
+            ("breaker.slow_call_ms", u.breaker.slow_call_ms.unwrap_or(1)),
         ] {
             if value == 0 {
                 errors.push(key(field), "must be positive");
@@ -190,7 +264,11 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                     Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
                         errors.push(key("base_url"), "must start with http:// or https://")
                     }
-                    Some(_) => {}
+                    Some(url) => {
+                        if let Err(e) = reqwest::Url::parse(url) {
+                            errors.push(key("base_url"), format!("is not a valid URL: {e}"));
+                        }
+                    }
                 }
                 if u.simulator.is_some() {
                     errors.push(key("simulator"), "is only allowed for kind = \"simulated\"");
@@ -388,12 +466,6 @@ fn cache(config: &Config, errors: &mut Errors<'_>) {
     if c.l1_max_mb == 0 {
         errors.push("cache.l1_max_mb", "must be positive");
     }
-    if c.redis_url.is_some() {
-        errors.push(
-            "cache.redis_url",
-            "is reserved for the shared Redis tier (L3), which this version does not provide; remove it",
-        );
-    }
 }
 
 /// Shortest secret accepted for a key declared in the config.
@@ -561,6 +633,24 @@ fn resilience(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) 
     }
     if b.window_s == 0 {
         errors.push("resilience.retry_budget.window_s", "must be positive");
+    }
+    let h = &r.hedge;
+    for (field, value) in [("ratio", h.ratio), ("min_per_s", h.min_per_s)] {
+        if !(value.is_finite() && value >= 0.0) {
+            errors.push(
+                format!("resilience.hedge.{field}"),
+                format!("must be a number >= 0, got {value}"),
+            );
+        }
+    }
+    if h.window_s == 0 {
+        errors.push("resilience.hedge.window_s", "must be positive");
+    }
+    if h.delay_ms == Some(0) {
+        errors.push(
+            "resilience.hedge.delay_ms",
+            "must be positive (an immediate hedge doubles every call; set enabled = false to turn hedging off)",
+        );
     }
     for (model, chain) in &r.fallbacks {
         let key = format!("resilience.fallbacks.{model}");

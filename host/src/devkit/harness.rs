@@ -184,6 +184,7 @@ impl From<MessageIn> for Message {
                 name,
                 tool_calls,
                 tool_call_id,
+                wire: Default::default(),
             },
         }
     }
@@ -550,10 +551,10 @@ impl AgentHost for StubHost {
             req.model.clone()
         };
         let answer = format!("[stub-llm {model}] {}", last_user(&req.messages));
-        let usage = Usage {
-            prompt_tokens: req.messages.iter().map(|m| words(&m.content)).sum(),
-            completion_tokens: words(&answer),
-        };
+        let usage = Usage::new(
+            req.messages.iter().map(|m| words(&m.content)).sum(),
+            words(&answer),
+        );
         self.record(json!({
             "import": "llm.complete",
             "model": req.model,
@@ -566,6 +567,7 @@ impl AgentHost for StubHost {
             finish_reason: "stop".into(),
             usage,
             cached: false,
+            details: Default::default(),
         };
         Box::pin(async move { Ok(completion) })
     }
@@ -577,10 +579,10 @@ impl AgentHost for StubHost {
         task: Task,
     ) -> BoxFuture<'static, Result<TaskResult, Failure>> {
         let answer = format!("[stub-agent {agent}] {}", last_user(&task.input));
-        let usage = Usage {
-            prompt_tokens: task.input.iter().map(|m| words(&m.content)).sum(),
-            completion_tokens: words(&answer),
-        };
+        let usage = Usage::new(
+            task.input.iter().map(|m| words(&m.content)).sum(),
+            words(&answer),
+        );
         self.record(json!({
             "import": "agents.call",
             "agent": agent,
@@ -592,5 +594,19 @@ impl AgentHost for StubHost {
             usage,
         };
         Box::pin(async move { Ok(result) })
+    }
+
+    fn call_all(
+        &self,
+        ctx: CallContext,
+        calls: Vec<(String, Task)>,
+    ) -> BoxFuture<'static, Vec<Result<TaskResult, Failure>>> {
+        // In order, one at a time: the stub answers at once, and the
+        // recorded calls then read in the order the plugin made them.
+        let answers: Vec<_> = calls
+            .into_iter()
+            .map(|(agent, task)| self.call_agent(ctx.clone(), agent, task))
+            .collect();
+        Box::pin(futures::future::join_all(answers))
     }
 }

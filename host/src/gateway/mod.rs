@@ -14,6 +14,7 @@
 //! A request loads the [`Live`] snapshot once and keeps it, so a config
 //! reload never changes a request midway.
 
+mod accounting;
 mod error;
 mod stream;
 
@@ -29,6 +30,7 @@ use crate::telemetry::Metrics;
 use crate::telemetry::metrics::RateLimitLabels;
 use crate::telemetry::request;
 use crate::upstream::EventStream;
+use accounting::{BudgetAlerts, Charge, Held};
 use arc_swap::ArcSwap;
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -59,7 +61,8 @@ pub struct ServerLimits {
 }
 
 impl ServerLimits {
-    /// The rules every conversation entering the pipeline must meet.
+    /// The rules every conversation entering the pipeline must meet (the
+    /// pipeline holds them, for the client's messages and every rewrite).
     pub fn message_rules(&self) -> MessageRules {
         MessageRules {
             max_messages: self.max_messages,
@@ -88,6 +91,9 @@ pub struct ChatRequest {
     pub request: CompletionRequest,
     /// Whether the client wants the answer as a stream.
     pub stream: bool,
+    /// Whether a streaming client asked for a last chunk with the usage
+    /// (`stream_options.include_usage`).
+    pub include_usage: bool,
     /// The end user the client acts for (OpenAI's `user`), for sticky A/B.
     pub end_user: Option<String>,
 }
@@ -162,16 +168,19 @@ pub struct Gateway {
     auth: Arc<Auth>,
     rate_limits: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
+    budget_alerts: BudgetAlerts,
 }
 
 impl Gateway {
     /// A gateway serving from `live`, with the optional response cache,
-    /// the key registry and the rate limits.
+    /// the key registry, the rate limits, and the fractions of a key's
+    /// daily budget whose crossing raises an alert.
     pub fn new(
         live: Arc<ArcSwap<Live>>,
         cache: Option<Arc<ResponseCache>>,
         auth: Arc<Auth>,
         rate_limits: Arc<RateLimiter>,
+        budget_alert_thresholds: &[f64],
     ) -> Gateway {
         let metrics = live.load().pipeline.metrics().clone();
         Gateway {
@@ -180,6 +189,9 @@ impl Gateway {
             auth,
             rate_limits,
             metrics,
+            budget_alerts: BudgetAlerts {
+                thresholds: budget_alert_thresholds.into(),
+            },
         }
     }
 
@@ -238,54 +250,80 @@ impl Gateway {
         let live = self.live.load_full();
         let pipeline = &live.pipeline;
         note_target(pipeline, &req.target);
-        live.limits
-            .message_rules()
+        // The pipeline's rules: the same ones every rewrite is held to.
+        pipeline
+            .settings()
+            .rules
             .check("messages", &req.request.messages)?;
-        self.admit(caller, &req.target)?;
+        let held = self.admit(caller, &req.target).await?;
         let id = new_id("chatcmpl");
         let ctx = context(&live, caller, &id, req.end_user.clone());
+        let charge = self.charge(pipeline, caller, &req.target, &ctx, held);
         let created = crate::clock::unix_s();
-        let answer = |reply, cache| Answer {
-            id: id.clone(),
+        let (reply, cache) = match self.cache_entry(pipeline, caller, &req) {
+            None => (
+                self.run(pipeline, &ctx, &req, charge, None).await?,
+                CacheStatus::Bypass,
+            ),
+            Some(entry) if req.stream => {
+                self.cached_stream(pipeline, &ctx, &req, charge, entry)
+                    .await?
+            }
+            Some(entry) => {
+                self.cached_whole(pipeline, &ctx, &req, charge, entry)
+                    .await?
+            }
+        };
+        Ok(Answer {
+            id,
             created,
             reply,
             cache,
-        };
-        let Some((cache, key)) = self.cache_entry(pipeline, caller, &req) else {
-            let reply = self.run(pipeline, &ctx, caller, &req).await?;
-            return Ok(answer(reply, CacheStatus::Bypass));
-        };
-        if req.stream {
-            // A stream is not coalesced: look up, then compute on a miss.
-            if let Some((hit, level)) = cache.lookup(&key).await {
-                return Ok(answer(from_cache(&hit), CacheStatus::Hit(level)));
-            }
-            let reply = match self.run(pipeline, &ctx, caller, &req).await? {
-                Reply::Whole {
-                    completion,
-                    cost_usd,
-                } => {
-                    cache.store(&key, &completion, cost_usd).await;
-                    Reply::Whole {
-                        completion,
-                        cost_usd,
-                    }
-                }
-                Reply::Live { model, events } => Reply::Live {
-                    model,
-                    events: stream::settle(
-                        events,
-                        self.settlement(caller, &req.target, &ctx),
-                        Some((cache.clone(), key)),
-                    ),
-                },
-            };
-            return Ok(answer(reply, CacheStatus::Miss));
+        })
+    }
+
+    /// A cacheable streamed request: a hit is replayed (and settles with
+    /// nothing); a miss is computed (streams are not coalesced) and stored
+    /// — a whole answer at once, a live stream when it ends.
+    async fn cached_stream(
+        &self,
+        pipeline: &Pipeline,
+        ctx: &CallContext,
+        req: &ChatRequest,
+        mut charge: Charge,
+        (cache, key): (Arc<ResponseCache>, CacheKey),
+    ) -> Result<(Reply, CacheStatus), GatewayError> {
+        if let Some((hit, level)) = cache.lookup(&key).await {
+            charge.settle().await;
+            return Ok((from_cache(&hit), CacheStatus::Hit(level)));
         }
+        let reply = self
+            .run(pipeline, ctx, req, charge, Some((cache.clone(), key)))
+            .await?;
+        if let Reply::Whole {
+            completion,
+            cost_usd,
+        } = &reply
+        {
+            cache.store(&key, completion, *cost_usd).await;
+        }
+        Ok((reply, CacheStatus::Miss))
+    }
+
+    /// A cacheable whole request: from the cache, from a concurrent
+    /// identical request (single-flight), or computed, settled and stored.
+    async fn cached_whole(
+        &self,
+        pipeline: &Pipeline,
+        ctx: &CallContext,
+        req: &ChatRequest,
+        mut charge: Charge,
+        (cache, key): (Arc<ResponseCache>, CacheKey),
+    ) -> Result<(Reply, CacheStatus), GatewayError> {
         let served = cache
             .get_or_fill(key, || async {
                 let completion = pipeline
-                    .serve(&ctx, &req.target, req.request.clone())
+                    .serve(ctx, &req.target, req.request.clone())
                     .await?;
                 Ok::<_, GatewayError>(Filled {
                     completion,
@@ -293,23 +331,22 @@ impl Gateway {
                 })
             })
             .await?;
+        // A hit made no steps: its ledger is empty and settles with nothing.
+        charge.settle().await;
         Ok(match served {
             Served::Hit(hit, from) => {
                 let level = match from {
                     HitFrom::Tier(level) => level,
                     HitFrom::Flight => "flight",
                 };
-                answer(from_cache(&hit), CacheStatus::Hit(level))
+                (from_cache(&hit), CacheStatus::Hit(level))
             }
             Served::Miss(filled) => {
-                self.account(caller, &req.target, &ctx);
-                answer(
-                    Reply::Whole {
-                        completion: filled.completion,
-                        cost_usd: filled.cost_usd,
-                    },
-                    CacheStatus::Miss,
-                )
+                let reply = Reply::Whole {
+                    completion: filled.completion,
+                    cost_usd: filled.cost_usd,
+                };
+                (reply, CacheStatus::Miss)
             }
         })
     }
@@ -327,13 +364,16 @@ impl Gateway {
         let pipeline = &live.pipeline;
         let target = Target::Agent(name.to_string());
         note_target(pipeline, &target);
-        live.limits.message_rules().check("input", &input)?;
+        pipeline.settings().rules.check("input", &input)?;
         // An unknown agent is the pipeline's 404, not a key's 403.
-        if pipeline.knows(&target) {
-            self.admit(caller, &target)?;
-        }
+        let held = if pipeline.knows(&target) {
+            self.admit(caller, &target).await?
+        } else {
+            Held::new(self.auth.clone(), None)
+        };
         let id = new_id("task");
         let ctx = context(&live, caller, &id, None);
+        let mut charge = self.charge(pipeline, caller, &target, &ctx, held);
         let request = CompletionRequest {
             model: target.to_string(),
             messages: input,
@@ -341,7 +381,7 @@ impl Gateway {
             ..Default::default()
         };
         let output = pipeline.serve(&ctx, &target, request).await?;
-        self.account(caller, &target, &ctx);
+        charge.settle().await;
         Ok(AgentRun {
             id,
             output,
@@ -351,25 +391,33 @@ impl Gateway {
     }
 
     /// Whether `caller` may send a request to `target` now: allowed target
-    /// (403), daily budget, token and model limits (429).
-    fn admit(&self, caller: &Identity, target: &Target) -> Result<(), GatewayError> {
+    /// (403), daily budget (429; its reservation is held until the request
+    /// settles), token and model limits (429).
+    async fn admit(&self, caller: &Identity, target: &Target) -> Result<Held, GatewayError> {
         caller.check_target(target)?;
-        if let Err(budget) = self.auth.check_budget(caller) {
-            self.metrics
-                .rate_limited
-                .get_or_create(&RateLimitLabels {
+        let reservation = match self.auth.reserve_budget(caller).await {
+            Ok(reservation) => reservation,
+            Err(budget) => {
+                self.metrics
+                    .rate_limited
+                    .get_or_create(&RateLimitLabels {
+                        key: caller.name.clone(),
+                        limit: "budget".into(),
+                    })
+                    .inc();
+                return Err(GatewayError::BudgetExceeded {
                     key: caller.name.clone(),
-                    limit: "budget".into(),
-                })
-                .inc();
-            return Err(GatewayError::BudgetExceeded {
-                key: caller.name.clone(),
-                budget,
-            });
-        }
+                    budget,
+                });
+            }
+        };
+        // Held before the next check, so a refusal releases it.
+        let held = Held::new(self.auth.clone(), reservation);
         self.rate_limits
             .admit_completion(&caller.name, caller.limits(), &target.to_string())
-            .map_err(GatewayError::RateLimited)
+            .await
+            .map_err(GatewayError::RateLimited)?;
+        Ok(held)
     }
 
     /// The cache entry of a cacheable request: the cache and the key, in the
@@ -392,14 +440,15 @@ impl Gateway {
         Some((cache.clone(), key))
     }
 
-    /// Runs the pipeline; a whole answer is accounted at once, a live
-    /// stream when it ends.
+    /// Runs the pipeline; a whole answer is charged at once, a live stream
+    /// when it ends (and then cached, with `cache`).
     async fn run(
         &self,
         pipeline: &Pipeline,
         ctx: &CallContext,
-        caller: &Identity,
         req: &ChatRequest,
+        mut charge: Charge,
+        cache: Option<(Arc<ResponseCache>, CacheKey)>,
     ) -> Result<Reply, GatewayError> {
         let output = if req.stream {
             pipeline
@@ -414,7 +463,7 @@ impl Gateway {
         };
         Ok(match output {
             Output::Whole(completion) => {
-                self.account(caller, &req.target, ctx);
+                charge.settle().await;
                 Reply::Whole {
                     completion,
                     cost_usd: ctx.ledger.cost_usd(),
@@ -422,50 +471,32 @@ impl Gateway {
             }
             Output::Live { model, events } => Reply::Live {
                 model,
-                events: stream::settle(events, self.settlement(caller, &req.target, ctx), None),
+                events: stream::settle(events, charge, cache),
             },
         })
     }
 
-    /// Charges what the request really used, as its ledger says.
-    fn account(&self, caller: &Identity, target: &Target, ctx: &CallContext) {
-        charge(&self.rate_limits, &self.auth, caller, target, ctx);
-    }
-
-    /// What a live stream needs to account for itself when it ends.
-    fn settlement(
+    /// What charging `caller` for this request takes, with its budget hold.
+    fn charge(
         &self,
+        pipeline: &Pipeline,
         caller: &Identity,
         target: &Target,
         ctx: &CallContext,
-    ) -> stream::Settlement {
-        stream::Settlement {
+        held: Held,
+    ) -> Charge {
+        Charge {
             rate_limits: self.rate_limits.clone(),
             auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
+            alerts: self.budget_alerts.clone(),
+            alerter: pipeline.alerter().clone(),
             caller: caller.clone(),
             target: target.clone(),
             ctx: ctx.clone(),
+            held,
         }
     }
-}
-
-/// Charges `ctx`'s ledger to `caller`: tokens to the rate limits, cost to
-/// the daily spend. Cached answers make no steps, so they cost nothing.
-fn charge(
-    rate_limits: &RateLimiter,
-    auth: &Auth,
-    caller: &Identity,
-    target: &Target,
-    ctx: &CallContext,
-) {
-    let usage = ctx.ledger.usage();
-    rate_limits.charge(
-        &caller.name,
-        caller.limits(),
-        &target.to_string(),
-        u64::from(usage.total()),
-    );
-    auth.record_spend(caller, ctx.ledger.cost_usd());
 }
 
 /// A cached answer as this request's answer: marked cached, costing nothing.
@@ -488,6 +519,7 @@ fn context(
 ) -> CallContext {
     let mut ctx = CallContext::new(&caller.name, request_id, live.limits.request_timeout);
     ctx.max_depth = live.limits.max_agent_depth;
+    ctx.budgets = live.pipeline.request_budgets();
     // The A/B assignment key: the end user when the client names one.
     ctx.end_user = end_user;
     request::with_current(|s| {

@@ -15,36 +15,102 @@
 //!   without calling, a full bulkhead moves on to the next upstream (and
 //!   answers 503 when every one is full);
 //! - fallbacks only to upstreams serving the model or a model of its
-//!   configured fallback chain; chunking is capped.
+//!   configured fallback chain, offered only when they can take a call
+//!   now; a fallback is a first attempt there, never charged to the failed
+//!   upstream's retry budget, and a spent budget still lets an untried
+//!   upstream serve; chunking is capped;
+//! - a decision the host will not carry out (chunk size 0, a retry past
+//!   the deadline, an unknown fallback) is refused naming the plugin and
+//!   what it asked (`decision.rs`), and an end the plugin decided names it;
+//! - an attempt still unanswered after its upstream's hedge delay is
+//!   hedged to an untried upstream, within the slow upstream's hedge
+//!   budget; the first good answer wins and the other call is cancelled;
+//! - a completion that gives up reports its last real upstream failure,
+//!   never a refusal of the host's own (a pending `Retry-After`) while one
+//!   is known.
+//! - an upstream's refusal of the request itself (`Failure::ClientError`,
+//!   a 4xx such as 400 `unsupported_parameter`) ends the completion at
+//!   once with the upstream's answer: no retry, no fallback, no recovery
+//!   plugin, no alert, and nothing held against the upstream.
 //!
 //! Where a completion stands is a [`Plan`]; each attempt is made, gated and
 //! recorded by its [`GuardedUpstream`].
 
 use super::guarded::{AttemptError, GuardedUpstream};
 use super::plan::{Move, Plan};
+use super::race::{Event, Finished, Race};
 use super::{FailurePolicy, Pipeline, PipelineError};
 use crate::domain::{
     Action, CallContext, Candidate, Completion, CompletionRequest, Failure, FailureContext,
     Message, Role, RouteRequest,
 };
 use crate::resilience::{Alert, retry_delay};
-use crate::telemetry::metrics::ActionLabels;
+use crate::telemetry::metrics::{ActionLabels, UpstreamLabels};
 use crate::upstream::EventStream;
+use futures::FutureExt;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Most chunks a chunk-and-retry may produce; beyond it the input is refused.
-const MAX_CHUNKS: usize = 32;
+use super::decision::{MAX_CHUNKS, action_label, describe};
 
-/// The short name of an action, for metric labels.
-fn action_label(action: &Action) -> &'static str {
-    match action {
-        Action::Retry(_) => "retry",
-        Action::Fallback(_) => "fallback",
-        Action::ChunkAndRetry(_) => "chunk",
-        Action::Refine(_) => "refine",
-        Action::Fail(_) => "fail",
+/// The failures of one completion's attempts, and which one a client is
+/// told about when the completion gives up.
+#[derive(Default)]
+struct Failures {
+    /// The last failure an upstream really produced other than a rate
+    /// limit (a status, a timeout, a malformed body).
+    real: Option<Failure>,
+    /// The last rate limit an upstream really answered.
+    limited: Option<Failure>,
+    /// The last call the host refused to make (cooling down, circuit open).
+    refused: Option<Failure>,
+}
+
+impl Failures {
+    /// Notes a real failure; returns it.
+    fn real(&mut self, failure: Failure) -> Failure {
+        let slot = match failure {
+            Failure::RateLimited(_) => &mut self.limited,
+            _ => &mut self.real,
+        };
+        *slot = Some(failure.clone());
+        failure
+    }
+
+    /// Notes a refusal; returns it.
+    fn refused(&mut self, failure: Failure) -> Failure {
+        self.refused = Some(failure.clone());
+        failure
+    }
+
+    /// What to report: the last real failure that is not a rate limit,
+    /// else the last rate limit, else the last refusal — so a client is
+    /// answered 429 only when every upstream it could go to rate-limited
+    /// it or was cooling down, and a spent retry budget shows as the
+    /// upstream's own failure (502, 504).
+    fn last(self) -> Option<Failure> {
+        self.real.or(self.limited).or(self.refused)
+    }
+
+    /// The error that ends the completion: naming the recovery plugin's
+    /// decision when one ended it.
+    fn give_up(self, model: &str, decision: Option<String>) -> PipelineError {
+        ended(model, self.last().unwrap_or(Failure::Timeout), decision)
+    }
+}
+
+/// The error of a completion that ended on `failure`, naming the recovery
+/// plugin and what it asked when its decision ended it.
+fn ended(model: &str, failure: Failure, decision: Option<String>) -> PipelineError {
+    let model = model.to_string();
+    match decision {
+        Some(decision) => PipelineError::GaveUp {
+            model,
+            failure,
+            decision,
+        },
+        None => PipelineError::Upstream { model, failure },
     }
 }
 
@@ -143,18 +209,22 @@ impl Pipeline {
         let now = Instant::now();
         if !plan.order().iter().any(|u| u.health().healthy(now)) {
             self.add_chain(ctx, req, &mut plan).await?;
-            plan.healthy_first(now);
         }
+        // The router does not see `Retry-After` cooldowns: an upstream
+        // that would refuse the call is not the first one tried.
+        plan.healthy_first(now);
         Ok(plan)
     }
 
-    /// What to do after a failure: the recovery plugin's choice, or — with
-    /// no recovery plugin — the next upstream in the routed order.
+    /// What to do after a failure: the recovery plugin's choice, with who
+    /// made it (`recovery name@version` and its slot), or — with no
+    /// recovery plugin, or a fail-open one that failed — the host's: the
+    /// next upstream in the routed order.
     async fn decide(
         &self,
         ctx: &CallContext,
         fctx: &FailureContext,
-    ) -> Result<Action, PipelineError> {
+    ) -> Result<(Action, Option<(String, String)>), PipelineError> {
         let default = || match fctx.alternatives.first() {
             Some(next) => Action::Fallback(next.clone()),
             None => Action::Fail(false),
@@ -165,13 +235,16 @@ impl Pipeline {
             .as_ref()
             .and_then(|r| self.slots.get(r))
         else {
-            return Ok(default());
+            return Ok((default(), None));
         };
         match slot.plugin.recover(ctx, fctx).await {
-            Ok(action) => Ok(action),
+            Ok(action) => {
+                let by = format!("recovery {}", slot.plugin.identity());
+                Ok((action, Some((by, slot.plugin.name().to_string()))))
+            }
             Err(e) if slot.policy == FailurePolicy::Open => {
                 tracing::warn!(recovery = %slot.plugin.identity(), error = %e, "recovery plugin failed; falling back to the next upstream");
-                Ok(default())
+                Ok((default(), None))
             }
             Err(e) => Err(e.into()),
         }
@@ -187,16 +260,92 @@ impl Pipeline {
             .map_or_else(|| "host".to_string(), |s| s.plugin.identity().to_string());
         self.alerter.raise(Alert {
             event: "agentrouter.alert",
+            kind: "request_failed",
             source,
             model: model.to_string(),
             upstream: upstream.to_string(),
             failure: failure.to_string(),
             request_id: ctx.request_id.clone(),
             timestamp: crate::clock::unix_s(),
+            key: None,
         });
     }
 
-    /// Serves a completion for a model (empty model: any upstream the router picks).
+    /// Starts an attempt on the plan's current upstream after `delay` (a
+    /// retry's backoff), and arms the hedge timer for it.
+    fn launch(
+        &self,
+        ctx: &CallContext,
+        req: &CompletionRequest,
+        plan: &mut Plan,
+        race: &mut Race<Completion, AttemptError>,
+        delay: Duration,
+        hedge: bool,
+    ) {
+        let entry = plan.entry();
+        let upstream = plan.current().clone();
+        let retry = plan.retrying();
+        plan.started();
+        let (ctx, req, called) = (ctx.clone(), req.clone(), upstream.clone());
+        race.push(
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let result = called.complete(&ctx, &req, retry).await;
+                Finished {
+                    entry,
+                    hedge,
+                    result,
+                }
+            }
+            .boxed(),
+        );
+        match upstream.health().hedge_delay() {
+            Some(after) => race.hedge_at(Instant::now() + delay + after, entry),
+            None => race.no_hedge(),
+        }
+    }
+
+    /// The attempt on `order[entry]` has outlasted its hedge delay: sends
+    /// the request to the next upstream that has not had it, if the slow
+    /// upstream's hedge budget and the attempt bound allow. The first good
+    /// answer wins; the other call is cancelled.
+    fn hedge(
+        &self,
+        ctx: &CallContext,
+        req: &CompletionRequest,
+        plan: &mut Plan,
+        race: &mut Race<Completion, AttemptError>,
+        entry: usize,
+    ) {
+        let max_attempts = self.settings.max_attempts.max(1);
+        if plan.attempts() + race.len() as u32 >= max_attempts || ctx.remaining().is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let Some(target) = plan.untried(now) else {
+            return;
+        };
+        let slow = plan.order()[entry].clone();
+        let sent = slow.health().take_hedge(now);
+        self.metrics()
+            .hedges
+            .get_or_create(&UpstreamLabels {
+                upstream: slow.name().to_string(),
+                outcome: if sent { "sent" } else { "budget-exhausted" }.to_string(),
+            })
+            .inc();
+        if sent {
+            plan.select(target);
+            self.launch(ctx, req, plan, race, Duration::ZERO, true);
+        }
+    }
+
+    /// Serves a completion for a model (empty model: any upstream the
+    /// router picks). Attempts run in a [`Race`]: usually one at a time,
+    /// two when a slow one is hedged or one fails while a hedge runs; the
+    /// first good answer ends the race and cancels the rest.
     pub(super) async fn complete(
         &self,
         ctx: &CallContext,
@@ -204,31 +353,67 @@ impl Pipeline {
     ) -> Result<Completion, PipelineError> {
         let mut plan = self.plan(ctx, &req).await?;
         let model = req.model.clone();
-        let give_up = |failure| PipelineError::Upstream {
-            model: model.clone(),
-            failure,
-        };
         let max_attempts = self.settings.max_attempts.max(1);
+        let mut race = Race::new();
+        let mut failures = Failures::default();
+        // What the recovery plugin asked that ended the completion, for the
+        // error the client gets once nothing is in flight.
+        let mut ended_by: Option<String> = None;
+        // The next attempt to start, after this delay.
+        let mut next = Some(Duration::ZERO);
         loop {
+            if let Some(delay) = next.take() {
+                self.launch(ctx, &req, &mut plan, &mut race, delay, false);
+            }
+            // Nothing in flight and nothing to start: the request has
+            // used what it may.
+            let Some(event) = race.next().await else {
+                return Err(failures.give_up(&model, ended_by));
+            };
+            let finished = match event {
+                Event::Hedge(entry) => {
+                    self.hedge(ctx, &req, &mut plan, &mut race, entry);
+                    continue;
+                }
+                Event::Finished(finished) => finished,
+            };
+            plan.select(finished.entry);
             let upstream = plan.current().clone();
-            let failure = match upstream.complete(ctx, &req, plan.retrying()).await {
-                Ok(completion) => return Ok(completion),
-                Err(AttemptError::Failed(failure)) => failure,
+            let failure = match finished.result {
+                Ok(completion) => {
+                    if finished.hedge {
+                        tracing::debug!(upstream = %upstream.name(), request = %ctx.request_id, "a hedge answered first");
+                    }
+                    return Ok(completion);
+                }
+                // The upstream refused the request itself: no retry, other
+                // upstream or recovery plugin can mend it, and the client
+                // gets the upstream's own answer.
+                Err(AttemptError::Failed(failure)) if failure.is_client_error() => {
+                    return Err(ended(&model, failure, None));
+                }
+                Err(AttemptError::Failed(failure)) => failures.real(failure),
+                Err(AttemptError::Refused(failure)) => failures.refused(failure),
                 // A full bulkhead is not a failure of the upstream: move on
                 // to one with room without spending an attempt.
                 Err(AttemptError::Saturated) => {
                     self.add_chain(ctx, &req, &mut plan).await?;
                     if plan.skip_saturated() {
+                        next = Some(Duration::ZERO);
                         continue;
                     }
-                    return Err(PipelineError::Overloaded {
-                        scope: upstream.name().to_string(),
-                    });
+                    if race.is_empty() {
+                        return Err(PipelineError::Overloaded {
+                            scope: upstream.name().to_string(),
+                        });
+                    }
+                    continue;
                 }
             };
             plan.failed();
-            if plan.attempts() >= max_attempts || ctx.remaining().is_zero() {
-                return Err(give_up(failure));
+            // Out of attempts or time: let any other attempt finish.
+            if plan.attempts() + race.len() as u32 >= max_attempts || ctx.remaining().is_zero() {
+                continue;
             }
             self.add_chain(ctx, &req, &mut plan).await?;
             let fctx = FailureContext {
@@ -240,7 +425,16 @@ impl Pipeline {
                 alternatives: plan.alternatives(Instant::now()),
                 request: req.clone(),
             };
-            let action = self.decide(ctx, &fctx).await?;
+            let (action, by) = self.decide(ctx, &fctx).await?;
+            if let Some((who, slot)) = &by {
+                self.check_decision((who, slot), &action, &fctx, &plan)?;
+            }
+            // An end the plugin decided (or a decision the host could not
+            // grant) names the plugin and what it asked.
+            let decision = |why: &str| {
+                by.as_ref()
+                    .map(|(who, _)| format!("{who} asked {}{why}", describe(&action)))
+            };
             self.metrics()
                 .recovery_actions
                 .get_or_create(&ActionLabels {
@@ -249,34 +443,56 @@ impl Pipeline {
                 })
                 .inc();
             match plan.apply(&action) {
-                Move::Next => {}
+                Move::Next => next = Some(Duration::ZERO),
                 Move::Again => {
-                    if !upstream.take_retry(ctx) {
-                        return Err(give_up(failure));
+                    let again = plan.current().clone();
+                    if !again.take_retry(ctx) {
+                        // The budget caps calls to this upstream only: an
+                        // upstream the request has not tried still gets it,
+                        // as a first attempt there.
+                        if let Some(entry) = plan.untried(Instant::now()) {
+                            plan.select(entry);
+                            next = Some(Duration::ZERO);
+                        } else {
+                            ended_by = decision(&format!(
+                                "; refused: the retry budget of upstream `{}` is spent",
+                                again.name()
+                            ));
+                        }
+                        continue;
                     }
-                    match action {
+                    next = match action {
                         Action::Retry(delay_ms) => {
-                            let hint = upstream.health().cooling(Instant::now());
-                            let Some(delay) = retry_delay(
+                            let delay = retry_delay(
                                 Duration::from_millis(u64::from(delay_ms)),
-                                hint,
+                                again.health().cooling(Instant::now()),
                                 self.settings.max_delay,
                                 ctx.remaining(),
                                 rand::rng().random::<f64>(),
-                            ) else {
-                                // The upstream's hint outlasts the deadline.
-                                return Err(give_up(failure));
-                            };
-                            tokio::time::sleep(delay).await;
+                            );
+                            if delay.is_none() {
+                                ended_by = decision(
+                                    "; refused: the upstream's Retry-After outlasts the deadline",
+                                );
+                            }
+                            delay
                         }
-                        Action::Refine(messages) => req.messages = messages,
-                        _ => {}
-                    }
+                        Action::Refine(messages) => {
+                            req.messages = super::rewrite::carry_over(&req.messages, messages);
+                            Some(Duration::ZERO)
+                        }
+                        _ => Some(Duration::ZERO),
+                    };
                 }
                 Move::Chunk(max_chars) => {
+                    // Chunks go to this upstream alone; a hedge of the
+                    // whole input is moot.
+                    drop(race);
                     return match self.chunked(ctx, &upstream, req, max_chars).await {
                         Ok(completion) => Ok(completion),
-                        Err(AttemptError::Failed(failure)) => Err(give_up(failure)),
+                        Err(AttemptError::Failed(failure) | AttemptError::Refused(failure)) => {
+                            Err(ended(&model, failure, decision("")))
+                        }
                         Err(AttemptError::Saturated) => Err(PipelineError::Overloaded {
                             scope: upstream.name().to_string(),
                         }),
@@ -286,7 +502,7 @@ impl Pipeline {
                     if alert {
                         self.alert(ctx, &model, upstream.name(), &failure);
                     }
-                    return Err(give_up(failure));
+                    ended_by = decision("");
                 }
             }
         }
@@ -342,7 +558,7 @@ impl Pipeline {
         let mut plan = self.plan(ctx, &req).await?;
         self.add_chain(ctx, &req, &mut plan).await?;
         let max_attempts = self.settings.max_attempts.max(1);
-        let mut last = None;
+        let mut failures = Failures::default();
         let mut attempts = 0;
         for upstream in plan.order() {
             if attempts >= max_attempts || ctx.remaining().is_zero() {
@@ -351,13 +567,24 @@ impl Pipeline {
             match upstream.stream(ctx, &req).await {
                 Ok(events) => return Ok(events),
                 Err(AttemptError::Saturated) => continue,
+                // As for a whole answer: the request's own fault ends it.
+                Err(AttemptError::Failed(failure)) if failure.is_client_error() => {
+                    return Err(PipelineError::Upstream {
+                        model: req.model,
+                        failure,
+                    });
+                }
                 Err(AttemptError::Failed(failure)) => {
                     attempts += 1;
-                    last = Some(failure);
+                    failures.real(failure);
+                }
+                Err(AttemptError::Refused(failure)) => {
+                    attempts += 1;
+                    failures.refused(failure);
                 }
             }
         }
-        match last {
+        match failures.last() {
             Some(failure) => Err(PipelineError::Upstream {
                 model: req.model,
                 failure,

@@ -21,10 +21,41 @@ use std::time::{Duration, Instant};
 /// Why an attempt did not produce an answer.
 #[derive(Debug)]
 pub(super) enum AttemptError {
-    /// The upstream (or the host on its behalf) failed the call.
+    /// The upstream (or the host on its behalf: a timeout) failed the call.
     Failed(Failure),
+    /// The host refused to make the call: the upstream's `Retry-After` is
+    /// pending (as a rate limit) or its breaker is open. No upstream said
+    /// this about this request, so it is never the answer a client gets
+    /// while a real failure is known.
+    Refused(Failure),
     /// The upstream's bulkhead is full: not a failure, try elsewhere.
     Saturated,
+}
+
+/// A whole-answer call in flight. Ended, it is recorded; dropped before
+/// that (a hedge race answered elsewhere, or the client went away), it is
+/// recorded as abandoned.
+struct InFlight<'a> {
+    upstream: &'a GuardedUpstream,
+    ctx: &'a CallContext,
+    started: Instant,
+    ended: bool,
+}
+
+impl InFlight<'_> {
+    fn end(mut self, outcome: Result<Usage, &Failure>) {
+        self.ended = true;
+        self.upstream
+            .record(self.ctx, self.started.elapsed(), outcome);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.upstream.abandoned(self.ctx, self.started.elapsed());
+        }
+    }
 }
 
 /// An upstream with the host's guards around it; shared by successive
@@ -109,7 +140,7 @@ impl GuardedUpstream {
             Err(Refusal::CoolingDown(wait)) => {
                 self.count_attempt("cooling-down");
                 let ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
-                Err(AttemptError::Failed(Failure::RateLimited(Some(ms))))
+                Err(AttemptError::Refused(Failure::RateLimited(Some(ms))))
             }
             Err(Refusal::Saturated) => {
                 self.metrics
@@ -122,7 +153,7 @@ impl GuardedUpstream {
             }
             Err(Refusal::CircuitOpen) => {
                 self.count_attempt("circuit-open");
-                Err(AttemptError::Failed(Failure::CircuitOpen(
+                Err(AttemptError::Refused(Failure::CircuitOpen(
                     self.name().to_string(),
                 )))
             }
@@ -157,6 +188,28 @@ impl GuardedUpstream {
         });
     }
 
+    /// Records a call abandoned after `latency` because another attempt of
+    /// the request answered first: the breaker hears of it only if it was
+    /// slow, and the ledger gets a failed step so that every call made is
+    /// on the record.
+    fn abandoned(&self, ctx: &CallContext, latency: Duration) {
+        self.health.record_abandoned(latency, Instant::now());
+        self.count_attempt("cancelled");
+        let info = self.info();
+        ctx.ledger.push(Step {
+            kind: StepKind::Completion,
+            target: info.model.clone(),
+            upstream: Some(info.name.clone()),
+            caller: ctx.caller().to_string(),
+            depth: ctx.chain.len() as u32,
+            latency_ms: latency.as_millis() as u64,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            ok: false,
+            error: Some("cancelled: another attempt answered first".to_string()),
+        });
+    }
+
     /// One whole-answer call through the gate. A `retry` does not count as
     /// new traffic for the retry budget (its withdrawal was already taken).
     pub(super) async fn complete(
@@ -181,9 +234,14 @@ impl GuardedUpstream {
         if !retry {
             self.health.count_first_attempt(Instant::now());
         }
-        let started = Instant::now();
+        let call = InFlight {
+            upstream: self,
+            ctx,
+            started: Instant::now(),
+            ended: false,
+        };
         let result = self.upstream.complete(req.clone(), bound).await;
-        self.record(ctx, started.elapsed(), result.as_ref().map(|c| c.usage));
+        call.end(result.as_ref().map(|c| c.usage));
         result.map_err(AttemptError::Failed)
     }
 
@@ -268,7 +326,7 @@ impl GuardedUpstream {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(idle.min(left), events.next()).await {
                     Ok(Some(event)) => {
-                        let last = matches!(event, Err(_) | Ok(StreamEvent::Done { .. }));
+                        let last = matches!(event, Err(_) | Ok(StreamEvent::Done(_)));
                         Some((event, (events, slot, last)))
                     }
                     Ok(None) => None,
@@ -281,9 +339,7 @@ impl GuardedUpstream {
         let me = self.clone();
         let ctx = ctx.clone();
         Box::pin(guarded.inspect(move |event| match event {
-            Ok(StreamEvent::Done { usage, .. }) => {
-                me.record(&ctx, started.elapsed(), Ok(*usage));
-            }
+            Ok(StreamEvent::Done(c)) => me.record(&ctx, started.elapsed(), Ok(c.usage)),
             Err(failure) => me.record(&ctx, started.elapsed(), Err(failure)),
             Ok(_) => {}
         }))

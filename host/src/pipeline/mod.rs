@@ -13,13 +13,18 @@
 //! context's ledger afterwards.
 
 mod agents;
+pub mod budget;
 mod completion;
+mod decision;
 mod error;
 mod guarded;
 mod plan;
+mod race;
+mod rewrite;
 mod rules;
 mod status;
 
+pub use budget::{AgentBudgetOverrides, BudgetSettings, BudgetsConfig};
 pub use error::{PipelineError, WiringError};
 pub use guarded::GuardedUpstream;
 pub use rules::{MessageLimit, MessageRules, RuleViolation};
@@ -79,6 +84,12 @@ pub struct PipelineSettings {
     pub fallbacks: HashMap<String, Vec<String>>,
     /// Where alerts are posted, besides the log and the metric.
     pub alert_webhook: Option<String>,
+    /// The host's rules for a conversation: the client's, and whatever a
+    /// plugin hands back in its place (a rewrite, a refinement, an agent's
+    /// completion request or delegated task).
+    pub rules: MessageRules,
+    /// What agents may make the host do, per call and per request.
+    pub budgets: BudgetSettings,
     /// Where the pipeline counts what it does.
     pub metrics: Arc<Metrics>,
 }
@@ -99,6 +110,8 @@ impl Default for PipelineSettings {
             max_delay: DEFAULT_MAX_DELAY,
             fallbacks: HashMap::new(),
             alert_webhook: None,
+            rules: MessageRules::default(),
+            budgets: BudgetSettings::default(),
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -173,6 +186,11 @@ impl Pipeline {
             alerter,
             me: me.clone(),
         }))
+    }
+
+    /// Raises alerts (log, metric, `resilience.alert_webhook`).
+    pub fn alerter(&self) -> &Alerter {
+        &self.alerter
     }
 
     /// The pipeline's metrics.
@@ -297,6 +315,7 @@ impl Pipeline {
                     finish_reason: "stop".into(),
                     usage: result.usage,
                     cached: false,
+                    details: Default::default(),
                 }
             }
             Target::Model(model) => {
@@ -305,14 +324,34 @@ impl Pipeline {
             }
         };
         if !self.settings.output_validators.is_empty() {
-            let validated = self
-                .validate(ctx, Stage::Output, vec![completion.message.clone()])
-                .await?;
-            if let Some(last) = validated.into_iter().last() {
-                completion.message = last;
-            }
+            self.validate_answer(ctx, &mut completion).await?;
         }
         Ok(completion)
+    }
+
+    /// Runs the output validators on every choice of an answer, one choice
+    /// at a time (each is an answer on its own, as one assistant message —
+    /// the contract's view of an answer); any rejection rejects the whole
+    /// answer. A choice whose text a validator rewrote loses its logprobs:
+    /// they spell the text the validator replaced.
+    async fn validate_answer(
+        &self,
+        ctx: &CallContext,
+        completion: &mut Completion,
+    ) -> Result<(), PipelineError> {
+        for (message, extra) in completion.choices_mut() {
+            let validated = self
+                .validate(ctx, Stage::Output, vec![message.clone()])
+                .await?;
+            if let Some(last) = rewrite::carry_over(std::slice::from_ref(message), validated).pop()
+            {
+                if last.content != message.content {
+                    extra.remove("logprobs");
+                }
+                *message = last;
+            }
+        }
+        Ok(())
     }
 
     /// Serves `req` for a client that wants a stream: a model request with
@@ -388,7 +427,24 @@ impl Pipeline {
                 };
                 match slot.plugin.validate(ctx, stage, &messages).await {
                     Ok(Verdict::Allow) => {}
-                    Ok(Verdict::Rewrite(rewritten)) => messages = rewritten,
+                    Ok(Verdict::Rewrite(rewritten)) => {
+                        // A rewrite is held to the client's rules.
+                        match self.settings.rules.check_stage(stage, &rewritten) {
+                            Ok(()) => messages = rewrite::carry_over(&messages, rewritten),
+                            Err(violation) if slot.policy == FailurePolicy::Open => {
+                                self.refused_decision(name, "rewrite");
+                                tracing::warn!(validator = %slot.plugin.identity(), error = %violation, "validator rewrite breaks the host's rules; ignored (failure_policy = open)");
+                            }
+                            Err(violation) => {
+                                self.refused_decision(name, "rewrite");
+                                return Err(PipelineError::Rewrite {
+                                    validator: slot.plugin.identity().to_string(),
+                                    stage,
+                                    violation,
+                                });
+                            }
+                        }
+                    }
                     Ok(Verdict::Reject(reason)) => {
                         return Err(PipelineError::Rejected {
                             validator: name.clone(),

@@ -2,8 +2,8 @@
 //!
 //! The completion loop (`completion.rs`) is a plan over guarded attempts:
 //! the plan knows the order to try upstreams in, which were tried, which
-//! were full, how many attempts were spent and whether the next attempt is
-//! a retry; the loop asks the recovery plugin what to do and [`Plan::apply`]
+//! were full, how many attempts failed and whether the next attempt is a
+//! retry (a second call to an upstream, whichever action led to it); the loop asks the recovery plugin what to do and [`Plan::apply`]
 //! turns the answer into the next move — or into a reason to give up.
 
 use super::guarded::GuardedUpstream;
@@ -22,9 +22,9 @@ pub(super) struct Plan {
     current: Arc<GuardedUpstream>,
     /// Whether the next attempt repeats one (a retry or refinement).
     retrying: bool,
-    /// Attempts made (refusals by a full bulkhead are not attempts).
+    /// Failed attempts (refusals by a full bulkhead are not attempts).
     attempts: u32,
-    /// Upstreams attempted, in first-attempt order.
+    /// Upstreams attempted (or in flight), in first-attempt order.
     tried: Vec<String>,
     /// Upstreams found full.
     saturated: Vec<String>,
@@ -70,9 +70,43 @@ impl Plan {
         self.retrying
     }
 
-    /// Attempts made so far.
+    /// Failed attempts so far.
     pub(super) fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Where `current` is in [`Self::order`].
+    pub(super) fn entry(&self) -> usize {
+        self.order
+            .iter()
+            .position(|u| u.name() == self.current.name())
+            .unwrap_or(0)
+    }
+
+    /// Makes `order[entry]` current, as a first attempt there (an attempt
+    /// that ended is being dealt with, or a hedge is about to go there).
+    pub(super) fn select(&mut self, entry: usize) {
+        if let Some(upstream) = self.order.get(entry) {
+            self.current = upstream.clone();
+            self.retrying = false;
+        }
+    }
+
+    /// Notes that an attempt on `current` is under way.
+    pub(super) fn started(&mut self) {
+        let name = self.current.name();
+        if !self.tried.iter().any(|t| t == name) {
+            self.tried.push(name.to_string());
+        }
+    }
+
+    /// The first upstream (in plan order) that this request has not tried
+    /// and that can take a call now: where a hedge goes, and where a
+    /// request whose retry budget is spent is still served.
+    pub(super) fn untried(&self, now: Instant) -> Option<usize> {
+        self.order
+            .iter()
+            .position(|u| u.health().healthy(now) && !self.tried.iter().any(|t| t == u.name()))
     }
 
     /// Every upstream in the plan, in order.
@@ -95,8 +129,9 @@ impl Plan {
         self.chained = true;
     }
 
-    /// Puts healthy upstreams first (keeping the order among each) and
-    /// starts with the first: the chain when the model's own are all down.
+    /// Puts upstreams that can take a call now first (keeping the order
+    /// among each) and starts with the first: the chain's when the model's
+    /// own are all down, another when the router's first is cooling down.
     pub(super) fn healthy_first(&mut self, now: Instant) {
         self.order.sort_by_key(|u| !u.health().healthy(now));
         self.current = self.order[0].clone();
@@ -123,39 +158,33 @@ impl Plan {
     /// Counts a failed attempt on `current`.
     pub(super) fn failed(&mut self) {
         self.attempts += 1;
-        let name = self.current.name();
-        if !self.tried.iter().any(|t| t == name) {
-            self.tried.push(name.to_string());
-        }
+        self.started();
     }
 
-    /// Upstreams to offer the recovery plugin after `current` failed:
-    /// untried healthy ones first, in routed order, then the rest, so that
-    /// "fall back to the first alternative" makes progress.
+    /// Upstreams to offer the recovery plugin after `current` failed: those
+    /// that can take a call now (breaker not open, no `Retry-After`
+    /// pending, room in the bulkhead), untried ones first, in routed
+    /// order, so that "fall back to the first alternative" makes progress
+    /// and never goes where the host would refuse the call.
     pub(super) fn alternatives(&self, now: Instant) -> Vec<String> {
-        let mut alternatives: Vec<(bool, bool, &str)> = self
+        let mut alternatives: Vec<(bool, &str)> = self
             .order
             .iter()
-            .filter(|u| u.name() != self.current.name())
-            .map(|u| {
-                let name = u.name();
-                (
-                    !u.health().healthy(now),
-                    self.tried.iter().any(|t| t == name),
-                    name,
-                )
-            })
+            .filter(|u| u.name() != self.current.name() && u.health().healthy(now))
+            .map(|u| (self.tried.iter().any(|t| t == u.name()), u.name()))
             .collect();
-        alternatives.sort_by_key(|(unhealthy, tried, _)| (*unhealthy, *tried));
+        alternatives.sort_by_key(|(tried, _)| *tried);
         alternatives
             .into_iter()
-            .map(|(_, _, name)| name.to_string())
+            .map(|(_, name)| name.to_string())
             .collect()
     }
 
     /// Applies the recovery plugin's `action` to the plan. Retries and
     /// refinements repeat `current` (the caller checks the retry budget
-    /// and waits); a fallback must name an upstream of the plan.
+    /// and waits); a fallback must name an upstream of the plan, and is a
+    /// first attempt there — unless this request tried it already, which
+    /// makes it a retry of that upstream, under its budget.
     pub(super) fn apply(&mut self, action: &Action) -> Move {
         match action {
             Action::Retry(_) => {
@@ -170,8 +199,12 @@ impl Plan {
             Action::Fallback(name) => match self.order.iter().find(|u| u.name() == name) {
                 Some(next) => {
                     self.current = next.clone();
-                    self.retrying = false;
-                    Move::Next
+                    self.retrying = self.tried.iter().any(|t| t == name);
+                    if self.retrying {
+                        Move::Again
+                    } else {
+                        Move::Next
+                    }
                 }
                 None => {
                     tracing::warn!(upstream = %name, "recovery asked to fall back to an upstream that serves neither the model nor its fallback chain");

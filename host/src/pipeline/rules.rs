@@ -4,7 +4,7 @@
 //! hold and process, so they apply to whatever enters the pipeline — the
 //! client's messages at the edge, and later anything a plugin hands back.
 
-use crate::domain::Message;
+use crate::domain::{Message, Role, Stage};
 
 /// Bounds on a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,9 +15,23 @@ pub struct MessageRules {
     pub max_message_chars: usize,
 }
 
+impl Default for MessageRules {
+    /// The defaults of `server.max_messages` and `server.max_message_chars`.
+    fn default() -> Self {
+        Self {
+            max_messages: 1024,
+            max_message_chars: 262_144,
+        }
+    }
+}
+
 /// Which bound a conversation broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageLimit {
+    /// No messages at all.
+    Empty,
+    /// An answer whose last message is not the assistant's.
+    Role,
     /// More messages than `server.max_messages`.
     TooMany,
     /// A message longer than `server.max_message_chars`.
@@ -28,6 +42,8 @@ impl MessageLimit {
     /// The error code clients see.
     pub fn code(self) -> &'static str {
         match self {
+            MessageLimit::Empty => "invalid_request",
+            MessageLimit::Role => "invalid_request",
             MessageLimit::TooMany => "too_many_messages",
             MessageLimit::TooLong => "message_too_long",
         }
@@ -48,6 +64,12 @@ impl MessageRules {
     /// Checks `messages`; `field` names the list in the message (e.g.
     /// `messages`, `input`).
     pub fn check(&self, field: &str, messages: &[Message]) -> Result<(), RuleViolation> {
+        if messages.is_empty() {
+            return Err(RuleViolation {
+                limit: MessageLimit::Empty,
+                message: format!("`{field}` must contain at least one message"),
+            });
+        }
         if messages.len() > self.max_messages {
             return Err(RuleViolation {
                 limit: MessageLimit::TooMany,
@@ -77,6 +99,31 @@ impl MessageRules {
     }
 }
 
+impl MessageRules {
+    /// The rules for what a validator hands back at `stage`: the client's
+    /// rules for input; for output also that the answer — the last message —
+    /// is the assistant's.
+    pub fn check_stage(&self, stage: Stage, messages: &[Message]) -> Result<(), RuleViolation> {
+        match stage {
+            Stage::Input => self.check("messages", messages),
+            Stage::Output => {
+                self.check("answer", messages)?;
+                match messages.last() {
+                    Some(last) if last.role != Role::Assistant => Err(RuleViolation {
+                        limit: MessageLimit::Role,
+                        message: format!(
+                            "the answer's last message has role `{:?}`; an answer is the assistant's",
+                            last.role
+                        )
+                        .to_lowercase(),
+                    }),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +147,19 @@ mod tests {
             err.message
                 .contains("`messages[1].content` has 4 characters"),
             "{err}"
+        );
+        assert_eq!(
+            rules.check("m", &[]).unwrap_err().limit,
+            MessageLimit::Empty
+        );
+        let err = rules
+            .check_stage(Stage::Output, &[Message::system("x")])
+            .unwrap_err();
+        assert_eq!(err.limit, MessageLimit::Role);
+        assert!(
+            rules
+                .check_stage(Stage::Output, &[Message::assistant("x")])
+                .is_ok()
         );
     }
 }

@@ -6,13 +6,21 @@
 //! the answer with the real usage — see its module for why governor does
 //! not fit there. A refusal says which limit and when to retry; the server
 //! turns it into `429` with `Retry-After`.
+//!
+//! With `[cluster]` the same buckets live in Redis ([`shared`]), so every
+//! replica draws on one bucket per client and model. While Redis cannot be
+//! reached each kind of limit follows its `cluster.on_redis_loss` policy:
+//! `fail-open` decides with the local buckets above (each replica allowing
+//! the whole limit), `fail-closed` refuses with `503 limit_unavailable`.
 
 mod bucket;
 mod config;
+mod shared;
 
 pub use bucket::TokenBucket;
 pub use config::{LimitConfig, RateLimitsConfig};
 
+use crate::cluster::{Cluster, LossPolicy};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::RateLimitLabels;
 use governor::clock::{Clock, DefaultClock};
@@ -89,6 +97,9 @@ pub struct Limited {
     pub retry_after: Duration,
     /// What was exceeded, for the client.
     pub message: String,
+    /// The limit could not be checked (Redis lost, `fail-closed`): a 503,
+    /// not the client's fault.
+    pub unavailable: bool,
 }
 
 impl Limited {
@@ -159,11 +170,26 @@ pub struct RateLimiter {
     models: HashMap<String, Buckets>,
     clock: DefaultClock,
     metrics: Arc<Metrics>,
+    /// The buckets in Redis, with `[cluster]`.
+    shared: Option<shared::SharedLimits>,
+}
+
+/// What a shared check stands for, to name a refusal.
+#[derive(Clone, Copy)]
+enum Checked {
+    ClientTokens,
+    ModelTokens,
+    ModelRequests,
 }
 
 impl RateLimiter {
-    /// The limiter `config` describes.
-    pub fn from_config(config: &RateLimitsConfig, metrics: Arc<Metrics>) -> RateLimiter {
+    /// The limiter `config` describes; with a cluster, its buckets are
+    /// shared through Redis.
+    pub fn from_config(
+        config: &RateLimitsConfig,
+        metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> RateLimiter {
         RateLimiter {
             defaults: Limits {
                 requests_per_s: config.requests_per_s,
@@ -178,6 +204,7 @@ impl RateLimiter {
                 .collect(),
             clock: DefaultClock::default(),
             metrics,
+            shared: cluster.map(shared::SharedLimits::new),
         }
     }
 
@@ -218,29 +245,165 @@ impl RateLimiter {
             kind,
             retry_after,
             message,
+            unavailable: false,
         }
     }
 
+    /// What to do for `kind` without Redis: `None` to decide locally
+    /// (fail-open), or the refusal (fail-closed).
+    fn without_redis(
+        &self,
+        kind: LimitKind,
+        why: &crate::cluster::ClusterError,
+    ) -> Option<Limited> {
+        let shared = self.shared.as_ref()?;
+        let cluster = shared.cluster();
+        let policies = cluster.policies();
+        let policy = match kind {
+            LimitKind::Requests => policies.requests,
+            LimitKind::Tokens => policies.tokens,
+            LimitKind::Model => policies.models,
+        };
+        cluster.note_fallback(kind.label(), policy);
+        match policy {
+            LossPolicy::FailOpen => None,
+            LossPolicy::FailClosed => Some(Limited {
+                kind,
+                retry_after: Duration::from_secs(1),
+                message: format!(
+                    "the shared {} limit cannot be checked ({why}) and cluster.on_redis_loss says fail-closed; retry shortly",
+                    kind.label()
+                ),
+                unavailable: true,
+            }),
+        }
+    }
+
+    fn requests_message(client: &str, limits: &Limits) -> String {
+        let rate = limits.requests_per_s.unwrap_or_default();
+        format!(
+            "rate limit exceeded for `{client}`: {rate} requests/s (burst {})",
+            limits.burst.unwrap_or(rate.ceil().max(1.0) as u32)
+        )
+    }
+
     /// Takes one request from the client's request bucket.
-    pub fn admit_request(&self, client: &str, own: Limits) -> Result<(), Limited> {
+    pub async fn admit_request(&self, client: &str, own: Limits) -> Result<(), Limited> {
+        let limits = self.effective(own);
+        if let (Some(shared), Some(rate)) = (&self.shared, limits.requests_per_s) {
+            let check = shared::SharedCheck::Requests {
+                bucket: format!("req:{client}"),
+                rate,
+                burst: limits.burst.unwrap_or(rate.ceil().max(1.0) as u32).max(1),
+            };
+            match shared.admit(&[check]).await {
+                Ok(None) => return Ok(()),
+                Ok(Some((_, wait))) => {
+                    let message = Self::requests_message(client, &limits);
+                    return Err(self.refuse(client, LimitKind::Requests, wait, message));
+                }
+                Err(e) => {
+                    if let Some(refused) = self.without_redis(LimitKind::Requests, &e) {
+                        return Err(refused);
+                    }
+                }
+            }
+        }
         let buckets = self.client(client, own);
         buckets.check_requests(&self.clock).map_err(|wait| {
-            let rate = buckets.limits.requests_per_s.unwrap_or_default();
-            self.refuse(
-                client,
-                LimitKind::Requests,
-                wait,
-                format!(
-                    "rate limit exceeded for `{client}`: {rate} requests/s (burst {})",
-                    buckets.limits.burst.unwrap_or(rate.ceil().max(1.0) as u32)
-                ),
-            )
+            let message = Self::requests_message(client, &buckets.limits);
+            self.refuse(client, LimitKind::Requests, wait, message)
         })
     }
 
     /// Refuses while the client's token bucket is in debt, and takes one
     /// request from the model's bucket.
-    pub fn admit_completion(&self, client: &str, own: Limits, model: &str) -> Result<(), Limited> {
+    pub async fn admit_completion(
+        &self,
+        client: &str,
+        own: Limits,
+        model: &str,
+    ) -> Result<(), Limited> {
+        if let Some(shared) = &self.shared {
+            let limits = self.effective(own);
+            let model_limits = self.models.get(model).map(|m| m.limits);
+            let mut checks = Vec::new();
+            let mut what = Vec::new();
+            if let Some(per_min) = limits.tokens_per_min {
+                checks.push(shared::SharedCheck::Tokens {
+                    bucket: format!("tok:{client}"),
+                    per_min,
+                });
+                what.push(Checked::ClientTokens);
+            }
+            if let Some(m) = model_limits {
+                if let Some(per_min) = m.tokens_per_min {
+                    checks.push(shared::SharedCheck::Tokens {
+                        bucket: format!("mtok:{model}"),
+                        per_min,
+                    });
+                    what.push(Checked::ModelTokens);
+                }
+                if let Some(rate) = m.requests_per_s {
+                    checks.push(shared::SharedCheck::Requests {
+                        bucket: format!("mreq:{model}"),
+                        rate,
+                        burst: m.burst.unwrap_or(rate.ceil().max(1.0) as u32).max(1),
+                    });
+                    what.push(Checked::ModelRequests);
+                }
+            }
+            match shared.admit(&checks).await {
+                Ok(None) => return Ok(()),
+                Ok(Some((i, wait))) => {
+                    let refused = match what.get(i) {
+                        Some(Checked::ClientTokens) => self.refuse(
+                            client,
+                            LimitKind::Tokens,
+                            wait,
+                            format!(
+                                "token limit exceeded for `{client}`: {} tokens/min",
+                                limits.tokens_per_min.unwrap_or_default()
+                            ),
+                        ),
+                        _ => self.refuse(
+                            client,
+                            LimitKind::Model,
+                            wait,
+                            format!(
+                                "rate limit exceeded for model `{model}` (shared by every client)"
+                            ),
+                        ),
+                    };
+                    return Err(refused);
+                }
+                Err(e) => {
+                    // The client's tokens and the model's limits have
+                    // policies of their own; the stricter applies.
+                    let mut kinds = Vec::new();
+                    if limits.tokens_per_min.is_some() {
+                        kinds.push(LimitKind::Tokens);
+                    }
+                    if model_limits.is_some() {
+                        kinds.push(LimitKind::Model);
+                    }
+                    for kind in kinds {
+                        if let Some(refused) = self.without_redis(kind, &e) {
+                            return Err(refused);
+                        }
+                    }
+                }
+            }
+        }
+        self.admit_completion_locally(client, own, model)
+    }
+
+    fn admit_completion_locally(
+        &self,
+        client: &str,
+        own: Limits,
+        model: &str,
+    ) -> Result<(), Limited> {
         let buckets = self.client(client, own);
         buckets.check_tokens().map_err(|wait| {
             self.refuse(
@@ -269,9 +432,24 @@ impl RateLimiter {
     }
 
     /// Charges the tokens an answer really used to the client and the model.
-    pub fn charge(&self, client: &str, own: Limits, model: &str, tokens: u64) {
+    pub async fn charge(&self, client: &str, own: Limits, model: &str, tokens: u64) {
         if tokens == 0 {
             return;
+        }
+        if let Some(shared) = &self.shared {
+            let mut buckets = Vec::new();
+            if let Some(per_min) = self.effective(own).tokens_per_min {
+                buckets.push((format!("tok:{client}"), per_min));
+            }
+            if let Some(per_min) = self.models.get(model).and_then(|m| m.limits.tokens_per_min) {
+                buckets.push((format!("mtok:{model}"), per_min));
+            }
+            match shared.charge(&buckets, tokens).await {
+                Ok(()) => return,
+                // The local buckets take the charge instead: they are the
+                // ones deciding (fail-open) until Redis is back.
+                Err(e) => tracing::debug!(error = %e, "charging the local token buckets"),
+            }
         }
         self.client(client, own).charge(tokens);
         if let Some(m) = self.models.get(model) {
@@ -285,49 +463,58 @@ mod tests {
     use super::*;
 
     fn limiter(config: RateLimitsConfig) -> RateLimiter {
-        RateLimiter::from_config(&config, Arc::new(Metrics::new()))
+        RateLimiter::from_config(&config, Arc::new(Metrics::new()), None)
     }
 
-    #[test]
-    fn a_burst_admits_exactly_burst_requests() {
+    #[tokio::test]
+    async fn a_burst_admits_exactly_burst_requests() {
         let l = limiter(RateLimitsConfig::default());
         let own = Limits {
             requests_per_s: Some(0.001),
             burst: Some(3),
             tokens_per_min: None,
         };
-        let admitted = (0..10)
-            .filter(|_| l.admit_request("k", own).is_ok())
-            .count();
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += usize::from(l.admit_request("k", own).await.is_ok());
+        }
         assert_eq!(admitted, 3);
-        let refused = l.admit_request("k", own).unwrap_err();
+        let refused = l.admit_request("k", own).await.unwrap_err();
         assert_eq!(refused.kind, LimitKind::Requests);
         assert!(refused.retry_after_s() > 900, "{refused:?}");
         // Another client has its own bucket.
-        assert!(l.admit_request("other", own).is_ok());
+        assert!(l.admit_request("other", own).await.is_ok());
     }
 
-    #[test]
-    fn defaults_apply_to_clients_without_their_own_limits() {
+    #[tokio::test]
+    async fn defaults_apply_to_clients_without_their_own_limits() {
         let l = limiter(RateLimitsConfig {
             requests_per_s: Some(0.001),
             burst: Some(1),
             ..Default::default()
         });
-        assert!(l.admit_request("anonymous", Limits::default()).is_ok());
-        assert!(l.admit_request("anonymous", Limits::default()).is_err());
+        assert!(
+            l.admit_request("anonymous", Limits::default())
+                .await
+                .is_ok()
+        );
+        assert!(
+            l.admit_request("anonymous", Limits::default())
+                .await
+                .is_err()
+        );
     }
 
-    #[test]
-    fn tokens_are_charged_after_the_answer_and_refuse_while_in_debt() {
+    #[tokio::test]
+    async fn tokens_are_charged_after_the_answer_and_refuse_while_in_debt() {
         let l = limiter(RateLimitsConfig::default());
         let own = Limits {
             tokens_per_min: Some(10),
             ..Default::default()
         };
-        assert!(l.admit_completion("k", own, "m").is_ok());
-        l.charge("k", own, "m", 100);
-        let refused = l.admit_completion("k", own, "m").unwrap_err();
+        assert!(l.admit_completion("k", own, "m").await.is_ok());
+        l.charge("k", own, "m", 100).await;
+        let refused = l.admit_completion("k", own, "m").await.unwrap_err();
         assert_eq!(refused.kind, LimitKind::Tokens);
         assert!(refused.retry_after_s() >= 500, "{refused:?}");
     }

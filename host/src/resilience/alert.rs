@@ -1,4 +1,5 @@
-//! Alerts: when a recovery strategy gives up and says a human should know.
+//! Alerts: when a recovery strategy gives up and says a human should know,
+//! or a key's spend crosses one of `auth.budget_alert_thresholds`.
 //!
 //! One alert is three things, so that whichever an operator watches sees
 //! it: a structured log event (`alert = true`), the `agentrouter_alerts`
@@ -20,6 +21,9 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Alert {
     /// Always `agentrouter.alert`, so receivers can route on it.
     pub event: &'static str,
+    /// `request_failed` (a recovery strategy gave up) or `budget` (a key's
+    /// spend crossed a threshold).
+    pub kind: &'static str,
     /// Who raised it: the recovery plugin (`name@version`), or `host`.
     pub source: String,
     /// The requested model.
@@ -32,6 +36,9 @@ pub struct Alert {
     pub request_id: String,
     /// Seconds since the Unix epoch.
     pub timestamp: u64,
+    /// The API key concerned (budget alerts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Raises alerts; cheap to clone.
@@ -54,15 +61,28 @@ impl Alerter {
 
     /// Logs, counts and (in the background) posts `alert`.
     pub fn raise(&self, alert: Alert) {
-        tracing::error!(
-            alert = true,
-            source = %alert.source,
-            model = %alert.model,
-            upstream = %alert.upstream,
-            failure = %alert.failure,
-            request_id = %alert.request_id,
-            "alert: a request failed and the recovery strategy asked for an operator"
-        );
+        if alert.kind == "budget" {
+            tracing::warn!(
+                alert = true,
+                kind = alert.kind,
+                key = alert.key.as_deref().unwrap_or("-"),
+                model = %alert.model,
+                failure = %alert.failure,
+                request_id = %alert.request_id,
+                "alert: a key's spend crossed a budget threshold"
+            );
+        } else {
+            tracing::error!(
+                alert = true,
+                kind = alert.kind,
+                source = %alert.source,
+                model = %alert.model,
+                upstream = %alert.upstream,
+                failure = %alert.failure,
+                request_id = %alert.request_id,
+                "alert: a request failed and the recovery strategy asked for an operator"
+            );
+        }
         // The label is the slot name without the version, to keep the
         // series stable across plugin upgrades.
         let source = alert

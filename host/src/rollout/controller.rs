@@ -143,6 +143,11 @@ async fn tick(manager: &Rollouts, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) 
         manager.persist_quietly(&guard, hot).await;
         return true;
     }
+    // In a cluster one replica decides (see `rollout::shared`); the others
+    // follow what it publishes.
+    if !manager.leads(hot, rollout).await {
+        return true;
+    }
     let decision = evaluate(
         &rollout.spec,
         rollout.percent(),

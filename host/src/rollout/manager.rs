@@ -8,6 +8,7 @@
 
 use super::persist::{self, RolloutRecord, SlotRecord};
 use super::plan::{OutOfRange, Phase, Rollout, RolloutRequest, RolloutStatus, VersionRef};
+use super::shared::SharedRollouts;
 use super::{HotPlugin, controller};
 use crate::domain::{
     Candidate, CompletionRequest, Failure, FailureContext, Message, RouteRequest, Stage,
@@ -17,7 +18,7 @@ use crate::store::{Store, StoreError};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// Why a control-plane operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,8 @@ pub struct Rollouts {
     /// stopped by [`Rollouts::shutdown`].
     controllers: controller::Controllers,
     me: Weak<Rollouts>,
+    /// The cluster's shared rollout state, once joined.
+    shared: OnceLock<Arc<SharedRollouts>>,
 }
 
 /// Proof that the holder has the control plane to itself.
@@ -158,7 +161,28 @@ impl Rollouts {
             lock: tokio::sync::Mutex::new(()),
             controllers: controller::Controllers::default(),
             me: me.clone(),
+            shared: OnceLock::new(),
         })
+    }
+
+    /// Shares every change with the other replicas of `cluster`, and applies
+    /// theirs (see [`super::shared`]; start [`super::shared::sync`] too).
+    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.shared.set(SharedRollouts::new(cluster));
+    }
+
+    /// The shared state, with a cluster.
+    pub(super) fn shared(&self) -> Option<&Arc<SharedRollouts>> {
+        self.shared.get()
+    }
+
+    /// Keeps component bytes under their digest, in sled and the cluster.
+    fn keep_wasm(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        persist::put_wasm(&self.store, digest, bytes)?;
+        if let Some(shared) = self.shared() {
+            shared.wasm(digest, bytes);
+        }
+        Ok(())
     }
 
     /// Stops every rollout controller and waits for them, a tick in
@@ -167,6 +191,11 @@ impl Rollouts {
     /// state is persisted, so the next start resumes where this one stopped.
     pub async fn shutdown(&self) {
         self.controllers.stop().await;
+    }
+
+    /// The store rollout records persist in.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The plugin runtime.
@@ -183,7 +212,7 @@ impl Rollouts {
     }
 
     /// Refuses a guard of another control plane: it would serialise nothing.
-    fn check(&self, guard: &ControlGuard<'_>) {
+    pub(super) fn check(&self, guard: &ControlGuard<'_>) {
         assert!(
             std::ptr::eq(tokio::sync::MutexGuard::mutex(&guard.held), &self.lock),
             "a ControlGuard of another control plane was passed to this one"
@@ -204,7 +233,7 @@ impl Rollouts {
 
     /// Compiles and type-checks `source` with the slot's limits, settings and
     /// capabilities. Compilation runs on a blocking thread.
-    async fn load(
+    pub(super) async fn load(
         &self,
         hot: &HotPlugin,
         source: PluginSource,
@@ -234,12 +263,31 @@ impl Rollouts {
         self.load(hot, source, version).await
     }
 
-    async fn load_stored(
+    pub(super) async fn load_stored(
         &self,
         hot: &HotPlugin,
         id: &VersionRef,
     ) -> Result<Arc<Plugin>, RolloutError> {
-        let bytes = persist::get_wasm(&self.store, &id.digest)?.ok_or_else(|| {
+        let mut bytes = persist::get_wasm(&self.store, &id.digest)?;
+        if bytes.is_none()
+            && let Some(shared) = self.shared()
+        {
+            // Uploaded to another replica: fetched by digest, kept here.
+            match shared.fetch_wasm(&id.digest).await {
+                Ok(Some(fetched)) if crate::runtime::sha256_hex(&fetched) == id.digest => {
+                    persist::put_wasm(&self.store, &id.digest, &fetched)?;
+                    bytes = Some(fetched);
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(plugin = %hot.name(), digest = %id.digest, "the cluster's component does not match its digest; ignored")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(plugin = %hot.name(), error = %e, "cannot fetch the component from the cluster")
+                }
+            }
+        }
+        let bytes = bytes.ok_or_else(|| {
             RolloutError::NotFound(format!(
                 "no uploaded component with digest {} for slot `{}`: upload it with PUT /admin/plugins/{}/candidate",
                 id.digest,
@@ -285,7 +333,12 @@ impl Rollouts {
         update: impl FnOnce(&mut SlotRecord),
     ) -> Result<(), StoreError> {
         self.check(guard);
-        persist::save(&self.store, hot.name(), &self.next_record(hot, update))
+        let record = self.next_record(hot, update);
+        persist::save(&self.store, hot.name(), &record)?;
+        if let Some(shared) = self.shared() {
+            shared.record(hot.name(), record);
+        }
+        Ok(())
     }
 
     /// Persists the slot's counters, logging (not returning) a failure: the
@@ -321,14 +374,20 @@ impl Rollouts {
         let digest = crate::runtime::sha256_hex(&bytes);
         let plugin = self.load_bytes(hot, bytes.clone(), version).await?;
         smoke(&plugin, candidates).await?;
-        persist::put_wasm(&self.store, &digest, &bytes)?;
+        self.keep_wasm(&digest, &bytes)?;
         self.install(guard, hot, plugin.clone(), "admin upload");
         self.save(guard, hot, |r| r.live = Some(plugin.identity().into()))?;
         Ok(plugin)
     }
 
     /// Makes `plugin` the stable version, keeping any rollout running.
-    fn install(&self, guard: &ControlGuard<'_>, hot: &HotPlugin, plugin: Arc<Plugin>, why: &str) {
+    pub(super) fn install(
+        &self,
+        guard: &ControlGuard<'_>,
+        hot: &HotPlugin,
+        plugin: Arc<Plugin>,
+        why: &str,
+    ) {
         log_swap(hot, &plugin, why);
         hot.update(guard, |s| s.stable = plugin);
     }
@@ -374,7 +433,7 @@ impl Rollouts {
         self.serving(guard, hot)?;
         let digest = crate::runtime::sha256_hex(&bytes);
         let plugin = self.load_bytes(hot, bytes.clone(), version).await?;
-        persist::put_wasm(&self.store, &digest, &bytes)?;
+        self.keep_wasm(&digest, &bytes)?;
         self.save(guard, hot, |r| r.staged = Some(plugin.identity().into()))?;
         tracing::info!(plugin = %hot.name(), candidate = %plugin.identity(), digest = %digest, "candidate uploaded");
         Ok(plugin)
@@ -436,7 +495,7 @@ impl Rollouts {
         Ok(rollout.status(&stable))
     }
 
-    fn supervise(&self, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) {
+    pub(super) fn supervise(&self, hot: &Arc<HotPlugin>, rollout: &Arc<Rollout>) {
         self.controllers.spawn(
             self.me.clone(),
             Arc::downgrade(hot),
@@ -478,6 +537,21 @@ impl Rollouts {
         rollout.set_percent(percent);
         rollout.event(format!("healthy: candidate share raised to {percent}%"));
         self.persist_quietly(guard, hot).await;
+        if let Some(shared) = self.shared() {
+            shared.record(hot.name(), self.next_record(hot, |_| {}));
+        }
+    }
+
+    /// Whether this replica decides `rollout`'s next step: always alone;
+    /// in a cluster, while it holds the slot's lease.
+    pub(super) async fn leads(&self, hot: &HotPlugin, rollout: &super::Rollout) -> bool {
+        match self.shared() {
+            None => true,
+            Some(shared) => {
+                let lease = std::time::Duration::from_secs_f64(rollout.spec.interval_s * 3.0);
+                shared.leads(hot.name(), lease).await
+            }
+        }
     }
 
     /// Ends `rollout`, which must be the slot's: a promotion makes its

@@ -32,6 +32,7 @@ pub mod controller;
 mod manager;
 pub mod persist;
 pub mod plan;
+pub mod shared;
 pub mod stats;
 pub mod watch;
 
@@ -235,14 +236,18 @@ impl SlotExport for Recover {
 /// The answer text matters (usage differs from run to run). An agent's own
 /// failure counts as an error of its arm. A shadowed agent runs with a step
 /// log of its own, so its LLM calls (which are real, and cost) never show in
-/// the client's steps.
+/// the client's steps, and budgets of its own, so it never spends the
+/// client's request budget.
 impl SlotExport for Handle {
     type Key = String;
 
     fn detach((task, ctx, host): &Self::Input<'_>) -> Self::Input<'static> {
-        let mut ctx = ctx.clone();
-        ctx.ledger = Default::default();
-        (Cow::Owned(task.clone().into_owned()), ctx, host.clone())
+        // Its own ledger and budgets: a shadow never spends the request's.
+        (
+            Cow::Owned(task.clone().into_owned()),
+            ctx.detached(),
+            host.clone(),
+        )
     }
 
     fn failed(result: &Result<Result<TaskResult, Failure>, PluginError>) -> bool {
@@ -414,7 +419,9 @@ impl HotPlugin {
         tokio::spawn(async move {
             let _permit = permit;
             let started = Instant::now();
-            let candidate = E::call(&rollout.candidate, input).await;
+            // Outside the request's share: a shadow must never take
+            // instances the client's request needs.
+            let candidate = E::call(&rollout.candidate, None, input).await;
             rollout
                 .candidate_stats
                 .record(started.elapsed(), E::failed(&candidate));
@@ -433,7 +440,7 @@ impl HotPlugin {
     ) -> Result<Verdict, PluginError> {
         let input = (stage, Cow::Borrowed(messages));
         let call = self.begin::<Validate>(ctx, &input);
-        let result = Validate::call(call.plugin(), input).await;
+        let result = Validate::call(call.plugin(), Some(ctx), input).await;
         self.end(call, &result);
         result
     }
@@ -447,7 +454,7 @@ impl HotPlugin {
     ) -> Result<Vec<String>, PluginError> {
         let input = (Cow::Borrowed(req), Cow::Borrowed(candidates));
         let call = self.begin::<Route>(ctx, &input);
-        let result = Route::call(call.plugin(), input).await;
+        let result = Route::call(call.plugin(), Some(ctx), input).await;
         self.end(call, &result);
         result
     }
@@ -460,7 +467,7 @@ impl HotPlugin {
     ) -> Result<Action, PluginError> {
         let input = Cow::Borrowed(failure);
         let call = self.begin::<Recover>(ctx, &input);
-        let result = Recover::call(call.plugin(), input).await;
+        let result = Recover::call(call.plugin(), Some(ctx), input).await;
         self.end(call, &result);
         result
     }
@@ -475,7 +482,7 @@ impl HotPlugin {
     ) -> Result<Result<TaskResult, Failure>, PluginError> {
         let input = (Cow::Borrowed(task), ctx, host);
         let call = self.begin::<Handle>(&input.1, &input);
-        let result = Handle::call(call.plugin(), input).await;
+        let result = Handle::call(call.plugin(), None, input).await;
         self.end(call, &result);
         result
     }

@@ -106,3 +106,31 @@ pub fn get_wasm(store: &Store, digest: &str) -> Result<Option<Vec<u8>>, StoreErr
         .map_err(|e| sled_err(store, e))?
         .map(|v| v.to_vec()))
 }
+
+/// Every slot's record, by slot name (a backup).
+pub fn all(store: &Store) -> Result<Vec<(String, SlotRecord)>, StoreError> {
+    let prefix = b"rollout\0slot\0";
+    let mut out = Vec::new();
+    for item in store.db().scan_prefix(prefix) {
+        let (k, v) = item.map_err(|e| sled_err(store, e))?;
+        let name = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
+        if let Ok(record) = serde_json::from_slice(&v) {
+            out.push((name, record));
+        }
+    }
+    Ok(out)
+}
+
+/// Every stored component, by digest (a backup).
+pub fn all_wasm(store: &Store) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let prefix = b"rollout\0wasm\0";
+    let mut out = Vec::new();
+    for item in store.db().scan_prefix(prefix) {
+        let (k, v) = item.map_err(|e| sled_err(store, e))?;
+        out.push((
+            String::from_utf8_lossy(&k[prefix.len()..]).to_string(),
+            v.to_vec(),
+        ));
+    }
+    Ok(out)
+}

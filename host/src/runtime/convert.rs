@@ -71,6 +71,7 @@ impl From<wit::Message> for d::Message {
                 })
                 .collect(),
             tool_call_id: m.tool_call_id,
+            wire: Default::default(),
         }
     }
 }
@@ -116,13 +117,13 @@ impl From<wit::CompletionRequest> for d::CompletionRequest {
                     name: t.name,
                     description: t.description,
                     parameters: t.parameters,
+                    wire: None,
                 })
                 .collect(),
             temperature: r.temperature,
             max_tokens: r.max_tokens,
             metadata: metadata_from_wit(r.metadata),
-            tool_choice: None,
-            extra: Default::default(),
+            ..Default::default()
         }
     }
 }
@@ -138,10 +139,7 @@ impl From<d::Usage> for wit::Usage {
 
 impl From<wit::Usage> for d::Usage {
     fn from(u: wit::Usage) -> Self {
-        d::Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-        }
+        d::Usage::new(u.prompt_tokens, u.completion_tokens)
     }
 }
 
@@ -164,6 +162,8 @@ impl From<d::Failure> for wit::Failure {
             d::Failure::RateLimited(ms) => wit::Failure::RateLimited(ms),
             d::Failure::TokenLimitExceeded => wit::Failure::TokenLimitExceeded,
             d::Failure::UpstreamStatus(s) => wit::Failure::UpstreamStatus(s),
+            // Plugins know an upstream's refusal by its status alone.
+            d::Failure::ClientError(e) => wit::Failure::UpstreamStatus(e.status),
             d::Failure::InvalidResponse(m) => wit::Failure::InvalidResponse(m),
             d::Failure::CircuitOpen(u) => wit::Failure::CircuitOpen(u),
             d::Failure::Rejected(r) => wit::Failure::Rejected(r),
@@ -308,6 +308,151 @@ impl From<wit::Action> for d::Action {
             wit::Action::ChunkAndRetry(n) => d::Action::ChunkAndRetry(n),
             wit::Action::Refine(m) => d::Action::Refine(messages_from_wit(m)),
             wit::Action::Fail(alert) => d::Action::Fail(alert),
+        }
+    }
+}
+
+/// Bad input never panics, and nothing is lost crossing the boundary: any
+/// domain value converted to WIT and back is the same value
+/// (`PROPTEST_CASES` sets the run's length; see docs/security.md).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn role() -> impl Strategy<Value = d::Role> {
+        prop_oneof![
+            Just(d::Role::System),
+            Just(d::Role::User),
+            Just(d::Role::Assistant),
+            Just(d::Role::Tool),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = d::Message> {
+        (
+            role(),
+            any::<String>(),
+            proptest::option::of(any::<String>()),
+            prop::collection::vec((any::<String>(), any::<String>(), any::<String>()), 0..3),
+            proptest::option::of(any::<String>()),
+        )
+            .prop_map(|(role, content, name, calls, tool_call_id)| d::Message {
+                role,
+                content,
+                name,
+                tool_calls: calls
+                    .into_iter()
+                    .map(|(id, name, arguments)| d::ToolCall {
+                        id,
+                        name,
+                        arguments,
+                    })
+                    .collect(),
+                tool_call_id,
+                // The wire details stay on the host side of the WIT line.
+                wire: Default::default(),
+            })
+    }
+
+    fn metadata() -> impl Strategy<Value = d::Metadata> {
+        prop::collection::btree_map(any::<String>(), any::<String>(), 0..4)
+    }
+
+    fn failure() -> impl Strategy<Value = d::Failure> {
+        prop_oneof![
+            Just(d::Failure::Timeout),
+            proptest::option::of(any::<u32>()).prop_map(d::Failure::RateLimited),
+            Just(d::Failure::TokenLimitExceeded),
+            any::<u16>().prop_map(d::Failure::UpstreamStatus),
+            any::<String>().prop_map(d::Failure::InvalidResponse),
+            any::<String>().prop_map(d::Failure::CircuitOpen),
+            any::<String>().prop_map(d::Failure::Rejected),
+            Just(d::Failure::BudgetExceeded),
+            any::<String>().prop_map(d::Failure::Denied),
+            any::<String>().prop_map(d::Failure::Internal),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_and_tasks_survive_the_boundary(
+            messages in prop::collection::vec(message(), 0..4),
+            meta in metadata(),
+            id in any::<String>(),
+        ) {
+            let task = d::Task { id, input: messages.clone(), metadata: meta };
+            let back: d::Task = wit::Task::from(&task).into();
+            prop_assert_eq!(back, task);
+            let back: Vec<d::Message> = messages_from_wit(messages_to_wit(&messages));
+            prop_assert_eq!(back, messages);
+        }
+
+        #[test]
+        fn completion_requests_survive_the_boundary(
+            messages in prop::collection::vec(message(), 0..4),
+            model in any::<String>(),
+            temperature in proptest::option::of(any::<f32>().prop_filter("comparable", |t| !t.is_nan())),
+            max_tokens in proptest::option::of(any::<u32>()),
+            meta in metadata(),
+        ) {
+            let req = d::CompletionRequest {
+                model,
+                messages,
+                temperature,
+                max_tokens,
+                metadata: meta,
+                ..Default::default()
+            };
+            let back: d::CompletionRequest = wit::CompletionRequest::from(&req).into();
+            prop_assert_eq!(back, req);
+        }
+
+        #[test]
+        fn failures_and_results_survive_the_boundary(
+            f in failure(),
+            output in message(),
+            prompt in any::<u32>(),
+            completion in any::<u32>(),
+        ) {
+            let back: d::Failure = wit::Failure::from(f.clone()).into();
+            prop_assert_eq!(back, f);
+            let result = d::TaskResult {
+                output,
+                usage: d::Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    // Host-side details the WIT usage does not carry.
+                    ..Default::default()
+                },
+            };
+            let back: d::TaskResult = wit::TaskResult::from(result.clone()).into();
+            prop_assert_eq!(back, result);
+        }
+
+        #[test]
+        fn any_guest_answer_converts(
+            messages in prop::collection::vec(message(), 0..4),
+            text in any::<String>(),
+            n in any::<u32>(),
+            pick in 0u8..8,
+        ) {
+            // What a guest can hand back: every verdict and action.
+            let wit_messages = messages_to_wit(&messages);
+            let _: d::Verdict = match pick % 3 {
+                0 => wit::Verdict::Allow,
+                1 => wit::Verdict::Reject(text.clone()),
+                _ => wit::Verdict::Rewrite(wit_messages.clone()),
+            }
+            .into();
+            let _: d::Action = match pick % 5 {
+                0 => wit::Action::Retry(n),
+                1 => wit::Action::Fallback(text),
+                2 => wit::Action::ChunkAndRetry(n),
+                3 => wit::Action::Refine(wit_messages),
+                _ => wit::Action::Fail(n % 2 == 0),
+            }
+            .into();
         }
     }
 }

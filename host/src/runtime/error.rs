@@ -150,7 +150,29 @@ pub enum PluginError {
         /// What is wrong with it.
         detail: String,
     },
-    /// Instantiation failed (pool exhausted, start function trapped, ...).
+    /// The request has its whole share of the instance pool in use; the
+    /// call was not started.
+    #[error("{exceeded}; {plugin} was not started")]
+    ShareExhausted {
+        /// `name@version` of the plugin that was not started.
+        plugin: String,
+        /// The request's share, and its use.
+        exceeded: crate::budget::Exceeded,
+    },
+    /// Every instance of the pool is in use; the call was not started. The
+    /// message names who holds the pool.
+    #[error(
+        "the plugin instance pool is full ({capacity} instances, runtime.pool_instances): {holders}; {plugin} was not started"
+    )]
+    PoolFull {
+        /// `name@version` of the plugin that was not started.
+        plugin: String,
+        /// The pool's size.
+        capacity: u32,
+        /// Who holds it: the requests holding most, with their plugins.
+        holders: String,
+    },
+    /// Instantiation failed (start function trapped, ...).
     #[error("plugin {plugin} could not be instantiated: {detail}")]
     Instantiate {
         /// `name@version`.
@@ -161,6 +183,15 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// Whether the host refused to start the call (no instance could be
+    /// admitted): the plugin did nothing wrong, and did not run.
+    pub fn is_admission(&self) -> bool {
+        matches!(
+            self,
+            PluginError::ShareExhausted { .. } | PluginError::PoolFull { .. }
+        )
+    }
+
     /// Short stable kind, for metrics labels and failure policies.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -174,6 +205,8 @@ impl PluginError {
             PluginError::Trap { .. } => "trap",
             PluginError::InvalidOutput { .. } => "invalid_output",
             PluginError::Instantiate { .. } => "instantiate",
+            PluginError::ShareExhausted { .. } => "share_exhausted",
+            PluginError::PoolFull { .. } => "pool_full",
         }
     }
 }

@@ -37,7 +37,7 @@ const MAX_REASON_CHARS: usize = 1024;
 /// use std::borrow::Cow;
 ///
 /// let messages = [Message::user("hello")];
-/// let verdict = Validate::call(plugin, (Stage::Input, Cow::Borrowed(&messages))).await?;
+/// let verdict = Validate::call(plugin, None, (Stage::Input, Cow::Borrowed(&messages))).await?;
 /// # let _ = verdict; Ok(()) }
 /// ```
 pub trait Export: Send + Sync + 'static {
@@ -48,10 +48,13 @@ pub trait Export: Send + Sync + 'static {
     /// The answer, with the host's rules applied.
     type Output: Send + 'static;
 
-    /// Calls the export of `plugin` once, on a fresh instance. A plugin of
-    /// another world is refused with [`PluginError::WorldMismatch`].
+    /// Calls the export of `plugin` once, on a fresh instance admitted for
+    /// the request of `ctx` (`None`: a background call, outside any
+    /// request's share; an agent's own context is in its input). A plugin
+    /// of another world is refused with [`PluginError::WorldMismatch`].
     fn call(
         plugin: &Plugin,
+        ctx: Option<&CallContext>,
         input: Self::Input<'_>,
     ) -> impl Future<Output = Result<Self::Output, PluginError>> + Send;
 }
@@ -90,6 +93,7 @@ impl Export for Validate {
 
     async fn call(
         plugin: &Plugin,
+        ctx: Option<&CallContext>,
         (stage, messages): Self::Input<'_>,
     ) -> Result<Verdict, PluginError> {
         let args = convert::messages_to_wit(&messages);
@@ -97,6 +101,7 @@ impl Export for Validate {
             .call(
                 Some(Self::WORLD),
                 "validate",
+                ctx,
                 None,
                 plugin.timeout(),
                 async |i, store| i.validate(store, stage.into(), &args).await,
@@ -126,6 +131,7 @@ impl Export for Route {
 
     async fn call(
         plugin: &Plugin,
+        ctx: Option<&CallContext>,
         (req, candidates): Self::Input<'_>,
     ) -> Result<Vec<String>, PluginError> {
         let wit_req: wit::RouteRequest = req.as_ref().into();
@@ -134,6 +140,7 @@ impl Export for Route {
             .call(
                 Some(Self::WORLD),
                 "route",
+                ctx,
                 None,
                 plugin.timeout(),
                 async |i, store| i.route(store, &wit_req, &wit_candidates).await,
@@ -161,12 +168,17 @@ impl Export for Recover {
     /// The action; the host still enforces its own bounds on it.
     type Output = Action;
 
-    async fn call(plugin: &Plugin, ctx: Self::Input<'_>) -> Result<Action, PluginError> {
-        let wit_ctx: wit::FailureContext = ctx.as_ref().into();
+    async fn call(
+        plugin: &Plugin,
+        ctx: Option<&CallContext>,
+        failure: Self::Input<'_>,
+    ) -> Result<Action, PluginError> {
+        let wit_ctx: wit::FailureContext = failure.as_ref().into();
         let action = plugin
             .call(
                 Some(Self::WORLD),
                 "recover",
+                ctx,
                 None,
                 plugin.timeout(),
                 async |i, store| i.recover(store, &wit_ctx).await,
@@ -191,6 +203,7 @@ impl Export for Handle {
 
     async fn call(
         plugin: &Plugin,
+        _caller: Option<&CallContext>,
         (task, ctx, host): Self::Input<'_>,
     ) -> Result<Result<TaskResult, Failure>, PluginError> {
         // Bounded by the plugin's timeout and by what is left of the request.
@@ -201,6 +214,7 @@ impl Export for Handle {
             .call(
                 Some(Self::WORLD),
                 "handle",
+                None,
                 agent,
                 timeout,
                 async |i, store| i.handle(store, &wit_task).await,
@@ -210,7 +224,9 @@ impl Export for Handle {
     }
 }
 
-/// The exports as methods, for callers that know the world they hold.
+/// The exports as methods, for callers that know the world they hold;
+/// calls outside any request (smoke tests, benches), except an agent's,
+/// which runs in the request of its context.
 impl Plugin {
     /// Runs a validator over `messages` at `stage` (see [`Validate`]).
     pub async fn validate(
@@ -218,7 +234,7 @@ impl Plugin {
         stage: Stage,
         messages: &[Message],
     ) -> Result<Verdict, PluginError> {
-        Validate::call(self, (stage, Cow::Borrowed(messages))).await
+        Validate::call(self, None, (stage, Cow::Borrowed(messages))).await
     }
 
     /// Asks a router for the order in which to try `candidates` (see [`Route`]).
@@ -227,12 +243,12 @@ impl Plugin {
         req: &RouteRequest,
         candidates: &[Candidate],
     ) -> Result<Vec<String>, PluginError> {
-        Route::call(self, (Cow::Borrowed(req), Cow::Borrowed(candidates))).await
+        Route::call(self, None, (Cow::Borrowed(req), Cow::Borrowed(candidates))).await
     }
 
     /// Asks a recovery strategy what to do after a failure (see [`Recover`]).
     pub async fn recover(&self, ctx: &FailureContext) -> Result<Action, PluginError> {
-        Recover::call(self, Cow::Borrowed(ctx)).await
+        Recover::call(self, None, Cow::Borrowed(ctx)).await
     }
 
     /// Runs an agent on `task` (see [`Handle`]). `ctx` is the context inside
@@ -244,6 +260,6 @@ impl Plugin {
         ctx: CallContext,
         host: Arc<dyn AgentHost>,
     ) -> Result<Result<TaskResult, Failure>, PluginError> {
-        Handle::call(self, (Cow::Borrowed(task), ctx, host)).await
+        Handle::call(self, None, (Cow::Borrowed(task), ctx, host)).await
     }
 }

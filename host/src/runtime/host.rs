@@ -8,7 +8,9 @@ use super::bindings::latest::interfaces as ifaces;
 use super::bindings::wit;
 use super::limits::Limiter;
 use crate::domain::{CallContext, Completion, CompletionRequest, Failure, Task, TaskResult};
-use crate::store::KvStore;
+use crate::store::{KvQuota, KvStore, KvUsage, StoreError};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{KvLabels, KvRefusalLabels};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,14 +30,29 @@ pub trait AgentHost: Send + Sync + 'static {
         req: CompletionRequest,
     ) -> BoxFuture<'static, Result<Completion, Failure>>;
 
-    /// Run agent `agent`; `ctx` already has `agent` on its chain (see
-    /// [`CallContext::enter`]).
+    /// Run agent `agent` for the agent whose context is `ctx` (the host
+    /// enters `agent` there: depth, cycle and deadline guards).
     fn call_agent(
         &self,
         ctx: CallContext,
         agent: String,
         task: Task,
     ) -> BoxFuture<'static, Result<TaskResult, Failure>>;
+
+    /// Run several agents for the agent whose context is `ctx`
+    /// (`agents.call-all`), within the host's bounds on tasks per call and
+    /// concurrency; one result per call, in order.
+    fn call_all(
+        &self,
+        ctx: CallContext,
+        calls: Vec<(String, Task)>,
+    ) -> BoxFuture<'static, Vec<Result<TaskResult, Failure>>>;
+}
+
+/// Where a plugin's kv use is counted.
+pub(crate) struct KvMetrics {
+    pub metrics: Arc<Metrics>,
+    pub plugin: KvLabels,
 }
 
 /// Identity and configuration shared by every call of one plugin.
@@ -63,10 +80,14 @@ pub(crate) struct PluginState {
     pub limiter: Limiter,
     pub info: Arc<PluginInfo>,
     pub kv: Arc<dyn KvStore>,
+    pub kv_quota: KvQuota,
+    pub kv_metrics: Option<Arc<KvMetrics>>,
     pub agent: Option<AgentCall>,
     pub stdout: MemoryOutputPipe,
     pub stderr: MemoryOutputPipe,
     pub log_events: u32,
+    /// Whether a refused kv write was logged in this call.
+    pub kv_refusal_logged: bool,
 }
 
 impl WasiView for PluginState {
@@ -134,8 +155,8 @@ impl ifaces::agents::Host for PluginState {
         agent: String,
         task: wit::Task,
     ) -> wasmtime::Result<Result<wit::TaskResult, wit::Failure>> {
-        let call = match self.agent().and_then(|c| Ok((c, c.ctx.enter(&agent)?))) {
-            Ok((call, child)) => call.host.call_agent(child, agent, task.into()),
+        let call = match self.agent() {
+            Ok(call) => call.host.call_agent(call.ctx.clone(), agent, task.into()),
             Err(f) => return Ok(Err(f.into())),
         };
         Ok(call.await.map(Into::into).map_err(Into::into))
@@ -146,22 +167,50 @@ impl ifaces::agents::Host for PluginState {
         calls: Vec<(String, wit::Task)>,
     ) -> wasmtime::Result<Vec<Result<wit::TaskResult, wit::Failure>>> {
         let call = match self.agent() {
-            Ok(call) => call,
+            Ok(call) => call.host.call_all(
+                call.ctx.clone(),
+                calls.into_iter().map(|(a, t)| (a, t.into())).collect(),
+            ),
             Err(f) => return Ok(calls.iter().map(|_| Err(f.clone().into())).collect()),
         };
-        let futures = calls.into_iter().map(|(agent, task)| {
-            let started = call
-                .ctx
-                .enter(&agent)
-                .map(|child| call.host.call_agent(child, agent, task.into()));
-            async move {
-                match started {
-                    Ok(fut) => fut.await.map(Into::into).map_err(Into::into),
-                    Err(f) => Err(f.into()),
-                }
-            }
-        });
-        Ok(futures::future::join_all(futures).await)
+        Ok(call
+            .await
+            .into_iter()
+            .map(|r| r.map(Into::into).map_err(Into::into))
+            .collect())
+    }
+}
+
+impl PluginState {
+    /// Publishes a namespace's usage after a write.
+    fn kv_observe(&self, usage: KvUsage) {
+        if let Some(m) = &self.kv_metrics {
+            m.metrics
+                .kv_keys
+                .get_or_create(&m.plugin)
+                .set(usage.keys as i64);
+            m.metrics
+                .kv_bytes
+                .get_or_create(&m.plugin)
+                .set(usage.bytes as i64);
+        }
+    }
+
+    fn kv_refused(&self, e: &StoreError) {
+        let reason = match e {
+            StoreError::Quota(_) => "quota",
+            StoreError::TooLarge(_) => "too_large",
+            _ => "store_error",
+        };
+        if let Some(m) = &self.kv_metrics {
+            m.metrics
+                .kv_writes_refused
+                .get_or_create(&KvRefusalLabels {
+                    plugin: m.plugin.plugin.clone(),
+                    reason: reason.to_string(),
+                })
+                .inc();
+        }
     }
 }
 
@@ -182,15 +231,31 @@ impl ifaces::kv::Host for PluginState {
         value: Vec<u8>,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(self
+        match self
             .kv
-            .set(&self.info.name, &key, &value, ttl_seconds)
-            .map_err(|e| e.to_string()))
+            .set(&self.info.name, &key, &value, ttl_seconds, &self.kv_quota)
+        {
+            Ok(usage) => {
+                self.kv_observe(usage);
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                self.kv_refused(&e);
+                // Once per call: a plugin retrying a refused write in a
+                // loop must not flood the log.
+                if !self.kv_refusal_logged {
+                    self.kv_refusal_logged = true;
+                    tracing::warn!(plugin = %self.info.name, version = %self.info.version, error = %e, "kv write refused");
+                }
+                Ok(Err(e.to_string()))
+            }
+        }
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        if let Err(e) = self.kv.delete(&self.info.name, &key) {
-            tracing::warn!(plugin = %self.info.name, error = %e, "kv delete failed");
+        match self.kv.delete(&self.info.name, &key) {
+            Ok(usage) => self.kv_observe(usage),
+            Err(e) => tracing::warn!(plugin = %self.info.name, error = %e, "kv delete failed"),
         }
         Ok(())
     }

@@ -25,6 +25,12 @@ pub struct PluginLimits {
     pub hostcall_fuel: usize,
     /// Largest table, in elements.
     pub table_elements: u32,
+    /// Most keys in the plugin's kv namespace.
+    pub kv_max_keys: u64,
+    /// Largest kv value, bytes.
+    pub kv_max_value_bytes: usize,
+    /// Most bytes of keys and values in the plugin's kv namespace.
+    pub kv_max_total_bytes: u64,
 }
 
 /// Upper bound of `memory_mb`: beyond 4 GiB a 32-bit memory cannot grow anyway.
@@ -42,9 +48,17 @@ impl Default for PluginLimits {
             fuel: None,
             hostcall_fuel: 4 << 20,
             table_elements: 100_000,
+            kv_max_keys: DEFAULT_KV_MAX_KEYS,
+            kv_max_value_bytes: crate::store::MAX_KV_VALUE_BYTES,
+            kv_max_total_bytes: DEFAULT_KV_MAX_TOTAL_BYTES,
         }
     }
 }
+
+/// Default `limits.kv_max_keys`.
+pub const DEFAULT_KV_MAX_KEYS: u64 = 10_000;
+/// Default `limits.kv_max_total_bytes` (16 MiB).
+pub const DEFAULT_KV_MAX_TOTAL_BYTES: u64 = 16 << 20;
 
 impl PluginLimits {
     /// Defaults for agents, which wait on the LLM and on other agents.
@@ -91,6 +105,29 @@ impl PluginLimits {
                 "must be at least 1024 bytes",
             ));
         }
+        if self.kv_max_keys == 0 {
+            return Err(invalid(
+                "limits.kv_max_keys",
+                "0".into(),
+                "must be positive",
+            ));
+        }
+        if self.kv_max_value_bytes == 0
+            || self.kv_max_value_bytes > crate::store::MAX_KV_VALUE_BYTES
+        {
+            return Err(invalid(
+                "limits.kv_max_value_bytes",
+                self.kv_max_value_bytes.to_string(),
+                "must be between 1 and 1048576",
+            ));
+        }
+        if self.kv_max_total_bytes == 0 {
+            return Err(invalid(
+                "limits.kv_max_total_bytes",
+                "0".into(),
+                "must be positive",
+            ));
+        }
         if self.table_elements == 0 || self.table_elements > MAX_TABLE_ELEMENTS {
             return Err(invalid(
                 "limits.table_elements",
@@ -99,6 +136,15 @@ impl PluginLimits {
             ));
         }
         Ok(())
+    }
+
+    /// The plugin's kv quota.
+    pub fn kv_quota(&self) -> crate::store::KvQuota {
+        crate::store::KvQuota {
+            max_keys: self.kv_max_keys,
+            max_value_bytes: self.kv_max_value_bytes,
+            max_total_bytes: self.kv_max_total_bytes,
+        }
     }
 
     /// The memory limit in bytes.

@@ -19,9 +19,13 @@
 //! - a fresh instance per call (isolation between tenants and requests; the
 //!   pool makes it cost microseconds), with the plugin's memory, wall-clock,
 //!   fuel and hostcall limits — see [`limits`];
+//! - admission: every instance is admitted from its request's share and
+//!   the pool first, so a fan-out cannot starve other requests and a full
+//!   pool names who holds it — see `admission.rs`;
 //! - deny-by-default WASI: no files, sockets, environment or inherited stdio
 //!   unless the operator grants them; guest stdout/stderr become log events.
 
+mod admission;
 pub mod bindings;
 pub mod cache;
 mod convert;
@@ -240,6 +244,7 @@ pub struct Runtime {
     allocator: AllocatorKind,
     cache: Option<AotCache>,
     kv: Arc<dyn KvStore>,
+    pool: Arc<admission::Pool>,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
@@ -268,6 +273,7 @@ impl Runtime {
             allocator,
             cache,
             kv,
+            pool: admission::Pool::new(settings.engine.pool_instances),
             metrics: None,
         })
     }
@@ -276,6 +282,7 @@ impl Runtime {
     /// (calls, failures by kind, duration, fuel), labelled by plugin and
     /// version.
     pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        self.pool.set_metrics(metrics.clone());
         self.metrics = Some(metrics);
         self
     }
@@ -283,6 +290,11 @@ impl Runtime {
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Plugin instances in use now, over every plugin.
+    pub fn instances_in_use(&self) -> u32 {
+        self.pool.in_use()
     }
 
     /// Which allocator is in use.

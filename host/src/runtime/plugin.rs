@@ -8,16 +8,18 @@
 //! [`exports`](super::exports). The store is dropped after each call, so
 //! nothing a guest did survives into the next call except through `kv`.
 
+use super::admission::Pool;
 use super::bindings::{Instance, LinkError, Pre};
 use super::error::{LimitKind, PluginError};
 use super::exports::Answer;
-use super::host::{AgentCall, PluginInfo, PluginState};
+use super::host::{AgentCall, KvMetrics, PluginInfo, PluginState};
 use super::inspect;
 use super::limits::{LimitTrap, Limiter, PluginLimits, TimeoutTrap};
 use super::{Capabilities, PluginSpec, Runtime, World};
+use crate::domain::CallContext;
 use crate::store::KvStore;
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::{PluginErrorLabels, PluginLabels};
+use crate::telemetry::metrics::{KvLabels, PluginErrorLabels, PluginLabels};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,6 +127,10 @@ pub struct Plugin {
     info: Arc<PluginInfo>,
     engine: Engine,
     kv: Arc<dyn KvStore>,
+    /// The instance pool every call is admitted to (see `admission.rs`).
+    pool: Arc<Pool>,
+    /// Where its kv namespace's use is counted.
+    kv_metrics: Option<Arc<KvMetrics>>,
     stats: PluginStats,
     /// Where calls are counted, with this plugin's labels.
     metrics: Option<(Arc<Metrics>, PluginLabels)>,
@@ -193,6 +199,15 @@ impl Plugin {
             plugin: identity.name.clone(),
             version: identity.version.clone(),
         };
+        // Namespaced by slot, like the kv itself: every version shares it.
+        let kv_metrics = rt.metrics.clone().map(|metrics| {
+            Arc::new(KvMetrics {
+                metrics,
+                plugin: KvLabels {
+                    plugin: spec.name.clone(),
+                },
+            })
+        });
         Ok(Plugin {
             metrics: rt.metrics.clone().map(|m| (m, labels)),
             label: Arc::from(identity.to_string()),
@@ -211,6 +226,8 @@ impl Plugin {
             env,
             engine: rt.engine.clone(),
             kv: rt.kv.clone(),
+            pool: rt.pool.clone(),
+            kv_metrics,
             stats: PluginStats::default(),
         })
     }
@@ -245,6 +262,7 @@ impl Plugin {
     /// and proves that an instance fits its limits. Readiness reports a
     /// plugin that never warmed.
     pub async fn warm(&self) -> Result<(), PluginError> {
+        let _admitted = self.pool.admit(&self.label, None, self.timeout()).await?;
         let mut store = self.new_store(None, self.timeout())?;
         self.pre.instantiate(&mut store).await.map_err(|e| {
             let state = store.data();
@@ -370,10 +388,13 @@ impl Plugin {
             limiter: Limiter::new(&self.limits),
             info: self.info.clone(),
             kv: self.kv.clone(),
+            kv_quota: self.limits.kv_quota(),
+            kv_metrics: self.kv_metrics.clone(),
             agent,
             stdout,
             stderr,
             log_events: 0,
+            kv_refusal_logged: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -511,7 +532,9 @@ impl Plugin {
         Duration::from_millis(self.limits.timeout_ms)
     }
 
-    /// The one way into a plugin. Checks that it is of `world`, creates a
+    /// The one way into a plugin. Checks that it is of `world`, admits an
+    /// instance for the request of `ctx` (for agents, of `agent`'s context;
+    /// neither: a background call) from its share and the pool, creates a
     /// store (with `agent`, the way back into the pipeline, for agents),
     /// instantiates, runs `f` over the instance and store as export `op`,
     /// all within `timeout`, then classifies and records the outcome.
@@ -521,6 +544,7 @@ impl Plugin {
         &self,
         world: Option<World>,
         op: &'static str,
+        ctx: Option<&CallContext>,
         agent: Option<AgentCall>,
         timeout: Duration,
         f: impl AsyncFnOnce(&Instance, &mut Store<PluginState>) -> wasmtime::Result<T>,
@@ -530,6 +554,16 @@ impl Plugin {
         {
             return Err(self.wrong_world(called_as));
         }
+        // Held until the store below is gone: the slot is free only then.
+        let ctx = ctx.or(agent.as_ref().map(|a| &a.ctx));
+        let wait = ctx.map_or(timeout, |c| timeout.min(c.remaining()));
+        let _admitted = self
+            .pool
+            .admit(&self.label, ctx, wait)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(plugin = %self.identity, error = %e, "plugin call not admitted");
+            })?;
         let mut store = self.new_store(agent, timeout)?;
         let started = Instant::now();
         let span = self.call_span(op);
@@ -551,8 +585,10 @@ impl Plugin {
     /// functions and constructors run, under the plugin's limits. The smoke
     /// check for agents, whose export would call the LLM.
     pub async fn probe(&self) -> Result<(), PluginError> {
-        self.call(None, "probe", None, self.timeout(), async |_, _| Ok(()))
-            .await
+        self.call(None, "probe", None, None, self.timeout(), async |_, _| {
+            Ok(())
+        })
+        .await
     }
 }
 

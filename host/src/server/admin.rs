@@ -1,5 +1,5 @@
-//! The admin API under `/admin`: plugin versions, hot swap, rollouts and
-//! config reload, behind a bearer token.
+//! The admin API under `/admin`: plugin versions, hot swap, rollouts,
+//! config reload and API keys (`super::keys`), behind a bearer token.
 //!
 //! Every change takes the control-plane guard ([`Rollouts::lock`]) before
 //! it looks its slot up, so changes from several clients, the rollout
@@ -100,6 +100,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/plugins/{name}/rollout/promote", post(promote))
         .route("/admin/plugins/{name}/rollout/rollback", post(rollback))
         .route("/admin/reload", post(reload))
+        .merge(super::keys::routes())
         .layer(DefaultBodyLimit::max(ADMIN_MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state, authorize))
 }

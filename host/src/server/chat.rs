@@ -7,8 +7,8 @@ use super::{ApiError, AppState};
 use crate::auth::Identity;
 use crate::domain::{Message, Target};
 use crate::gateway::{Answer, CacheStatus, ChatRequest, Reply};
-use crate::openai::{self, ChatResponse, ChunkWriter, ErrorBody, WireMessage, WireUsage};
-use crate::upstream::{EventStream, StreamEvent, completion_events};
+use crate::openai::{self, ChatResponse, ErrorBody, WireMessage, WireUsage};
+use crate::upstream::{ChunkWriter, EventStream, completion_events};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
@@ -82,16 +82,18 @@ pub(super) async fn completions(
         target: Target::parse(&wire.model),
         request,
         stream: wire.stream,
+        include_usage: wire.include_usage(),
         end_user: wire.user,
     };
-    let stream = req.stream;
+    let (stream, include_usage) = (req.stream, req.include_usage);
     let answer = state.gateway.chat(&identity, req).await?;
-    Ok(render(answer, stream))
+    Ok(render(answer, stream.then_some(include_usage)))
 }
 
-/// An answer as a response: JSON, or (for a streaming client) events —
-/// live from the upstream, or a whole answer replayed.
-fn render(answer: Answer, stream: bool) -> Response {
+/// An answer as a response: JSON, or — for a streaming client, `stream`
+/// saying whether it asked for the usage chunk — events, live from the
+/// upstream or a whole answer replayed, written alike.
+fn render(answer: Answer, stream: Option<bool>) -> Response {
     let Answer {
         id,
         created,
@@ -102,11 +104,12 @@ fn render(answer: Answer, stream: bool) -> Response {
         Reply::Whole {
             completion,
             cost_usd,
-        } if stream => {
-            let model = completion.model.clone();
+        } if stream.is_some() => {
+            let include_usage = stream.unwrap_or_default();
+            let writer = ChunkWriter::new(&id, created, completion.model.clone(), include_usage);
             let events = futures::stream::iter(completion_events(completion).into_iter().map(Ok));
             (
-                sse(&id, created, model, Box::pin(events)).into_response(),
+                sse(writer, Box::pin(events)).into_response(),
                 Some(cost_usd),
             )
         }
@@ -122,38 +125,34 @@ fn render(answer: Answer, stream: bool) -> Response {
             .into_response(),
             Some(cost_usd),
         ),
-        Reply::Live { model, events } => (sse(&id, created, model, events).into_response(), None),
+        Reply::Live { model, events } => {
+            let include_usage = stream.unwrap_or_default();
+            let writer = ChunkWriter::new(&id, created, model, include_usage);
+            (sse(writer, events).into_response(), None)
+        }
     };
     with_headers(response, &id, cost, Some(cache))
 }
 
-/// Renders answer events as `chat.completion.chunk` server-sent events: text
-/// pieces, tool calls whole, a final chunk with the finish reason and usage,
-/// then `[DONE]`. A failure midway (the upstream broke off) becomes an
-/// OpenAI-style error event, and the stream ends without `[DONE]`.
+/// Renders answer events as `chat.completion.chunk` server-sent events
+/// (see [`ChunkWriter`]), then `[DONE]`. A failure midway (the upstream
+/// broke off) becomes an OpenAI-style error event, and the stream ends
+/// without `[DONE]`.
 fn sse(
-    id: &str,
-    created: u64,
-    model: String,
+    mut writer: ChunkWriter,
     events: EventStream,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>> + use<>> {
-    let mut writer = ChunkWriter::new(id, created, model);
     let mut finished = false;
     let chunks = events.flat_map(move |event| {
         let data: Vec<String> = match event {
             _ if finished => Vec::new(),
-            Ok(StreamEvent::Delta(text)) => vec![json_text(&writer.content(text))],
-            Ok(StreamEvent::ToolCalls(calls)) => vec![json_text(&writer.tool_calls(&calls))],
-            Ok(StreamEvent::Done {
-                finish_reason,
-                usage,
-                ..
-            }) => {
-                finished = true;
-                vec![
-                    json_text(&writer.finish(finish_reason, Some(usage))),
-                    "[DONE]".into(),
-                ]
+            Ok(event) => {
+                finished = event.done().is_some();
+                let mut data: Vec<String> = writer.write(&event).iter().map(json_text).collect();
+                if finished {
+                    data.push("[DONE]".into());
+                }
+                data
             }
             Err(failure) => {
                 finished = true;
@@ -183,9 +182,32 @@ pub(super) async fn models(
         .gateway
         .models(&identity)
         .into_iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "agentrouter"}))
+        .map(|id| model_object(&id))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{id}`: one model or agent the calling key may use, or
+/// OpenAI's 404.
+pub(super) async fn model(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Response {
+    if state.gateway.models(&identity).contains(&id) {
+        return Json(model_object(&id)).into_response();
+    }
+    let body = ErrorBody::new(
+        format!("The model `{id}` does not exist or you do not have access to it."),
+        "invalid_request_error",
+        "model_not_found",
+    )
+    .with_param("model");
+    (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "agentrouter"})
 }
 
 /// Body of `POST /v1/agents/{name}/invoke`.

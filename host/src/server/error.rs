@@ -1,7 +1,7 @@
 //! The one place errors become HTTP: OpenAI-style bodies with the right status.
 
 use crate::auth::{AuthError, BudgetExceeded};
-use crate::domain::Failure;
+use crate::domain::{Failure, UpstreamError};
 use crate::gateway::GatewayError;
 use crate::openai::ErrorBody;
 use crate::pipeline::PipelineError;
@@ -18,6 +18,9 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_s: Option<u64>,
+    /// An upstream's refusal of the request, answered as it was: its error
+    /// body, and the upstream named in `x-agentrouter-upstream`.
+    upstream: Option<Box<UpstreamError>>,
 }
 
 impl ApiError {
@@ -34,7 +37,25 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_s: None,
+            upstream: None,
         }
+    }
+
+    /// The upstream's own answer to a request it refused (its 4xx status
+    /// and error body): the client's mistake, so never a 5xx.
+    pub fn upstream_refusal(refusal: &UpstreamError) -> Self {
+        let status = StatusCode::from_u16(refusal.status)
+            .ok()
+            .filter(StatusCode::is_client_error)
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        let mut e = Self::new(
+            status,
+            "invalid_request_error",
+            "upstream_refused",
+            refusal.message(),
+        );
+        e.upstream = Some(Box::new(refusal.clone()));
+        e
     }
 
     /// 400: the request is malformed.
@@ -115,8 +136,18 @@ impl ApiError {
         )
     }
 
-    /// 429: a gateway rate limit refused the request.
+    /// 429: a gateway rate limit refused the request; 503 when the limit
+    /// could not be checked (shared state lost, `fail-closed`).
     pub fn rate_limited(limited: &Limited) -> Self {
+        if limited.unavailable {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "limit_unavailable",
+                limited.message.clone(),
+            )
+            .with_retry_after(limited.retry_after_s());
+        }
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -126,16 +157,34 @@ impl ApiError {
         .with_retry_after(limited.retry_after_s())
     }
 
-    /// 429: the key's daily budget is spent.
+    /// 429: the key's daily budget is spent, or held by its requests in
+    /// flight; 503 when it could not be checked (`fail-closed`).
     pub fn budget_exceeded(key: &str, b: &BudgetExceeded) -> Self {
+        if let Some(why) = &b.unavailable {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "limit_unavailable",
+                format!("API key `{key}`: {why}; retry shortly"),
+            )
+            .with_retry_after(b.resets_in_s);
+        }
+        let message = if b.spent_usd >= b.budget_usd {
+            format!(
+                "daily budget exhausted for API key `{key}`: spent ${:.6} of ${:.6}; it resets at 00:00 UTC",
+                b.spent_usd, b.budget_usd
+            )
+        } else {
+            format!(
+                "daily budget of API key `{key}` is held by its requests in flight: spent ${:.6} and reserved ${:.6} of ${:.6}; retry when they finish",
+                b.spent_usd, b.reserved_usd, b.budget_usd
+            )
+        };
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "budget_exceeded",
             "budget_exceeded",
-            format!(
-                "daily budget exhausted for API key `{key}`: spent ${:.6} of ${:.6}; it resets at 00:00 UTC",
-                b.spent_usd, b.budget_usd
-            ),
+            message,
         )
         .with_retry_after(b.resets_in_s)
     }
@@ -189,6 +238,7 @@ impl ApiError {
                 "agent_error",
                 message,
             ),
+            Failure::ClientError(refusal) => Self::upstream_refusal(refusal),
             Failure::UpstreamStatus(_) | Failure::InvalidResponse(_) | Failure::CircuitOpen(_) => {
                 Self::new(
                     StatusCode::BAD_GATEWAY,
@@ -231,6 +281,26 @@ impl From<PipelineError> for ApiError {
                 "content_rejected",
                 message,
             ),
+            // No instance could be admitted: load, not a plugin fault.
+            PipelineError::Plugin(p) if p.is_admission() => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "plugin_capacity",
+                    message,
+                );
+                e.retry_after_s = Some(1);
+                e
+            }
+            PipelineError::Rewrite { .. } | PipelineError::Decision { .. } => {
+                tracing::error!(error = %e, "a plugin decision failed the request");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "plugin_error",
+                    message,
+                )
+            }
             PipelineError::Plugin(p) => {
                 tracing::error!(error = %p, "plugin failure failed the request");
                 Self::new(
@@ -241,9 +311,9 @@ impl From<PipelineError> for ApiError {
                 )
             }
             PipelineError::Overloaded { .. } => Self::overloaded(message),
-            PipelineError::Upstream { failure, .. } | PipelineError::Agent { failure, .. } => {
-                Self::from_failure(failure, message)
-            }
+            PipelineError::Upstream { failure, .. }
+            | PipelineError::Agent { failure, .. }
+            | PipelineError::GaveUp { failure, .. } => Self::from_failure(failure, message),
         }
     }
 }
@@ -289,8 +359,21 @@ impl From<AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody::new(self.message, self.kind, self.code);
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = match &self.upstream {
+            Some(refusal) => {
+                let mut response = (self.status, Json(refusal.body.clone())).into_response();
+                if let Ok(name) = HeaderValue::from_str(&refusal.upstream) {
+                    response
+                        .headers_mut()
+                        .insert("x-agentrouter-upstream", name);
+                }
+                response
+            }
+            None => {
+                let body = ErrorBody::new(self.message, self.kind, self.code);
+                (self.status, Json(body)).into_response()
+            }
+        };
         if let Some(secs) = self.retry_after_s
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {

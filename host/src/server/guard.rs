@@ -19,7 +19,7 @@ use bytes::Bytes;
 /// handler.
 pub(super) async fn admit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let gateway = &state.gateway;
-    let identity = match gateway.auth().authenticate(req.headers()) {
+    let identity = match gateway.auth().authenticate(req.headers()).await {
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(error = %e, path = %req.uri().path(), "request refused: authentication");
@@ -31,6 +31,7 @@ pub(super) async fn admit(State(state): State<AppState>, mut req: Request, next:
     if let Err(limited) = gateway
         .rate_limits()
         .admit_request(&identity.name, identity.limits())
+        .await
     {
         return ApiError::rate_limited(&limited).into_response();
     }

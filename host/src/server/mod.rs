@@ -12,6 +12,7 @@ pub mod admin;
 mod chat;
 mod error;
 mod guard;
+mod keys;
 mod observe;
 
 pub use admin::{AdminState, Reload, ReloadReport};
@@ -38,9 +39,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Everything a handler needs.
+/// Everything a handler needs, behind one `Arc`: axum clones the state for
+/// every middleware and handler of every request, so a clone must be one
+/// reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<ServerState>);
+
+impl AppState {
+    /// A handle on `state`.
+    pub fn new(state: ServerState) -> AppState {
+        AppState(Arc::new(state))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = ServerState;
+
+    fn deref(&self) -> &ServerState {
+        &self.0
+    }
+}
+
+/// What the server holds (see [`AppState`]).
+pub struct ServerState {
     /// The request layer, with the live configuration a handler loads once
     /// per request (so a reload never changes a request midway).
     pub gateway: Arc<Gateway>,
@@ -54,9 +75,12 @@ pub struct AppState {
     pub config_origin: Arc<str>,
     /// The admin API's control plane.
     pub admin: AdminState,
+    /// The shared state of a cluster of replicas (`[cluster]`), whose
+    /// reachability readiness reports.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
-impl AppState {
+impl ServerState {
     /// The current pipeline.
     pub fn pipeline(&self) -> Arc<Pipeline> {
         self.gateway.pipeline()
@@ -83,6 +107,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(api)
         .route("/v1/models", get(chat::models))
+        // Ids may hold slashes (`org/model`), so the rest of the path is the id.
+        .route("/v1/models/{*id}", get(chat::model))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::admit));
     Router::new()
         .merge(v1)
@@ -173,6 +199,12 @@ pub async fn serve(
             },
             _ = &mut stop_accepting => break,
         };
+        // Answers are written in small pieces (headers, then the body; SSE
+        // events one by one): with Nagle on, a piece that follows an
+        // unacknowledged one waits for the client's delayed ACK, ~40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(app.clone());
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -239,12 +271,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// `/health/ready`: every check of the parts that own a fact — shutdown,
-/// the store, the plugins, the upstreams, the config.
+/// the store, the plugins, the upstreams, the config, the cluster's Redis.
+/// A degraded check (Redis lost) still answers 200, `"status": "degraded"`.
 async fn ready(State(state): State<AppState>) -> Response {
     let draining = state.draining.load(Ordering::SeqCst);
     let store = state.store.db().contains_key(b"__readiness__");
     let pipeline = state.pipeline();
-    let checks = [
+    let mut checks = vec![
         Check::new(
             "accepting",
             !draining,
@@ -267,7 +300,11 @@ async fn ready(State(state): State<AppState>) -> Response {
             format!("loaded from {}", state.config_origin),
         ),
     ];
+    if let Some(cluster) = &state.cluster {
+        checks.push(cluster.check());
+    }
     let ok = checks.iter().all(|c| c.status);
+    let degraded = checks.iter().any(|c| c.degraded);
     let body: serde_json::Map<String, serde_json::Value> = checks
         .iter()
         .map(|c| (c.name.to_string(), json!(c)))
@@ -277,6 +314,12 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": body, "timestamp": crate::clock::now_rfc3339()});
+    // Degraded still answers 200: the replica serves (see `Check`).
+    let summary = match (ok, degraded) {
+        (false, _) => "not_ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    let body = json!({"status": summary, "checks": body, "timestamp": crate::clock::now_rfc3339()});
     (status, axum::Json(body)).into_response()
 }

@@ -4,7 +4,6 @@
 //! key/value namespaces now, and the cache, rollout state and API keys as
 //! those features land. Keys are prefixed by purpose so one tree serves all.
 
-use crate::clock;
 use std::path::Path;
 
 /// Errors of the store layer.
@@ -38,6 +37,9 @@ pub enum StoreError {
     /// A key or value exceeds the store's bounds.
     #[error("{0}")]
     TooLarge(String),
+    /// A write would take a plugin's kv namespace past its quota.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl StoreError {
@@ -57,32 +59,18 @@ impl StoreError {
     }
 }
 
-/// Largest key a plugin may use, in bytes.
-pub const MAX_KV_KEY_BYTES: usize = 512;
-/// Largest value a plugin may store, in bytes.
-pub const MAX_KV_VALUE_BYTES: usize = 1 << 20;
+mod kv;
 
-/// Key/value storage for plugins, namespaced per plugin.
-pub trait KvStore: Send + Sync + 'static {
-    /// The value under `key` in `namespace`, unless absent or expired.
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Store a value, expiring after `ttl_seconds` when given.
-    fn set(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: &[u8],
-        ttl_seconds: Option<u32>,
-    ) -> Result<(), StoreError>;
-    /// Remove a value.
-    fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError>;
-}
+pub use kv::{KvQuota, KvStore, KvUsage, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, Swept};
 
 /// The sled-backed store.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     path: String,
+    /// Keys and bytes of each kv namespace, counted once per process (see
+    /// [`kv`]); shared by every clone.
+    kv_usage: kv::UsageTable,
 }
 
 impl Store {
@@ -90,7 +78,11 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
         let db = sled::open(dir).map_err(|cause| StoreError::opening(path.clone(), cause))?;
-        Ok(Self { db, path })
+        Ok(Self {
+            db,
+            path,
+            kv_usage: Default::default(),
+        })
     }
 
     /// A throw-away in-memory store (tests, `plugin inspect`).
@@ -105,6 +97,7 @@ impl Store {
         Ok(Self {
             db,
             path: "<temporary>".into(),
+            kv_usage: Default::default(),
         })
     }
 
@@ -123,95 +116,5 @@ impl Store {
             path: self.path.clone(),
             cause,
         }
-    }
-
-    fn kv_key(namespace: &str, key: &str) -> Vec<u8> {
-        // The namespace is a configured plugin name, which cannot contain NUL,
-        // so `kv\0<plugin>\0<key>` cannot collide across plugins.
-        let mut k = Vec::with_capacity(4 + namespace.len() + key.len());
-        k.extend_from_slice(b"kv\0");
-        k.extend_from_slice(namespace.as_bytes());
-        k.push(0);
-        k.extend_from_slice(key.as_bytes());
-        k
-    }
-}
-
-impl KvStore for Store {
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let k = Self::kv_key(namespace, key);
-        let Some(raw) = self.db.get(&k).map_err(|e| self.err(e))? else {
-            return Ok(None);
-        };
-        // Layout: 8-byte big-endian expiry in unix ms (0 = never), then the value.
-        if raw.len() < 8 {
-            return Ok(None);
-        }
-        let expires = u64::from_be_bytes(raw[..8].try_into().unwrap_or([0; 8]));
-        if expires != 0 && expires <= clock::unix_ms() {
-            self.db.remove(&k).map_err(|e| self.err(e))?;
-            return Ok(None);
-        }
-        Ok(Some(raw[8..].to_vec()))
-    }
-
-    fn set(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: &[u8],
-        ttl_seconds: Option<u32>,
-    ) -> Result<(), StoreError> {
-        if key.len() > MAX_KV_KEY_BYTES {
-            return Err(StoreError::TooLarge(format!(
-                "key is {} bytes, limit is {MAX_KV_KEY_BYTES}",
-                key.len()
-            )));
-        }
-        if value.len() > MAX_KV_VALUE_BYTES {
-            return Err(StoreError::TooLarge(format!(
-                "value is {} bytes, limit is {MAX_KV_VALUE_BYTES}",
-                value.len()
-            )));
-        }
-        let expires = ttl_seconds
-            .map(|s| clock::unix_ms() + u64::from(s) * 1000)
-            .unwrap_or(0);
-        let mut raw = Vec::with_capacity(8 + value.len());
-        raw.extend_from_slice(&expires.to_be_bytes());
-        raw.extend_from_slice(value);
-        self.db
-            .insert(Self::kv_key(namespace, key), raw)
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
-        self.db
-            .remove(Self::kv_key(namespace, key))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kv_is_namespaced_and_expires() {
-        let store = Store::temporary().unwrap();
-        store.set("a", "k", b"1", None).unwrap();
-        store.set("b", "k", b"2", Some(0)).unwrap();
-        assert_eq!(store.get("a", "k").unwrap(), Some(b"1".to_vec()));
-        // ttl 0 expires immediately: the value is gone on the next read.
-        assert_eq!(store.get("b", "k").unwrap(), None);
-        store.delete("a", "k").unwrap();
-        assert_eq!(store.get("a", "k").unwrap(), None);
-        let big = vec![0u8; MAX_KV_VALUE_BYTES + 1];
-        assert!(matches!(
-            store.set("a", "k", &big, None),
-            Err(StoreError::TooLarge(_))
-        ));
     }
 }

@@ -102,6 +102,45 @@ pub struct RateLimitLabels {
     pub limit: String,
 }
 
+/// Labels naming the cluster's Redis.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisLabels {
+    /// `host:port` (never credentials).
+    pub redis: String,
+}
+
+/// Labels of a failed Redis operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterOpLabels {
+    /// The operation: `ratelimit`, `budget`, `keys`, `cache`, `rollout`, ...
+    pub op: String,
+}
+
+/// Labels of a limit decision taken without Redis.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterFallbackLabels {
+    /// `requests`, `tokens`, `model` or `budget`.
+    pub limit: String,
+    /// `open` (the local limit decided) or `closed` (refused).
+    pub policy: String,
+}
+
+/// Labels naming an API key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// Key id (configured or created name), or `anonymous`.
+    pub key: String,
+}
+
+/// Labels of an upstream's own rate-limit headroom.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    /// Configured upstream name.
+    pub upstream: String,
+    /// `requests` or `tokens`.
+    pub resource: String,
+}
+
 /// Labels of a plugin call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
@@ -130,6 +169,50 @@ pub struct PluginCompileLabels {
     /// `hit` (loaded from the AOT cache), `miss` (compiled, then stored) or
     /// `uncached` (compiled; no cache configured).
     pub outcome: String,
+}
+
+/// Labels of a refused plugin admission.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `request` (the request's share was in use) or `pool` (the pool was full).
+    pub scope: String,
+}
+
+/// Labels of a refused host effect.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// Agent slot that asked.
+    pub agent: String,
+    /// `request` or `agent_call`: whose budget was spent.
+    pub scope: String,
+    /// `llm_calls`, `tokens`, `delegations`, `plugin_instances`,
+    /// `wall_time`, `call_all_tasks`.
+    pub resource: String,
+}
+
+/// Labels naming a plugin's kv namespace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvLabels {
+    /// Plugin (slot) name: the namespace.
+    pub plugin: String,
+}
+
+/// Labels of a refused kv write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvRefusalLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `quota`, `too_large` or `store_error`.
+    pub reason: String,
+}
+
+/// Labels of a plugin decision the host refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `rewrite`, `retry`, `fallback`, `chunk`, `refine`.
+    pub decision: String,
 }
 
 /// Labels of usage accounting.
@@ -174,6 +257,9 @@ pub struct Metrics {
     pub bulkhead_rejections: Family<ShedLabels, Counter>,
     /// Retries refused because the retry budget was spent.
     pub retry_budget_exhausted: Family<UpstreamName, Counter>,
+    /// Hedges of a slow upstream's attempts: sent, or refused by its
+    /// hedge budget.
+    pub hedges: Family<UpstreamLabels, Counter>,
     /// Alerts raised (recovery `fail` with alert, or the host).
     pub alerts: Family<AlertLabels, Counter>,
     /// Cache lookups by level and result.
@@ -192,10 +278,44 @@ pub struct Metrics {
     pub plugin_peak_memory: Family<PluginLabels, Gauge>,
     /// Plugin loads by where the compiled code came from.
     pub plugin_compilations: Family<PluginCompileLabels, Counter>,
+    /// Plugin instances in use now.
+    pub plugin_instances_in_use: Gauge,
+    /// Plugin calls not started because no instance could be admitted.
+    pub plugin_admissions_refused: Family<AdmissionLabels, Counter>,
+    /// Host effects refused because a budget was spent.
+    pub budget_denials: Family<BudgetLabels, Counter>,
+    /// Plugin decisions the host refused (nonsense actions, rewrites that
+    /// break the host's rules).
+    pub plugin_decisions_refused: Family<DecisionLabels, Counter>,
+    /// Keys in a plugin's kv namespace.
+    pub kv_keys: Family<KvLabels, Gauge>,
+    /// Bytes of keys and values in a plugin's kv namespace.
+    pub kv_bytes: Family<KvLabels, Gauge>,
+    /// kv writes refused, by reason.
+    pub kv_writes_refused: Family<KvRefusalLabels, Counter>,
+    /// Expired kv entries removed by the sweep.
+    pub kv_expired_swept: Family<KvLabels, Counter>,
     /// Tokens by key, model and direction.
     pub tokens: Family<TokenLabels, Counter>,
     /// Cost in USD by key and model.
     pub cost_usd: Family<UsageLabels, Counter<f64, AtomicU64>>,
+    /// Whether the cluster's Redis answers (1) or not (0); absent without
+    /// `[cluster]`.
+    pub cluster_redis_up: Family<RedisLabels, Gauge>,
+    /// Redis operations that failed, by operation.
+    pub cluster_errors: Family<ClusterOpLabels, Counter>,
+    /// Limit decisions taken without Redis, by limit and policy.
+    pub cluster_fallbacks: Family<ClusterFallbackLabels, Counter>,
+    /// A key's spend today, USD (keys with a daily budget).
+    pub budget_spent_usd: Family<KeyLabels, Gauge<f64, AtomicU64>>,
+    /// A key's daily budget, USD.
+    pub budget_limit_usd: Family<KeyLabels, Gauge<f64, AtomicU64>>,
+    /// What an upstream says is left of its rate limit (`x-ratelimit-remaining-*`).
+    pub upstream_quota_remaining: Family<QuotaLabels, Gauge>,
+    /// An upstream's rate limit as it announces it (`x-ratelimit-limit-*`).
+    pub upstream_quota_limit: Family<QuotaLabels, Gauge>,
+    /// Resident memory of the process, bytes, read at scrape time.
+    pub process_resident_memory: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -227,6 +347,7 @@ impl Metrics {
             recovery_actions: Family::default(),
             bulkhead_rejections: Family::default(),
             retry_budget_exhausted: Family::default(),
+            hedges: Family::default(),
             alerts: Family::default(),
             cache_lookups: Family::default(),
             rate_limited: Family::default(),
@@ -236,8 +357,24 @@ impl Metrics {
             plugin_fuel: Family::default(),
             plugin_peak_memory: Family::default(),
             plugin_compilations: Family::default(),
+            plugin_instances_in_use: Gauge::default(),
+            plugin_admissions_refused: Family::default(),
+            budget_denials: Family::default(),
+            plugin_decisions_refused: Family::default(),
+            kv_keys: Family::default(),
+            kv_bytes: Family::default(),
+            kv_writes_refused: Family::default(),
+            kv_expired_swept: Family::default(),
             tokens: Family::default(),
             cost_usd: Family::default(),
+            cluster_redis_up: Family::default(),
+            cluster_errors: Family::default(),
+            cluster_fallbacks: Family::default(),
+            budget_spent_usd: Family::default(),
+            budget_limit_usd: Family::default(),
+            upstream_quota_remaining: Family::default(),
+            upstream_quota_limit: Family::default(),
+            process_resident_memory: Gauge::default(),
         };
         let mut families = Vec::new();
         let r = &mut m.registry;
@@ -289,6 +426,11 @@ impl Metrics {
             "Retries refused because the retry budget was spent",
             m.retry_budget_exhausted.clone(),
         );
+        register!(
+            "hedges",
+            "Hedges of slow upstream attempts: sent, or refused by the hedge budget",
+            m.hedges.clone(),
+        );
         register!("alerts", "Alerts raised", m.alerts.clone());
         register!(
             "cache_lookups",
@@ -327,6 +469,46 @@ impl Metrics {
             m.plugin_compilations.clone(),
         );
         register!(
+            "plugin_instances_in_use",
+            "Plugin instances in use now, over every plugin",
+            m.plugin_instances_in_use.clone(),
+        );
+        register!(
+            "plugin_admissions_refused",
+            "Plugin calls not started: the request's share or the pool was in use",
+            m.plugin_admissions_refused.clone(),
+        );
+        register!(
+            "budget_denials",
+            "Host effects refused to an agent because a budget was spent",
+            m.budget_denials.clone(),
+        );
+        register!(
+            "plugin_decisions_refused",
+            "Plugin decisions the host refused",
+            m.plugin_decisions_refused.clone(),
+        );
+        register!(
+            "kv_keys",
+            "Keys in a plugin's kv namespace",
+            m.kv_keys.clone()
+        );
+        register!(
+            "kv_bytes",
+            "Bytes of keys and values in a plugin's kv namespace",
+            m.kv_bytes.clone(),
+        );
+        register!(
+            "kv_writes_refused",
+            "kv writes refused, by reason",
+            m.kv_writes_refused.clone(),
+        );
+        register!(
+            "kv_expired_swept",
+            "Expired kv entries removed by the sweep",
+            m.kv_expired_swept.clone(),
+        );
+        register!(
             "tokens",
             "Tokens by key, model and direction",
             m.tokens.clone(),
@@ -335,6 +517,46 @@ impl Metrics {
             "cost_usd",
             "Cost in USD by key and model",
             m.cost_usd.clone(),
+        );
+        register!(
+            "cluster_redis_up",
+            "Whether the cluster's Redis answers: 1 up, 0 lost",
+            m.cluster_redis_up.clone(),
+        );
+        register!(
+            "cluster_redis_errors",
+            "Redis operations that failed, by operation",
+            m.cluster_errors.clone(),
+        );
+        register!(
+            "cluster_fallbacks",
+            "Limit decisions taken without Redis, by limit and on_redis_loss policy",
+            m.cluster_fallbacks.clone(),
+        );
+        register!(
+            "budget_spent_usd",
+            "Spend of a key today (UTC), USD",
+            m.budget_spent_usd.clone(),
+        );
+        register!(
+            "budget_limit_usd",
+            "Daily budget of a key, USD",
+            m.budget_limit_usd.clone(),
+        );
+        register!(
+            "upstream_quota_remaining",
+            "What an upstream reports is left of its rate limit",
+            m.upstream_quota_remaining.clone(),
+        );
+        register!(
+            "upstream_quota_limit",
+            "An upstream's rate limit as it reports it",
+            m.upstream_quota_limit.clone(),
+        );
+        register!(
+            "process_resident_memory_bytes",
+            "Resident memory of the gateway process",
+            m.process_resident_memory.clone(),
         );
         m.families = families;
         m
@@ -349,11 +571,23 @@ impl Metrics {
 
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.process_resident_memory
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Resident set size of this process (Linux `/proc/self/statm`, pages ×
+/// 4 KiB — the page size of every platform the gateway ships for).
+fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 #[cfg(test)]

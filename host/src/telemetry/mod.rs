@@ -7,6 +7,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod request;
+pub mod span_fields;
 pub mod traces;
 
 pub use metrics::Metrics;

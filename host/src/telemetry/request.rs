@@ -205,10 +205,7 @@ mod tests {
             caller: "client".into(),
             depth: 0,
             latency_ms: 1,
-            usage: Usage {
-                prompt_tokens: 3,
-                completion_tokens: 4,
-            },
+            usage: Usage::new(3, 4),
             cost_usd: 0.5,
             ok: true,
             error: None,

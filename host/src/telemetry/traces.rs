@@ -108,7 +108,11 @@ where
 {
     let logs = tracing_subscriber::fmt::layer().with_writer(writer);
     let logs = match format {
-        LogFormat::Json => logs.json().boxed(),
+        // Spans keep only their trace id for log lines (see span_fields).
+        LogFormat::Json => logs
+            .json()
+            .fmt_fields(super::span_fields::TraceIdOnly)
+            .boxed(),
         LogFormat::Pretty => logs.boxed(),
     };
     let spans = provider.map(|p| {

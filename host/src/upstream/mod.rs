@@ -9,7 +9,9 @@
 //! |-------------------------------------------------|---------|
 //! | 429                                             | `RateLimited(retry-after in ms)` |
 //! | 400 with code `context_length_exceeded`         | `TokenLimitExceeded` |
-//! | any other non-2xx                               | `UpstreamStatus(status)` |
+//! | 401, 403 (the gateway's credentials), 408, 409  | `UpstreamStatus(status)` |
+//! | any other 4xx                                   | `ClientError(status and error body)` |
+//! | 5xx, and anything else not 2xx                  | `UpstreamStatus(status)` |
 //! | 2xx with a body we cannot parse or use          | `InvalidResponse("upstream `name`: …")` |
 //! | nothing before the deadline                     | `Timeout` |
 //! | connection refused / reset / closed mid-answer  | `UpstreamStatus(502)` |
@@ -18,18 +20,28 @@
 //! what a gateway in front of a dead host answers ("bad gateway"): it is fast,
 //! says nothing about how long the upstream takes, and lets a breaker count it
 //! as an upstream error, whereas `Timeout` is kept for "the deadline passed".
+//!
+//! A `ClientError` is the request's own fault (a parameter the provider
+//! refuses, a bad schema, an unknown file): the host returns the
+//! upstream's status and body to the client at once, without retrying,
+//! without asking the recovery plugin and without holding it against the
+//! upstream. 401 and 403 are kept apart because they are about the key the
+//! gateway holds, not the client's request (the recovery plugin alerts
+//! the operator); 408 and 409 because they are transient, and retried.
 
+mod events;
 pub mod observed;
 pub mod openai;
 pub mod sim;
 pub mod sim_server;
 mod sse;
 
-use crate::domain::{Completion, CompletionRequest, Failure, ToolCall, Usage};
+use crate::domain::{Completion, CompletionRequest, Failure, UpstreamError, Usage};
 use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use std::time::{Duration, SystemTime};
 
+pub use events::{Chunk, ChunkWriter, StreamEvent, completion_events, word_chunks};
 pub use observed::ObservedUpstream;
 pub use openai::OpenAiUpstream;
 pub use sim::{SimOutcome, SimSettings, SimUpstream, Simulator};
@@ -43,6 +55,10 @@ pub struct UpstreamInfo {
     pub model: String,
     /// USD per 1k prompt tokens.
     pub input_cost_per_1k: f64,
+    /// USD per 1k prompt tokens the provider served from its prompt cache
+    /// (`upstreams.<name>.cached_input_cost_per_1k`; the input price when
+    /// not set).
+    pub cached_input_cost_per_1k: f64,
     /// USD per 1k completion tokens.
     pub output_cost_per_1k: f64,
     /// Capability tags.
@@ -53,38 +69,27 @@ pub struct UpstreamInfo {
 
 impl UpstreamInfo {
     /// What `usage` costs on this upstream, USD: the one cost formula of the
-    /// host (steps, the ledger, metrics and budgets all use it).
+    /// host (steps, the ledger, metrics and budgets all use it). Prompt
+    /// tokens served from the provider's cache are priced at
+    /// `cached_input_cost_per_1k`, the rest at `input_cost_per_1k`; every
+    /// completion token, reasoning tokens included (OpenAI counts them in
+    /// `completion_tokens`), at `output_cost_per_1k`.
     ///
     /// ```
     /// # use agentrouter::upstream::UpstreamInfo;
     /// # use agentrouter::domain::Usage;
     /// let info = UpstreamInfo { name: "a".into(), model: "m".into(), input_cost_per_1k: 1.0,
-    ///     output_cost_per_1k: 2.0, tags: vec![], weight: 1 };
-    /// let usage = Usage { prompt_tokens: 500, completion_tokens: 250 };
-    /// assert_eq!(info.cost(usage), 1.0);
+    ///     cached_input_cost_per_1k: 0.5, output_cost_per_1k: 2.0, tags: vec![], weight: 1 };
+    /// assert_eq!(info.cost(Usage::new(500, 250)), 1.0);
+    /// let cached = Usage { cached_prompt_tokens: 400, ..Usage::new(500, 250) };
+    /// assert_eq!(info.cost(cached), 0.1 + 0.2 + 0.5);
     /// ```
     pub fn cost(&self, usage: Usage) -> f64 {
-        f64::from(usage.prompt_tokens) / 1000.0 * self.input_cost_per_1k
+        let cached = usage.cached_prompt_tokens.min(usage.prompt_tokens);
+        f64::from(usage.prompt_tokens - cached) / 1000.0 * self.input_cost_per_1k
+            + f64::from(cached) / 1000.0 * self.cached_input_cost_per_1k
             + f64::from(usage.completion_tokens) / 1000.0 * self.output_cost_per_1k
     }
-}
-
-/// One piece of a streamed answer.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StreamEvent {
-    /// A piece of answer text.
-    Delta(String),
-    /// Tool calls, each one whole.
-    ToolCalls(Vec<ToolCall>),
-    /// The answer is complete; always the last event.
-    Done {
-        /// `stop`, `length` or `tool_calls`.
-        finish_reason: String,
-        /// Tokens used (estimated when the upstream did not say).
-        usage: Usage,
-        /// The model that answered.
-        model: String,
-    },
 }
 
 /// The events of a streamed answer; an `Err` ends the stream.
@@ -117,16 +122,60 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<EventStream, Failure>>;
 }
 
-/// The failure for a non-2xx answer of upstream `name`.
+/// The failure for a non-2xx answer of upstream `upstream`.
 ///
-/// `body` is only inspected for a 400, to tell a context overflow from other
-/// bad requests; providers put the code in `error.code` (OpenAI) or
-/// `error.type`, so both are checked.
-pub fn failure_for_status(status: u16, headers: &HeaderMap, body: &[u8]) -> Failure {
+/// A 400 is inspected to tell a context overflow from other bad requests;
+/// providers put the code in `error.code` (OpenAI) or `error.type`, so both
+/// are checked. A client error keeps the body (see [`client_error`]).
+pub fn failure_for_status(
+    upstream: &str,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Failure {
     match status {
         429 => Failure::RateLimited(retry_after_ms(headers, SystemTime::now())),
         400 if is_context_overflow(body) => Failure::TokenLimitExceeded,
+        s if is_client_error(s) => Failure::ClientError(client_error(upstream, s, body)),
         _ => Failure::UpstreamStatus(status),
+    }
+}
+
+/// Whether a status says the request itself was refused (see the module
+/// table): a 4xx but for the gateway's credentials (401, 403), a timeout
+/// (408), a conflict (409, transient) and a rate limit (429).
+pub fn is_client_error(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 409 | 429)
+}
+
+/// Longest upstream error text quoted when its body is not OpenAI-shaped.
+const MAX_QUOTED_ERROR: usize = 1000;
+
+/// The client error of `upstream` for its answer `body`: the body as sent
+/// when it is an OpenAI-style error object, else its text (cut to 1000
+/// characters) in that shape, so every client can read it.
+pub fn client_error(upstream: &str, status: u16, body: &[u8]) -> UpstreamError {
+    let body = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) if value["error"].is_object() => value,
+        _ => {
+            let text: String = String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(MAX_QUOTED_ERROR)
+                .collect();
+            let message = if text.is_empty() {
+                format!("upstream `{upstream}` answered HTTP {status}")
+            } else {
+                text
+            };
+            serde_json::json!({"error": {"message": message, "type": "invalid_request_error",
+                "param": null, "code": null}})
+        }
+    };
+    UpstreamError {
+        upstream: upstream.to_string(),
+        status,
+        body,
     }
 }
 
@@ -186,63 +235,10 @@ pub fn prompt_chars(req: &CompletionRequest) -> usize {
     req.messages.iter().map(|m| m.content.chars().count()).sum()
 }
 
-/// Splits text into pieces of about four words, cutting only where a word
-/// starts, so the pieces concatenate back to the text exactly.
-pub fn word_chunks(text: &str) -> Vec<String> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut words = 0;
-    let mut prev_space = true;
-    for (i, c) in text.char_indices() {
-        let space = c.is_whitespace();
-        if prev_space && !space {
-            if words > 0 && words % 4 == 0 {
-                chunks.push(text[start..i].to_string());
-                start = i;
-            }
-            words += 1;
-        }
-        prev_space = space;
-    }
-    if start < text.len() {
-        chunks.push(text[start..].to_string());
-    }
-    chunks
-}
-
-/// The events of a whole answer, as [`SimUpstream::stream`] emits them.
-pub fn completion_events(c: Completion) -> Vec<StreamEvent> {
-    let mut events: Vec<StreamEvent> = word_chunks(&c.message.content)
-        .into_iter()
-        .map(StreamEvent::Delta)
-        .collect();
-    if !c.message.tool_calls.is_empty() {
-        events.push(StreamEvent::ToolCalls(c.message.tool_calls));
-    }
-    events.push(StreamEvent::Done {
-        finish_reason: c.finish_reason,
-        usage: c.usage,
-        model: c.model,
-    });
-    events
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn word_chunks_cut_at_word_starts_and_rejoin() {
-        let text = "one two  three four five six seven eight nine\nten";
-        let chunks = word_chunks(text);
-        assert_eq!(
-            chunks,
-            vec!["one two  three four ", "five six seven eight ", "nine\nten"]
-        );
-        assert_eq!(chunks.concat(), text);
-        assert!(word_chunks("").is_empty());
-        assert_eq!(word_chunks("  lead"), vec!["  lead"]);
-    }
     use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -291,26 +287,33 @@ mod tests {
     fn status_mapping() {
         let none = HeaderMap::new();
         let overflow = br#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        let status = |s, h: &HeaderMap, b: &[u8]| failure_for_status("up", s, h, b);
+        assert_eq!(status(400, &none, overflow), Failure::TokenLimitExceeded);
+        let bad = br#"{"error":{"message":"Unsupported parameter: 'max_tokens'","type":"invalid_request_error","param":"max_tokens","code":"unsupported_parameter"}}"#;
+        let Failure::ClientError(e) = status(400, &none, bad) else {
+            panic!("a client error expected")
+        };
+        assert_eq!((e.upstream.as_str(), e.status), ("up", 400));
         assert_eq!(
-            failure_for_status(400, &none, overflow),
-            Failure::TokenLimitExceeded
+            e.body,
+            serde_json::from_slice::<serde_json::Value>(bad).unwrap()
         );
+        let Failure::ClientError(e) = status(422, &none, b"<html>nope</html>") else {
+            panic!("a client error expected")
+        };
+        assert_eq!(e.message(), "<html>nope</html>");
+        for transient_or_ours in [401, 403, 408, 409] {
+            assert_eq!(
+                status(transient_or_ours, &none, bad),
+                Failure::UpstreamStatus(transient_or_ours)
+            );
+        }
         assert_eq!(
-            failure_for_status(400, &none, b"{not json"),
-            Failure::UpstreamStatus(400)
-        );
-        assert_eq!(
-            failure_for_status(429, &headers(&[("retry-after", "1")]), b""),
+            status(429, &headers(&[("retry-after", "1")]), b""),
             Failure::RateLimited(Some(1000))
         );
-        assert_eq!(
-            failure_for_status(429, &none, b""),
-            Failure::RateLimited(None)
-        );
-        assert_eq!(
-            failure_for_status(503, &none, overflow),
-            Failure::UpstreamStatus(503)
-        );
+        assert_eq!(status(429, &none, b""), Failure::RateLimited(None));
+        assert_eq!(status(503, &none, overflow), Failure::UpstreamStatus(503));
     }
 
     #[test]

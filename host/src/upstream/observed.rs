@@ -174,13 +174,9 @@ impl Upstream for ObservedUpstream {
                 })?;
                 Ok(events
                     .inspect(move |event| match event {
-                        Ok(StreamEvent::Done {
-                            finish_reason,
-                            usage,
-                            model,
-                        }) => {
+                        Ok(StreamEvent::Done(c)) => {
                             acc.waited(started);
-                            acc.usage(*usage, model, finish_reason);
+                            acc.usage(c.usage, &c.model, &c.finish_reason);
                         }
                         Err(f) => {
                             acc.waited(started);

@@ -3,28 +3,29 @@
 //!
 //! Requests go to `{base_url}/chat/completions` through one shared pooled
 //! [`reqwest::Client`]. Streamed answers are read as server-sent events and
-//! reassembled: text is passed on piece by piece, tool-call fragments are
-//! accumulated by index and passed on whole.
+//! passed on chunk by chunk as the provider sent them (text, refusals,
+//! tool-call fragments, logprobs, every choice), while an
+//! [`Assembly`] puts the whole answer back together for the `Done` event.
 
 use super::sse::SseParser;
 use super::{
-    EventStream, StreamEvent, Upstream, UpstreamInfo, estimate_tokens, failure_for_status,
+    Chunk, EventStream, StreamEvent, Upstream, UpstreamInfo, estimate_tokens, failure_for_status,
     prompt_chars,
 };
-use crate::domain::{Completion, CompletionRequest, Failure, ToolCall, Usage};
-use crate::openai::{ChatChunk, ChatRequest, ChatResponse};
+use crate::domain::{Completion, CompletionRequest, Failure, Usage};
+use crate::openai::{Assembly, ChatChunk, ChatRequest, ChatResponse};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use serde::Deserialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest answer body read; a bigger one is an invalid response.
 const MAX_BODY: usize = 16 << 20;
-/// Largest error body read (the rest is ignored: only the code matters).
+/// Largest error body read (a client error's body goes back to the client;
+/// past this it is cut, and quoted as text).
 const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// An upstream speaking the OpenAI chat-completions API.
@@ -35,9 +36,14 @@ pub struct OpenAiUpstream {
 
 struct Inner {
     info: UpstreamInfo,
-    url: String,
+    /// `{base_url}/chat/completions`, parsed once: parsing a URL per request
+    /// cost more than building the request. Config validation has refused
+    /// an unparsable `base_url` already.
+    url: Result<reqwest::Url, String>,
     api_key: Option<String>,
     client: reqwest::Client,
+    /// Where the provider's rate-limit headroom (`x-ratelimit-*`) goes.
+    quota: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl std::fmt::Debug for OpenAiUpstream {
@@ -64,15 +70,27 @@ impl OpenAiUpstream {
         client: reqwest::Client,
     ) -> Self {
         let base: String = base_url.into();
-        let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+        let url = reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
+            .map_err(|e| e.to_string());
         Self {
             inner: Arc::new(Inner {
                 info,
                 url,
                 api_key,
                 client,
+                quota: None,
             }),
         }
+    }
+
+    /// Also records the provider's rate-limit headroom in `metrics`
+    /// (`agentrouter_upstream_quota_*`). Call it on a fresh upstream, before
+    /// it is shared (it has no effect once cloned).
+    pub fn with_quota_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.quota = Some(metrics);
+        }
+        self
     }
 }
 
@@ -90,9 +108,15 @@ impl Inner {
         // streamed body included.
         let mut trace = reqwest::header::HeaderMap::new();
         crate::telemetry::traces::inject_current(&mut trace);
+        let url = self.url.as_ref().map_err(|e| {
+            Failure::Internal(format!(
+                "upstream `{}`: base_url is not a valid URL: {e}",
+                self.info.name
+            ))
+        })?;
         let mut http = self
             .client
-            .post(&self.url)
+            .post(url.clone())
             .timeout(timeout)
             .headers(trace)
             .json(&body);
@@ -103,17 +127,52 @@ impl Inner {
             http = http.bearer_auth(key);
         }
         let resp = http.send().await.map_err(|e| self.transport(e))?;
+        self.observe_quota(resp.headers());
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
         let headers = resp.headers().clone();
-        // Only the error code matters; a body we cannot read still tells the
-        // status, so read errors are ignored here.
+        // A body we cannot read still tells the status, so read errors are
+        // ignored here.
         let (body, _) = read_capped(resp, MAX_ERROR_BODY).await.unwrap_or_default();
-        let failure = failure_for_status(status.as_u16(), &headers, &body);
+        let failure = failure_for_status(&self.info.name, status.as_u16(), &headers, &body);
         tracing::warn!(upstream = %self.info.name, status = status.as_u16(), %failure, "upstream refused the request");
         Err(failure)
+    }
+
+    /// Records what the provider says is left of its rate limits: OpenAI's
+    /// (and most compatible providers') `x-ratelimit-limit-{requests,tokens}`
+    /// and `x-ratelimit-remaining-{requests,tokens}` headers, so alerts can
+    /// fire before the quota runs out rather than on the first 429.
+    fn observe_quota(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(metrics) = &self.quota else {
+            return;
+        };
+        for resource in ["requests", "tokens"] {
+            let labels = crate::telemetry::metrics::QuotaLabels {
+                upstream: self.info.name.clone(),
+                resource: resource.to_string(),
+            };
+            let read = |name: String| {
+                headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+            };
+            if let Some(limit) = read(format!("x-ratelimit-limit-{resource}")) {
+                metrics
+                    .upstream_quota_limit
+                    .get_or_create(&labels)
+                    .set(limit);
+            }
+            if let Some(left) = read(format!("x-ratelimit-remaining-{resource}")) {
+                metrics
+                    .upstream_quota_remaining
+                    .get_or_create(&labels)
+                    .set(left);
+            }
+        }
     }
 
     /// The failure for a transport error (see the module table in `super`).
@@ -281,30 +340,14 @@ impl Pump {
     }
 }
 
-/// A tool-call fragment of a streamed delta.
-#[derive(Deserialize)]
-struct ToolCallDelta {
-    index: Option<usize>,
-    id: Option<String>,
-    function: Option<FunctionDelta>,
-}
-
-#[derive(Deserialize)]
-struct FunctionDelta {
-    name: Option<String>,
-    arguments: Option<String>,
-}
-
-/// Turns chunk payloads into events, accumulating what arrives in pieces.
+/// Turns chunk payloads into events: each chunk's non-empty choice deltas
+/// are passed on (roles are the writer's to set), and every chunk goes
+/// into the assembly of the whole answer.
 #[derive(Debug)]
 struct StreamDecoder {
     upstream: String,
-    model: String,
     prompt_chars: usize,
-    content_chars: usize,
-    tool_calls: BTreeMap<usize, ToolCall>,
-    finish_reason: Option<String>,
-    usage: Option<Usage>,
+    assembly: Option<Assembly>,
     done: bool,
 }
 
@@ -312,12 +355,8 @@ impl StreamDecoder {
     fn new(upstream: String, model: String, prompt_chars: usize) -> Self {
         Self {
             upstream,
-            model,
             prompt_chars,
-            content_chars: 0,
-            tool_calls: BTreeMap::new(),
-            finish_reason: None,
-            usage: None,
+            assembly: Some(Assembly::new(model)),
             done: false,
         }
     }
@@ -330,100 +369,47 @@ impl StreamDecoder {
         }
         let chunk: ChatChunk = serde_json::from_str(data)
             .map_err(|e| invalid(&self.upstream, format!("unparsable stream chunk: {e}")))?;
-        if !chunk.model.is_empty() {
-            self.model = chunk.model;
+        if let Some(assembly) = &mut self.assembly {
+            assembly
+                .push(&chunk)
+                .map_err(|reason| invalid(&self.upstream, reason))?;
         }
-        if let Some(u) = chunk.usage {
-            self.usage = Some(Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            });
-        }
-        let mut events = Vec::new();
-        // Only the first choice is followed; the gateway never asks for more.
-        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
-            if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
-                self.content_chars += text.chars().count();
-                events.push(StreamEvent::Delta(text));
-            }
-            for (pos, raw) in choice
-                .delta
-                .tool_calls
-                .unwrap_or_default()
-                .into_iter()
-                .enumerate()
-            {
-                let delta: ToolCallDelta = serde_json::from_value(raw)
-                    .map_err(|e| invalid(&self.upstream, format!("bad tool-call delta: {e}")))?;
-                let call = self
-                    .tool_calls
-                    .entry(delta.index.unwrap_or(pos))
-                    .or_insert_with(|| ToolCall {
-                        id: String::new(),
-                        name: String::new(),
-                        arguments: String::new(),
-                    });
-                if let Some(id) = delta.id.filter(|id| !id.is_empty()) {
-                    call.id = id;
-                }
-                if let Some(f) = delta.function {
-                    // Names come whole in the first fragment; arguments in pieces.
-                    if let Some(name) = f.name.filter(|_| call.name.is_empty()) {
-                        call.name = name;
-                    }
-                    call.arguments
-                        .push_str(f.arguments.as_deref().unwrap_or(""));
-                }
-            }
-            if let Some(reason) = choice.finish_reason {
-                self.finish_reason = Some(reason);
-            }
-        }
-        Ok(events)
-    }
-
-    /// The closing events: whole tool calls, then `Done`.
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, Failure> {
-        if self.done {
+        let choices: Vec<_> = chunk
+            .choices
+            .into_iter()
+            .map(|mut choice| {
+                choice.delta.role = None;
+                choice
+            })
+            .filter(|choice| !choice.is_empty())
+            .collect();
+        if choices.is_empty() {
             return Ok(Vec::new());
         }
-        self.done = true;
-        let Some(finish_reason) = self.finish_reason.take() else {
-            return Err(invalid(
-                &self.upstream,
-                "stream ended before a finish reason",
-            ));
+        Ok(vec![StreamEvent::Chunk(Chunk {
+            choices,
+            extra: chunk.extra,
+        })])
+    }
+
+    /// The closing event: the whole answer, its usage estimated when the
+    /// stream reported none.
+    fn finish(&mut self) -> Result<Vec<StreamEvent>, Failure> {
+        let Some(assembly) = self.assembly.take() else {
+            return Ok(Vec::new());
         };
-        let mut events = Vec::new();
-        let calls = std::mem::take(&mut self.tool_calls);
-        let mut call_chars = 0;
-        if !calls.is_empty() {
-            let mut whole = Vec::with_capacity(calls.len());
-            for (index, mut call) in calls {
-                if call.name.is_empty() {
-                    return Err(invalid(
-                        &self.upstream,
-                        format!("tool call {index} has no name"),
-                    ));
-                }
-                if call.id.is_empty() {
-                    call.id = format!("call_{index}");
-                }
-                call_chars += call.arguments.chars().count();
-                whole.push(call);
-            }
-            events.push(StreamEvent::ToolCalls(whole));
+        self.done = true;
+        let assembled = assembly
+            .finish()
+            .map_err(|reason| invalid(&self.upstream, reason))?;
+        let mut completion = assembled.completion;
+        if !assembled.usage_reported {
+            completion.usage = Usage::new(
+                estimate_tokens(self.prompt_chars),
+                estimate_tokens(assembled.answer_chars),
+            );
         }
-        let usage = self.usage.unwrap_or_else(|| Usage {
-            prompt_tokens: estimate_tokens(self.prompt_chars),
-            completion_tokens: estimate_tokens(self.content_chars + call_chars),
-        });
-        events.push(StreamEvent::Done {
-            finish_reason,
-            usage,
-            model: std::mem::take(&mut self.model),
-        });
-        Ok(events)
+        Ok(vec![StreamEvent::Done(Box::new(completion))])
     }
 }
 
@@ -439,64 +425,81 @@ mod tests {
         )
     }
 
-    #[test]
-    fn decoder_accumulates_tool_call_fragments() {
-        let mut d = StreamDecoder::new("up".into(), "m".into(), 40);
+    /// Every event of a stream's payloads, `[DONE]` last.
+    fn decode(d: &mut StreamDecoder, datas: &[String]) -> Vec<StreamEvent> {
         let mut events = Vec::new();
-        for data in [
-            chunk(r#"{"role":"assistant","content":"Hi"}"#, None, None),
-            chunk(
-                r#"{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"search","arguments":"{\"q\""}}]}"#,
-                None,
-                None,
-            ),
-            chunk(
-                r#"{"tool_calls":[{"index":1,"id":"b","function":{"name":"fetch","arguments":"{}"}}]}"#,
-                None,
-                None,
-            ),
-            chunk(
-                r#"{"tool_calls":[{"index":0,"function":{"arguments":":\"x\"}"}}]}"#,
-                Some("tool_calls"),
-                None,
-            ),
-            "[DONE]".to_string(),
-        ] {
-            events.extend(d.on_data(&data).unwrap());
+        for data in datas {
+            events.extend(d.on_data(data).unwrap());
         }
-        assert_eq!(events.len(), 3, "{events:?}");
-        assert_eq!(events[0], StreamEvent::Delta("Hi".into()));
-        let StreamEvent::ToolCalls(calls) = &events[1] else {
-            panic!("tool calls expected: {events:?}")
+        events.extend(d.on_data("[DONE]").unwrap());
+        events
+    }
+
+    #[test]
+    fn decoder_passes_tool_call_fragments_on_and_assembles_them() {
+        let mut d = StreamDecoder::new("up".into(), "m".into(), 40);
+        let events = decode(
+            &mut d,
+            &[
+                chunk(r#"{"role":"assistant","content":""}"#, None, None),
+                chunk(r#"{"content":"Hi"}"#, None, None),
+                chunk(
+                    r#"{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"search","arguments":"{\"q\""}}]}"#,
+                    None,
+                    None,
+                ),
+                chunk(
+                    r#"{"tool_calls":[{"index":1,"id":"b","function":{"name":"fetch","arguments":"{}"}}]}"#,
+                    None,
+                    None,
+                ),
+                chunk(
+                    r#"{"tool_calls":[{"index":0,"function":{"arguments":":\"x\"}"}}]}"#,
+                    Some("tool_calls"),
+                    None,
+                ),
+            ],
+        );
+        // The role-only opening chunk adds nothing; the other four pass on.
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert_eq!(events[0].text(), "Hi");
+        let StreamEvent::Chunk(fragment) = &events[1] else {
+            panic!("a chunk expected: {events:?}")
         };
-        assert_eq!(calls[0].id, "a");
-        assert_eq!(calls[0].name, "search");
+        assert_eq!(
+            fragment.choices[0].delta.tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+            "{\"q\""
+        );
+        let done = events[4].done().expect("Done last");
+        let calls = &done.message.tool_calls;
+        assert_eq!(
+            (calls[0].id.as_str(), calls[0].name.as_str()),
+            ("a", "search")
+        );
         assert_eq!(calls[0].arguments, r#"{"q":"x"}"#);
         assert_eq!(calls[1].name, "fetch");
+        assert_eq!(done.finish_reason, "tool_calls");
+        assert_eq!(done.model, "real-model");
         // No usage reported: estimated from 40 prompt chars and 2 + 9 + 2 answer chars.
-        assert_eq!(
-            events[2],
-            StreamEvent::Done {
-                finish_reason: "tool_calls".into(),
-                usage: Usage {
-                    prompt_tokens: 10,
-                    completion_tokens: 4
-                },
-                model: "real-model".into(),
-            }
-        );
+        assert_eq!(done.usage, Usage::new(10, 4));
     }
 
     #[test]
     fn decoder_takes_usage_from_the_last_chunk_and_names_the_upstream() {
         let mut d = StreamDecoder::new("up".into(), "m".into(), 4);
-        d.on_data(&chunk(r#"{"content":"x"}"#, Some("stop"), None))
-            .unwrap();
-        d.on_data(r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#)
-            .unwrap();
-        let done = d.on_data("[DONE]").unwrap();
-        assert!(
-            matches!(&done[0], StreamEvent::Done { usage, .. } if usage.prompt_tokens == 7 && usage.completion_tokens == 3)
+        let events = decode(
+            &mut d,
+            &[
+                chunk(r#"{"content":"x"}"#, Some("stop"), None),
+                r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,"prompt_tokens_details":{"cached_tokens":5}}}"#.to_string(),
+            ],
+        );
+        let done = events.last().and_then(StreamEvent::done).unwrap();
+        assert_eq!(done.usage.prompt_tokens, 7);
+        assert_eq!(done.usage.cached_prompt_tokens, 5);
+        assert_eq!(
+            done.details.usage["prompt_tokens_details"]["cached_tokens"],
+            5
         );
 
         let mut d = StreamDecoder::new("up".into(), "m".into(), 4);

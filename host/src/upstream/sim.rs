@@ -55,8 +55,9 @@ pub struct SimSettings {
     pub chunk_interval_ms: u64,
     /// Outcomes of the first requests, in order, before any drawn fault:
     /// `ok`, `hang`, `malformed`, `context` (context overflow) or an HTTP
-    /// status such as `500` or `429`. For tests and demos that need an exact
-    /// sequence, e.g. `["malformed", "ok"]`.
+    /// status such as `500`, `429` or `400` (a 4xx is answered as the
+    /// request's own fault, `invalid_request_error`). For tests and demos
+    /// that need an exact sequence, e.g. `["malformed", "ok"]`.
     pub script: Vec<String>,
 }
 
@@ -264,6 +265,12 @@ impl Simulator {
             code: "server_error",
             message: "simulated upstream failure".into(),
         };
+        let client_error = |status: u16| SimOutcome::Fail {
+            status,
+            retry_after_ms: None,
+            code: "simulated_client_error",
+            message: format!("simulated refusal of the request (HTTP {status})"),
+        };
         let outcome = match scripted {
             Some("ok") => SimOutcome::Answer(answer(model, req)),
             Some("hang") => {
@@ -273,7 +280,10 @@ impl Simulator {
             Some("malformed") => SimOutcome::Malformed,
             Some("context") => context_overflow(),
             Some("429") => rate_limit(),
-            Some(status) => server_error(status.parse().unwrap_or(500)),
+            Some(status) => match status.parse().unwrap_or(500) {
+                status @ 400..=499 => client_error(status),
+                status => server_error(status),
+            },
             None if hung => {
                 latency = HANG;
                 SimOutcome::Answer(answer(model, req))
@@ -337,23 +347,44 @@ fn answer(model: &str, req: &CompletionRequest) -> Completion {
         }
     }
     Completion {
-        usage: Usage {
-            prompt_tokens: estimate_tokens(prompt_chars(req)),
-            completion_tokens: estimate_tokens(message.content.chars().count()),
-        },
+        usage: Usage::new(
+            estimate_tokens(prompt_chars(req)),
+            estimate_tokens(message.content.chars().count()),
+        ),
         message,
         model: model.to_string(),
         finish_reason: finish_reason.into(),
         cached: false,
+        details: Default::default(),
     }
 }
 
-/// The failure an upstream reports for a simulated HTTP error; the same
-/// mapping as for a real provider's answer.
-pub(crate) fn fail_to_failure(status: u16, retry_after_ms: Option<u32>, code: &str) -> Failure {
+/// The OpenAI error type of a simulated HTTP error.
+pub(crate) fn error_kind(status: u16) -> &'static str {
+    match status {
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+/// The failure upstream `upstream` reports for a simulated HTTP error; the
+/// same mapping as for a real provider's answer.
+fn fail_to_failure(
+    upstream: &str,
+    status: u16,
+    retry_after_ms: Option<u32>,
+    code: &str,
+    message: &str,
+) -> Failure {
     match status {
         429 => Failure::RateLimited(retry_after_ms),
         400 if code == "context_length_exceeded" => Failure::TokenLimitExceeded,
+        s if super::is_client_error(s) => {
+            let body = crate::openai::ErrorBody::new(message, error_kind(s), code);
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            Failure::ClientError(super::client_error(upstream, s, &body))
+        }
         _ => Failure::UpstreamStatus(status),
     }
 }
@@ -395,8 +426,14 @@ impl SimUpstream {
                     status,
                     retry_after_ms,
                     code,
-                    ..
-                } => Err(fail_to_failure(status, retry_after_ms, code)),
+                    message,
+                } => Err(fail_to_failure(
+                    &name,
+                    status,
+                    retry_after_ms,
+                    code,
+                    &message,
+                )),
                 SimOutcome::Malformed => Err(Failure::InvalidResponse(format!(
                     "upstream `{name}`: malformed response body"
                 ))),

@@ -5,17 +5,18 @@
 //! [`Simulator`] decides, and its outcomes are rendered the way OpenAI would
 //! render them (error bodies, `Retry-After`, SSE chunks).
 
-use super::sim::{SimOutcome, Simulator};
-use super::{StreamEvent, completion_events};
+use super::sim::{SimOutcome, Simulator, error_kind};
+use super::{ChunkWriter, completion_events};
 use crate::clock;
 use crate::domain::Completion;
-use crate::openai::{ChatChunk, ChatRequest, ChatResponse, ChunkWriter, ErrorBody};
+use crate::openai::{ChatRequest, ChatResponse, ErrorBody};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use futures::StreamExt;
 use serde_json::json;
 use std::convert::Infallible;
@@ -31,11 +32,16 @@ struct SimState {
     models: Vec<String>,
 }
 
+/// The request quota the simulator announces, like OpenAI's
+/// `x-ratelimit-limit-requests`; `x-ratelimit-remaining-requests` counts
+/// down from it with every request it decides.
+pub const ANNOUNCED_REQUEST_QUOTA: u64 = 10_000;
+
 /// The simulator's routes: `POST /v1/chat/completions`, `GET /v1/models`
 /// and `GET /health`. Only the listed `models` are served.
 pub fn router(sim: Arc<Simulator>, models: Vec<String>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
+        .route("/v1/chat/completions", post(chat_with_quota))
         .route("/v1/models", get(list_models))
         .route("/health", get(|| async { "ok" }))
         .with_state(Arc::new(SimState { sim, models }))
@@ -48,6 +54,11 @@ pub async fn serve(
     models: Vec<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // TCP_NODELAY, as the gateway's own listener: without it a stream's last
+    // events wait ~40 ms for the client's delayed ACK (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(sim, models))
         .with_graceful_shutdown(shutdown)
         .await
@@ -64,6 +75,17 @@ async fn list_models(State(state): State<Arc<SimState>>) -> Response {
         .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "agentrouter-sim"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// [`chat`], with rate-limit headers as a provider sends them.
+async fn chat_with_quota(state: State<Arc<SimState>>, body: Bytes) -> Response {
+    let sim = state.sim.clone();
+    let mut response = chat(state, body).await;
+    let left = ANNOUNCED_REQUEST_QUOTA.saturating_sub(sim.requests());
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit-requests", ANNOUNCED_REQUEST_QUOTA.into());
+    headers.insert("x-ratelimit-remaining-requests", left.into());
+    response
 }
 
 async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
@@ -102,10 +124,7 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
     tokio::time::sleep(latency).await;
     let id = format!("chatcmpl-sim-{}", state.sim.requests());
     match outcome {
-        SimOutcome::Answer(c) if wire.stream => {
-            let include_usage = wire.stream_options.is_some_and(|o| o.include_usage);
-            sse(chunks(&id, &c, include_usage), interval)
-        }
+        SimOutcome::Answer(c) if wire.stream => sse(chunks(&id, c, wire.include_usage()), interval),
         SimOutcome::Answer(c) => {
             axum::Json(ChatResponse::from_completion(id, clock::unix_s(), &c)).into_response()
         }
@@ -116,12 +135,7 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
             message,
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let kind = match status.as_u16() {
-                429 => "rate_limit_error",
-                400..=499 => "invalid_request_error",
-                _ => "server_error",
-            };
-            let mut resp = error(status, kind, code, message);
+            let mut resp = error(status, error_kind(status.as_u16()), code, message);
             if let Some(ms) = retry_after_ms {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, ms.div_ceil(1000).into());
@@ -138,30 +152,14 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
 }
 
 /// The SSE payloads of an answer, OpenAI style: text pieces (the first
-/// carrying the role), tool calls whole, a finish chunk, an optional
-/// usage-only chunk, `[DONE]`.
-fn chunks(id: &str, c: &Completion, include_usage: bool) -> Vec<String> {
-    let mut writer = ChunkWriter::new(id, clock::unix_s(), c.model.clone());
-    let mut out: Vec<ChatChunk> = Vec::new();
-    for event in completion_events(c.clone()) {
-        match event {
-            StreamEvent::Delta(text) => out.push(writer.content(text)),
-            StreamEvent::ToolCalls(calls) => out.push(writer.tool_calls(&calls)),
-            StreamEvent::Done {
-                finish_reason,
-                usage,
-                ..
-            } => {
-                out.push(writer.finish(finish_reason, None));
-                if include_usage {
-                    out.push(writer.usage(usage));
-                }
-            }
-        }
-    }
-    let mut out: Vec<String> = out
+/// carrying the role), tool calls whole, a finish chunk, a usage-only chunk
+/// when asked for, `[DONE]`.
+fn chunks(id: &str, c: Completion, include_usage: bool) -> Vec<String> {
+    let mut writer = ChunkWriter::new(id, clock::unix_s(), c.model.clone(), include_usage);
+    let mut out: Vec<String> = completion_events(c)
         .iter()
-        .map(|c| serde_json::to_string(c).unwrap_or_default())
+        .flat_map(|event| writer.write(event))
+        .map(|chunk| serde_json::to_string(&chunk).unwrap_or_default())
         .collect();
     out.push("[DONE]".into());
     out

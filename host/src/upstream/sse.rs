@@ -105,3 +105,50 @@ mod tests {
         assert!(p.push(&big).is_err());
     }
 }
+
+/// Bad input never panics: any bytes, cut anywhere, give the same events
+/// as when fed whole (`PROPTEST_CASES` sets the run's length; see
+/// docs/security.md).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Bytes that look like an event stream: fields, comments, blank lines,
+    /// CR/LF mixes and raw bytes (invalid UTF-8 included).
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"data: ".to_vec()),
+            Just(b"data:".to_vec()),
+            Just(b"event: x".to_vec()),
+            Just(b": comment".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"[DONE]".to_vec()),
+            Just("h\u{e9}llo".as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 0..16),
+        ];
+        prop::collection::vec(piece, 0..64).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_stream_parses_the_same_however_it_is_cut(bytes in stream(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+            let mut whole = SseParser::default();
+            let mut expected = whole.push(&bytes).unwrap();
+            expected.extend(whole.finish());
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut parser = SseParser::default();
+            let mut got = Vec::new();
+            let mut start = 0;
+            for point in points.into_iter().chain([bytes.len()]) {
+                got.extend(parser.push(&bytes[start..point]).unwrap());
+                start = point;
+            }
+            got.extend(parser.finish());
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

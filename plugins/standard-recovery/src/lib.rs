@@ -1,10 +1,16 @@
 //! `standard-recovery`: a recovery strategy covering the common failures.
 //!
-//! Transient failures are retried with exponential backoff, persistent ones
-//! fall back to an alternative upstream, oversized input is chunked, and
-//! unparsable answers are retried with a nudge to the model. Failures that no
-//! retry can fix end the request; host-side ones, and a provider refusing
-//! our credentials (401/403), also alert the operator.
+//! A failure the provider may not repeat elsewhere — a server error, a rate
+//! limit, a timeout — moves to an alternative upstream at once when the
+//! host offers one (it offers only upstreams that can take a call now, the
+//! untried first), and is retried with exponential backoff when it offers
+//! none; oversized input is chunked, and unparsable answers are retried
+//! with a nudge to the model. Failures that no retry can fix end the
+//! request; host-side ones, and a provider refusing our credentials
+//! (401/403), also alert the operator.
+//! 408 and 409 are handled like server errors; the host never asks about
+//! other 4xx (the request's own fault, answered with the upstream's error
+//! as it came).
 #![warn(missing_docs)]
 
 use agentrouter_sdk::recovery::{
@@ -15,6 +21,30 @@ use agentrouter_sdk::recovery::{
 pub const REFINE_PROMPT: &str =
     "Your previous reply could not be parsed. Reply again, in plain well-formed text.";
 
+/// What to do first about a server error (5xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnServerError {
+    /// Move to an alternative at once; retry only when there is none. The
+    /// default: a client waits one call, not a backoff, and the failing
+    /// provider gets no second call from this request.
+    Fallback,
+    /// Retry the same upstream (with backoff) while attempts remain, then
+    /// fall back: for an upstream much cheaper than its alternatives.
+    Retry,
+}
+
+impl std::str::FromStr for OnServerError {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim() {
+            "fallback" => Ok(Self::Fallback),
+            "retry" => Ok(Self::Retry),
+            _ => Err(()),
+        }
+    }
+}
+
 /// The strategy's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -24,6 +54,8 @@ pub struct Settings {
     pub max_delay_ms: u32,
     /// Chunk size for oversized input.
     pub chunk_chars: u32,
+    /// What to do first about a server error.
+    pub on_server_error: OnServerError,
 }
 
 impl Default for Settings {
@@ -32,6 +64,7 @@ impl Default for Settings {
             base_delay_ms: 200,
             max_delay_ms: 5000,
             chunk_chars: 4000,
+            on_server_error: OnServerError::Fallback,
         }
     }
 }
@@ -44,6 +77,7 @@ impl Settings {
             base_delay_ms: config::parse_or("base_delay_ms", d.base_delay_ms),
             max_delay_ms: config::parse_or("max_delay_ms", d.max_delay_ms),
             chunk_chars: config::parse_or("chunk_chars", d.chunk_chars),
+            on_server_error: config::parse_or("on_server_error", d.on_server_error),
         }
     }
 }
@@ -62,10 +96,11 @@ pub fn decide(ctx: &FailureContext, settings: &Settings) -> Action {
     let retries_left = ctx.attempt < ctx.max_attempts;
     let fallback = || ctx.alternatives.first().cloned().map(Action::Fallback);
     match &ctx.failure {
-        // The upstream's own hint is the best estimate, so it is not capped.
-        Failure::RateLimited(hint) => {
+        // Another upstream can serve now; else the upstream's own hint is
+        // the best estimate of when this one can, so it is not capped.
+        Failure::RateLimited(hint) => fallback().unwrap_or_else(|| {
             Action::Retry(hint.unwrap_or_else(|| backoff(ctx.attempt, settings)))
-        }
+        }),
         // A slow upstream is likely to stay slow: move on if possible.
         Failure::Timeout => fallback().unwrap_or(if retries_left {
             Action::Retry(backoff(ctx.attempt, settings))
@@ -79,18 +114,24 @@ pub fn decide(ctx: &FailureContext, settings: &Settings) -> Action {
             Action::Refine(messages)
         }
         Failure::InvalidResponse(_) => Action::Fail(false),
-        // Server errors are often transient: retry the same upstream first.
-        Failure::UpstreamStatus(status) if *status >= 500 => {
-            if retries_left {
-                Action::Retry(backoff(ctx.attempt, settings))
-            } else {
-                fallback().unwrap_or(Action::Fail(false))
-            }
+        // Server errors are often transient, and so are a request timeout
+        // (408) and a conflict (409), which OpenAI's own SDKs retry; but
+        // another upstream answers sooner than a backoff ends (unless the
+        // operator prefers retries).
+        Failure::UpstreamStatus(status) if *status >= 500 || matches!(status, 408 | 409) => {
+            let retry = || retries_left.then(|| Action::Retry(backoff(ctx.attempt, settings)));
+            let first = match settings.on_server_error {
+                OnServerError::Fallback => fallback().or_else(retry),
+                OnServerError::Retry => retry().or_else(fallback),
+            };
+            first.unwrap_or(Action::Fail(false))
         }
         // The provider refused our credentials: every request will fail
         // until an operator fixes the key, so say so loudly.
         Failure::UpstreamStatus(401 | 403) => Action::Fail(true),
-        // Other client errors would fail the same way anywhere.
+        // Other client errors would fail the same way anywhere. (The host
+        // answers them with the upstream's own error without asking; this
+        // arm serves hosts and agents that still ask.)
         Failure::UpstreamStatus(_) => Action::Fail(false),
         Failure::CircuitOpen(_) => fallback().unwrap_or(Action::Fail(false)),
         // Policy outcomes, not faults: retrying would not change them.
@@ -185,7 +226,11 @@ mod tests {
     }
 
     #[test]
-    fn rate_limits_honour_the_hint_uncapped() {
+    fn rate_limits_move_on_or_honour_the_hint_uncapped() {
+        assert_eq!(
+            show(run(Failure::RateLimited(Some(1000)), 1, &["b"])),
+            "fall back to b"
+        );
         assert_eq!(
             show(run(Failure::RateLimited(Some(60_000)), 1, &[])),
             "retry after 60000 ms"
@@ -231,14 +276,14 @@ mod tests {
     }
 
     #[test]
-    fn server_errors_retry_then_fall_back() {
+    fn server_errors_fall_back_then_retry() {
         assert_eq!(
-            show(run(Failure::UpstreamStatus(503), 2, &["b"])),
-            "retry after 400 ms"
+            show(run(Failure::UpstreamStatus(503), 1, &["b"])),
+            "fall back to b"
         );
         assert_eq!(
-            show(run(Failure::UpstreamStatus(500), 3, &["b"])),
-            "fall back to b"
+            show(run(Failure::UpstreamStatus(503), 2, &[])),
+            "retry after 400 ms"
         );
         assert_eq!(
             show(run(Failure::UpstreamStatus(502), 3, &[])),
@@ -247,6 +292,19 @@ mod tests {
         assert_eq!(
             show(run(Failure::UpstreamStatus(404), 1, &["b"])),
             "fail (alert: false)"
+        );
+        // 408 and 409 are treated as server errors.
+        assert_eq!(
+            show(run(Failure::UpstreamStatus(408), 1, &["b"])),
+            "fall back to b"
+        );
+        assert_eq!(
+            show(run(Failure::UpstreamStatus(408), 1, &[])),
+            "retry after 200 ms"
+        );
+        assert_eq!(
+            show(run(Failure::UpstreamStatus(409), 3, &["b"])),
+            "fall back to b"
         );
         assert_eq!(
             show(run(Failure::UpstreamStatus(429), 1, &["b"])),
@@ -260,6 +318,26 @@ mod tests {
             show(run(Failure::UpstreamStatus(403), 1, &[])),
             "fail (alert: true)"
         );
+    }
+
+    #[test]
+    fn server_errors_can_be_retried_first() {
+        let retry_first = Settings {
+            on_server_error: OnServerError::Retry,
+            ..Settings::default()
+        };
+        let decide_with = |attempt, alternatives: &[&str]| {
+            show(decide(
+                &ctx(Failure::UpstreamStatus(500), attempt, alternatives),
+                &retry_first,
+            ))
+        };
+        assert_eq!(decide_with(2, &["b"]), "retry after 400 ms");
+        assert_eq!(decide_with(3, &["b"]), "fall back to b");
+        assert_eq!(decide_with(3, &[]), "fail (alert: false)");
+        assert_eq!("retry".parse(), Ok(OnServerError::Retry));
+        assert_eq!(" fallback ".parse(), Ok(OnServerError::Fallback));
+        assert_eq!("sometimes".parse::<OnServerError>(), Err(()));
     }
 
     #[test]
