@@ -11,7 +11,7 @@
 #
 # Needs on PATH: componentize-py and wasm-tools (pip install -r
 # python-agent/requirements.txt -r c-router/requirements.txt), node + npm,
-# clang/lld/wasi-libc, wit-bindgen 0.63.0, cargo. .ci/run installs them all.
+# clang/lld/wasi-libc, cargo (for tools/wit-c). .ci/run installs them all.
 # Each step prints how long it took.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
