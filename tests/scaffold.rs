@@ -11,6 +11,14 @@
 //! set (CI points it at the installed, locked toolchain of
 //! `examples/js-validator`, whose pins the scaffold must match), else one
 //! `npm install` is shared by the four projects.
+//!
+//! What the gateway's own build already compiled is reused rather than
+//! built again (CI time): the Rust scaffolds build in a copy of the target
+//! directory host/build.rs compiles the first-party plugins in (same
+//! profile, same target, same wit-bindgen), with plugins/Cargo.lock, so
+//! only the SDK copy and the plugin itself are compiled; `plugin inspect`
+//! and `plugin call` share one AOT cache per test (in its temp dir, never
+//! the user's), so each component is compiled by Cranelift once.
 
 mod support;
 
@@ -23,6 +31,34 @@ const WORLDS: [&str; 4] = ["agent", "validator", "router", "recovery"];
 
 fn agentrouter() -> Command {
     Command::new(env!("CARGO_BIN_EXE_agentrouter"))
+}
+
+/// The directory host/build.rs builds the plugins workspace in:
+/// `<target>/wasm-plugins`, next to the profile dir of the binary.
+fn plugins_target_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_agentrouter"))
+        .ancestors()
+        .nth(2)
+        .expect("the binary lives in <target>/<profile>/")
+        .join("wasm-plugins")
+}
+
+/// Copies the directory `from` to `to` with `cp -a`: cargo's fingerprints
+/// compare modification times, so a copy that does not keep them (as
+/// `std::fs::copy` does not) rebuilds everything.
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cp: {e}"));
+    assert!(
+        status.success(),
+        "cp -a {} {}: {status}",
+        from.display(),
+        to.display()
+    );
 }
 
 /// Runs `cmd` in `dir`, panicking with its output unless it succeeds.
@@ -88,10 +124,16 @@ fn readme_build(dir: &Path) -> Command {
 }
 
 /// Inspects and calls the built component; checks the world and the answer.
-fn check(dir: &Path, wasm: &Path, world: &str) {
+/// Both commands use the AOT cache `cache`, so the call loads what the
+/// inspection compiled.
+fn check(dir: &Path, wasm: &Path, world: &str, cache: &Path) {
     assert!(wasm.is_file(), "{} was not built", wasm.display());
     let mut inspect = agentrouter();
-    inspect.args(["plugin", "inspect"]).arg(wasm);
+    inspect
+        .args(["plugin", "inspect"])
+        .arg(wasm)
+        .arg("--cache-dir")
+        .arg(cache);
     let out = run(inspect, dir, "plugin inspect");
     assert!(out.contains(&format!("world:   {world}")), "{out}");
 
@@ -114,7 +156,9 @@ fn check(dir: &Path, wasm: &Path, world: &str) {
     let mut call = agentrouter();
     call.args(["--log-format", "json", "plugin", "call"])
         .arg(wasm)
-        .args(["--input", &input.to_string()]);
+        .args(["--input", &input.to_string()])
+        .arg("--cache-dir")
+        .arg(cache);
     let out = run(call, dir, "plugin call");
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["world"], world, "{report:#}");
@@ -132,17 +176,29 @@ fn check(dir: &Path, wasm: &Path, world: &str) {
 #[test]
 fn rust_scaffolds_of_every_world_build_and_pass_inspect() {
     let root = tempfile::tempdir().unwrap();
-    // One target directory for the four, so wit-bindgen compiles once.
+    let cache = root.path().join("aot-cache");
+    // One target directory for the four, seeded with the plugins' build:
+    // wit-bindgen's proc-macro chain (wit-parser, wit-component, ...) for
+    // the host and the wasm32 crates are then already compiled. Without
+    // that build (another layout), the first scaffold compiles them.
     let target = root.path().join("target");
+    let plugins_target = plugins_target_dir();
+    if plugins_target.is_dir() {
+        copy_tree(&plugins_target, &target);
+    }
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/Cargo.lock");
     for world in WORLDS {
         let dir = scaffold(root.path(), "rust", world);
+        // The versions the plugins' build compiled (a scaffold has no lock
+        // of its own; cargo keeps the entries it uses and drops the rest).
+        std::fs::copy(&lock, dir.join("Cargo.lock")).unwrap();
         let mut build = readme_build(&dir);
         build.env("CARGO_TARGET_DIR", &target);
         run(build, &dir, &format!("building the rust {world} scaffold"));
         let wasm = target
             .join("wasm32-wasip2/release")
             .join(format!("my_{world}.wasm"));
-        check(&dir, &wasm, world);
+        check(&dir, &wasm, world, &cache);
     }
 }
 
@@ -152,6 +208,7 @@ fn python_scaffolds_of_every_world_build_and_pass_inspect() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("aot-cache");
     for world in WORLDS {
         let dir = scaffold(root.path(), "python", world);
         let pins = std::fs::read_to_string(dir.join("requirements.txt")).unwrap();
@@ -165,7 +222,7 @@ fn python_scaffolds_of_every_world_build_and_pass_inspect() {
             &dir,
             &format!("building the python {world} scaffold"),
         );
-        check(&dir, &dir.join(format!("my-{world}.wasm")), world);
+        check(&dir, &dir.join(format!("my-{world}.wasm")), world, &cache);
     }
 }
 
@@ -175,6 +232,7 @@ fn js_scaffolds_of_every_world_build_and_pass_inspect() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("aot-cache");
     let example: Value =
         serde_json::from_str(include_str!("../examples/js-validator/package.json")).unwrap();
     let mut toolchain = std::env::var_os("AGENTROUTER_JS_TOOLCHAIN").map(PathBuf::from);
@@ -199,6 +257,6 @@ fn js_scaffolds_of_every_world_build_and_pass_inspect() {
         let mut build = Command::new("npm");
         build.args(["run", "build"]);
         run(build, &dir, &format!("building the js {world} scaffold"));
-        check(&dir, &dir.join(format!("my-{world}.wasm")), world);
+        check(&dir, &dir.join(format!("my-{world}.wasm")), world, &cache);
     }
 }
