@@ -10,16 +10,20 @@
 #
 # Needs: clang, lld, wasi-libc and libclang-rt-14-dev-wasm32 (Debian),
 # wasm-tools (requirements.txt), and cargo (it builds tools/wit-c, which
-# writes the bindings and the adapter, in the workspace's target dir).
+# writes the bindings and the adapter).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(realpath -m "${1:-$here/router.wasm}")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# In the workspace's target dir (or $CARGO_TARGET_DIR): built once, and the
-# workspace's own build reuses it.
-wit_c() { cargo run --quiet --locked --manifest-path "$here/../../Cargo.toml" -p wit-c -- "$@"; }
+# A cargo project of its own (tools/wit-c), built once into
+# <target>/wit-c (target/ of the repository, or $CARGO_TARGET_DIR).
+wit_c_target=${CARGO_TARGET_DIR:-$here/../../target}/wit-c
+wit_c() {
+  cargo run --quiet --locked --manifest-path "$here/../../tools/wit-c/Cargo.toml" \
+    --target-dir "$wit_c_target" -- "$@"
+}
 wit_c bindings "$here/../../wit" router "$work/gen"
 
 clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror \

@@ -7,10 +7,11 @@
 //! ```
 //!
 //! `examples/c-router/build.sh` runs both. The C generator is pinned to the
-//! wit-bindgen release the host's SDK already compiles (wit-bindgen-core
-//! 0.61.1 over wit-parser 0.258.3), so this binary costs seconds where
-//! `cargo install wit-bindgen-cli` cost minutes; its output is the same
-//! `wit-bindgen c WIT_DIR --world WORLD --out-dir OUT_DIR` writes.
+//! wit-bindgen release the host's SDK uses (wit-bindgen-core 0.61.1 over
+//! wit-parser 0.258.3, the versions of the host's Cargo.lock); built
+//! unoptimised it costs ~30 s where `cargo install wit-bindgen-cli` cost
+//! ~5 minutes. Its output is what `wit-bindgen c WIT_DIR --world WORLD
+//! --out-dir OUT_DIR` writes.
 
 use std::path::Path;
 use std::process::ExitCode;
