@@ -30,6 +30,9 @@
 //!               sled, the OpenAI wire format
 //! ```
 //!
+//! `devkit` (the `agentrouter plugin` commands: scaffolds and the local
+//! call harness) sits on top too, using `runtime` and `domain`.
+//!
 //! `config` sits on top with `app`: it is the schema, naming the settings
 //! of the modules it configures (each module owns its section's type, so a
 //! module never needs `config`); only `app`, `main` and the admin API's
@@ -45,6 +48,7 @@ pub mod cache;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod devkit;
 pub mod domain;
 pub mod gateway;
 pub mod net;

@@ -6,7 +6,7 @@ use agentrouter::app::App;
 use agentrouter::auth::{KeyPolicy, KeyStore};
 use agentrouter::clock::rfc3339;
 use agentrouter::config::{self, Config, TelemetryConfig};
-use agentrouter::runtime::{self, RuntimeSettings, inspect};
+use agentrouter::devkit::{self, PluginCommand};
 use agentrouter::store::Store;
 use agentrouter::telemetry::{self, TelemetryGuard, traces::TelemetryError};
 use agentrouter::upstream::sim::{SimSettings, Simulator};
@@ -192,15 +192,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
-#[derive(Subcommand)]
-enum PluginCommand {
-    /// Show which world a component implements, its imports, exports and digest.
-    Inspect {
-        /// The `.wasm` component.
-        file: PathBuf,
-    },
-}
-
 impl From<LogFormat> for telemetry::LogFormat {
     fn from(format: LogFormat) -> Self {
         match format {
@@ -259,11 +250,9 @@ fn main() -> ExitCode {
                 sim(listen, models, settings).await
             })
         }
-        Command::Plugin {
-            command: PluginCommand::Inspect { file },
-        } => init_logging(format)
+        Command::Plugin { command } => init_logging(format)
             .map_err(Into::into)
-            .and_then(|_logs| plugin_inspect(&file)),
+            .and_then(|_logs| devkit::cli::run(command)),
         Command::Keys { command } => init_logging(format)
             .map_err(Into::into)
             .and_then(|_logs| keys(command)),
@@ -428,33 +417,6 @@ async fn sim(
     let sim = Arc::new(Simulator::new(settings));
     agentrouter::upstream::sim_server::serve(listener, sim, models, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn plugin_inspect(file: &PathBuf) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let kv = Arc::new(Store::temporary()?);
-    let rt = runtime::Runtime::new(&RuntimeSettings::default(), kv)
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let info = inspect::inspect(rt.engine(), &bytes)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    println!("file:    {}", file.display());
-    println!("digest:  sha256:{}", info.digest);
-    println!("size:    {} bytes", info.size);
-    println!("exports: {}", info.exports.join(", "));
-    println!("imports:");
-    for import in &info.imports {
-        println!("  {import}");
-    }
-    match info.world {
-        Ok(world) => {
-            println!("world:   {world}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(why) => {
-            eprintln!("error: {}: {why}", file.display());
-            Ok(ExitCode::FAILURE)
-        }
-    }
 }
 
 /// The config and the key store of its gateway.

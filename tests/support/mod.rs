@@ -115,3 +115,18 @@ fn lookup(metrics: &str, name_and_labels: &str) -> Option<f64> {
     );
     Some(value)
 }
+
+/// Set by `.ci/run`, which installs the toolchains of the examples and
+/// scaffolds in other languages and builds the examples first: where it is
+/// set, a missing toolchain or component is a failure, not a skip.
+pub const TOOLCHAINS_REQUIRED: &str = "AGENTROUTER_TOOLCHAINS_REQUIRED";
+
+/// A test that needs a toolchain (or its output) found it missing: in CI
+/// (see [`TOOLCHAINS_REQUIRED`]) that fails the test with `why`; on a
+/// developer's machine the test prints a loud skip message and returns.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var_os(TOOLCHAINS_REQUIRED).is_some() {
+        panic!("{why} ({TOOLCHAINS_REQUIRED} is set: .ci/run installed the toolchains)");
+    }
+    eprintln!("\n*** SKIPPED: {why}\n    (set {TOOLCHAINS_REQUIRED}=1 to make this a failure)\n");
+}

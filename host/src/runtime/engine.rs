@@ -79,16 +79,25 @@ fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
     let n = settings.pool_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n);
-    // A Rust component is one core module plus WASI adapter shims; Python and
-    // JavaScript components carry a few more.
-    pool.total_core_instances(n.saturating_mul(4));
+    // Big guests (see docs/runtime.md, "Big guests"): a Rust component is
+    // one core module plus WASI adapter shims (3-4 core instances); a
+    // componentize-js one instantiates 4; a componentize-py one 14 (libc,
+    // libpython and its extension modules, dynamically linked, plus shims).
+    // Size the pool so that `pool_instances` concurrent calls fit even if
+    // every one is a Python plugin; an unused core-instance slot costs
+    // address space, not memory.
+    pool.total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_CALL));
     pool.total_memories(n.saturating_mul(2));
     pool.total_tables(n.saturating_mul(4));
     pool.total_stacks(n);
     pool.max_memory_size(super::limits::MAX_MEMORY_MB as usize * 1024 * 1024);
-    pool.max_core_instances_per_component(16);
+    pool.max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT);
     pool.max_memories_per_component(4);
     pool.max_tables_per_component(8);
+    // The pool's per-table bound is the largest `limits.table_elements` a
+    // slot may set, so the plugin's own limit is the one that trips (with
+    // its typed error), never the pool's (wasmtime's default is 20000).
+    pool.table_elements(super::limits::MAX_TABLE_ELEMENTS as usize);
     // A fresh instance per call means every call reuses a slot another call
     // just dirtied. Resetting a slot with madvise makes the next call take a
     // page fault on every page it touches (stack, data and heap: tens of
@@ -105,6 +114,14 @@ fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
     }
     pool
 }
+
+/// Core instances one call may need, on average over the pool: a Python
+/// component's 14 with headroom.
+const CORE_INSTANCES_PER_CALL: u32 = 16;
+
+/// Core instances one component may instantiate: twice a Python
+/// component's 14, for guests that link more libraries.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 
 /// Bytes of each linear memory kept resident between calls: a Rust guest's
 /// 1 MiB stack region plus its data and first heap pages.

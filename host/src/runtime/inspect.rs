@@ -173,14 +173,21 @@ pub fn describe(detected: &Result<World, WorldError>) -> String {
 pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<ComponentInfo, InspectError> {
     check_header(bytes)?;
     let component = Component::new(engine, bytes).map_err(InspectError::Invalid)?;
-    let (imports, exports) = names(engine, &component);
-    Ok(ComponentInfo {
+    Ok(info(engine, &component, bytes))
+}
+
+/// What an already compiled `component` (of `bytes`) is: for callers that
+/// compiled it through the AOT cache, since compiling a Python or
+/// JavaScript component takes seconds.
+pub fn info(engine: &Engine, component: &Component, bytes: &[u8]) -> ComponentInfo {
+    let (imports, exports) = names(engine, component);
+    ComponentInfo {
         world: detect_world(&imports, &exports),
         imports,
         exports,
         digest: super::sha256_hex(bytes),
         size: bytes.len(),
-    })
+    }
 }
 
 #[cfg(test)]

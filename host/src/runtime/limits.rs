@@ -35,6 +35,8 @@ pub struct PluginLimits {
 
 /// Upper bound of `memory_mb`: beyond 4 GiB a 32-bit memory cannot grow anyway.
 pub const MAX_MEMORY_MB: u32 = 4096;
+/// Upper bound of `table_elements` (the pool reserves tables this large).
+pub const MAX_TABLE_ELEMENTS: u32 = 1 << 20;
 /// Upper bound of `timeout_ms` (10 minutes).
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
 
@@ -126,11 +128,11 @@ impl PluginLimits {
                 "must be positive",
             ));
         }
-        if self.table_elements == 0 {
+        if self.table_elements == 0 || self.table_elements > MAX_TABLE_ELEMENTS {
             return Err(invalid(
                 "limits.table_elements",
-                "0".into(),
-                "must be positive",
+                self.table_elements.to_string(),
+                "must be between 1 and 1048576",
             ));
         }
         Ok(())
@@ -214,7 +216,8 @@ impl ResourceLimiter for Limiter {
 
     fn instances(&self) -> usize {
         // Components instantiate a handful of core instances (the guest plus
-        // adapter shims); anything beyond this is not a plugin we expect.
+        // adapter shims; a componentize-py Python component 14, for its
+        // dynamically linked libraries); beyond 32 is not a plugin we expect.
         32
     }
 

@@ -313,6 +313,25 @@ impl Runtime {
         self.cache.as_ref()
     }
 
+    /// Compiles `bytes` (through the AOT cache, when configured) and says
+    /// what they are, without loading them into a slot: `plugin inspect`
+    /// and `plugin call` use it, so a second look at a big component costs
+    /// a cache hit, not a compile.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<inspect::ComponentInfo, inspect::InspectError> {
+        inspect::check_header(bytes)?;
+        let component = match &self.cache {
+            Some(cache) => {
+                cache
+                    .load_or_compile(&self.engine, &sha256_hex(bytes), bytes)
+                    .map_err(inspect::InspectError::Invalid)?
+                    .0
+            }
+            None => wasmtime::component::Component::new(&self.engine, bytes)
+                .map_err(inspect::InspectError::Invalid)?,
+        };
+        Ok(inspect::info(&self.engine, &component, bytes))
+    }
+
     /// Loads, verifies, compiles and type-checks a plugin.
     pub fn load(&self, spec: PluginSpec) -> Result<Plugin, PluginError> {
         spec.limits.validate(&spec.name)?;
@@ -338,27 +357,49 @@ impl Runtime {
             origin: origin.clone(),
             reason,
         })?;
-        let component = self
-            .compile(&digest, &bytes)
-            .map_err(|e| PluginError::Compile {
-                plugin: spec.name.clone(),
-                origin: origin.clone(),
-                detail: format!("{e:#}"),
-            })?;
+        let component =
+            self.compile(&spec.name, &digest, &bytes)
+                .map_err(|e| PluginError::Compile {
+                    plugin: spec.name.clone(),
+                    origin: origin.clone(),
+                    detail: format!("{e:#}"),
+                })?;
         plugin::Plugin::new(self, spec, origin, digest, component)
     }
 
+    /// Compiles (or loads from the AOT cache) and counts where the code
+    /// came from: a Python or JavaScript component takes seconds to
+    /// compile, so a restart that misses the cache shows.
     fn compile(
         &self,
+        plugin: &str,
         digest: &str,
         bytes: &[u8],
     ) -> Result<wasmtime::component::Component, wasmtime::Error> {
-        match &self.cache {
-            Some(cache) => cache
-                .load_or_compile(&self.engine, digest, bytes)
-                .map(|(c, _)| c),
-            None => wasmtime::component::Component::new(&self.engine, bytes),
+        let (component, outcome) = match &self.cache {
+            Some(cache) => {
+                let (component, outcome) = cache.load_or_compile(&self.engine, digest, bytes)?;
+                let outcome = match outcome {
+                    CacheOutcome::Hit => "hit",
+                    CacheOutcome::Compiled => "miss",
+                };
+                (component, outcome)
+            }
+            None => (
+                wasmtime::component::Component::new(&self.engine, bytes)?,
+                "uncached",
+            ),
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .plugin_compilations
+                .get_or_create(&crate::telemetry::metrics::PluginCompileLabels {
+                    plugin: plugin.to_string(),
+                    outcome: outcome.to_string(),
+                })
+                .inc();
         }
+        Ok(component)
     }
 }
 

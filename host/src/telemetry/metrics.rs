@@ -161,6 +161,16 @@ pub struct PluginErrorLabels {
     pub kind: String,
 }
 
+/// Labels of a plugin compilation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCompileLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `hit` (loaded from the AOT cache), `miss` (compiled, then stored) or
+    /// `uncached` (compiled; no cache configured).
+    pub outcome: String,
+}
+
 /// Labels of a refused plugin admission.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
@@ -266,6 +276,8 @@ pub struct Metrics {
     pub plugin_fuel: Family<PluginLabels, Counter>,
     /// Peak linear memory seen in one call.
     pub plugin_peak_memory: Family<PluginLabels, Gauge>,
+    /// Plugin loads by where the compiled code came from.
+    pub plugin_compilations: Family<PluginCompileLabels, Counter>,
     /// Plugin instances in use now.
     pub plugin_instances_in_use: Gauge,
     /// Spare plugin instances made ahead, waiting for a call.
@@ -346,6 +358,7 @@ impl Metrics {
             plugin_duration: histograms(),
             plugin_fuel: Family::default(),
             plugin_peak_memory: Family::default(),
+            plugin_compilations: Family::default(),
             plugin_instances_in_use: Gauge::default(),
             plugin_instances_spare: Gauge::default(),
             plugin_admissions_refused: Family::default(),
@@ -452,6 +465,11 @@ impl Metrics {
             "plugin_peak_memory_bytes",
             "Largest linear memory seen in one plugin call",
             m.plugin_peak_memory.clone(),
+        );
+        register!(
+            "plugin_compilations",
+            "Plugin loads by where the compiled code came from (AOT cache hit, miss, uncached)",
+            m.plugin_compilations.clone(),
         );
         register!(
             "plugin_instances_in_use",
