@@ -238,27 +238,29 @@ impl GuardedUpstream {
         });
     }
 
-    /// One whole-answer call through the gate. A `retry` does not count as
-    /// new traffic for the retry budget (its withdrawal was already taken).
-    pub(super) async fn complete(
-        &self,
-        ctx: &CallContext,
-        req: &CompletionRequest,
+    /// What every attempt does before it calls the upstream. A retry was
+    /// already told to wait for the upstream's hint, but a later 429
+    /// (another request's) may have pushed the hint further: it waits for
+    /// that too rather than spend an attempt on a refusal. Then `bound`
+    /// turns the time the request has left into the attempt's own bound
+    /// (`None`: no time left, a timeout), the gate admits the attempt, and
+    /// a first attempt counts as new traffic for the retry budget.
+    async fn begin<'a>(
+        &'a self,
+        ctx: &'a CallContext,
         retry: bool,
-    ) -> Result<Completion, AttemptError> {
-        // A retry was already told to wait for the upstream's hint, but a
-        // later 429 (another request's) may have pushed the hint further:
-        // wait for that too rather than spend an attempt on a refusal.
+        bound: impl FnOnce(Duration) -> Option<Duration>,
+    ) -> Result<(Duration, Slot, InFlight<'a>), AttemptError> {
         if retry
             && let Some(wait) = self.health.cooling(Instant::now())
             && wait < ctx.remaining()
         {
             tokio::time::sleep(wait).await;
         }
-        let Some(bound) = self.health.attempt_bound(ctx.remaining()) else {
+        let Some(bound) = bound(ctx.remaining()) else {
             return Err(AttemptError::Failed(Failure::Timeout));
         };
-        let _slot = self.gate()?;
+        let slot = self.gate()?;
         if !retry {
             self.health.count_first_attempt(Instant::now());
         }
@@ -268,6 +270,20 @@ impl GuardedUpstream {
             started: Instant::now(),
             ended: false,
         };
+        Ok((bound, slot, call))
+    }
+
+    /// One whole-answer call through the gate. A `retry` does not count as
+    /// new traffic for the retry budget (its withdrawal was already taken).
+    pub(super) async fn complete(
+        &self,
+        ctx: &CallContext,
+        req: &CompletionRequest,
+        retry: bool,
+    ) -> Result<Completion, AttemptError> {
+        let (bound, _slot, call) = self
+            .begin(ctx, retry, |left| self.health.attempt_bound(left))
+            .await?;
         let result = self.upstream.complete(req.clone(), bound).await;
         call.end(result.as_ref().map(|c| c.usage));
         result.map_err(AttemptError::Failed)
@@ -302,28 +318,11 @@ impl GuardedUpstream {
         req: &CompletionRequest,
         retry: bool,
     ) -> Result<EventStream, AttemptError> {
-        if retry
-            && let Some(wait) = self.health.cooling(Instant::now())
-            && wait < ctx.remaining()
-        {
-            tokio::time::sleep(wait).await;
-        }
         // The stream as a whole may run until the request's deadline; the
         // first-token and idle bounds are the host's, below.
-        let total = ctx.remaining();
-        if total.is_zero() {
-            return Err(AttemptError::Failed(Failure::Timeout));
-        }
-        let slot = self.gate()?;
-        if !retry {
-            self.health.count_first_attempt(Instant::now());
-        }
-        let call = InFlight {
-            upstream: self,
-            ctx,
-            started: Instant::now(),
-            ended: false,
-        };
+        let (total, slot, call) = self
+            .begin(ctx, retry, |left| (!left.is_zero()).then_some(left))
+            .await?;
         let opening = async {
             let mut events = self.upstream.stream(req.clone(), total).await?;
             match events.next().await {
