@@ -13,20 +13,18 @@
 //! - `BIG_GUESTS_CALLS=n` warm calls per plugin (default 2000; 200 for
 //!   Python), `BIG_GUESTS_COMPILES=n` cold compiles (default 3);
 //! - `BIG_GUESTS_ALLOCATOR=on-demand` (default pooling);
+//! - `BIG_GUESTS_SPARES=n` spare instances per validator and router
+//!   (default 0, the gateway's default; agents never have spares);
 //! - `BIG_GUESTS_CALLS_ONLY=1` skips compile and load timings: for
 //!   instruction counts under `valgrind --tool=callgrind`, run twice with
 //!   two `BIG_GUESTS_CALLS` values and divide the difference.
 
+mod common;
+
 use agentrouter::devkit::harness::StubHost;
-use agentrouter::domain::{
-    CallContext, Candidate, CircuitState, Message, RouteRequest, Stage, Task,
-};
+use agentrouter::domain::{CallContext, Message, RouteRequest, Stage, Task};
 use agentrouter::plugins;
-use agentrouter::runtime::{
-    AllocatorChoice, EngineSettings, Plugin, PluginSource, PluginSpec, Runtime, RuntimeSettings,
-    World,
-};
-use agentrouter::store::Store;
+use agentrouter::runtime::{AllocatorChoice, Plugin, PluginSource, PluginSpec, Runtime, World};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,14 +88,8 @@ fn runtime(cache_dir: Option<PathBuf>) -> Runtime {
         Ok("on-demand") => AllocatorChoice::OnDemand,
         _ => AllocatorChoice::Pooling,
     };
-    let settings = RuntimeSettings {
-        engine: EngineSettings {
-            allocator,
-            ..Default::default()
-        },
-        cache_dir,
-    };
-    Runtime::new(&settings, Arc::new(Store::temporary().unwrap())).unwrap()
+    let spares = env_usize("BIG_GUESTS_SPARES").unwrap_or(0) as u32;
+    common::runtime(allocator, spares, cache_dir)
 }
 
 fn spec(guest: &Guest) -> PluginSpec {
@@ -115,24 +107,6 @@ fn spec(guest: &Guest) -> PluginSpec {
     spec
 }
 
-fn candidates() -> Vec<Candidate> {
-    ["usf-mini", "usf-mini-x1", "backup"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Candidate {
-            name: name.to_string(),
-            model: "usf-mini".into(),
-            input_cost_per_1k: 0.001 * (i + 1) as f64,
-            output_cost_per_1k: 0.002 * (i + 1) as f64,
-            ewma_latency_ms: 120.0 - 10.0 * i as f64,
-            error_rate: 0.01,
-            circuit: CircuitState::Closed,
-            weight: 1,
-            tags: vec![],
-        })
-        .collect()
-}
-
 /// One call of the guest's export, as the pipeline makes it.
 async fn call(plugin: &Plugin, stub: &Arc<StubHost>) {
     let messages = [Message::user(
@@ -148,7 +122,7 @@ async fn call(plugin: &Plugin, stub: &Arc<StubHost>) {
                 message_count: 1,
                 ..Default::default()
             };
-            plugin.route(&req, &candidates()).await.unwrap();
+            plugin.route(&req, &common::candidates()).await.unwrap();
         }
         World::Agent => {
             let task = Task {

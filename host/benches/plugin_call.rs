@@ -1,7 +1,7 @@
 //! Cost of one plugin call on the request path — what every validator,
-//! router and recovery decision pays per request: with spare instances
-//! (made ahead and torn down on another thread, the default), and with the
-//! instance made and torn down on the call, across the pooling and
+//! router and recovery decision pays per request: with the instance made
+//! and torn down on the call (the default), and with spare instances (made
+//! ahead and torn down on another thread), across the pooling and
 //! on-demand allocators.
 //!
 //! The tokio runtime has one worker thread besides the bench's: the spares'
@@ -13,50 +13,15 @@
 //!
 //! Run: `cargo bench -p agentrouter --bench plugin_call`
 
-use agentrouter::domain::{Candidate, CircuitState, Message, RouteRequest, Stage};
+mod common;
+
+use agentrouter::domain::{Message, RouteRequest, Stage};
 use agentrouter::plugins;
-use agentrouter::runtime::{
-    AllocatorChoice, EngineSettings, PluginSource, PluginSpec, Runtime, RuntimeSettings, World,
-};
-use agentrouter::store::Store;
+use agentrouter::runtime::{AllocatorChoice, PluginSource, PluginSpec, World};
+use common::{candidates, runtime};
 use criterion::{Bencher, Criterion, criterion_group, criterion_main};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn runtime(allocator: AllocatorChoice, spare_instances: u32) -> Runtime {
-    let settings = RuntimeSettings {
-        engine: EngineSettings {
-            allocator,
-            spare_instances,
-            ..Default::default()
-        },
-        cache_dir: None,
-    };
-    Runtime::new(&settings, Arc::new(Store::temporary().unwrap())).unwrap()
-}
-
-fn candidates() -> Vec<Candidate> {
-    ["usf-mini", "usf-mini-x1", "backup"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Candidate {
-            name: name.to_string(),
-            model: name.to_string(),
-            input_cost_per_1k: 0.001 * (i + 1) as f64,
-            output_cost_per_1k: 0.002 * (i + 1) as f64,
-            ewma_latency_ms: 120.0,
-            error_rate: 0.01,
-            circuit: CircuitState::Closed,
-            weight: 1,
-            tags: if i == 1 {
-                vec!["reasoning".into()]
-            } else {
-                vec![]
-            },
-        })
-        .collect()
-}
 
 fn bench(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -84,7 +49,7 @@ fn bench(c: &mut Criterion) {
         ("pooling", AllocatorChoice::Pooling, 0),
         ("on-demand", AllocatorChoice::OnDemand, 0),
     ] {
-        let rt = runtime(allocator, spares);
+        let rt = runtime(allocator, spares, None);
         let minimal = rt.load(minimal.clone()).unwrap();
         let guard = rt
             .load(plugins::get("input-guard").unwrap().spec("input-guard"))
