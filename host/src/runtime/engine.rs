@@ -55,7 +55,7 @@ impl Default for EngineSettings {
             allocator: AllocatorChoice::Auto,
             pool_instances: 256,
             epoch_tick_ms: 1,
-            spare_instances: 2,
+            spare_instances: 0,
         }
     }
 }
