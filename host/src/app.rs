@@ -521,6 +521,7 @@ fn build_upstream(
         output_cost_per_1k: up.output_cost_per_1k,
         tags: up.tags.clone(),
         weight: up.weight,
+        serves: up.serves.clone(),
     };
     let (upstream, system): (Arc<dyn Upstream>, _) = match up.kind {
         UpstreamKind::Simulated => {

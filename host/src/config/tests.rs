@@ -603,3 +603,24 @@ fn startup_settings_serialise_secrets_as_fingerprints_only() {
     assert!(!text.contains("0123456789abcdef-one"), "{text}");
     assert!(text.contains("secret:"), "{text}");
 }
+
+#[test]
+fn what_an_upstream_serves_is_checked_with_its_line() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(
+        config.reloadable.upstreams["a"].serves,
+        [crate::domain::Endpoint::Chat],
+        "chat by default"
+    );
+    let e = only_error(&format!("{UPSTREAM}serves = []\n"));
+    assert_eq!((e.key.as_str(), e.line), ("upstreams.a.serves", Some(4)));
+    let e = only_error(&format!("{UPSTREAM}serves = [\"chat\", \"chat\"]\n"));
+    assert!(e.message.contains("`chat` twice"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}serves = [\"images\"]\n"));
+    assert!(e.message.contains("images"), "{e}");
+    assert_eq!(e.line, Some(4));
+    let e = only_error(&format!(
+        "{UPSTREAM}[upstreams.a.simulator]\nembedding_dimensions = 0\n"
+    ));
+    assert_eq!(e.key, "upstreams.a.simulator.embedding_dimensions");
+}

@@ -232,6 +232,20 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
         if u.timeout_ms == 0 {
             errors.push(key("timeout_ms"), "must be positive");
         }
+        if u.serves.is_empty() {
+            errors.push(
+                key("serves"),
+                "must name at least one endpoint: chat, embeddings or responses",
+            );
+        }
+        for (i, endpoint) in u.serves.iter().enumerate() {
+            if u.serves[..i].contains(endpoint) {
+                errors.push(
+                    key("serves"),
+                    format!("names `{}` twice", endpoint.as_str()),
+                );
+            }
+        }
         if u.weight == 0 {
             errors.push(
                 key("weight"),
@@ -340,6 +354,9 @@ fn simulator(sim: &SimSettings, prefix: &str, errors: &mut Errors<'_>) {
     }
     if sim.context_chars == 0 {
         errors.push(format!("{prefix}.context_chars"), "must be positive");
+    }
+    if sim.embedding_dimensions == 0 {
+        errors.push(format!("{prefix}.embedding_dimensions"), "must be positive");
     }
 }
 

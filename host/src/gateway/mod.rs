@@ -15,9 +15,11 @@
 //! reload never changes a request midway.
 
 mod accounting;
+mod embed;
 mod error;
 mod stream;
 
+pub use embed::EmbeddingAnswer;
 pub use error::GatewayError;
 
 use crate::auth::{Auth, Identity};

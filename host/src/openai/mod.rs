@@ -11,6 +11,7 @@
 //! never touches is listed in `docs/openai-api.md`.
 
 pub mod chunk;
+pub mod embedding;
 pub mod request;
 pub mod response;
 

@@ -8,7 +8,8 @@
 //! only decides *which* upstream to try next.
 
 use crate::domain::{
-    CallContext, Candidate, Completion, CompletionRequest, Failure, Step, StepKind, Usage,
+    CallContext, Candidate, Completion, CompletionRequest, EmbeddingRequest, Embeddings, Failure,
+    Step, StepKind, Usage,
 };
 use crate::resilience::{HealthSettings, Refusal, Slot, UpstreamHealth};
 use crate::telemetry::Metrics;
@@ -196,6 +197,17 @@ impl GuardedUpstream {
     /// Records one call: the upstream's health, the attempt metrics, and a
     /// step (with its cost) in the request's ledger.
     fn record(&self, ctx: &CallContext, latency: Duration, outcome: Result<Usage, &Failure>) {
+        self.record_as(StepKind::Completion, ctx, latency, outcome);
+    }
+
+    /// [`Self::record`], for a step of `kind`.
+    fn record_as(
+        &self,
+        kind: StepKind,
+        ctx: &CallContext,
+        latency: Duration,
+        outcome: Result<Usage, &Failure>,
+    ) {
         self.health
             .record(latency, outcome.map(drop), Instant::now());
         self.count_attempt(outcome.map_or_else(Failure::kind, |_| "ok"));
@@ -203,7 +215,7 @@ impl GuardedUpstream {
         let info = self.info();
         let usage = outcome.as_ref().copied().unwrap_or_default();
         ctx.ledger.push(Step {
-            kind: StepKind::Completion,
+            kind,
             target: info.model.clone(),
             upstream: Some(info.name.clone()),
             caller: ctx.caller().to_string(),
@@ -270,6 +282,30 @@ impl GuardedUpstream {
         };
         let result = self.upstream.complete(req.clone(), bound).await;
         call.end(result.as_ref().map(|c| c.usage));
+        result.map_err(AttemptError::Failed)
+    }
+
+    /// One embeddings call through the gate, recorded as an
+    /// [`StepKind::Embedding`] step. Not a whole-answer race: nothing
+    /// abandons it but the client, so an early drop records nothing.
+    pub(super) async fn embed(
+        &self,
+        ctx: &CallContext,
+        req: &EmbeddingRequest,
+    ) -> Result<Embeddings, AttemptError> {
+        let Some(bound) = self.health.attempt_bound(ctx.remaining()) else {
+            return Err(AttemptError::Failed(Failure::Timeout));
+        };
+        let _slot = self.gate()?;
+        self.health.count_first_attempt(Instant::now());
+        let started = Instant::now();
+        let result = self.upstream.embed(req.clone(), bound).await;
+        self.record_as(
+            StepKind::Embedding,
+            ctx,
+            started.elapsed(),
+            result.as_ref().map(|e| e.usage),
+        );
         result.map_err(AttemptError::Failed)
     }
 

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod chat;
+mod embeddings;
 mod error;
 mod guard;
 mod keys;
@@ -103,6 +104,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/agents/{name}/invoke", post(chat::invoke))
+        .route("/v1/embeddings", post(embeddings::create))
         .route_layer(middleware::from_fn_with_state(state.clone(), shed));
     let v1 = Router::new()
         .merge(api)

@@ -33,10 +33,14 @@ mod events;
 pub mod observed;
 pub mod openai;
 pub mod sim;
+mod sim_embed;
 pub mod sim_server;
 mod sse;
 
-use crate::domain::{Completion, CompletionRequest, Failure, UpstreamError, Usage};
+use crate::domain::{
+    Completion, CompletionRequest, EmbeddingRequest, Embeddings, Endpoint, Failure, UpstreamError,
+    Usage,
+};
 use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use std::time::{Duration, SystemTime};
@@ -65,6 +69,8 @@ pub struct UpstreamInfo {
     pub tags: Vec<String>,
     /// Operator weight for weighted routing.
     pub weight: u32,
+    /// The endpoints it serves (`upstreams.<name>.serves`).
+    pub serves: Vec<Endpoint>,
 }
 
 impl UpstreamInfo {
@@ -79,7 +85,8 @@ impl UpstreamInfo {
     /// # use agentrouter::upstream::UpstreamInfo;
     /// # use agentrouter::domain::Usage;
     /// let info = UpstreamInfo { name: "a".into(), model: "m".into(), input_cost_per_1k: 1.0,
-    ///     cached_input_cost_per_1k: 0.5, output_cost_per_1k: 2.0, tags: vec![], weight: 1 };
+    ///     cached_input_cost_per_1k: 0.5, output_cost_per_1k: 2.0, tags: vec![], weight: 1,
+    ///     serves: vec![agentrouter::domain::Endpoint::Chat] };
     /// assert_eq!(info.cost(Usage::new(500, 250)), 1.0);
     /// let cached = Usage { cached_prompt_tokens: 400, ..Usage::new(500, 250) };
     /// assert_eq!(info.cost(cached), 0.1 + 0.2 + 0.5);
@@ -89,6 +96,11 @@ impl UpstreamInfo {
         f64::from(usage.prompt_tokens - cached) / 1000.0 * self.input_cost_per_1k
             + f64::from(cached) / 1000.0 * self.cached_input_cost_per_1k
             + f64::from(usage.completion_tokens) / 1000.0 * self.output_cost_per_1k
+    }
+
+    /// Whether it serves `endpoint`.
+    pub fn serves(&self, endpoint: Endpoint) -> bool {
+        self.serves.contains(&endpoint)
     }
 }
 
@@ -120,6 +132,23 @@ pub trait Upstream: Send + Sync + 'static {
         req: CompletionRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<EventStream, Failure>>;
+
+    /// Embeddings of `req.input`, one vector per input in order; `timeout`
+    /// bounds the call. Only called on upstreams that declare
+    /// [`Endpoint::Embeddings`]; the default answers that it does not.
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Embeddings, Failure>> {
+        let _ = (req, timeout);
+        let name = self.info().name.clone();
+        Box::pin(async move {
+            Err(Failure::Internal(format!(
+                "upstream `{name}` does not serve embeddings"
+            )))
+        })
+    }
 }
 
 /// The failure for a non-2xx answer of upstream `upstream`.
