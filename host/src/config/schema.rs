@@ -16,6 +16,7 @@ pub use crate::cache::{
     CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
 };
 pub use crate::cluster::{ClusterConfig, LossPolicies, LossPolicy};
+pub use crate::gateway::ResponsesConfig;
 pub use crate::pipeline::FailurePolicy;
 pub use crate::pipeline::budget::{
     AgentBudgetOverrides, AgentCallBudget, BudgetsConfig, RequestBudget,

@@ -624,3 +624,16 @@ fn what_an_upstream_serves_is_checked_with_its_line() {
     ));
     assert_eq!(e.key, "upstreams.a.simulator.embedding_dimensions");
 }
+
+#[test]
+fn stored_responses_keep_a_positive_time() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(
+        config.startup.responses.ttl_s,
+        crate::gateway::DEFAULT_RESPONSES_TTL_S
+    );
+    let e = only_error(&format!("{UPSTREAM}[responses]\nttl_s = 0\n"));
+    assert_eq!((e.key.as_str(), e.line), ("responses.ttl_s", Some(5)));
+    let e = only_error(&format!("{UPSTREAM}[responses]\nttl = 5\n"));
+    assert!(e.message.contains("ttl"), "{e}");
+}

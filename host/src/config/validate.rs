@@ -25,6 +25,7 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     rate_limits(config, errors);
     resilience(config, errors, env);
     telemetry(config, errors);
+    responses(config, errors);
     super::validate_shared::cluster(config, errors, env);
     super::validate_shared::moved_cache_url(config, errors);
     super::validate_shared::budgets(config, errors);
@@ -319,6 +320,15 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
                 Err(reason) => errors.push(key("api_key"), reason.to_string()),
             }
         }
+    }
+}
+
+fn responses(config: &Config, errors: &mut Errors<'_>) {
+    if config.startup.responses.ttl_s == 0 {
+        errors.push(
+            "responses.ttl_s",
+            "must be positive (send `store: false` to keep a response from being stored)",
+        );
     }
 }
 

@@ -17,10 +17,16 @@
 mod accounting;
 mod embed;
 mod error;
+mod response_store;
+mod responses;
 mod stream;
 
 pub use embed::EmbeddingAnswer;
 pub use error::GatewayError;
+pub use response_store::{
+    DEFAULT_RESPONSES_TTL_S, ResponseStore, ResponseStoreError, ResponsesConfig, StoredResponse,
+};
+pub use responses::ResponsesAnswer;
 
 use crate::auth::{Auth, Identity};
 use crate::cache::{CacheKey, CachedAnswer, Filled, HitFrom, ResponseCache, Served};
@@ -171,6 +177,8 @@ pub struct Gateway {
     rate_limits: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
     budget_alerts: BudgetAlerts,
+    /// Stored responses (`/v1/responses`), when the gateway keeps them.
+    responses: Option<ResponseStore>,
 }
 
 impl Gateway {
@@ -194,6 +202,7 @@ impl Gateway {
             budget_alerts: BudgetAlerts {
                 thresholds: budget_alert_thresholds.into(),
             },
+            responses: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod chunk;
 pub mod embedding;
 pub mod request;
 pub mod response;
+pub mod responses;
 
 pub use chunk::{Assembled, Assembly, ChatChunk, ChunkChoice, Delta};
 pub use request::{
