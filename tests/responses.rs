@@ -433,3 +433,123 @@ async fn agents_validators_and_errors_apply_to_responses() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_upstream_that_speaks_responses_gets_them_passed_through_for_its_owner() {
+    let up = SimServer::start(steady(0), &["m-native"]).await;
+    let keys = r#"
+[auth]
+enabled = true
+
+[[auth.keys]]
+name = "alice"
+secret = "alice-secret-0123456789"
+
+[[auth.keys]]
+name = "bob"
+secret = "bob-secret-0123456789ab"
+"#;
+    let config = up.config(keys).replace(
+        "input_cost_per_1k = 1.0\n",
+        "input_cost_per_1k = 1.0\nserves = [\"responses\"]\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let (alice, bob) = (
+        Some("alice-secret-0123456789"),
+        Some("bob-secret-0123456789ab"),
+    );
+    let first = respond(
+        &gw,
+        alice,
+        &json!({"model": "m-native", "input": "hi there", "include": ["x"]}),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let object = first.json();
+    let id = object["id"].as_str().unwrap().to_string();
+    assert!(
+        id.starts_with("resp_sim"),
+        "the upstream's own object: {id}"
+    );
+    assert_eq!(
+        object["output"][0]["content"][0]["text"],
+        "[m-native] You said: hi there"
+    );
+    assert_eq!(first.header("x-agentrouter-cache"), Some("bypass"));
+    let cost: f64 = first
+        .header("x-agentrouter-cost-usd")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cost > 0.0, "charged from the object's usage");
+    assert_eq!(up.requests(), 1);
+
+    // Recorded as alice's: hers to read and continue, nobody else's.
+    let mine = get_as(&gw, alice, &format!("/v1/responses/{id}")).await;
+    assert_eq!((mine.status, mine.json()), (200, object));
+    let theirs = get_as(&gw, bob, &format!("/v1/responses/{id}")).await;
+    assert_eq!(theirs.status, 404);
+    let theirs = respond(
+        &gw,
+        bob,
+        &json!({"model": "m-native", "input": "x", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(
+        (theirs.status, theirs.code()),
+        (404, "previous_response_not_found".into())
+    );
+    assert_eq!(up.requests(), 1, "refused before the upstream");
+    let next = respond(
+        &gw,
+        alice,
+        &json!({"model": "m-native", "input": "more", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(next.status, 200, "{}", next.text);
+
+    // Streamed: the upstream's events as it sent them, recorded at the end.
+    let streamed = respond(
+        &gw,
+        alice,
+        &json!({"model": "m-native", "input": "go", "stream": true}),
+    )
+    .await;
+    let events = sse_events(&streamed.text);
+    assert_eq!(events.first().unwrap().0, "response.created");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "response.completed");
+    let id = done["response"]["id"].as_str().unwrap();
+    assert!(id.starts_with("resp_sim"), "{id}");
+    let stored = get_as(&gw, alice, &format!("/v1/responses/{id}")).await;
+    assert_eq!(stored.json(), done["response"]);
+
+    let listed = get_as(&gw, alice, "/v1/models").await;
+    assert_eq!(listed.json()["data"][0]["endpoints"], json!(["responses"]));
+    // No chat upstream serves the model.
+    let chat = gw
+        .chat_as("alice-secret-0123456789", &support::chat("m-native", "x"))
+        .await;
+    assert_eq!(
+        (chat.status, chat.code()),
+        (404, "model_not_found".into()),
+        "{}",
+        chat.text
+    );
+
+    up.set_settings(agentrouter::upstream::SimSettings {
+        script: vec!["400".into()],
+        ..steady(0)
+    });
+    let before = up.requests();
+    let refused = respond(&gw, alice, &json!({"model": "m-native", "input": "x"})).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "simulated_client_error".into()),
+        "{}",
+        refused.text
+    );
+    assert_eq!(up.requests(), before + 1, "sent once");
+    gw.stop().await;
+    up.stop().await;
+}

@@ -17,6 +17,7 @@
 mod accounting;
 mod embed;
 mod error;
+mod passthrough;
 mod response_store;
 mod responses;
 mod stream;
@@ -26,7 +27,7 @@ pub use error::GatewayError;
 pub use response_store::{
     DEFAULT_RESPONSES_TTL_S, ResponseStore, ResponseStoreError, ResponsesConfig, StoredResponse,
 };
-pub use responses::ResponsesAnswer;
+pub use responses::{ResponsesAnswer, ResponsesOutput};
 
 use crate::auth::{Auth, Identity};
 use crate::cache::{CacheKey, CachedAnswer, Filled, HitFrom, ResponseCache, Served};

@@ -49,6 +49,11 @@ pub struct StoredResponse {
     /// instructions, which are per response): what a continuation starts
     /// from.
     pub conversation: Vec<Value>,
+    /// Whether the conversation is the upstream's (a response passed
+    /// through to an upstream that speaks the Responses API, which keeps
+    /// it): continued by forwarding `previous_response_id` to it.
+    #[serde(default)]
+    pub upstream_held: bool,
 }
 
 /// Why the store could not be read or written; a write failure is logged
@@ -155,6 +160,7 @@ mod tests {
             response: json!({"id": "resp_1"}),
             input_items: vec![],
             conversation: vec![],
+            upstream_held: false,
         }
     }
 

@@ -19,12 +19,32 @@ use serde_json::{Value, json};
 
 /// A served Responses request.
 pub struct ResponsesAnswer {
-    /// The response object's fixed parts (id, echo of the request).
-    pub object: ResponseObject,
-    /// The answer, whole or live; a live one is stored when it ends.
-    pub reply: Reply,
+    /// The response id (`resp_…`).
+    pub id: String,
+    /// The answer.
+    pub output: ResponsesOutput,
     /// What the cache did.
     pub cache: CacheStatus,
+}
+
+/// How a Responses request was answered.
+pub enum ResponsesOutput {
+    /// Translated to chat: the answer, to be rendered as a response.
+    Translated {
+        /// The response object's fixed parts (id, echo of the request);
+        /// boxed, being far larger than a passed-through answer.
+        object: Box<ResponseObject>,
+        /// The answer, whole or live; a live one is stored when it ends.
+        reply: Reply,
+    },
+    /// Passed through to an upstream that speaks the Responses API: its
+    /// answer as it came.
+    Passed {
+        /// The object, or the events.
+        reply: crate::upstream::ResponsesReply,
+        /// What it cost, USD (known now for a whole answer).
+        cost_usd: Option<f64>,
+    },
 }
 
 /// What storing a response needs once its answer is known.
@@ -52,6 +72,7 @@ impl Pending {
             response,
             input_items: self.input_items.clone(),
             conversation,
+            upstream_held: false,
         };
         if let Err(e) = self.store.put(&self.object.id, &entry) {
             tracing::warn!(response = %self.object.id, error = %e, "could not store the response; it cannot be retrieved or continued");
@@ -59,7 +80,7 @@ impl Pending {
     }
 }
 
-fn suffix() -> String {
+pub(super) fn suffix() -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(24)
@@ -82,11 +103,14 @@ impl Gateway {
         }
     }
 
-    /// Serves `POST /v1/responses`.
+    /// Serves `POST /v1/responses`: `req` is `body` read. A model with an
+    /// upstream that speaks the Responses API gets `body` passed through to
+    /// it; every other request is translated to chat.
     pub async fn respond(
         &self,
         caller: &Identity,
         req: ResponsesRequest,
+        body: Value,
     ) -> Result<ResponsesAnswer, GatewayError> {
         let bad = |e: crate::openai::responses::InvalidResponsesRequest| GatewayError::BadRequest {
             message: e.message,
@@ -99,16 +123,30 @@ impl Gateway {
             });
         }
         let items = req.input_items().map_err(bad)?;
-        let history = match &req.previous_response_id {
-            None => Vec::new(),
-            Some(id) => {
-                self.stored(caller, id)?
-                    .ok_or_else(|| GatewayError::ResponseNotFound {
+        let previous =
+            match &req.previous_response_id {
+                None => None,
+                Some(id) => Some(self.stored(caller, id)?.ok_or_else(|| {
+                    GatewayError::ResponseNotFound {
                         id: id.clone(),
                         previous: true,
-                    })?
-                    .conversation
+                    }
+                })?),
+            };
+        if let Target::Model(model) = Target::parse(&req.model)
+            && self.pipeline().speaks_responses(&model)
+        {
+            return self.respond_through(caller, &req, items, body).await;
+        }
+        let history = match previous {
+            None => Vec::new(),
+            Some(p) if p.upstream_held => {
+                return Err(GatewayError::BadRequest {
+                    message: "this response's conversation is held by the upstream that made it; continue it with a model served by that upstream".into(),
+                    param: "previous_response_id".into(),
+                });
             }
+            Some(p) => p.conversation,
         };
         let body = req.chat_body(history.clone(), &items).map_err(bad)?;
         let wire: crate::openai::ChatRequest =
@@ -150,6 +188,7 @@ impl Gateway {
             end_user: req.user.clone(),
         };
         let Answer { reply, cache, .. } = self.chat(caller, chat).await?;
+        let id = object.id.clone();
         let reply = match (reply, pending) {
             (reply, None) => reply,
             (
@@ -175,8 +214,11 @@ impl Gateway {
             },
         };
         Ok(ResponsesAnswer {
-            object,
-            reply,
+            id,
+            output: ResponsesOutput::Translated {
+                object: Box::new(object),
+                reply,
+            },
             cache,
         })
     }
@@ -220,7 +262,7 @@ fn not_found(id: &str) -> GatewayError {
 
 /// An input item with an id, as `input_items` lists it (one the client
 /// gave is kept).
-fn with_id(item: &Value, suffix: &str, index: usize) -> Value {
+pub(super) fn with_id(item: &Value, suffix: &str, index: usize) -> Value {
     let mut item = item.clone();
     if item.get("id").is_none_or(Value::is_null) {
         let prefix = if item["type"] == "message" {

@@ -14,7 +14,9 @@ use crate::domain::{
 use crate::resilience::{HealthSettings, Refusal, Slot, UpstreamHealth};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{ShedLabels, UpstreamLabels, UpstreamName};
-use crate::upstream::{EventStream, StreamEvent, Upstream, UpstreamInfo};
+use crate::upstream::{
+    EventStream, ResponsesReply, StreamEvent, Upstream, UpstreamInfo, terminal, usage_of,
+};
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -307,6 +309,64 @@ impl GuardedUpstream {
             result.as_ref().map(|e| e.usage),
         );
         result.map_err(AttemptError::Failed)
+    }
+
+    /// One pass-through Responses call through the gate: a whole answer is
+    /// recorded at once, a stream at its last event (holding its bulkhead
+    /// place until then), with the usage the response object reports.
+    pub(super) async fn respond(
+        self: &Arc<Self>,
+        ctx: &CallContext,
+        body: &serde_json::Value,
+        stream: bool,
+    ) -> Result<ResponsesReply, AttemptError> {
+        let total = ctx.remaining();
+        let bound = if stream {
+            Some(total).filter(|t| !t.is_zero())
+        } else {
+            self.health.attempt_bound(total)
+        };
+        let Some(bound) = bound else {
+            return Err(AttemptError::Failed(Failure::Timeout));
+        };
+        let slot = self.gate()?;
+        self.health.count_first_attempt(Instant::now());
+        let started = Instant::now();
+        let reply = match self.upstream.respond(body.clone(), stream, bound).await {
+            Ok(reply) => reply,
+            Err(failure) => {
+                self.record(ctx, started.elapsed(), Err(&failure));
+                return Err(AttemptError::Failed(failure));
+            }
+        };
+        Ok(match reply {
+            ResponsesReply::Whole(object) => {
+                self.record(ctx, started.elapsed(), Ok(usage_of(&object)));
+                ResponsesReply::Whole(object)
+            }
+            ResponsesReply::Events(events) => {
+                let me = self.clone();
+                let ctx = ctx.clone();
+                ResponsesReply::Events(Box::pin(events.inspect(move |event| {
+                    let _held = &slot;
+                    match event {
+                        Ok(e) if e["type"] == "response.failed" => {
+                            let failure = Failure::InvalidResponse(format!(
+                                "upstream `{}`: the response failed",
+                                me.name()
+                            ));
+                            me.record(&ctx, started.elapsed(), Err(&failure));
+                        }
+                        Ok(e) => {
+                            if let Some(object) = terminal(e) {
+                                me.record(&ctx, started.elapsed(), Ok(usage_of(object)));
+                            }
+                        }
+                        Err(failure) => me.record(&ctx, started.elapsed(), Err(failure)),
+                    }
+                })))
+            }
+        })
     }
 
     /// Takes a retry from the budget; counts and logs a refusal.

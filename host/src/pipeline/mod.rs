@@ -20,6 +20,7 @@ mod decision;
 mod embed;
 mod error;
 mod guarded;
+mod passthrough;
 mod plan;
 mod race;
 mod rewrite;
@@ -255,11 +256,13 @@ impl Pipeline {
         }
     }
 
-    /// Whether an upstream serves chat completions for `model`.
+    /// Whether an upstream serves chat completions for `model` (one that
+    /// speaks the Responses API serves `/v1/responses` for it too).
     fn serves(&self, model: &str) -> bool {
-        self.upstreams
-            .iter()
-            .any(|u| u.info().model == model && u.info().serves(Endpoint::Chat))
+        self.upstreams.iter().any(|u| {
+            u.info().model == model
+                && (u.info().serves(Endpoint::Chat) || u.info().serves(Endpoint::Responses))
+        })
     }
 
     /// The endpoints served for model `id` (every one of its upstreams'),

@@ -7,9 +7,9 @@ use super::chat::{parse, with_headers};
 use super::guard::read_body;
 use super::{ApiError, AppState};
 use crate::auth::Identity;
-use crate::gateway::{Reply, ResponsesAnswer};
-use crate::openai::responses::{ResponseObject, ResponsesRequest, output_items};
-use crate::upstream::{EventStream, StreamEvent, completion_events};
+use crate::gateway::{Reply, ResponsesAnswer, ResponsesOutput};
+use crate::openai::responses::ResponsesRequest;
+use crate::upstream::{EventStream, ResponsesReply, ResponsesWriter, completion_events};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
@@ -27,14 +27,21 @@ pub(super) async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&state, body).await?;
-    let req: ResponsesRequest = parse(&bytes)?;
+    let body: Value = parse(&bytes)?;
+    let req: ResponsesRequest = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let stream = req.stream;
-    let ResponsesAnswer {
-        object,
-        reply,
-        cache,
-    } = state.gateway.respond(&identity, req).await?;
-    let id = object.id.clone();
+    let ResponsesAnswer { id, output, cache } = state.gateway.respond(&identity, req, body).await?;
+    let (object, reply) = match output {
+        ResponsesOutput::Translated { object, reply } => (*object, reply),
+        ResponsesOutput::Passed { reply, cost_usd } => {
+            let response = match reply {
+                ResponsesReply::Whole(object) => Json(object).into_response(),
+                ResponsesReply::Events(events) => passed(events),
+            };
+            return Ok(with_headers(response, &id, cost_usd, Some(cache)));
+        }
+    };
     let (response, cost) = match reply {
         Reply::Whole {
             completion,
@@ -126,6 +133,28 @@ pub(super) async fn input_items(
     )
 }
 
+/// An upstream's Responses events as it sent them, each as `event:
+/// <type>`; a failure midway becomes an `error` event.
+fn passed(
+    events: futures::stream::BoxStream<'static, Result<Value, crate::domain::Failure>>,
+) -> Response {
+    let mut sequence = 0u64;
+    let all = events.map(move |event| {
+        let data = match event {
+            Ok(data) => {
+                sequence = data["sequence_number"].as_u64().map_or(sequence, |n| n + 1);
+                data
+            }
+            Err(failure) => json!({"type": "error", "code": "stream_interrupted",
+                "message": format!("upstream failed mid-stream: {failure}"), "param": null,
+                "sequence_number": sequence}),
+        };
+        let kind = data["type"].as_str().unwrap_or("message").to_string();
+        Ok::<_, Infallible>(Event::default().event(kind).data(data.to_string()))
+    });
+    Sse::new(all).into_response()
+}
+
 /// The answer events rendered as Responses events, each `event: <type>`
 /// with its JSON; a failure midway becomes an `error` event and
 /// `response.failed`.
@@ -150,160 +179,4 @@ fn sse(mut writer: ResponsesWriter, events: EventStream) -> Response {
         Ok::<_, Infallible>(Event::default().event(kind).data(data.to_string()))
     });
     Sse::new(all).into_response()
-}
-
-/// Writes one answer's events as the Responses API streams them: the
-/// response created and in progress; the assistant's text as a message
-/// item whose deltas flow as they come; at the end, the text's and the
-/// items' `done` events, each function call as an item with its
-/// arguments, and `response.completed` (or `response.incomplete`) with the
-/// whole object. Item ids are the ones the stored response has.
-pub struct ResponsesWriter {
-    object: ResponseObject,
-    sequence: u64,
-    text: Option<String>,
-}
-
-impl ResponsesWriter {
-    /// A writer for the response `object`.
-    pub fn new(object: ResponseObject) -> Self {
-        Self {
-            object,
-            sequence: 0,
-            text: None,
-        }
-    }
-
-    fn event(&mut self, kind: &'static str, mut data: Value) -> (&'static str, Value) {
-        data["type"] = json!(kind);
-        data["sequence_number"] = json!(self.sequence);
-        self.sequence += 1;
-        (kind, data)
-    }
-
-    fn message_id(&self) -> String {
-        format!("msg_{}", self.object.suffix())
-    }
-
-    /// The first events.
-    pub fn start(&mut self) -> Vec<(&'static str, Value)> {
-        let object = self.object.in_progress();
-        vec![
-            self.event("response.created", json!({"response": object})),
-            self.event("response.in_progress", json!({"response": object})),
-        ]
-    }
-
-    /// The message item opened, with its one text part.
-    fn open_text(&mut self) -> Vec<(&'static str, Value)> {
-        self.text = Some(String::new());
-        let id = self.message_id();
-        vec![
-            self.event(
-                "response.output_item.added",
-                json!({"output_index": 0, "item": {"id": id, "type": "message",
-                    "status": "in_progress", "role": "assistant", "content": []}}),
-            ),
-            self.event(
-                "response.content_part.added",
-                json!({"item_id": id, "output_index": 0, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
-            ),
-        ]
-    }
-
-    fn delta(&mut self, delta: &str) -> Vec<(&'static str, Value)> {
-        let mut out = Vec::new();
-        if self.text.is_none() {
-            out.extend(self.open_text());
-        }
-        if let Some(text) = &mut self.text {
-            text.push_str(delta);
-        }
-        let id = self.message_id();
-        out.push(self.event(
-            "response.output_text.delta",
-            json!({"item_id": id, "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []}),
-        ));
-        out
-    }
-
-    /// The events of one answer event.
-    pub fn write(&mut self, event: &StreamEvent) -> Vec<(&'static str, Value)> {
-        match event {
-            StreamEvent::Chunk(_) if event.text().is_empty() => Vec::new(),
-            StreamEvent::Chunk(_) => self.delta(event.text()),
-            StreamEvent::Done(completion) => self.finish(completion),
-        }
-    }
-
-    fn finish(&mut self, completion: &crate::domain::Completion) -> Vec<(&'static str, Value)> {
-        let mut out = Vec::new();
-        let items = output_items(self.object.suffix(), completion);
-        for (index, item) in items.iter().enumerate() {
-            if item["type"] == "message" {
-                let text = completion.message.content.as_str();
-                if self.text.is_none() {
-                    out.extend(self.open_text());
-                    if !text.is_empty() {
-                        out.extend(self.delta(text));
-                    }
-                }
-                let id = self.message_id();
-                out.push(self.event(
-                    "response.output_text.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}),
-                ));
-                out.push(self.event(
-                    "response.content_part.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0,
-                        "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}),
-                ));
-            } else {
-                let mut opened = item.clone();
-                opened["arguments"] = json!("");
-                opened["status"] = json!("in_progress");
-                let id = item["id"].clone();
-                out.push(self.event(
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": opened}),
-                ));
-                out.push(self.event(
-                    "response.function_call_arguments.delta",
-                    json!({"item_id": id, "output_index": index, "delta": item["arguments"]}),
-                ));
-                out.push(self.event(
-                    "response.function_call_arguments.done",
-                    json!({"item_id": id, "output_index": index, "arguments": item["arguments"],
-                        "name": item["name"]}),
-                ));
-            }
-            out.push(self.event(
-                "response.output_item.done",
-                json!({"output_index": index, "item": item}),
-            ));
-        }
-        let object = self.object.finished(completion);
-        let kind = if object["status"] == "incomplete" {
-            "response.incomplete"
-        } else {
-            "response.completed"
-        };
-        out.push(self.event(kind, json!({"response": object})));
-        out
-    }
-
-    /// The events of a stream that broke off.
-    pub fn fail(&mut self, message: &str) -> Vec<(&'static str, Value)> {
-        let mut object = self.object.in_progress();
-        object["status"] = json!("failed");
-        object["error"] = json!({"code": "server_error", "message": message});
-        vec![
-            self.event(
-                "error",
-                json!({"code": "stream_interrupted", "message": message, "param": null}),
-            ),
-            self.event("response.failed", json!({"response": object})),
-        ]
-    }
 }

@@ -32,8 +32,10 @@
 mod events;
 pub mod observed;
 pub mod openai;
+mod responses;
 pub mod sim;
 mod sim_embed;
+mod sim_responses;
 pub mod sim_server;
 mod sse;
 
@@ -48,6 +50,7 @@ use std::time::{Duration, SystemTime};
 pub use events::{Chunk, ChunkWriter, StreamEvent, completion_events, word_chunks};
 pub use observed::ObservedUpstream;
 pub use openai::OpenAiUpstream;
+pub use responses::{ResponsesReply, ResponsesWriter, terminal, usage_of};
 pub use sim::{SimOutcome, SimSettings, SimUpstream, Simulator};
 
 /// What the gateway knows about an upstream, for routing and accounting.
@@ -132,6 +135,25 @@ pub trait Upstream: Send + Sync + 'static {
         req: CompletionRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<EventStream, Failure>>;
+
+    /// A Responses request passed through as `body` (its `model` replaced
+    /// by this upstream's), streamed when `stream`; `timeout` bounds the
+    /// whole answer. Only called on upstreams that declare
+    /// [`Endpoint::Responses`]; the default answers that it does not.
+    fn respond(
+        &self,
+        body: serde_json::Value,
+        stream: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ResponsesReply, Failure>> {
+        let _ = (body, stream, timeout);
+        let name = self.info().name.clone();
+        Box::pin(async move {
+            Err(Failure::Internal(format!(
+                "upstream `{name}` does not speak the Responses API"
+            )))
+        })
+    }
 
     /// Embeddings of `req.input`, one vector per input in order; `timeout`
     /// bounds the call. Only called on upstreams that declare

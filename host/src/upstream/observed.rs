@@ -10,7 +10,7 @@
 //! retries, fallbacks and chunks each call the upstream, so each is one span
 //! and one accounting entry, whatever the resilience logic decides.
 
-use super::{EventStream, StreamEvent, Upstream, UpstreamInfo};
+use super::{EventStream, ResponsesReply, StreamEvent, Upstream, UpstreamInfo, terminal, usage_of};
 use crate::domain::{Completion, CompletionRequest, EmbeddingRequest, Embeddings, Failure, Usage};
 use crate::telemetry::metrics::{TokenLabels, UsageLabels};
 use crate::telemetry::{Metrics, request};
@@ -219,6 +219,59 @@ impl Upstream for ObservedUpstream {
                     Err(f) => acc.failed(f),
                 }
                 result
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Tokens are accounted from the response object, whole or at the
+    /// stream's last event.
+    fn respond(
+        &self,
+        body: serde_json::Value,
+        stream: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ResponsesReply, Failure>> {
+        let span = self.span_of("responses");
+        let call = self.inner.respond(body, stream, timeout);
+        let acc = Accounting {
+            metrics: self.metrics.clone(),
+            info: self.inner.info().clone(),
+            scope: request::current(),
+            span: span.clone(),
+        };
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let reply = call.await.inspect_err(|f| {
+                    acc.waited(started);
+                    acc.failed(f);
+                })?;
+                Ok(match reply {
+                    ResponsesReply::Whole(object) => {
+                        acc.waited(started);
+                        let model = object["model"].as_str().unwrap_or_default().to_string();
+                        acc.usage(usage_of(&object), &model, "stop");
+                        ResponsesReply::Whole(object)
+                    }
+                    ResponsesReply::Events(events) => ResponsesReply::Events(
+                        events
+                            .inspect(move |event| match event {
+                                Ok(e) => {
+                                    if let Some(object) = terminal(e) {
+                                        acc.waited(started);
+                                        let model = object["model"].as_str().unwrap_or_default();
+                                        acc.usage(usage_of(object), model, "stop");
+                                    }
+                                }
+                                Err(f) => {
+                                    acc.waited(started);
+                                    acc.failed(f);
+                                }
+                            })
+                            .boxed(),
+                    ),
+                })
             }
             .instrument(span),
         )

@@ -2,10 +2,12 @@
 //! proxies, vLLM, Ollama, the simulator's server, …).
 //!
 //! Requests go to `{base_url}/chat/completions` (embeddings to
-//! `{base_url}/embeddings`) through one shared pooled [`reqwest::Client`]. Streamed answers are read as server-sent events and
+//! `{base_url}/embeddings`, Responses passed through to `{base_url}/responses`) through one shared pooled [`reqwest::Client`]. Streamed answers are read as server-sent events and
 //! passed on chunk by chunk as the provider sent them (text, refusals,
 //! tool-call fragments, logprobs, every choice), while an
 //! [`Assembly`] puts the whole answer back together for the `Done` event.
+
+mod passthrough;
 
 use super::sse::SseParser;
 use super::{
@@ -44,6 +46,8 @@ struct Inner {
     url: Result<reqwest::Url, String>,
     /// `{base_url}/embeddings`, likewise.
     embeddings_url: Result<reqwest::Url, String>,
+    /// `{base_url}/responses`, likewise.
+    responses_url: Result<reqwest::Url, String>,
     api_key: Option<String>,
     client: reqwest::Client,
     /// Where the provider's rate-limit headroom (`x-ratelimit-*`) goes.
@@ -83,6 +87,7 @@ impl OpenAiUpstream {
                 info,
                 url: at("chat/completions"),
                 embeddings_url: at("embeddings"),
+                responses_url: at("responses"),
                 api_key,
                 client,
                 quota: None,
@@ -322,6 +327,15 @@ impl Upstream for OpenAiUpstream {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Embeddings, Failure>> {
         Box::pin(self.inner.clone().embed(req, timeout))
+    }
+
+    fn respond(
+        &self,
+        body: serde_json::Value,
+        stream: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<super::ResponsesReply, Failure>> {
+        Box::pin(self.inner.clone().respond(body, stream, timeout))
     }
 }
 

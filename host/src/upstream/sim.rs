@@ -10,8 +10,8 @@
 //! tests of the gateway rely on.
 
 use super::{
-    EventStream, Upstream, UpstreamInfo, completion_events, estimate_tokens, prompt_chars,
-    sim_embed,
+    EventStream, ResponsesReply, Upstream, UpstreamInfo, completion_events, estimate_tokens,
+    prompt_chars, sim_embed, sim_responses,
 };
 use crate::domain::{
     Completion, CompletionRequest, EmbeddingRequest, Embeddings, Failure, Message, Role, ToolCall,
@@ -508,6 +508,27 @@ impl Upstream for SimUpstream {
             };
             Ok(stream)
         })
+    }
+
+    /// Read as the gateway translates it, decided and answered like a
+    /// completion (see [`sim_responses`]).
+    fn respond(
+        &self,
+        body: serde_json::Value,
+        stream: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ResponsesReply, Failure>> {
+        let (req, probe) = match sim_responses::probe(&body) {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                let failure =
+                    fail_to_failure(&self.info.name, 400, None, "invalid_request", &message);
+                return Box::pin(async move { Err(failure) });
+            }
+        };
+        let settled = self.settle(self.sim.decide(&self.info.model, &probe), timeout);
+        let n = self.sim.requests();
+        Box::pin(async move { Ok(sim_responses::reply(n, &req, settled.await?, stream)) })
     }
 
     /// Decided like a completion of the inputs (scripts and faults apply);
