@@ -259,6 +259,18 @@ impl Gateway {
 
     /// Serves `POST /v1/chat/completions`.
     pub async fn chat(&self, caller: &Identity, req: ChatRequest) -> Result<Answer, GatewayError> {
+        self.chat_as(caller, req, new_id("chatcmpl")).await
+    }
+
+    /// [`Gateway::chat`] as request `id` (a translated Responses request
+    /// runs as its `resp_…` id, so its logs and traces carry the id the
+    /// client got).
+    async fn chat_as(
+        &self,
+        caller: &Identity,
+        req: ChatRequest,
+        id: String,
+    ) -> Result<Answer, GatewayError> {
         let live = self.live.load_full();
         let pipeline = &live.pipeline;
         note_target(pipeline, &req.target);
@@ -268,7 +280,6 @@ impl Gateway {
             .rules
             .check("messages", &req.request.messages)?;
         let held = self.admit(caller, &req.target).await?;
-        let id = new_id("chatcmpl");
         let ctx = context(&live, caller, &id, req.end_user.clone());
         let charge = self.charge(pipeline, caller, &req.target, &ctx, held);
         let created = crate::clock::unix_s();

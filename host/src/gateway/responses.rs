@@ -187,7 +187,7 @@ impl Gateway {
             include_usage: true,
             end_user: req.user.clone(),
         };
-        let Answer { reply, cache, .. } = self.chat(caller, chat).await?;
+        let Answer { reply, cache, .. } = self.chat_as(caller, chat, object.id.clone()).await?;
         let id = object.id.clone();
         let reply = match (reply, pending) {
             (reply, None) => reply,
