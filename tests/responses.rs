@@ -260,6 +260,27 @@ async fn a_streamed_response_speaks_the_responses_events_and_is_stored_when_it_e
     );
     assert_eq!(events[4].1["arguments"], "{\"task\":\"red?\"}");
     assert_eq!(events[2].1["item"]["call_id"], "call_0");
+
+    // The cache, as for chat: a deterministic request is answered once,
+    // then from the cache at no cost, under a new response id.
+    let before = up.requests();
+    let body = json!({"model": "m", "input": "cache me", "temperature": 0});
+    let miss = respond(&gw, None, &body).await;
+    let hit = respond(&gw, None, &body).await;
+    assert_eq!(
+        (
+            miss.header("x-agentrouter-cache"),
+            hit.header("x-agentrouter-cache")
+        ),
+        (Some("miss"), Some("hit"))
+    );
+    assert_eq!(hit.header("x-agentrouter-cost-usd"), Some("0.00000000"));
+    assert_ne!(miss.json()["id"], hit.json()["id"]);
+    assert_eq!(
+        hit.json()["output"][0]["content"][0]["text"],
+        "[m] You said: cache me"
+    );
+    assert_eq!(up.requests(), before + 1);
     gw.stop().await;
     up.stop().await;
 }
