@@ -485,7 +485,8 @@ async fn models_and_agents_can_be_retrieved_by_id() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(
             body,
-            json!({"id": id, "object": "model", "created": 0, "owned_by": "agentrouter"})
+            json!({"id": id, "object": "model", "created": 0, "owned_by": "agentrouter",
+                "endpoints": ["chat"]})
         );
     }
     let (status, body) = gw.get("/v1/models/org/no-such-model").await;

@@ -52,14 +52,28 @@ fn install(var: &str, default: &str, probe: &str, how: &str) -> Option<PathBuf> 
     None
 }
 
+/// Beside `gpt-rec`: a simulated upstream serving embeddings for
+/// `sim-embed` (the suites' embeddings cases).
+const MORE_UPSTREAMS: &str = r#"
+[upstreams.embed]
+kind = "simulated"
+model = "sim-embed"
+serves = ["embeddings"]
+input_cost_per_1k = 0.0001
+
+[upstreams.embed.simulator]
+latency_ms = 0
+jitter_ms = 0
+"#;
+
 /// Runs `program args` against a gateway serving `gpt-rec` from a fresh
-/// recorder, with their URLs in `AGENTROUTER_GATEWAY` and
+/// recorder (and the upstreams of [`MORE_UPSTREAMS`]), with their URLs in `AGENTROUTER_GATEWAY` and
 /// `AGENTROUTER_RECORDER` (and `env`), and fails with its output unless it
 /// succeeds and its report says `ran` (that some cases passed: a runner
 /// that finds none may still exit 0).
 async fn run_suite(program: &Path, args: &[&OsStr], env: &[(&str, &OsStr)], ran: &str) {
     let recorder = Recorder::start().await;
-    let gw = Gateway::start(&recorder.config("gpt-rec", "")).await;
+    let gw = Gateway::start(&recorder.config("gpt-rec", MORE_UPSTREAMS)).await;
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)

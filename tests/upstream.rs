@@ -29,6 +29,7 @@ fn info(name: &str) -> UpstreamInfo {
         output_cost_per_1k: 0.002,
         tags: vec!["test".into()],
         weight: 1,
+        serves: vec![agentrouter::domain::Endpoint::Chat],
     }
 }
 

@@ -37,6 +37,7 @@ fn info() -> UpstreamInfo {
         output_cost_per_1k: 0.002,
         tags: vec![],
         weight: 1,
+        serves: vec![agentrouter::domain::Endpoint::Chat],
     }
 }
 

@@ -157,13 +157,22 @@ impl App {
                 Duration::from_millis(startup.cluster.rollout_sync_ms),
             ));
         }
-        let gateway = Arc::new(Gateway::new(
-            live,
-            cache,
-            auth,
-            rate_limits,
-            &startup.auth.budget_alert_thresholds,
-        ));
+        let responses = crate::gateway::ResponseStore::new(store.clone(), &startup.responses);
+        match responses.sweep() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed expired stored responses"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep expired stored responses"),
+        }
+        let gateway = Arc::new(
+            Gateway::new(
+                live,
+                cache,
+                auth,
+                rate_limits,
+                &startup.auth.budget_alert_thresholds,
+            )
+            .with_responses(responses),
+        );
         let state = AppState::new(ServerState {
             gateway,
             store,
@@ -521,6 +530,7 @@ fn build_upstream(
         output_cost_per_1k: up.output_cost_per_1k,
         tags: up.tags.clone(),
         weight: up.weight,
+        serves: up.serves.clone(),
     };
     let (upstream, system): (Arc<dyn Upstream>, _) = match up.kind {
         UpstreamKind::Simulated => {

@@ -11,7 +11,7 @@
 //! `user` and `metadata` — because a field in the key can only cost a hit,
 //! while a field missing from it could serve a wrong answer.
 
-use crate::domain::CompletionRequest;
+use crate::domain::{CompletionRequest, EmbeddingRequest};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -46,6 +46,30 @@ impl CacheKey {
             "temperature": req.temperature,
             "max_tokens": req.max_tokens,
             "token_bound": req.token_bound,
+            "params": params,
+        });
+        let bytes = serde_json::to_vec(&normalised).unwrap_or_default();
+        CacheKey(Sha256::digest(&bytes).into())
+    }
+
+    /// The key of an embeddings request in `namespace`: the model, the
+    /// inputs, the dimensions and every other forwarded field but those in
+    /// [`NOT_IN_KEY`]. Tagged apart from completions, so the two never
+    /// share a key.
+    pub fn of_embedding(namespace: &str, req: &EmbeddingRequest) -> CacheKey {
+        let params: Map<String, Value> = req
+            .extra
+            .iter()
+            .filter(|(k, v)| !NOT_IN_KEY.contains(&k.as_str()) && !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let normalised = json!({
+            "v": 1,
+            "endpoint": "embeddings",
+            "namespace": namespace,
+            "model": req.model,
+            "input": req.input,
+            "dimensions": req.dimensions,
             "params": params,
         });
         let bytes = serde_json::to_vec(&normalised).unwrap_or_default();

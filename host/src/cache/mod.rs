@@ -3,8 +3,9 @@
 //! The request layer (`gateway`) wraps the pipeline with it: a cacheable
 //! request is looked up before the pipeline runs (validators included — the stored
 //! answer is the one that already passed the output validators), and a
-//! successful answer is stored after. Only model completions are cached;
-//! agent runs call tools and other agents and are not assumed repeatable.
+//! successful answer is stored after. Only model completions and
+//! embeddings are cached; agent runs call tools and other agents and are
+//! not assumed repeatable.
 //! Failures are never cached.
 //!
 //! Every tier implements [`CacheTier`]; [`ResponseCache`] consults them in

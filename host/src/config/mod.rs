@@ -73,6 +73,7 @@ struct Document {
     telemetry: TelemetryConfig,
     budgets: BudgetsConfig,
     cluster: ClusterConfig,
+    responses: ResponsesConfig,
 }
 
 impl Document {
@@ -94,6 +95,7 @@ impl Document {
             telemetry,
             budgets,
             cluster,
+            responses,
         } = self;
         let (listener, request_limits) = server.split();
         let (resilience, bulkhead) = resilience.split();
@@ -108,6 +110,7 @@ impl Document {
                 resilience: bulkhead,
                 telemetry,
                 cluster,
+                responses,
             },
             ReloadableConfig {
                 server: request_limits,

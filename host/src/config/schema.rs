@@ -16,6 +16,7 @@ pub use crate::cache::{
     CacheConfig, CachePolicy, CacheScope, DEFAULT_CACHE_L1_MAX_MB, DEFAULT_CACHE_TTL_S,
 };
 pub use crate::cluster::{ClusterConfig, LossPolicies, LossPolicy};
+pub use crate::gateway::ResponsesConfig;
 pub use crate::pipeline::FailurePolicy;
 pub use crate::pipeline::budget::{
     AgentBudgetOverrides, AgentCallBudget, BudgetsConfig, RequestBudget,
@@ -253,6 +254,11 @@ pub struct UpstreamConfig {
     pub kind: UpstreamKind,
     /// The model it serves (several upstreams may serve one model).
     pub model: String,
+    /// The endpoints it serves: `chat` (chat completions, and the
+    /// Responses API translated to them), `embeddings`, `responses` (the
+    /// Responses API passed through as is). Default `["chat"]`.
+    #[serde(default = "default_serves")]
+    pub serves: Vec<crate::domain::Endpoint>,
     /// API base URL (openai only).
     #[serde(default)]
     pub base_url: Option<String>,
@@ -297,6 +303,10 @@ pub struct UpstreamConfig {
     /// Streams: longest silence between two events; `timeout_ms` when absent.
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
+}
+
+fn default_serves() -> Vec<crate::domain::Endpoint> {
+    vec![crate::domain::Endpoint::Chat]
 }
 
 fn default_weight() -> u32 {

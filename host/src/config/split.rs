@@ -48,6 +48,8 @@ pub struct StartupConfig {
     pub telemetry: TelemetryConfig,
     /// `[cluster]`.
     pub cluster: ClusterConfig,
+    /// `[responses]`.
+    pub responses: ResponsesConfig,
 }
 
 /// What `POST /admin/reload` applies to a running gateway: per-request

@@ -603,3 +603,37 @@ fn startup_settings_serialise_secrets_as_fingerprints_only() {
     assert!(!text.contains("0123456789abcdef-one"), "{text}");
     assert!(text.contains("secret:"), "{text}");
 }
+
+#[test]
+fn what_an_upstream_serves_is_checked_with_its_line() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(
+        config.reloadable.upstreams["a"].serves,
+        [crate::domain::Endpoint::Chat],
+        "chat by default"
+    );
+    let e = only_error(&format!("{UPSTREAM}serves = []\n"));
+    assert_eq!((e.key.as_str(), e.line), ("upstreams.a.serves", Some(4)));
+    let e = only_error(&format!("{UPSTREAM}serves = [\"chat\", \"chat\"]\n"));
+    assert!(e.message.contains("`chat` twice"), "{e}");
+    let e = only_error(&format!("{UPSTREAM}serves = [\"images\"]\n"));
+    assert!(e.message.contains("images"), "{e}");
+    assert_eq!(e.line, Some(4));
+    let e = only_error(&format!(
+        "{UPSTREAM}[upstreams.a.simulator]\nembedding_dimensions = 0\n"
+    ));
+    assert_eq!(e.key, "upstreams.a.simulator.embedding_dimensions");
+}
+
+#[test]
+fn stored_responses_keep_a_positive_time() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(
+        config.startup.responses.ttl_s,
+        crate::gateway::DEFAULT_RESPONSES_TTL_S
+    );
+    let e = only_error(&format!("{UPSTREAM}[responses]\nttl_s = 0\n"));
+    assert_eq!((e.key.as_str(), e.line), ("responses.ttl_s", Some(5)));
+    let e = only_error(&format!("{UPSTREAM}[responses]\nttl = 5\n"));
+    assert!(e.message.contains("ttl"), "{e}");
+}

@@ -25,6 +25,7 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     rate_limits(config, errors);
     resilience(config, errors, env);
     telemetry(config, errors);
+    responses(config, errors);
     super::validate_shared::cluster(config, errors, env);
     super::validate_shared::moved_cache_url(config, errors);
     super::validate_shared::budgets(config, errors);
@@ -232,6 +233,20 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
         if u.timeout_ms == 0 {
             errors.push(key("timeout_ms"), "must be positive");
         }
+        if u.serves.is_empty() {
+            errors.push(
+                key("serves"),
+                "must name at least one endpoint: chat, embeddings or responses",
+            );
+        }
+        for (i, endpoint) in u.serves.iter().enumerate() {
+            if u.serves[..i].contains(endpoint) {
+                errors.push(
+                    key("serves"),
+                    format!("names `{}` twice", endpoint.as_str()),
+                );
+            }
+        }
         if u.weight == 0 {
             errors.push(
                 key("weight"),
@@ -308,6 +323,15 @@ fn upstreams(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
     }
 }
 
+fn responses(config: &Config, errors: &mut Errors<'_>) {
+    if config.startup.responses.ttl_s == 0 {
+        errors.push(
+            "responses.ttl_s",
+            "must be positive (send `store: false` to keep a response from being stored)",
+        );
+    }
+}
+
 fn simulator(sim: &SimSettings, prefix: &str, errors: &mut Errors<'_>) {
     for (field, rate) in [
         ("fail_rate", sim.fail_rate),
@@ -340,6 +364,9 @@ fn simulator(sim: &SimSettings, prefix: &str, errors: &mut Errors<'_>) {
     }
     if sim.context_chars == 0 {
         errors.push(format!("{prefix}.context_chars"), "must be positive");
+    }
+    if sim.embedding_dimensions == 0 {
+        errors.push(format!("{prefix}.embedding_dimensions"), "must be positive");
     }
 }
 

@@ -16,6 +16,8 @@ pub enum StepKind {
     Completion,
     /// A delegation to an agent.
     Agent,
+    /// An upstream embeddings call (one attempt).
+    Embedding,
 }
 
 /// One completion or delegation made while serving a request.

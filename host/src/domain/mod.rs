@@ -9,9 +9,11 @@
 //! re-exported here, so every type is `domain::Name`.
 
 mod context;
+mod embedding;
 mod wire;
 
 pub use context::{CallContext, DEFAULT_MAX_DEPTH, Ledger, Step, StepKind};
+pub use embedding::{EmbeddingInput, EmbeddingRequest, Embeddings, Endpoint};
 pub use wire::{Choice, Details, MessageWire, TokenBound, UpstreamError};
 
 use serde::{Deserialize, Serialize};

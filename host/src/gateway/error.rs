@@ -28,4 +28,25 @@ pub enum GatewayError {
     /// The pipeline failed it.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The request is malformed or asks for what cannot be served (a
+    /// Responses request that has no chat translation).
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong.
+        message: String,
+        /// The request field at fault.
+        param: String,
+    },
+    /// No stored response by that id for this key (none, expired, deleted,
+    /// or another key's).
+    #[error("{} with id '{id}' not found.", if *previous { "Previous response" } else { "Response" })]
+    ResponseNotFound {
+        /// The id asked for.
+        id: String,
+        /// Whether it was named by `previous_response_id`.
+        previous: bool,
+    },
+    /// The response store failed.
+    #[error(transparent)]
+    Store(#[from] crate::gateway::ResponseStoreError),
 }

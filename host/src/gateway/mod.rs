@@ -15,10 +15,19 @@
 //! reload never changes a request midway.
 
 mod accounting;
+mod embed;
 mod error;
+mod passthrough;
+mod response_store;
+mod responses;
 mod stream;
 
+pub use embed::EmbeddingAnswer;
 pub use error::GatewayError;
+pub use response_store::{
+    DEFAULT_RESPONSES_TTL_S, ResponseStore, ResponseStoreError, ResponsesConfig, StoredResponse,
+};
+pub use responses::{ResponsesAnswer, ResponsesOutput};
 
 use crate::auth::{Auth, Identity};
 use crate::cache::{CacheKey, CachedAnswer, Filled, HitFrom, ResponseCache, Served};
@@ -169,6 +178,8 @@ pub struct Gateway {
     rate_limits: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
     budget_alerts: BudgetAlerts,
+    /// Stored responses (`/v1/responses`), when the gateway keeps them.
+    responses: Option<ResponseStore>,
 }
 
 impl Gateway {
@@ -192,6 +203,7 @@ impl Gateway {
             budget_alerts: BudgetAlerts {
                 thresholds: budget_alert_thresholds.into(),
             },
+            responses: None,
         }
     }
 
@@ -247,6 +259,18 @@ impl Gateway {
 
     /// Serves `POST /v1/chat/completions`.
     pub async fn chat(&self, caller: &Identity, req: ChatRequest) -> Result<Answer, GatewayError> {
+        self.chat_as(caller, req, new_id("chatcmpl")).await
+    }
+
+    /// [`Gateway::chat`] as request `id` (a translated Responses request
+    /// runs as its `resp_…` id, so its logs and traces carry the id the
+    /// client got).
+    async fn chat_as(
+        &self,
+        caller: &Identity,
+        req: ChatRequest,
+        id: String,
+    ) -> Result<Answer, GatewayError> {
         let live = self.live.load_full();
         let pipeline = &live.pipeline;
         note_target(pipeline, &req.target);
@@ -256,7 +280,6 @@ impl Gateway {
             .rules
             .check("messages", &req.request.messages)?;
         let held = self.admit(caller, &req.target).await?;
-        let id = new_id("chatcmpl");
         let ctx = context(&live, caller, &id, req.end_user.clone());
         let charge = self.charge(pipeline, caller, &req.target, &ctx, held);
         let created = crate::clock::unix_s();

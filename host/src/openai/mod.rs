@@ -11,8 +11,10 @@
 //! never touches is listed in `docs/openai-api.md`.
 
 pub mod chunk;
+pub mod embedding;
 pub mod request;
 pub mod response;
+pub mod responses;
 
 pub use chunk::{Assembled, Assembly, ChatChunk, ChunkChoice, Delta};
 pub use request::{

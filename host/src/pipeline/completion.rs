@@ -47,8 +47,8 @@ use super::plan::{Move, Plan};
 use super::race::{Event, Finished, Race};
 use super::{FailurePolicy, Pipeline, PipelineError};
 use crate::domain::{
-    Action, CallContext, Candidate, Completion, CompletionRequest, Failure, FailureContext,
-    Message, RouteRequest,
+    Action, CallContext, Candidate, Completion, CompletionRequest, Endpoint, Failure,
+    FailureContext, Message, RouteRequest,
 };
 use crate::resilience::{Alert, retry_delay};
 use crate::telemetry::metrics::{ActionLabels, UpstreamLabels};
@@ -138,6 +138,7 @@ impl Pipeline {
             .upstreams
             .iter()
             .filter(|u| req.model.is_empty() || u.info().model == req.model)
+            .filter(|u| u.info().serves(Endpoint::Chat))
             .cloned()
             .collect();
         if serving.is_empty() {

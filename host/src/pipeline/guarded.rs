@@ -8,12 +8,15 @@
 //! only decides *which* upstream to try next.
 
 use crate::domain::{
-    CallContext, Candidate, Completion, CompletionRequest, Failure, Step, StepKind, Usage,
+    CallContext, Candidate, Completion, CompletionRequest, EmbeddingRequest, Embeddings, Failure,
+    Step, StepKind, Usage,
 };
 use crate::resilience::{HealthSettings, Refusal, Slot, UpstreamHealth};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{ShedLabels, UpstreamLabels, UpstreamName};
-use crate::upstream::{EventStream, StreamEvent, Upstream, UpstreamInfo};
+use crate::upstream::{
+    EventStream, ResponsesReply, StreamEvent, Upstream, UpstreamInfo, terminal, usage_of,
+};
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -196,6 +199,17 @@ impl GuardedUpstream {
     /// Records one call: the upstream's health, the attempt metrics, and a
     /// step (with its cost) in the request's ledger.
     fn record(&self, ctx: &CallContext, latency: Duration, outcome: Result<Usage, &Failure>) {
+        self.record_as(StepKind::Completion, ctx, latency, outcome);
+    }
+
+    /// [`Self::record`], for a step of `kind`.
+    fn record_as(
+        &self,
+        kind: StepKind,
+        ctx: &CallContext,
+        latency: Duration,
+        outcome: Result<Usage, &Failure>,
+    ) {
         self.health
             .record(latency, outcome.map(drop), Instant::now());
         self.count_attempt(outcome.map_or_else(Failure::kind, |_| "ok"));
@@ -203,7 +217,7 @@ impl GuardedUpstream {
         let info = self.info();
         let usage = outcome.as_ref().copied().unwrap_or_default();
         ctx.ledger.push(Step {
-            kind: StepKind::Completion,
+            kind,
             target: info.model.clone(),
             upstream: Some(info.name.clone()),
             caller: ctx.caller().to_string(),
@@ -287,6 +301,88 @@ impl GuardedUpstream {
         let result = self.upstream.complete(req.clone(), bound).await;
         call.end(result.as_ref().map(|c| c.usage));
         result.map_err(AttemptError::Failed)
+    }
+
+    /// One embeddings call through the gate, recorded as an
+    /// [`StepKind::Embedding`] step. Not a whole-answer race: nothing
+    /// abandons it but the client, so an early drop records nothing.
+    pub(super) async fn embed(
+        &self,
+        ctx: &CallContext,
+        req: &EmbeddingRequest,
+    ) -> Result<Embeddings, AttemptError> {
+        let Some(bound) = self.health.attempt_bound(ctx.remaining()) else {
+            return Err(AttemptError::Failed(Failure::Timeout));
+        };
+        let _slot = self.gate()?;
+        self.health.count_first_attempt(Instant::now());
+        let started = Instant::now();
+        let result = self.upstream.embed(req.clone(), bound).await;
+        self.record_as(
+            StepKind::Embedding,
+            ctx,
+            started.elapsed(),
+            result.as_ref().map(|e| e.usage),
+        );
+        result.map_err(AttemptError::Failed)
+    }
+
+    /// One pass-through Responses call through the gate: a whole answer is
+    /// recorded at once, a stream at its last event (holding its bulkhead
+    /// place until then), with the usage the response object reports.
+    pub(super) async fn respond(
+        self: &Arc<Self>,
+        ctx: &CallContext,
+        body: &serde_json::Value,
+        stream: bool,
+    ) -> Result<ResponsesReply, AttemptError> {
+        let total = ctx.remaining();
+        let bound = if stream {
+            Some(total).filter(|t| !t.is_zero())
+        } else {
+            self.health.attempt_bound(total)
+        };
+        let Some(bound) = bound else {
+            return Err(AttemptError::Failed(Failure::Timeout));
+        };
+        let slot = self.gate()?;
+        self.health.count_first_attempt(Instant::now());
+        let started = Instant::now();
+        let reply = match self.upstream.respond(body.clone(), stream, bound).await {
+            Ok(reply) => reply,
+            Err(failure) => {
+                self.record(ctx, started.elapsed(), Err(&failure));
+                return Err(AttemptError::Failed(failure));
+            }
+        };
+        Ok(match reply {
+            ResponsesReply::Whole(object) => {
+                self.record(ctx, started.elapsed(), Ok(usage_of(&object)));
+                ResponsesReply::Whole(object)
+            }
+            ResponsesReply::Events(events) => {
+                let me = self.clone();
+                let ctx = ctx.clone();
+                ResponsesReply::Events(Box::pin(events.inspect(move |event| {
+                    let _held = &slot;
+                    match event {
+                        Ok(e) if e["type"] == "response.failed" => {
+                            let failure = Failure::InvalidResponse(format!(
+                                "upstream `{}`: the response failed",
+                                me.name()
+                            ));
+                            me.record(&ctx, started.elapsed(), Err(&failure));
+                        }
+                        Ok(e) => {
+                            if let Some(object) = terminal(e) {
+                                me.record(&ctx, started.elapsed(), Ok(usage_of(object)));
+                            }
+                        }
+                        Err(failure) => me.record(&ctx, started.elapsed(), Err(failure)),
+                    }
+                })))
+            }
+        })
     }
 
     /// Takes a retry from the budget; counts and logs a refusal.

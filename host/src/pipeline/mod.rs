@@ -17,8 +17,10 @@ mod attempt;
 pub mod budget;
 mod completion;
 mod decision;
+mod embed;
 mod error;
 mod guarded;
+mod passthrough;
 mod plan;
 mod race;
 mod rewrite;
@@ -31,7 +33,8 @@ pub use guarded::GuardedUpstream;
 pub use rules::{MessageLimit, MessageRules, RuleViolation};
 
 use crate::domain::{
-    CallContext, Candidate, Completion, CompletionRequest, Message, Stage, Target, Task, Verdict,
+    CallContext, Candidate, Completion, CompletionRequest, Endpoint, Message, Stage, Target, Task,
+    Verdict,
 };
 use crate::resilience::Alerter;
 use crate::rollout::HotPlugin;
@@ -253,9 +256,30 @@ impl Pipeline {
         }
     }
 
-    /// Whether an upstream serves `model`.
+    /// Whether an upstream serves chat completions for `model` (one that
+    /// speaks the Responses API serves `/v1/responses` for it too).
     fn serves(&self, model: &str) -> bool {
-        self.upstreams.iter().any(|u| u.info().model == model)
+        self.upstreams.iter().any(|u| {
+            u.info().model == model
+                && (u.info().serves(Endpoint::Chat) || u.info().serves(Endpoint::Responses))
+        })
+    }
+
+    /// The endpoints served for model `id` (every one of its upstreams'),
+    /// or for an agent (`chat`: agents answer conversations).
+    pub fn endpoints(&self, id: &str) -> Vec<Endpoint> {
+        if let Target::Agent(_) = Target::parse(id) {
+            return vec![Endpoint::Chat];
+        }
+        let mut all: Vec<Endpoint> = Vec::new();
+        for u in self.upstreams.iter().filter(|u| u.info().model == id) {
+            for e in &u.info().serves {
+                if !all.contains(e) {
+                    all.push(*e);
+                }
+            }
+        }
+        all
     }
 
     /// The validators that approve answers, as they are live now: their

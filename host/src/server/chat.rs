@@ -20,14 +20,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 
-fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// Adds the gateway's headers: the request id, the cost (known for whole
 /// answers) and what the cache did.
-fn with_headers(
+pub(super) fn with_headers(
     mut response: Response,
     request_id: &str,
     cost_usd: Option<f64>,
@@ -178,11 +178,12 @@ pub(super) async fn models(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
 ) -> Response {
+    let pipeline = state.pipeline();
     let data: Vec<Value> = state
         .gateway
         .models(&identity)
         .into_iter()
-        .map(|id| model_object(&id))
+        .map(|id| model_object(&pipeline, &id))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -195,7 +196,7 @@ pub(super) async fn model(
     Path(id): Path<String>,
 ) -> Response {
     if state.gateway.models(&identity).contains(&id) {
-        return Json(model_object(&id)).into_response();
+        return Json(model_object(&state.pipeline(), &id)).into_response();
     }
     let body = ErrorBody::new(
         format!("The model `{id}` does not exist or you do not have access to it."),
@@ -206,8 +207,12 @@ pub(super) async fn model(
     (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-fn model_object(id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": 0, "owned_by": "agentrouter"})
+/// A model object; `endpoints` (the gateway's extension) names what
+/// serves it: `chat`, `embeddings`, `responses`.
+fn model_object(pipeline: &crate::pipeline::Pipeline, id: &str) -> Value {
+    let endpoints: Vec<&str> = pipeline.endpoints(id).iter().map(|e| e.as_str()).collect();
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "agentrouter",
+        "endpoints": endpoints})
 }
 
 /// Body of `POST /v1/agents/{name}/invoke`.

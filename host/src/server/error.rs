@@ -18,6 +18,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_s: Option<u64>,
+    /// The request field at fault, when one is.
+    param: Option<String>,
     /// An upstream's refusal of the request, answered as it was: its error
     /// body, and the upstream named in `x-agentrouter-upstream`.
     upstream: Option<Box<UpstreamError>>,
@@ -37,8 +39,15 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_s: None,
+            param: None,
             upstream: None,
         }
+    }
+
+    /// The same, naming the request field at fault (`error.param`).
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
     }
 
     /// The upstream's own answer to a request it refused (its 4xx status
@@ -326,6 +335,25 @@ impl From<GatewayError> for ApiError {
             GatewayError::BudgetExceeded { key, budget } => Self::budget_exceeded(&key, &budget),
             GatewayError::RateLimited(limited) => Self::rate_limited(&limited),
             GatewayError::Pipeline(p) => p.into(),
+            GatewayError::BadRequest { message, param } => {
+                Self::bad_request(message).with_param(param)
+            }
+            GatewayError::ResponseNotFound { previous: true, .. } => {
+                Self::not_found("previous_response_not_found", e.to_string())
+                    .with_param("previous_response_id")
+            }
+            GatewayError::ResponseNotFound { .. } => {
+                Self::not_found("response_not_found", e.to_string())
+            }
+            GatewayError::Store(s) => {
+                tracing::error!(error = %s, "response store failure");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "store_error",
+                    "the response store failed",
+                )
+            }
         }
     }
 }
@@ -370,7 +398,8 @@ impl IntoResponse for ApiError {
                 response
             }
             None => {
-                let body = ErrorBody::new(self.message, self.kind, self.code);
+                let mut body = ErrorBody::new(self.message, self.kind, self.code);
+                body.error.param = self.param;
                 (self.status, Json(body)).into_response()
             }
         };

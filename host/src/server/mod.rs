@@ -10,10 +10,12 @@
 
 pub mod admin;
 mod chat;
+mod embeddings;
 mod error;
 mod guard;
 mod keys;
 mod observe;
+mod responses;
 
 pub use admin::{AdminState, Reload, ReloadReport};
 pub use error::ApiError;
@@ -103,12 +105,22 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/agents/{name}/invoke", post(chat::invoke))
+        .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/responses", post(responses::create))
         .route_layer(middleware::from_fn_with_state(state.clone(), shed));
     let v1 = Router::new()
         .merge(api)
         .route("/v1/models", get(chat::models))
         // Ids may hold slashes (`org/model`), so the rest of the path is the id.
         .route("/v1/models/{*id}", get(chat::model))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::admit));
     Router::new()
         .merge(v1)

@@ -32,11 +32,17 @@
 mod events;
 pub mod observed;
 pub mod openai;
+mod responses;
 pub mod sim;
+mod sim_embed;
+mod sim_responses;
 pub mod sim_server;
 mod sse;
 
-use crate::domain::{Completion, CompletionRequest, Failure, UpstreamError, Usage};
+use crate::domain::{
+    Completion, CompletionRequest, EmbeddingRequest, Embeddings, Endpoint, Failure, UpstreamError,
+    Usage,
+};
 use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use std::time::{Duration, SystemTime};
@@ -44,6 +50,7 @@ use std::time::{Duration, SystemTime};
 pub use events::{Chunk, ChunkWriter, StreamEvent, completion_events, word_chunks};
 pub use observed::ObservedUpstream;
 pub use openai::OpenAiUpstream;
+pub use responses::{ResponsesReply, ResponsesWriter, terminal, usage_of};
 pub use sim::{SimOutcome, SimSettings, SimUpstream, Simulator};
 
 /// What the gateway knows about an upstream, for routing and accounting.
@@ -65,6 +72,8 @@ pub struct UpstreamInfo {
     pub tags: Vec<String>,
     /// Operator weight for weighted routing.
     pub weight: u32,
+    /// The endpoints it serves (`upstreams.<name>.serves`).
+    pub serves: Vec<Endpoint>,
 }
 
 impl UpstreamInfo {
@@ -79,7 +88,8 @@ impl UpstreamInfo {
     /// # use agentrouter::upstream::UpstreamInfo;
     /// # use agentrouter::domain::Usage;
     /// let info = UpstreamInfo { name: "a".into(), model: "m".into(), input_cost_per_1k: 1.0,
-    ///     cached_input_cost_per_1k: 0.5, output_cost_per_1k: 2.0, tags: vec![], weight: 1 };
+    ///     cached_input_cost_per_1k: 0.5, output_cost_per_1k: 2.0, tags: vec![], weight: 1,
+    ///     serves: vec![agentrouter::domain::Endpoint::Chat] };
     /// assert_eq!(info.cost(Usage::new(500, 250)), 1.0);
     /// let cached = Usage { cached_prompt_tokens: 400, ..Usage::new(500, 250) };
     /// assert_eq!(info.cost(cached), 0.1 + 0.2 + 0.5);
@@ -89,6 +99,11 @@ impl UpstreamInfo {
         f64::from(usage.prompt_tokens - cached) / 1000.0 * self.input_cost_per_1k
             + f64::from(cached) / 1000.0 * self.cached_input_cost_per_1k
             + f64::from(usage.completion_tokens) / 1000.0 * self.output_cost_per_1k
+    }
+
+    /// Whether it serves `endpoint`.
+    pub fn serves(&self, endpoint: Endpoint) -> bool {
+        self.serves.contains(&endpoint)
     }
 }
 
@@ -120,6 +135,42 @@ pub trait Upstream: Send + Sync + 'static {
         req: CompletionRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<EventStream, Failure>>;
+
+    /// A Responses request passed through as `body` (its `model` replaced
+    /// by this upstream's), streamed when `stream`; `timeout` bounds the
+    /// whole answer. Only called on upstreams that declare
+    /// [`Endpoint::Responses`]; the default answers that it does not.
+    fn respond(
+        &self,
+        body: serde_json::Value,
+        stream: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ResponsesReply, Failure>> {
+        let _ = (body, stream, timeout);
+        let name = self.info().name.clone();
+        Box::pin(async move {
+            Err(Failure::Internal(format!(
+                "upstream `{name}` does not speak the Responses API"
+            )))
+        })
+    }
+
+    /// Embeddings of `req.input`, one vector per input in order; `timeout`
+    /// bounds the call. Only called on upstreams that declare
+    /// [`Endpoint::Embeddings`]; the default answers that it does not.
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Embeddings, Failure>> {
+        let _ = (req, timeout);
+        let name = self.info().name.clone();
+        Box::pin(async move {
+            Err(Failure::Internal(format!(
+                "upstream `{name}` does not serve embeddings"
+            )))
+        })
+    }
 }
 
 /// The failure for a non-2xx answer of upstream `upstream`.

@@ -10,8 +10,8 @@
 //! retries, fallbacks and chunks each call the upstream, so each is one span
 //! and one accounting entry, whatever the resilience logic decides.
 
-use super::{EventStream, StreamEvent, Upstream, UpstreamInfo};
-use crate::domain::{Completion, CompletionRequest, Failure, Usage};
+use super::{EventStream, ResponsesReply, StreamEvent, Upstream, UpstreamInfo, terminal, usage_of};
+use crate::domain::{Completion, CompletionRequest, EmbeddingRequest, Embeddings, Failure, Usage};
 use crate::telemetry::metrics::{TokenLabels, UsageLabels};
 use crate::telemetry::{Metrics, request};
 use futures::StreamExt;
@@ -40,13 +40,19 @@ impl ObservedUpstream {
     }
 
     fn span(&self) -> tracing::Span {
+        self.span_of("chat")
+    }
+
+    /// The span of one call of `operation` (`chat`, `embeddings`: the
+    /// GenAI conventions' operation names).
+    fn span_of(&self, operation: &'static str) -> tracing::Span {
         let info = self.inner.info();
         tracing::info_span!(
             "upstream",
-            otel.name = %format_args!("chat {}", info.model),
+            otel.name = %format_args!("{operation} {}", info.model),
             otel.kind = "client",
             otel.status_code = Empty,
-            gen_ai.operation.name = "chat",
+            gen_ai.operation.name = operation,
             gen_ai.system = self.system,
             gen_ai.request.model = %info.model,
             gen_ai.response.model = Empty,
@@ -185,6 +191,87 @@ impl Upstream for ObservedUpstream {
                         Ok(_) => {}
                     })
                     .boxed())
+            }
+            .instrument(span),
+        )
+    }
+
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Embeddings, Failure>> {
+        let span = self.span_of("embeddings");
+        let call = self.inner.embed(req, timeout);
+        let acc = Accounting {
+            metrics: self.metrics.clone(),
+            info: self.inner.info().clone(),
+            scope: request::current(),
+            span: span.clone(),
+        };
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let result = call.await;
+                acc.waited(started);
+                match &result {
+                    Ok(e) => acc.usage(e.usage, &e.model, "stop"),
+                    Err(f) => acc.failed(f),
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Tokens are accounted from the response object, whole or at the
+    /// stream's last event.
+    fn respond(
+        &self,
+        body: serde_json::Value,
+        stream: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ResponsesReply, Failure>> {
+        let span = self.span_of("responses");
+        let call = self.inner.respond(body, stream, timeout);
+        let acc = Accounting {
+            metrics: self.metrics.clone(),
+            info: self.inner.info().clone(),
+            scope: request::current(),
+            span: span.clone(),
+        };
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let reply = call.await.inspect_err(|f| {
+                    acc.waited(started);
+                    acc.failed(f);
+                })?;
+                Ok(match reply {
+                    ResponsesReply::Whole(object) => {
+                        acc.waited(started);
+                        let model = object["model"].as_str().unwrap_or_default().to_string();
+                        acc.usage(usage_of(&object), &model, "stop");
+                        ResponsesReply::Whole(object)
+                    }
+                    ResponsesReply::Events(events) => ResponsesReply::Events(
+                        events
+                            .inspect(move |event| match event {
+                                Ok(e) => {
+                                    if let Some(object) = terminal(e) {
+                                        acc.waited(started);
+                                        let model = object["model"].as_str().unwrap_or_default();
+                                        acc.usage(usage_of(object), model, "stop");
+                                    }
+                                }
+                                Err(f) => {
+                                    acc.waited(started);
+                                    acc.failed(f);
+                                }
+                            })
+                            .boxed(),
+                    ),
+                })
             }
             .instrument(span),
         )

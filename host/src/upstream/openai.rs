@@ -1,19 +1,23 @@
 //! An OpenAI-compatible provider reached over HTTP (OpenAI, Azure-style
 //! proxies, vLLM, Ollama, the simulator's server, …).
 //!
-//! Requests go to `{base_url}/chat/completions` through one shared pooled
-//! [`reqwest::Client`]. Streamed answers are read as server-sent events and
+//! Requests go to `{base_url}/chat/completions` (embeddings to
+//! `{base_url}/embeddings`, Responses passed through to `{base_url}/responses`) through one shared pooled [`reqwest::Client`]. Streamed answers are read as server-sent events and
 //! passed on chunk by chunk as the provider sent them (text, refusals,
 //! tool-call fragments, logprobs, every choice), while an
 //! [`Assembly`] puts the whole answer back together for the `Done` event.
+
+mod passthrough;
 
 use super::sse::SseParser;
 use super::{
     Chunk, EventStream, StreamEvent, Upstream, UpstreamInfo, estimate_tokens, failure_for_status,
     prompt_chars,
 };
-use crate::domain::{Completion, CompletionRequest, Failure, Usage};
-use crate::openai::{Assembly, ChatChunk, ChatRequest, ChatResponse};
+use crate::domain::{
+    Completion, CompletionRequest, EmbeddingInput, EmbeddingRequest, Embeddings, Failure, Usage,
+};
+use crate::openai::{Assembly, ChatChunk, ChatRequest, ChatResponse, embedding};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -40,6 +44,10 @@ struct Inner {
     /// cost more than building the request. Config validation has refused
     /// an unparsable `base_url` already.
     url: Result<reqwest::Url, String>,
+    /// `{base_url}/embeddings`, likewise.
+    embeddings_url: Result<reqwest::Url, String>,
+    /// `{base_url}/responses`, likewise.
+    responses_url: Result<reqwest::Url, String>,
     api_key: Option<String>,
     client: reqwest::Client,
     /// Where the provider's rate-limit headroom (`x-ratelimit-*`) goes.
@@ -70,12 +78,16 @@ impl OpenAiUpstream {
         client: reqwest::Client,
     ) -> Self {
         let base: String = base_url.into();
-        let url = reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
-            .map_err(|e| e.to_string());
+        let at = |path: &str| {
+            reqwest::Url::parse(&format!("{}/{path}", base.trim_end_matches('/')))
+                .map_err(|e| e.to_string())
+        };
         Self {
             inner: Arc::new(Inner {
                 info,
-                url,
+                url: at("chat/completions"),
+                embeddings_url: at("embeddings"),
+                responses_url: at("responses"),
                 api_key,
                 client,
                 quota: None,
@@ -104,11 +116,22 @@ impl Inner {
     ) -> Result<reqwest::Response, Failure> {
         let mut body = ChatRequest::from_domain(req, stream);
         body.model = self.info.model.clone();
+        self.post(&self.url, &body, stream, timeout).await
+    }
+
+    /// Posts `body` to `url` and returns the response once it is a 2xx.
+    async fn post(
+        &self,
+        url: &Result<reqwest::Url, String>,
+        body: &impl serde::Serialize,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, Failure> {
         // The timeout covers connect, headers and the whole body, the
         // streamed body included.
         let mut trace = reqwest::header::HeaderMap::new();
         crate::telemetry::traces::inject_current(&mut trace);
-        let url = self.url.as_ref().map_err(|e| {
+        let url = url.as_ref().map_err(|e| {
             Failure::Internal(format!(
                 "upstream `{}`: base_url is not a valid URL: {e}",
                 self.info.name
@@ -119,7 +142,7 @@ impl Inner {
             .post(url.clone())
             .timeout(timeout)
             .headers(trace)
-            .json(&body);
+            .json(body);
         if stream {
             http = http.header(reqwest::header::ACCEPT, "text/event-stream");
         }
@@ -212,6 +235,29 @@ impl Inner {
         })
     }
 
+    async fn embed(
+        self: Arc<Self>,
+        req: EmbeddingRequest,
+        timeout: Duration,
+    ) -> Result<Embeddings, Failure> {
+        let body = embedding::upstream_body(&req, &self.info.model);
+        let resp = self
+            .post(&self.embeddings_url, &body, false, timeout)
+            .await?;
+        let (body, cut) = read_capped(resp, MAX_BODY)
+            .await
+            .map_err(|e| self.transport(e))?;
+        if cut {
+            return Err(self.invalid(format!("body over {MAX_BODY} bytes")));
+        }
+        let parsed: embedding::EmbeddingsResponse = serde_json::from_slice(&body)
+            .map_err(|e| self.invalid(format!("unparsable embeddings body: {e}")))?;
+        let estimate = req.input.iter().map(EmbeddingInput::tokens).sum();
+        parsed
+            .into_embeddings(req.input.len(), estimate)
+            .map_err(|reason| self.invalid(reason))
+    }
+
     async fn stream(
         self: Arc<Self>,
         req: CompletionRequest,
@@ -273,6 +319,23 @@ impl Upstream for OpenAiUpstream {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<EventStream, Failure>> {
         Box::pin(self.inner.clone().stream(req, timeout))
+    }
+
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Embeddings, Failure>> {
+        Box::pin(self.inner.clone().embed(req, timeout))
+    }
+
+    fn respond(
+        &self,
+        body: serde_json::Value,
+        stream: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<super::ResponsesReply, Failure>> {
+        Box::pin(self.inner.clone().respond(body, stream, timeout))
     }
 }
 

@@ -10,9 +10,13 @@
 //! tests of the gateway rely on.
 
 use super::{
-    EventStream, Upstream, UpstreamInfo, completion_events, estimate_tokens, prompt_chars,
+    EventStream, ResponsesReply, Upstream, UpstreamInfo, completion_events, estimate_tokens,
+    prompt_chars, sim_embed, sim_responses,
 };
-use crate::domain::{Completion, CompletionRequest, Failure, Message, Role, ToolCall, Usage};
+use crate::domain::{
+    Completion, CompletionRequest, EmbeddingRequest, Embeddings, Failure, Message, Role, ToolCall,
+    Usage,
+};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
@@ -59,6 +63,9 @@ pub struct SimSettings {
     /// request's own fault, `invalid_request_error`). For tests and demos
     /// that need an exact sequence, e.g. `["malformed", "ok"]`.
     pub script: Vec<String>,
+    /// Components of an embedding vector when the request names no
+    /// `dimensions`.
+    pub embedding_dimensions: u32,
 }
 
 impl Default for SimSettings {
@@ -77,9 +84,14 @@ impl Default for SimSettings {
             hang_rate: 0.0,
             chunk_interval_ms: 0,
             script: Vec::new(),
+            embedding_dimensions: DEFAULT_EMBEDDING_DIMENSIONS,
         }
     }
 }
+
+/// Default `simulator.embedding_dimensions`: small, so tests and demos
+/// move little data, yet enough to tell vectors apart.
+pub const DEFAULT_EMBEDDING_DIMENSIONS: u32 = 64;
 
 /// What the simulator does with one request.
 #[derive(Clone, Debug, PartialEq)]
@@ -412,7 +424,16 @@ impl SimUpstream {
         req: CompletionRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Completion, Failure>> {
-        let (latency, outcome) = self.sim.decide(&self.info.model, &req);
+        let decided = self.sim.decide(&self.info.model, &req);
+        self.settle(decided, timeout)
+    }
+
+    /// Waits a decided latency (bounded by `timeout`) and maps faults.
+    fn settle(
+        &self,
+        (latency, outcome): (Duration, SimOutcome),
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Completion, Failure>> {
         let name = self.info.name.clone();
         Box::pin(async move {
             if latency > timeout {
@@ -486,6 +507,44 @@ impl Upstream for SimUpstream {
                 }))
             };
             Ok(stream)
+        })
+    }
+
+    /// Read as the gateway translates it, decided and answered like a
+    /// completion (see [`sim_responses`]).
+    fn respond(
+        &self,
+        body: serde_json::Value,
+        stream: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<ResponsesReply, Failure>> {
+        let (req, probe) = match sim_responses::probe(&body) {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                let failure =
+                    fail_to_failure(&self.info.name, 400, None, "invalid_request", &message);
+                return Box::pin(async move { Err(failure) });
+            }
+        };
+        let settled = self.settle(self.sim.decide(&self.info.model, &probe), timeout);
+        let n = self.sim.requests();
+        Box::pin(async move { Ok(sim_responses::reply(n, &req, settled.await?, stream)) })
+    }
+
+    /// Decided like a completion of the inputs (scripts and faults apply);
+    /// an answer is the inputs' deterministic vectors.
+    fn embed(
+        &self,
+        req: EmbeddingRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Embeddings, Failure>> {
+        let decided = self.sim.decide(&self.info.model, &sim_embed::probe(&req));
+        let settled = self.settle(decided, timeout);
+        let model = self.info.model.clone();
+        let dims = self.sim.settings().embedding_dimensions;
+        Box::pin(async move {
+            settled.await?;
+            Ok(sim_embed::answer(&model, &req, dims))
         })
     }
 }

@@ -9,6 +9,7 @@ use super::sim::{SimOutcome, Simulator, error_kind};
 use super::{ChunkWriter, completion_events};
 use crate::clock;
 use crate::domain::Completion;
+use crate::openai::embedding::{self, EmbeddingsRequest};
 use crate::openai::{ChatRequest, ChatResponse, ErrorBody};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -37,11 +38,14 @@ struct SimState {
 /// down from it with every request it decides.
 pub const ANNOUNCED_REQUEST_QUOTA: u64 = 10_000;
 
-/// The simulator's routes: `POST /v1/chat/completions`, `GET /v1/models`
+/// The simulator's routes: `POST /v1/chat/completions`, `POST
+/// /v1/embeddings`, `POST /v1/responses`, `GET /v1/models`
 /// and `GET /health`. Only the listed `models` are served.
 pub fn router(sim: Arc<Simulator>, models: Vec<String>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_with_quota))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(list_models))
         .route("/health", get(|| async { "ok" }))
         .with_state(Arc::new(SimState { sim, models }))
@@ -75,6 +79,125 @@ async fn list_models(State(state): State<Arc<SimState>>) -> Response {
         .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "agentrouter-sim"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `POST /v1/embeddings`: decided like a completion of the inputs (see
+/// [`super::sim_embed`]), answered with their deterministic vectors.
+async fn embeddings(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<EmbeddingsRequest>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|w| w.to_domain().map_err(|e| e.to_string()));
+    let (req, format) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                format!("invalid request body: {e}"),
+            );
+        }
+    };
+    if !state.models.contains(&req.model) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("the model `{}` does not exist", req.model),
+        );
+    }
+    let (latency, outcome) = state.sim.decide(&req.model, &super::sim_embed::probe(&req));
+    tokio::time::sleep(latency).await;
+    match outcome {
+        SimOutcome::Answer(_) => {
+            let dims = state.sim.settings().embedding_dimensions;
+            let answer = super::sim_embed::answer(&req.model, &req, dims);
+            axum::Json(embedding::render(&answer, format)).into_response()
+        }
+        SimOutcome::Fail {
+            status,
+            retry_after_ms,
+            code,
+            message,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = error(status, error_kind(status.as_u16()), code, message);
+            if let Some(ms) = retry_after_ms {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, ms.div_ceil(1000).into());
+            }
+            resp
+        }
+        SimOutcome::Malformed => {
+            ([(header::CONTENT_TYPE, "application/json")], MALFORMED_BODY).into_response()
+        }
+    }
+}
+
+/// `POST /v1/responses`: the simulator speaking the Responses API (see
+/// [`super::sim_responses`]).
+async fn responses(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<serde_json::Value>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|body| super::sim_responses::probe(&body));
+    let (req, probe) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                format!("invalid request body: {e}"),
+            );
+        }
+    };
+    if !state.models.contains(&req.model) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("the model `{}` does not exist", req.model),
+        );
+    }
+    let (latency, outcome) = state.sim.decide(&req.model, &probe);
+    tokio::time::sleep(latency).await;
+    match outcome {
+        SimOutcome::Answer(c) => {
+            match super::sim_responses::reply(state.sim.requests(), &req, c, req.stream) {
+                super::ResponsesReply::Whole(object) => axum::Json(object).into_response(),
+                super::ResponsesReply::Events(events) => {
+                    let text: Vec<String> = events
+                        .filter_map(|e| async move { e.ok() })
+                        .map(|e| {
+                            format!(
+                                "event: {}\ndata: {e}\n\n",
+                                e["type"].as_str().unwrap_or_default()
+                            )
+                        })
+                        .collect()
+                        .await;
+                    ([(header::CONTENT_TYPE, "text/event-stream")], text.concat()).into_response()
+                }
+            }
+        }
+        SimOutcome::Fail {
+            status,
+            retry_after_ms,
+            code,
+            message,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = error(status, error_kind(status.as_u16()), code, message);
+            if let Some(ms) = retry_after_ms {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, ms.div_ceil(1000).into());
+            }
+            resp
+        }
+        SimOutcome::Malformed => {
+            ([(header::CONTENT_TYPE, "application/json")], MALFORMED_BODY).into_response()
+        }
+    }
 }
 
 /// [`chat`], with rate-limit headers as a provider sends them.
