@@ -24,15 +24,20 @@ pub const NOT_IN_KEY: &[&str] = &["stream", "stream_options", "user", "metadata"
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CacheKey(pub [u8; 32]);
 
+/// The forwarded fields of a request that are part of its key: all but
+/// those in [`NOT_IN_KEY`] and explicit nulls (read as "not given").
+fn keyed_params(extra: &Map<String, Value>) -> Map<String, Value> {
+    extra
+        .iter()
+        .filter(|(k, v)| !NOT_IN_KEY.contains(&k.as_str()) && !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 impl CacheKey {
     /// The key of `req` in `namespace` (see [`super::ResponseCache::namespace`]).
     pub fn of(namespace: &str, req: &CompletionRequest) -> CacheKey {
-        let params: Map<String, Value> = req
-            .extra
-            .iter()
-            .filter(|(k, v)| !NOT_IN_KEY.contains(&k.as_str()) && !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let params = keyed_params(&req.extra);
         // serde_json's map is ordered by key, so this text is canonical.
         // Version 2: every forwarded field is in the key, and answers keep
         // every choice; entries of version 1 were made without them.
@@ -57,12 +62,7 @@ impl CacheKey {
     /// [`NOT_IN_KEY`]. Tagged apart from completions, so the two never
     /// share a key.
     pub fn of_embedding(namespace: &str, req: &EmbeddingRequest) -> CacheKey {
-        let params: Map<String, Value> = req
-            .extra
-            .iter()
-            .filter(|(k, v)| !NOT_IN_KEY.contains(&k.as_str()) && !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let params = keyed_params(&req.extra);
         let normalised = json!({
             "v": 1,
             "endpoint": "embeddings",

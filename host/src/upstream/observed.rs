@@ -43,6 +43,18 @@ impl ObservedUpstream {
         self.span_of("chat")
     }
 
+    /// What a call's end is accounted with: this upstream's metrics and
+    /// info, the request's scope (taken now, in the request's task) and the
+    /// call's `span`.
+    fn accounting(&self, span: &tracing::Span) -> Accounting {
+        Accounting {
+            metrics: self.metrics.clone(),
+            info: self.inner.info().clone(),
+            scope: request::current(),
+            span: span.clone(),
+        }
+    }
+
     /// The span of one call of `operation` (`chat`, `embeddings`: the
     /// GenAI conventions' operation names).
     fn span_of(&self, operation: &'static str) -> tracing::Span {
@@ -134,12 +146,7 @@ impl Upstream for ObservedUpstream {
     ) -> BoxFuture<'static, Result<Completion, Failure>> {
         let span = self.span();
         let call = self.inner.complete(req, timeout);
-        let acc = Accounting {
-            metrics: self.metrics.clone(),
-            info: self.inner.info().clone(),
-            scope: request::current(),
-            span: span.clone(),
-        };
+        let acc = self.accounting(&span);
         Box::pin(
             async move {
                 let started = Instant::now();
@@ -165,12 +172,7 @@ impl Upstream for ObservedUpstream {
     ) -> BoxFuture<'static, Result<EventStream, Failure>> {
         let span = self.span();
         let call = self.inner.stream(req, timeout);
-        let acc = Accounting {
-            metrics: self.metrics.clone(),
-            info: self.inner.info().clone(),
-            scope: request::current(),
-            span: span.clone(),
-        };
+        let acc = self.accounting(&span);
         Box::pin(
             async move {
                 let started = Instant::now();
@@ -203,12 +205,7 @@ impl Upstream for ObservedUpstream {
     ) -> BoxFuture<'static, Result<Embeddings, Failure>> {
         let span = self.span_of("embeddings");
         let call = self.inner.embed(req, timeout);
-        let acc = Accounting {
-            metrics: self.metrics.clone(),
-            info: self.inner.info().clone(),
-            scope: request::current(),
-            span: span.clone(),
-        };
+        let acc = self.accounting(&span);
         Box::pin(
             async move {
                 let started = Instant::now();
@@ -234,12 +231,7 @@ impl Upstream for ObservedUpstream {
     ) -> BoxFuture<'static, Result<ResponsesReply, Failure>> {
         let span = self.span_of("responses");
         let call = self.inner.respond(body, stream, timeout);
-        let acc = Accounting {
-            metrics: self.metrics.clone(),
-            info: self.inner.info().clone(),
-            scope: request::current(),
-            span: span.clone(),
-        };
+        let acc = self.accounting(&span);
         Box::pin(
             async move {
                 let started = Instant::now();

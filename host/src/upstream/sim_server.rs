@@ -72,48 +72,31 @@ fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>)
     (status, axum::Json(ErrorBody::new(message, kind, code))).into_response()
 }
 
-async fn list_models(State(state): State<Arc<SimState>>) -> Response {
-    let data: Vec<_> = state
-        .models
-        .iter()
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "agentrouter-sim"}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+/// A 400 as OpenAI words one.
+fn bad_request(code: &str, message: impl Into<String>) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        code,
+        message,
+    )
 }
 
-/// `POST /v1/embeddings`: decided like a completion of the inputs (see
-/// [`super::sim_embed`]), answered with their deterministic vectors.
-async fn embeddings(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
-    let parsed = serde_json::from_slice::<EmbeddingsRequest>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|w| w.to_domain().map_err(|e| e.to_string()));
-    let (req, format) = match parsed {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-                format!("invalid request body: {e}"),
-            );
-        }
-    };
-    if !state.models.contains(&req.model) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!("the model `{}` does not exist", req.model),
-        );
-    }
-    let (latency, outcome) = state.sim.decide(&req.model, &super::sim_embed::probe(&req));
-    tokio::time::sleep(latency).await;
+/// The 404 for a model the simulator does not serve.
+fn unknown_model(model: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!("the model `{model}` does not exist"),
+    )
+}
+
+/// A decided failure or malformed answer, rendered as a provider sends it
+/// (whatever the endpoint: they fail alike). An answer is the caller's to
+/// render and never reaches here.
+fn refusal(outcome: SimOutcome) -> Response {
     match outcome {
-        SimOutcome::Answer(_) => {
-            let dims = state.sim.settings().embedding_dimensions;
-            let answer = super::sim_embed::answer(&req.model, &req, dims);
-            axum::Json(embedding::render(&answer, format)).into_response()
-        }
         SimOutcome::Fail {
             status,
             retry_after_ms,
@@ -131,6 +114,46 @@ async fn embeddings(State(state): State<Arc<SimState>>, body: Bytes) -> Response
         SimOutcome::Malformed => {
             ([(header::CONTENT_TYPE, "application/json")], MALFORMED_BODY).into_response()
         }
+        SimOutcome::Answer(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            "the simulator rendered an answer as a failure",
+        ),
+    }
+}
+
+async fn list_models(State(state): State<Arc<SimState>>) -> Response {
+    let data: Vec<_> = state
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "agentrouter-sim"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `POST /v1/embeddings`: decided like a completion of the inputs (see
+/// [`super::sim_embed`]), answered with their deterministic vectors.
+async fn embeddings(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<EmbeddingsRequest>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|w| w.to_domain().map_err(|e| e.to_string()));
+    let (req, format) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return bad_request("invalid_request", format!("invalid request body: {e}")),
+    };
+    if !state.models.contains(&req.model) {
+        return unknown_model(&req.model);
+    }
+    let (latency, outcome) = state.sim.decide(&req.model, &super::sim_embed::probe(&req));
+    tokio::time::sleep(latency).await;
+    match outcome {
+        SimOutcome::Answer(_) => {
+            let dims = state.sim.settings().embedding_dimensions;
+            let answer = super::sim_embed::answer(&req.model, &req, dims);
+            axum::Json(embedding::render(&answer, format)).into_response()
+        }
+        failed => refusal(failed),
     }
 }
 
@@ -142,22 +165,10 @@ async fn responses(State(state): State<Arc<SimState>>, body: Bytes) -> Response 
         .and_then(|body| super::sim_responses::probe(&body));
     let (req, probe) = match parsed {
         Ok(parsed) => parsed,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-                format!("invalid request body: {e}"),
-            );
-        }
+        Err(e) => return bad_request("invalid_request", format!("invalid request body: {e}")),
     };
     if !state.models.contains(&req.model) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!("the model `{}` does not exist", req.model),
-        );
+        return unknown_model(&req.model);
     }
     let (latency, outcome) = state.sim.decide(&req.model, &probe);
     tokio::time::sleep(latency).await;
@@ -180,23 +191,7 @@ async fn responses(State(state): State<Arc<SimState>>, body: Bytes) -> Response 
                 }
             }
         }
-        SimOutcome::Fail {
-            status,
-            retry_after_ms,
-            code,
-            message,
-        } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut resp = error(status, error_kind(status.as_u16()), code, message);
-            if let Some(ms) = retry_after_ms {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, ms.div_ceil(1000).into());
-            }
-            resp
-        }
-        SimOutcome::Malformed => {
-            ([(header::CONTENT_TYPE, "application/json")], MALFORMED_BODY).into_response()
-        }
+        failed => refusal(failed),
     }
 }
 
@@ -214,33 +209,14 @@ async fn chat_with_quota(state: State<Arc<SimState>>, body: Bytes) -> Response {
 async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
     let wire: ChatRequest = match serde_json::from_slice(&body) {
         Ok(w) => w,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_json",
-                format!("invalid request body: {e}"),
-            );
-        }
+        Err(e) => return bad_request("invalid_json", format!("invalid request body: {e}")),
     };
     let req = match wire.to_domain() {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-                e.to_string(),
-            );
-        }
+        Err(e) => return bad_request("invalid_request", e.to_string()),
     };
     if !state.models.contains(&wire.model) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!("the model `{}` does not exist", wire.model),
-        );
+        return unknown_model(&wire.model);
     }
     let (latency, outcome) = state.sim.decide(&wire.model, &req);
     let interval = Duration::from_millis(state.sim.settings().chunk_interval_ms);
@@ -251,26 +227,10 @@ async fn chat(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
         SimOutcome::Answer(c) => {
             axum::Json(ChatResponse::from_completion(id, clock::unix_s(), &c)).into_response()
         }
-        SimOutcome::Fail {
-            status,
-            retry_after_ms,
-            code,
-            message,
-        } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut resp = error(status, error_kind(status.as_u16()), code, message);
-            if let Some(ms) = retry_after_ms {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, ms.div_ceil(1000).into());
-            }
-            resp
-        }
         SimOutcome::Malformed if wire.stream => {
             sse(vec![MALFORMED_BODY.to_string()], Duration::ZERO)
         }
-        SimOutcome::Malformed => {
-            ([(header::CONTENT_TYPE, "application/json")], MALFORMED_BODY).into_response()
-        }
+        failed => refusal(failed),
     }
 }
 
