@@ -54,7 +54,7 @@ pub use bindings::agentrouter::plugin::log::Level;
 pub use bindings::agentrouter::plugin::types::{
     Completion, CompletionRequest, Failure, Message, Role, Task, TaskResult, Tool, ToolCall, Usage,
 };
-pub use bindings::agentrouter::plugin::{agents, kv, llm};
+pub use bindings::agentrouter::plugin::{agents, http, kv, llm, tools};
 
 impl CompletionRequest {
     /// A request for `model` (empty: let the router choose) with these messages.
