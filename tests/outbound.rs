@@ -352,3 +352,73 @@ output_validators = ["old-redact"]
     assert!(!text.contains("someone@example.com"), "{text}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_a_component_importing_http_or_tools_without_a_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[store]
+path = "store"
+
+[upstreams.sim]
+kind = "simulated"
+model = "m"
+
+[plugins.out]
+source = "{out}"
+world = "agent"
+"#,
+        out = fixture("outbound"),
+    );
+    let path = dir.path().join("agentrouter.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let errors = agentrouter::config::check(&path).await.unwrap_err();
+    let text = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("plugins.out")
+            && text.contains("`http` (add [plugins.out.capabilities.http])")
+            && text.contains("`tools` (add [plugins.out.capabilities.tools])"),
+        "{text}"
+    );
+    // Granting http alone leaves tools to add.
+    std::fs::write(
+        &path,
+        format!("{toml}\n[plugins.out.capabilities.http]\nallow = []\n"),
+    )
+    .unwrap();
+    let errors = agentrouter::config::check(&path).await.unwrap_err();
+    let text = errors[0].to_string();
+    assert!(
+        text.contains("`tools` (add [plugins.out.capabilities.tools])") && !text.contains("`http`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn plugin_inspect_shows_the_contract_version_and_the_capabilities_imported() {
+    let inspect = |path: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentrouter"))
+            .args(["plugin", "inspect", path])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = inspect(&fixture("outbound"));
+    assert!(out.contains("contract: agentrouter:plugin@0.2.0"), "{out}");
+    assert!(out.contains("capabilities: http, settings, tools"), "{out}");
+    assert!(
+        out.contains("  http: needs [plugins.<slot>.capabilities.http]"),
+        "{out}"
+    );
+    let old = workspace().join("tests/fixtures/contract-0.1.0/worker.wasm");
+    let out = inspect(old.to_str().unwrap());
+    assert!(out.contains("contract: agentrouter:plugin@0.1.0"), "{out}");
+    assert!(out.contains("capabilities: kv, llm, settings"), "{out}");
+    assert!(!out.contains("needs ["), "{out}");
+}

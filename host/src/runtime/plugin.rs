@@ -148,6 +148,8 @@ pub struct Plugin {
     identity: PluginIdentity,
     origin: String,
     world: World,
+    /// The contract interfaces it imports (`inspect::capabilities`).
+    imports: Vec<String>,
     /// How its instances are made (and spares kept), shared with the
     /// background tasks that do it.
     make: Arc<Maker>,
@@ -267,6 +269,7 @@ impl Plugin {
             identity,
             origin,
             world: spec.world,
+            imports: inspect::capabilities(&imports),
             make,
             stats: PluginStats::default(),
         })
@@ -285,6 +288,11 @@ impl Plugin {
     /// The world it implements.
     pub fn world(&self) -> World {
         self.world
+    }
+
+    /// The contract interfaces it imports, `types` aside (`llm`, `http`, ...).
+    pub fn capabilities(&self) -> &[String] {
+        &self.imports
     }
 
     /// Its limits.
