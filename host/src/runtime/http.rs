@@ -205,13 +205,33 @@ impl HttpPolicy {
         let host = url
             .host_str()
             .ok_or_else(|| self.denied("allow", format!("`{url}` has no host")))?;
-        let (index, rule) = self
-            .grant
-            .allow
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.matches_host(host))
-            .ok_or_else(|| self.denied("allow", format!("host `{host}` is not allowed")))?;
+        // Several rules may name one host (GET here, POST there): the
+        // first that allows the request wins; else the first one's refusal.
+        let mut refusal = None;
+        for (index, rule) in self.grant.allow.iter().enumerate() {
+            if !rule.matches_host(host) {
+                continue;
+            }
+            match self.check_rule(index, rule, method, url, host).await {
+                Ok(()) => return Ok(rule),
+                Err(f) => {
+                    refusal.get_or_insert(f);
+                }
+            }
+        }
+        Err(refusal
+            .unwrap_or_else(|| self.denied("allow", format!("host `{host}` is not allowed"))))
+    }
+
+    /// Whether rule `index` allows `method url` (its host already matched).
+    async fn check_rule(
+        &self,
+        index: usize,
+        rule: &HttpRule,
+        method: &str,
+        url: &reqwest::Url,
+        host: &str,
+    ) -> Result<(), Failure> {
         let at = |field: &str| format!("allow[{index}].{field}");
         match url.scheme() {
             "https" => {}
@@ -262,7 +282,7 @@ impl HttpPolicy {
                 ));
             }
         }
-        Ok(rule)
+        Ok(())
     }
 
     /// Performs `req` for one call whose use so far is `usage`.
