@@ -245,11 +245,16 @@ async fn agents_list_and_call_their_granted_mcp_tools_and_nothing_else() {
 [mcp.kb]
 url = "http://127.0.0.1:{port}/mcp"
 
+# The same server, spoken to in the stateless revision.
+[mcp.kb-stateless]
+url = "http://127.0.0.1:{port}/mcp"
+protocol_version = "2026-07-28"
+
 [plugins.researcher]
 source = "builtin:worker"
 
 [plugins.researcher.capabilities.tools]
-allow = ["kb.search", "kb.weather"]
+allow = ["kb.search", "kb-stateless.weather"]
 
 [plugins.out]
 source = "{out}"
@@ -263,8 +268,8 @@ max_calls_per_call = 3
         out = fixture("outbound"),
     ));
     let gw = Gateway::start(&config).await;
-    // The worker offers both tools; the simulator calls each one with the
-    // task, then summarises the tool results.
+    // The worker offers both tools (one per protocol revision); the
+    // simulator calls each one with the task, then summarises the results.
     let answer = invoke(&gw, "researcher", "rain in Paris").await;
     assert_eq!(
         answer,

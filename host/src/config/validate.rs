@@ -379,6 +379,15 @@ fn outbound(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
         if name.contains('.') {
             errors.push(format!("mcp.{name}"), "a server name cannot contain `.`");
         }
+        if !crate::runtime::mcp::PROTOCOL_VERSIONS.contains(&server.protocol_version.as_str()) {
+            errors.push(
+                format!("mcp.{name}.protocol_version"),
+                format!(
+                    "must be one of {}",
+                    crate::runtime::mcp::PROTOCOL_VERSIONS.join(", ")
+                ),
+            );
+        }
         resolve_headers(
             &mut server.headers,
             &format!("mcp.{name}.headers"),

@@ -7,11 +7,18 @@
 //! feature set to build on this 2-core CI; this client reuses the host's
 //! reqwest stack and is tested against the official Python SDK's server.
 //!
+//! Two protocol revisions, chosen per server (`protocol_version`):
+//! - `2025-11-25`: an `initialize` handshake first; a session id the server
+//!   hands out (`Mcp-Session-Id`) is sent back, and a server that answers
+//!   404 to it (session expired) is initialised again once;
+//! - `2026-07-28`, the stateless one: every request stands alone, its
+//!   protocol version and client capabilities in `params._meta`, its method
+//!   (and a tool call's name) also in the `Mcp-Method` / `Mcp-Name`
+//!   headers; no handshake, no session.
+//!
 //! Each POST carries `Accept: application/json, text/event-stream`; a
 //! server may answer with one JSON message or an SSE stream, in which the
-//! response with the request's id is taken. A session id the server hands
-//! out at `initialize` (`Mcp-Session-Id`) is sent back; a server that
-//! answers 404 to it (session expired) is initialised again once.
+//! response with the request's id is taken.
 
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -21,8 +28,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// The protocol revision the client asks for first.
+/// The handshake revision, the default.
 pub const PROTOCOL_VERSION: &str = "2025-11-25";
+/// The stateless revision.
+pub const STATELESS_PROTOCOL_VERSION: &str = "2026-07-28";
+/// The revisions a server may be configured with.
+pub const PROTOCOL_VERSIONS: [&str; 2] = [PROTOCOL_VERSION, STATELESS_PROTOCOL_VERSION];
+
+fn default_protocol_version() -> String {
+    PROTOCOL_VERSION.to_string()
+}
 
 /// `[mcp.<server>]`: an MCP server over Streamable HTTP.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -33,6 +48,9 @@ pub struct McpServerConfig {
     /// Headers sent with every request (credentials: `${env:…}`).
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
+    /// `2025-11-25` (handshake and session) or `2026-07-28` (stateless).
+    #[serde(default = "default_protocol_version")]
+    pub protocol_version: String,
 }
 
 /// Why an MCP exchange failed.
@@ -176,6 +194,9 @@ impl McpClient {
         timeout: Duration,
     ) -> Result<Value, McpError> {
         tokio::time::timeout(timeout, async {
+            if self.stateless() {
+                return self.exchange(method, params, None).await;
+            }
             for attempt in 0..2 {
                 let session = self.session(timeout).await?;
                 match self.exchange(method, params.clone(), Some(&session)).await {
@@ -192,6 +213,10 @@ impl McpClient {
         })
         .await
         .map_err(|_| McpError::Timeout)?
+    }
+
+    fn stateless(&self) -> bool {
+        self.config.protocol_version == STATELESS_PROTOCOL_VERSION
     }
 
     async fn session(&self, _timeout: Duration) -> Result<String, McpError> {
@@ -237,7 +262,7 @@ impl McpClient {
             .post(&self.config.url)
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
-            .header("mcp-protocol-version", PROTOCOL_VERSION);
+            .header("mcp-protocol-version", &self.config.protocol_version);
         if let Some(s) = session.filter(|s| !s.is_empty()) {
             b = b.header("mcp-session-id", s);
         }
@@ -271,8 +296,27 @@ impl McpClient {
         session: Option<&str>,
     ) -> Result<(Value, Option<String>), McpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let resp = self
-            .builder(session)
+        let mut params = params;
+        let mut builder = self.builder(session);
+        if self.stateless() {
+            // The per-request envelope, in the body and the routing headers.
+            if let Some(p) = params.as_object_mut() {
+                p.insert(
+                    "_meta".into(),
+                    json!({
+                        "io.modelcontextprotocol/protocolVersion": STATELESS_PROTOCOL_VERSION,
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                        "io.modelcontextprotocol/clientInfo":
+                            { "name": "agentrouter", "version": env!("CARGO_PKG_VERSION") },
+                    }),
+                );
+            }
+            builder = builder.header("mcp-method", method);
+            if let Some(name) = params.get("name").and_then(Value::as_str) {
+                builder = builder.header("mcp-name", header_value(name));
+            }
+        }
+        let resp = builder
             .json(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
             .send()
             .await
@@ -315,6 +359,20 @@ impl McpClient {
                 "{method} answered without a result"
             ))),
         }
+    }
+}
+
+/// A header value for `text`: itself when it is printable ASCII, else the
+/// `=?base64?<utf-8 base64>?=` form the stateless revision defines.
+fn header_value(text: &str) -> String {
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        text.to_string()
+    } else {
+        use base64::Engine as _;
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(text)
+        )
     }
 }
 
