@@ -16,6 +16,7 @@ mod split;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod validate_outbound;
 mod validate_shared;
 
 pub use crate::auth::valid_key_name;

@@ -69,18 +69,6 @@ pub(crate) struct PluginInfo {
     pub tools: Option<ToolsPolicy>,
 }
 
-impl std::fmt::Debug for HttpPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HttpPolicy")
-    }
-}
-
-impl std::fmt::Debug for ToolsPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ToolsPolicy")
-    }
-}
-
 /// The agent-only part of a call: the way back into the pipeline.
 pub(crate) struct AgentCall {
     pub host: Arc<dyn AgentHost>,

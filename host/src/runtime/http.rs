@@ -135,6 +135,20 @@ pub(crate) struct HttpPolicy {
     metrics: Option<Arc<Metrics>>,
 }
 
+// The grant holds secrets (`Secret` hides them) and a client: show the
+// plugin and the hosts only.
+impl std::fmt::Debug for HttpPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPolicy")
+            .field("plugin", &self.plugin)
+            .field(
+                "hosts",
+                &self.grant.allow.iter().map(|r| &r.host).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 /// What one plugin call has used of its grant.
 #[derive(Debug, Default)]
 pub(crate) struct HttpUsage {

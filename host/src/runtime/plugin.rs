@@ -23,7 +23,6 @@ use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{KvLabels, PluginErrorLabels, PluginLabels};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -234,7 +233,12 @@ impl Plugin {
             .clone()
             .map(|grant| super::http::HttpPolicy::new(&spec.name, grant, rt.metrics.clone()));
         let tools = match spec.capabilities.tools.clone() {
-            Some(grant) => Some(tools_policy(&spec.name, grant, &spec.mcp_servers, rt)?),
+            Some(grant) => Some(super::tools::ToolsPolicy::from_grant(
+                &spec.name,
+                grant,
+                &spec.mcp_servers,
+                rt.metrics.clone(),
+            )?),
             None => None,
         };
         let info = Arc::new(PluginInfo {
@@ -609,48 +613,6 @@ impl Plugin {
         })
         .await
     }
-}
-
-/// The tools grant of `plugin` with a client per server it names; a server
-/// the config does not declare is a config error naming the key.
-fn tools_policy(
-    plugin: &str,
-    grant: super::tools::ToolsGrant,
-    servers: &BTreeMap<String, super::McpServerConfig>,
-    rt: &super::Runtime,
-) -> Result<super::tools::ToolsPolicy, PluginError> {
-    let mut clients = BTreeMap::new();
-    for name in &grant.allow {
-        let Some((server, _)) = name.split_once('.') else {
-            return Err(PluginError::InvalidConfig {
-                plugin: plugin.to_string(),
-                key: "capabilities.tools.allow",
-                value: name.clone(),
-                reason: "must be `<server>.<tool>`".into(),
-            });
-        };
-        let Some(config) = servers.get(server) else {
-            return Err(PluginError::InvalidConfig {
-                plugin: plugin.to_string(),
-                key: "capabilities.tools.allow",
-                value: name.clone(),
-                reason: format!("names no [mcp.{server}] server"),
-            });
-        };
-        clients.entry(server.to_string()).or_insert_with(|| {
-            Arc::new(super::mcp::McpClient::new(
-                server,
-                config.clone(),
-                crate::net::http_client(),
-            ))
-        });
-    }
-    Ok(super::tools::ToolsPolicy::new(
-        plugin,
-        grant,
-        clients,
-        rt.metrics.clone(),
-    ))
 }
 
 /// Checks granted capabilities and snapshots granted environment variables.

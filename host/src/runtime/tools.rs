@@ -9,7 +9,8 @@
 //! cap and counts against the call budget of the plugin call. The MCP
 //! client is the small JSON-RPC-over-HTTP one in `mcp.rs`.
 
-use super::mcp::{McpClient, McpError};
+use super::PluginError;
+use super::mcp::{McpClient, McpError, McpServerConfig};
 use crate::domain::Failure;
 use crate::telemetry::Metrics;
 use serde::Deserialize;
@@ -72,7 +73,50 @@ pub(crate) struct ToolsUsage {
     calls: u32,
 }
 
+impl std::fmt::Debug for ToolsPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolsPolicy")
+            .field("plugin", &self.plugin)
+            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ToolsPolicy {
+    /// The policy of `plugin`'s grant with a client per server it names;
+    /// a name that is not `<server>.<tool>` of a declared server is a
+    /// config error naming the key (config validation catches it first).
+    pub(crate) fn from_grant(
+        plugin: &str,
+        grant: ToolsGrant,
+        servers: &BTreeMap<String, McpServerConfig>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, PluginError> {
+        let mut clients = BTreeMap::new();
+        for name in &grant.allow {
+            let invalid = |reason: String| PluginError::InvalidConfig {
+                plugin: plugin.to_string(),
+                key: "capabilities.tools.allow",
+                value: name.clone(),
+                reason,
+            };
+            let Some((server, _)) = name.split_once('.') else {
+                return Err(invalid("must be `<server>.<tool>`".into()));
+            };
+            let Some(config) = servers.get(server) else {
+                return Err(invalid(format!("names no [mcp.{server}] server")));
+            };
+            clients.entry(server.to_string()).or_insert_with(|| {
+                Arc::new(McpClient::new(
+                    server,
+                    config.clone(),
+                    crate::net::http_client(),
+                ))
+            });
+        }
+        Ok(Self::new(plugin, grant, clients, metrics))
+    }
+
     /// `servers` holds a client for every server the grant names.
     pub(crate) fn new(
         plugin: &str,
