@@ -187,8 +187,14 @@ impl reqwest::dns::Resolve for GrantResolver {
 impl HttpPolicy {
     /// The policy of `plugin`'s grant, with a client of its own (its
     /// resolver knows the grant; redirects are the host's to follow).
-    pub(crate) fn new(plugin: &str, grant: HttpGrant, metrics: Option<Arc<Metrics>>) -> Self {
+    pub(crate) fn new(
+        plugin: &str,
+        grant: HttpGrant,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, reqwest::Error> {
         let grant = Arc::new(grant);
+        // No fallback to a default client: it would follow redirects and
+        // resolve private addresses unchecked.
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
@@ -196,14 +202,13 @@ impl HttpPolicy {
                 grant: grant.clone(),
             }))
             .user_agent(concat!("agentrouter/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Self {
+            .build()?;
+        Ok(Self {
             plugin: plugin.to_string(),
             grant,
             client,
             metrics,
-        }
+        })
     }
 
     fn key(&self, field: &str) -> String {
@@ -311,6 +316,12 @@ impl HttpPolicy {
         let sent = req.body.as_ref().map_or(0, |b| b.len() as u64);
         let span = tracing::info_span!("plugin.http", plugin = %self.plugin, http.method = %method,
             url.host = tracing::field::Empty, http.status = tracing::field::Empty);
+        if let Some(host) = reqwest::Url::parse(&url_text)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+        {
+            span.record("url.host", host.as_str());
+        }
         let result = tracing::Instrument::instrument(self.send(usage, req), span.clone()).await;
         let outcome = match &result {
             Ok(resp) => {

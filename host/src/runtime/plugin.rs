@@ -227,11 +227,19 @@ impl Plugin {
                 },
             })
         });
-        let http = spec
-            .capabilities
-            .http
-            .clone()
-            .map(|grant| super::http::HttpPolicy::new(&spec.name, grant, rt.metrics.clone()));
+        let http = match spec.capabilities.http.clone() {
+            Some(grant) => Some(
+                super::http::HttpPolicy::new(&spec.name, grant, rt.metrics.clone()).map_err(
+                    |e| PluginError::InvalidConfig {
+                        plugin: spec.name.clone(),
+                        key: "capabilities.http",
+                        value: String::new(),
+                        reason: format!("cannot build its HTTP client: {e}"),
+                    },
+                )?,
+            ),
+            None => None,
+        };
         let tools = match spec.capabilities.tools.clone() {
             Some(grant) => Some(super::tools::ToolsPolicy::from_grant(
                 &spec.name,
