@@ -427,3 +427,47 @@ fn plugin_inspect_shows_the_contract_version_and_the_capabilities_imported() {
     assert!(out.contains("capabilities: kv, llm, settings"), "{out}");
     assert!(!out.contains("needs ["), "{out}");
 }
+
+#[test]
+fn bad_grants_are_config_errors_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse = |extra: &str| {
+        let toml = format!(
+            "[upstreams.sim]\nkind = \"simulated\"\nmodel = \"m\"\n\n[plugins.out]\nsource = \"{}\"\nworld = \"agent\"\n{extra}",
+            fixture("outbound")
+        );
+        agentrouter::config::Config::parse(&toml, "test.toml", dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = parse("\n[plugins.out.capabilities.tools]\nallow = [\"kb.search\"]\n");
+    assert!(
+        e.starts_with("test.toml:10: plugins.out.capabilities.tools.allow[0]:")
+            && e.contains("names no [mcp.kb] server"),
+        "{e}"
+    );
+    let e =
+        parse("\n[mcp.kb]\nurl = \"http://127.0.0.1:1/mcp\"\nprotocol_version = \"2024-01-01\"\n");
+    assert!(
+        e.starts_with("test.toml:11: mcp.kb.protocol_version:") && e.contains("2026-07-28"),
+        "{e}"
+    );
+    let e = parse(
+        "\n[[plugins.out.capabilities.http.allow]]\nhost = \"api.example.com\"\ninject_headers = { authorization = \"${env:I19_SURELY_UNSET_VARIABLE}\" }\n",
+    );
+    assert!(
+        e.contains("plugins.out.capabilities.http.allow[0].inject_headers.authorization")
+            && e.contains("I19_SURELY_UNSET_VARIABLE"),
+        "{e}"
+    );
+    let validator = "[upstreams.sim]\nkind = \"simulated\"\nmodel = \"m\"\n\n[plugins.v]\nsource = \"builtin:input-guard\"\n\n[plugins.v.capabilities.http]\nallow = []\n";
+    let e = agentrouter::config::Config::parse(validator, "test.toml", dir.path())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("plugins.v.capabilities") && e.contains("agents only"),
+        "{e}"
+    );
+}
