@@ -57,7 +57,8 @@ fn metric(metrics: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_is_granted_per_rule_and_every_refusal_names_the_rule() {
     let origin = Origin::start().await;
-    let p = origin.port;
+    let other = Origin::start().await;
+    let (p, p2) = (origin.port, other.port);
     origin.redirect_to(&format!("http://127.0.0.2:{p}/api/ok"));
     let up = SimServer::start(steady(0), &["m"]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -83,6 +84,13 @@ inject_headers = {{ authorization = "${{file:token.txt}}" }}
 [[plugins.out.capabilities.http.allow]]
 host = "localhost"
 ports = [{p}]
+allow_plain_http = true
+
+# Another service on the same address, without a credential.
+[[plugins.out.capabilities.http.allow]]
+host = "127.0.0.1"
+ports = [{p2}]
+allow_private = true
 allow_plain_http = true
 "#,
         out = fixture("outbound"),
@@ -145,6 +153,27 @@ allow_plain_http = true
     assert!(!answer.contains(TOKEN), "{answer}");
     assert_eq!(lines[10], "none");
 
+    // A redirect to an allowed service that has no credential: the
+    // credential stays with the rule that injects it. (A new call: a new
+    // request budget.)
+    origin.redirect_to(&format!("http://127.0.0.1:{p2}/api/ok"));
+    let answer = invoke(
+        &gw,
+        "out",
+        &format!("fetch GET http://127.0.0.1:{p}/api/redirect"),
+    )
+    .await;
+    assert!(answer.starts_with("status=200 body=ok"), "{answer}");
+    let first = origin.requests();
+    let hop = first.last().unwrap();
+    assert_eq!(
+        (hop.0.as_str(), hop.1["authorization"].as_str()),
+        ("/api/redirect", format!("Bearer {TOKEN}").as_str())
+    );
+    let second = other.requests();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(!second[0].1.contains_key("authorization"), "{second:?}");
+
     let metrics = gw.metrics().await;
     let calls = |outcome: &str| {
         metric(
@@ -154,13 +183,13 @@ allow_plain_http = true
             ),
         )
     };
-    assert_eq!((calls("ok"), calls("denied")), (2.0, 7.0), "{metrics}");
+    assert_eq!((calls("ok"), calls("denied")), (3.0, 7.0), "{metrics}");
     assert_eq!(
         metric(
             &metrics,
             r#"agentrouter_plugin_outbound_bytes_total{plugin="out",kind="http",direction="received"}"#
         ),
-        4.0
+        6.0
     );
     gw.stop().await;
 }
