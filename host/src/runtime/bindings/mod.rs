@@ -172,6 +172,38 @@ mod tests {
     use crate::runtime::engine::{AllocatorChoice, EngineSettings, build_engine};
 
     #[test]
+    fn the_contract_version_is_read_from_the_import_names() {
+        assert_eq!(
+            contract_version(["wasi:cli/environment@0.2.3", "agentrouter:plugin/llm@0.1.0"]),
+            "0.1.0"
+        );
+        assert_eq!(contract_version(["agentrouter:plugin/http@0.2.0"]), "0.2.0");
+        // No contract import (a router that only exports): the latest.
+        assert_eq!(contract_version(["wasi:io/streams@0.2.3"]), "0.2.0");
+        // An unknown version is left to the latest linker, which names the
+        // import it cannot resolve.
+        assert_eq!(contract_version(["agentrouter:plugin/llm@9.0.0"]), "0.2.0");
+    }
+
+    #[test]
+    fn a_0_1_0_component_links_against_the_0_1_0_linker_only() {
+        let (engine, _) = build_engine(&EngineSettings {
+            allocator: AllocatorChoice::OnDemand,
+            ..Default::default()
+        })
+        .unwrap();
+        let linkers = Linkers::new(&engine).unwrap();
+        let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/contract-0.1.0/worker.wasm");
+        let old = Component::from_file(&engine, old).unwrap();
+        assert!(matches!(
+            linkers.pre(World::Agent, &old),
+            Ok(Pre::V0_1_0(_))
+        ));
+        assert!(linkers.v0_2_0.pre(World::Agent, &old).is_err());
+    }
+
+    #[test]
     fn each_world_links_only_its_own_imports() {
         let (engine, _) = build_engine(&EngineSettings {
             allocator: AllocatorChoice::OnDemand,
