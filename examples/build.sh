@@ -9,6 +9,12 @@
 # The -v2 components are the same sources with VERSION set to 2.0.0: the
 # second version the hot-swap and canary tests roll out.
 #
+# They build against the frozen contract 0.1.0 (wit/0.1.0/): the examples
+# test that components of the first contract keep working on a host that
+# implements 0.2.0, and a componentize-py agent built from 0.2.0 would
+# import http and tools (it imports its whole world), which `check`
+# refuses in a slot without a grant.
+#
 # Needs on PATH: componentize-py and wasm-tools (pip install -r
 # python-agent/requirements.txt -r c-router/requirements.txt), node + npm,
 # clang/lld/wasi-libc, cargo (for tools/wit-c). .ci/run installs them all.
@@ -38,7 +44,7 @@ v2() { # v2 SOURCE DEST
 echo "== examples -> $out"
 
 py() { # py DIR OUT: componentize the app module in DIR
-  (cd "$1" && componentize-py -d "$root/wit" -w agent componentize app -o "$2" >/dev/null)
+  (cd "$1" && componentize-py -d "$root/wit/0.1.0" -w agent componentize app -o "$2" >/dev/null)
 }
 step "python-agent (componentize-py)" py "$root/examples/python-agent" "$out/python-agent.wasm"
 mkdir -p "$work/py2"
@@ -50,7 +56,7 @@ if [ ! -e "$js_dir/node_modules" ]; then
   step "js-validator: npm ci" bash -c "cd '$js_dir' && npm ci --no-audit --no-fund --loglevel=error"
 fi
 js() { # js SOURCE OUT
-  (cd "$js_dir" && node_modules/.bin/componentize-js "$1" --wit "$root/wit" --world-name validator \
+  (cd "$js_dir" && node_modules/.bin/componentize-js "$1" --wit "$root/wit/0.1.0" --world-name validator \
     --disable http fetch-event -o "$2" >/dev/null)
 }
 step "js-validator (componentize-js)" js "$js_dir/validator.js" "$out/js-validator.wasm"

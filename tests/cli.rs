@@ -29,7 +29,8 @@ fn plugin_inspect_names_the_world_imports_exports_and_digest() {
     assert!(stdout.contains("world:   validator"), "{stdout}");
     assert!(stdout.contains("exports: validate"), "{stdout}");
     assert!(
-        stdout.contains("agentrouter:plugin/settings@0.1.0"),
+        stdout.contains("agentrouter:plugin/settings@0.2.0")
+            && stdout.contains("contract: agentrouter:plugin@0.2.0"),
         "{stdout}"
     );
     let digest = agentrouter::runtime::sha256_hex(guard.wasm);
@@ -43,7 +44,7 @@ fn plugin_inspect_names_the_world_imports_exports_and_digest() {
         manager.to_str().unwrap(),
     ]));
     assert!(
-        stdout.contains("world:   agent") && stdout.contains("agentrouter:plugin/agents@0.1.0"),
+        stdout.contains("world:   agent") && stdout.contains("agentrouter:plugin/agents@0.2.0"),
         "{stdout}"
     );
 }

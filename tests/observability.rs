@@ -820,3 +820,66 @@ output_cost_per_1k = 1.0
     assert_eq!(events[0]["fields"]["trace_id"], trace_id);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_outbound_request_is_a_span_and_a_log_line_tagged_with_the_plugin() {
+    let origin = support::Origin::start().await;
+    let p = origin.port;
+    let out = agentrouter::plugins::fixture_dir().join("outbound.wasm");
+    let gw = gateway(&quickstart(&format!(
+        r#"
+[plugins.obs-out]
+source = "{}"
+world = "agent"
+
+[[plugins.obs-out.capabilities.http.allow]]
+host = "127.0.0.1"
+ports = [{p}]
+allow_private = true
+allow_plain_http = true
+"#,
+        out.display()
+    )))
+    .await;
+    let script = format!(
+        "fetch GET http://127.0.0.1:{p}/api/ok?token=t0ps3cret\nfetch GET http://127.0.0.2:{p}/"
+    );
+    let (status, body) = gw
+        .post(
+            "/v1/agents/obs-out/invoke",
+            &serde_json::json!({ "input": script }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let spans: Vec<SpanData> = captured()
+        .spans
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == "plugin.http" && attribute(s, "plugin").as_deref() == Some("obs-out"))
+        .collect();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(
+        attribute(&spans[0], "url.host").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(attribute(&spans[0], "http.status").as_deref(), Some("200"));
+    let lines: Vec<Value> = log_lines()
+        .into_iter()
+        .filter(|l| l["fields"]["plugin"] == "obs-out" && l["fields"]["outbound"] == "http")
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // The URL is logged without its query, which may carry a token.
+    assert_eq!(
+        lines[0]["fields"]["url"],
+        format!("http://127.0.0.1:{p}/api/ok"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1]["fields"]["outcome"], "denied", "{}", lines[1]);
+    assert!(
+        !lines.iter().any(|l| l.to_string().contains("t0ps3cret")),
+        "{lines:?}"
+    );
+    gw.stop().await;
+}

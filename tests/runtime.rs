@@ -710,6 +710,7 @@ async fn plugins_get_no_files_environment_or_sockets_unless_granted() {
             guest: "/etc".into(),
             writable: false,
         }],
+        ..Default::default()
     };
     let granted = rt.load(spec).unwrap();
     let report = sneaky_report(granted.validate(Stage::Input, &[]).await.unwrap());

@@ -24,7 +24,7 @@ wit_c() {
   cargo run --quiet --locked --manifest-path "$here/../../tools/wit-c/Cargo.toml" \
     --target-dir "$wit_c_target" -- "$@"
 }
-wit_c bindings "$here/../../wit" router "$work/gen"
+wit_c bindings "$here/../../wit/0.1.0" router "$work/gen"
 
 clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror \
   -I "$work/gen" \

@@ -10,7 +10,7 @@ The answer starts with a tag that shows what the agent decided, e.g.
 
 Build (from this folder, with componentize-py installed)::
 
-    componentize-py -d ../../wit -w agent componentize app -o triage.wasm
+    componentize-py -d ../../wit/0.1.0 -w agent componentize app -o triage.wasm
 """
 
 import json

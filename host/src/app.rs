@@ -423,8 +423,8 @@ async fn load_slots(
 }
 
 /// The slot `previous` served under `spec`'s name, if nothing that shapes
-/// it changed: its `[plugins.<slot>]` table and, for a file source, the
-/// file's contents.
+/// it changed: its `[plugins.<slot>]` table, the `[mcp.<server>]` tables
+/// its tools grant names and, for a file source, the file's contents.
 fn reusable_slot(
     previous: &Previous<'_>,
     config: &Config,
@@ -441,7 +441,12 @@ fn reusable_slot(
             .unwrap_or(false),
         PluginSource::Bytes { .. } => true,
     };
-    (before == *after && same_file).then(|| old.plugin.clone())
+    // A slot's MCP clients are made at load: a changed server must reload it.
+    let same_mcp = spec
+        .mcp_servers
+        .iter()
+        .all(|(name, server)| previous.config.reloadable.mcp.get(name) == Some(server));
+    (before == *after && same_file && same_mcp).then(|| old.plugin.clone())
 }
 
 /// Loads one slot: compile (on a blocking thread) and type-check, then one

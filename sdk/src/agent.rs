@@ -4,6 +4,12 @@
 //! agent's identity, budget and deadline: [`llm::complete`] uses the cache,
 //! router and resilience layers; [`agents::call`] and [`agents::call_all`]
 //! run other agents (the latter concurrently) under depth and cycle guards.
+//! [`http::fetch`] and [`tools::list`] / [`tools::call`] (contract 0.2.0)
+//! reach outside the host only as far as the operator's grant for the slot
+//! allows (`[plugins.<slot>.capabilities.http]` / `.tools`); without one
+//! they answer `Failure::Denied` naming the key to add, and `tools::list`
+//! is empty. Credentials for granted hosts are added by the host: the
+//! plugin never sees them.
 //!
 //! ```no_run
 //! use agentrouter_sdk::agent::{
@@ -54,7 +60,7 @@ pub use bindings::agentrouter::plugin::log::Level;
 pub use bindings::agentrouter::plugin::types::{
     Completion, CompletionRequest, Failure, Message, Role, Task, TaskResult, Tool, ToolCall, Usage,
 };
-pub use bindings::agentrouter::plugin::{agents, kv, llm};
+pub use bindings::agentrouter::plugin::{agents, http, kv, llm, tools};
 
 impl CompletionRequest {
     /// A request for `model` (empty: let the router choose) with these messages.

@@ -1,7 +1,7 @@
 //! Write AgentRouter plugins in Rust.
 //!
 //! A plugin is a WebAssembly component implementing one of four worlds of the
-//! `agentrouter:plugin@0.1.0` contract (see `wit/plugin.wit`). This crate hides
+//! `agentrouter:plugin@0.2.0` contract (see `wit/plugin.wit`). This crate hides
 //! the `wit-bindgen` plumbing: enable the cargo feature of your world,
 //! implement one trait, invoke one export macro, and build with
 //! `cargo build --release --target wasm32-wasip2`.

@@ -2,7 +2,8 @@
 //! with an ephemeral port and a real sled store ([`Gateway`]), the simulator
 //! behind its OpenAI-compatible HTTP server so upstream faults cross a real
 //! network boundary ([`SimServer`]), an upstream that records exactly what
-//! it receives and answers what the test scripted ([`Recorder`]), and the
+//! it receives and answers what the test scripted ([`Recorder`]), an API
+//! that plugins' outbound requests reach ([`Origin`]), and the
 //! few readers a test needs to
 //! state what it expects: request bodies ([`chat`]), answer text
 //! ([`content`]), SSE streams ([`sse_text`]) and Prometheus series
@@ -24,6 +25,7 @@
 mod gateway;
 pub mod load;
 pub mod matrix;
+mod origin;
 mod recorder;
 mod redis;
 mod sim;
@@ -32,6 +34,8 @@ mod webhook;
 
 #[allow(unused_imports)]
 pub use gateway::{ADMIN_TOKEN, Gateway, Reply};
+#[allow(unused_imports)]
+pub use origin::Origin;
 #[allow(unused_imports)]
 pub use recorder::{Canned, Recorded, Recorder};
 #[allow(unused_imports)]

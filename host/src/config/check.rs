@@ -2,10 +2,14 @@
 //!
 //! Beyond [`Config::load`], every plugin is compiled and type-checked against
 //! its world in a real runtime (with a throw-away store), so a component that
-//! imports something the host does not provide is caught before deployment.
+//! imports something the host does not provide is caught before deployment,
+//! and so is a third-party component that imports `http` or `tools` in a
+//! slot that grants it neither.
 //! Compiled plugins land in the configured cache, warming it for the server.
 
+use super::schema::SourceRef;
 use super::{Config, ConfigError, UpstreamKind};
+use crate::runtime::inspect::GRANTED_IMPORTS;
 use crate::runtime::{Runtime, World};
 use crate::store::Store;
 use std::fmt;
@@ -68,6 +72,36 @@ impl fmt::Display for CheckReport {
     }
 }
 
+/// A refusal when the component in `slot` imports `http` or `tools` but
+/// the slot grants it none, naming the config key to add. First-party
+/// builtins are exempt: they use those imports only when granted (the
+/// worker lists no tools without a grant) and the operator did not pick
+/// them for what they import.
+fn ungranted(config: &Config, slot: &str, imports: &[String]) -> Option<ConfigError> {
+    let p = config.reloadable.plugins.get(slot)?;
+    if matches!(p.source, SourceRef::Builtin(_)) {
+        return None;
+    }
+    let missing: Vec<String> = GRANTED_IMPORTS
+        .into_iter()
+        .filter(|(iface, _)| imports.iter().any(|i| i == iface))
+        .filter(|(iface, _)| match *iface {
+            "http" => p.capabilities.http.is_none(),
+            _ => p.capabilities.tools.is_none(),
+        })
+        .map(|(iface, key)| format!("`{iface}` (add [plugins.{slot}.{key}])"))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        config.error(
+            &format!("plugins.{slot}"),
+            format!(
+                "the component imports {} without a grant: grant it or use another component",
+                missing.join(" and ")
+            ),
+        )
+    })
+}
+
 /// Parses and validates the file at `path`, then loads every plugin in a
 /// runtime built from its settings; returns every problem found.
 pub async fn check(path: &Path) -> Result<CheckReport, Vec<ConfigError>> {
@@ -95,6 +129,10 @@ pub async fn check(path: &Path) -> Result<CheckReport, Vec<ConfigError>> {
     for (slot, result) in loaded {
         match result {
             Ok(plugin) => {
+                if let Some(e) = ungranted(&config, &slot, plugin.capabilities()) {
+                    errors.push(e);
+                    continue;
+                }
                 let id = plugin.identity();
                 slots.push(SlotSummary {
                     name: slot,

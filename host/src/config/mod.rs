@@ -16,6 +16,7 @@ mod split;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod validate_outbound;
 mod validate_shared;
 
 pub use crate::auth::valid_key_name;
@@ -26,7 +27,9 @@ pub use secret::{Secret, SecretError, SettingValue};
 pub use split::{ReloadableConfig, StartupConfig};
 
 use crate::plugins;
-use crate::runtime::{EngineSettings, PluginSource, PluginSpec, RuntimeSettings, World};
+use crate::runtime::{
+    EngineSettings, McpServerConfig, PluginSource, PluginSpec, RuntimeSettings, World,
+};
 use error::{Errors, SpanIndex};
 use serde::Deserialize;
 use split::{ResilienceTable, ServerTable};
@@ -65,6 +68,7 @@ struct Document {
     runtime: RuntimeConfig,
     upstreams: BTreeMap<String, UpstreamConfig>,
     plugins: BTreeMap<String, PluginConfig>,
+    mcp: BTreeMap<String, McpServerConfig>,
     pipeline: PipelineConfig,
     cache: CacheConfig,
     auth: AuthConfig,
@@ -87,6 +91,7 @@ impl Document {
             runtime,
             upstreams,
             plugins,
+            mcp,
             pipeline,
             cache,
             auth,
@@ -117,6 +122,7 @@ impl Document {
                 admin,
                 upstreams,
                 plugins,
+                mcp,
                 pipeline,
                 resilience,
                 budgets,
@@ -258,6 +264,14 @@ impl Config {
                     .map(|(k, v)| (k.clone(), v.expose().to_string()))
                     .collect();
                 spec.capabilities = p.capabilities.clone();
+                if let Some(tools) = &p.capabilities.tools {
+                    for name in &tools.allow {
+                        let server = name.split_once('.').map_or(name.as_str(), |(s, _)| s);
+                        if let Some(config) = self.reloadable.mcp.get(server) {
+                            spec.mcp_servers.insert(server.to_string(), config.clone());
+                        }
+                    }
+                }
                 for dir in &mut spec.capabilities.dirs {
                     dir.host = self.base_dir.join(&dir.host);
                 }

@@ -16,6 +16,7 @@
 
 use super::schema::*;
 use super::secret::Secret;
+use crate::runtime::McpServerConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ pub struct ReloadableConfig {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// `[plugins.<slot>]`, by slot name.
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// `[mcp.<server>]`: MCP servers agents' tools grants name.
+    pub mcp: BTreeMap<String, McpServerConfig>,
     /// `[pipeline]`.
     pub pipeline: PipelineConfig,
     /// Retries, fallbacks and alerts of `[resilience]`.

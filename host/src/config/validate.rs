@@ -19,6 +19,7 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     admin(config, errors, env);
     upstreams(config, errors, env);
     plugin_slots(config, errors, env);
+    super::validate_outbound::outbound(config, errors, env);
     pipeline(config, errors);
     cache(config, errors);
     auth(config, errors, env);

@@ -232,6 +232,16 @@ fn inspect_file(file: &PathBuf, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
     println!("digest:  sha256:{}", info.digest);
     println!("size:    {} bytes", info.size);
     println!("exports: {}", info.exports.join(", "));
+    println!("contract: agentrouter:plugin@{}", info.contract);
+    let caps = if info.capabilities.is_empty() {
+        "none".to_string()
+    } else {
+        info.capabilities.join(", ")
+    };
+    println!("capabilities: {caps}");
+    for (iface, key) in info.needs_grants() {
+        println!("  {iface}: needs [plugins.<slot>.{key}] in the slot's config");
+    }
     println!("imports:");
     for import in &info.imports {
         println!("  {import}");

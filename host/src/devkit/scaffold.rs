@@ -300,7 +300,7 @@ fn readme(name: &str, world: World, lang: Lang) -> String {
         r#"# {name}
 
 An AgentRouter `{world}` plugin in {lang}, built against the contract in
-`wit/plugin.wit` (`agentrouter:plugin@0.1.0`).
+`wit/plugin.wit` (`agentrouter:plugin@0.2.0`).
 
 ## Build
 

@@ -6,7 +6,9 @@
 
 use super::bindings::latest::interfaces as ifaces;
 use super::bindings::wit;
+use super::http::{HttpPolicy, HttpRequest, HttpUsage};
 use super::limits::Limiter;
+use super::tools::{ToolsPolicy, ToolsUsage};
 use crate::domain::{CallContext, Completion, CompletionRequest, Failure, Task, TaskResult};
 use crate::store::{KvQuota, KvStore, KvUsage, StoreError};
 use crate::telemetry::Metrics;
@@ -61,6 +63,10 @@ pub(crate) struct PluginInfo {
     pub name: String,
     pub version: String,
     pub settings: BTreeMap<String, String>,
+    /// The `http` grant; `None` denies every request.
+    pub http: Option<HttpPolicy>,
+    /// The `tools` grant; `None` lists nothing and denies every call.
+    pub tools: Option<ToolsPolicy>,
 }
 
 /// The agent-only part of a call: the way back into the pipeline.
@@ -88,6 +94,10 @@ pub(crate) struct PluginState {
     pub log_events: u32,
     /// Whether a refused kv write was logged in this call.
     pub kv_refusal_logged: bool,
+    /// What this call used of its `http` grant.
+    pub http_usage: HttpUsage,
+    /// What this call used of its `tools` grant.
+    pub tools_usage: ToolsUsage,
 }
 
 impl WasiView for PluginState {
@@ -311,5 +321,83 @@ impl ifaces::log::Host for PluginState {
 impl ifaces::settings::Host for PluginState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.info.settings.get(&key).cloned())
+    }
+}
+
+impl ifaces::http::Host for PluginState {
+    async fn fetch(
+        &mut self,
+        req: ifaces::http::Request,
+    ) -> wasmtime::Result<Result<ifaces::http::Response, wit::Failure>> {
+        let info = self.info.clone();
+        let Some(policy) = &info.http else {
+            return Ok(Err(Failure::Denied(format!(
+                "plugins.{}.capabilities.http: no outbound HTTP is granted",
+                info.name
+            ))
+            .into()));
+        };
+        let req = HttpRequest {
+            method: req.method,
+            url: req.url,
+            headers: req.headers,
+            body: req.body,
+            timeout_ms: req.timeout_ms,
+        };
+        Ok(policy
+            .fetch(&mut self.http_usage, req)
+            .await
+            .map(|r| ifaces::http::Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            })
+            .map_err(Into::into))
+    }
+}
+
+impl ifaces::tools::Host for PluginState {
+    async fn list(&mut self) -> wasmtime::Result<Result<Vec<wit::Tool>, wit::Failure>> {
+        let info = self.info.clone();
+        let Some(policy) = &info.tools else {
+            return Ok(Ok(Vec::new()));
+        };
+        Ok(policy
+            .list()
+            .await
+            .map(|tools| {
+                tools
+                    .into_iter()
+                    .map(|t| wit::Tool {
+                        name: t.name,
+                        description: t.description,
+                        parameters: t.parameters,
+                    })
+                    .collect()
+            })
+            .map_err(Into::into))
+    }
+
+    async fn call(
+        &mut self,
+        name: String,
+        arguments: String,
+    ) -> wasmtime::Result<Result<ifaces::tools::ToolOutput, wit::Failure>> {
+        let info = self.info.clone();
+        let Some(policy) = &info.tools else {
+            return Ok(Err(Failure::Denied(format!(
+                "plugins.{}.capabilities.tools: no tools are granted (tool `{name}`)",
+                info.name
+            ))
+            .into()));
+        };
+        Ok(policy
+            .call(&mut self.tools_usage, &name, &arguments)
+            .await
+            .map(|o| ifaces::tools::ToolOutput {
+                text: o.text,
+                is_error: o.is_error,
+            })
+            .map_err(Into::into))
     }
 }

@@ -20,6 +20,43 @@ pub struct ComponentInfo {
     pub digest: String,
     /// Size in bytes.
     pub size: usize,
+    /// The `agentrouter:plugin` version its imports name (the latest when
+    /// it imports none of the contract's interfaces).
+    pub contract: &'static str,
+    /// The contract interfaces it imports, `types` aside: what it can ask
+    /// the host for (`llm`, `kv`, `http`, `tools`, ...).
+    pub capabilities: Vec<String>,
+}
+
+/// Interfaces that reach outside the host and need a grant in the slot's
+/// config before the component may be loaded into it: interface and the
+/// config key that grants it.
+pub const GRANTED_IMPORTS: [(&str, &str); 2] = [
+    ("http", "capabilities.http"),
+    ("tools", "capabilities.tools"),
+];
+
+impl ComponentInfo {
+    /// The imported interfaces that need a grant ([`GRANTED_IMPORTS`]).
+    pub fn needs_grants(&self) -> Vec<(&'static str, &'static str)> {
+        GRANTED_IMPORTS
+            .into_iter()
+            .filter(|(iface, _)| self.capabilities.iter().any(|c| c == iface))
+            .collect()
+    }
+}
+
+/// The `agentrouter:plugin` interfaces among `imports`, `types` aside.
+pub fn capabilities(imports: &[String]) -> Vec<String> {
+    let mut caps: Vec<String> = imports
+        .iter()
+        .filter_map(|i| i.strip_prefix("agentrouter:plugin/"))
+        .map(|i| i.split('@').next().unwrap_or(i).to_string())
+        .filter(|i| i != "types")
+        .collect();
+    caps.sort();
+    caps.dedup();
+    caps
 }
 
 /// Why some bytes are not a WebAssembly component.
@@ -125,8 +162,11 @@ pub fn detect_world(imports: &[String], exports: &[String]) -> Result<World, Wor
         let Some(iface) = import.strip_prefix("agentrouter:plugin/") else {
             return Err(WorldError::ForeignImport(import.clone()));
         };
-        let iface = iface.split('@').next().unwrap_or(iface);
-        if !world.imports().contains(&iface) {
+        let (iface, version) = iface.split_once('@').unwrap_or((iface, ""));
+        // 0.1.0 had no `http` or `tools`; a component claiming them under
+        // 0.1.0 was not built from the contract.
+        let added_in_0_2 = matches!(iface, "http" | "tools") && version.starts_with("0.1.");
+        if !world.imports().contains(&iface) || added_in_0_2 {
             return Err(WorldError::BeyondWorld {
                 world,
                 import: import.clone(),
@@ -183,6 +223,8 @@ pub fn info(engine: &Engine, component: &Component, bytes: &[u8]) -> ComponentIn
     let (imports, exports) = names(engine, component);
     ComponentInfo {
         world: detect_world(&imports, &exports),
+        contract: super::bindings::contract_version(imports.iter().map(String::as_str)),
+        capabilities: capabilities(&imports),
         imports,
         exports,
         digest: super::sha256_hex(bytes),

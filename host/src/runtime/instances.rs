@@ -322,6 +322,8 @@ impl Maker {
             stderr,
             log_events: 0,
             kv_refusal_logged: false,
+            http_usage: Default::default(),
+            tools_usage: Default::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -33,18 +33,24 @@ pub mod engine;
 pub mod error;
 pub mod exports;
 mod host;
+pub mod http;
 pub mod inspect;
 mod instances;
 pub mod limits;
+pub mod mcp;
 mod plugin;
+pub mod tools;
 
 pub use cache::{AotCache, CacheOutcome};
 pub use engine::{AllocatorChoice, AllocatorKind, EngineSettings};
 pub use error::{LimitKind, PluginError};
 pub use exports::{Export, Handle, Recover, Route, Validate};
 pub use host::AgentHost;
+pub use http::{HttpGrant, HttpRule};
 pub use limits::PluginLimits;
+pub use mcp::McpServerConfig;
 pub use plugin::{Plugin, PluginIdentity, PluginStats, StatsSnapshot};
+pub use tools::ToolsGrant;
 
 use crate::store::KvStore;
 use serde::Deserialize;
@@ -94,7 +100,9 @@ impl World {
     /// capabilities, and all its linker holds besides WASI.
     pub fn imports(self) -> &'static [&'static str] {
         match self {
-            World::Agent => &["types", "llm", "agents", "kv", "log", "settings"],
+            World::Agent => &[
+                "types", "llm", "agents", "kv", "log", "settings", "http", "tools",
+            ],
             World::Validator | World::Router | World::Recovery => &["types", "log", "settings"],
         }
     }
@@ -168,6 +176,10 @@ pub struct Capabilities {
     pub env: Vec<String>,
     /// Directories the plugin may open.
     pub dirs: Vec<DirGrant>,
+    /// Outbound HTTP an agent may make (`http` import); none without it.
+    pub http: Option<HttpGrant>,
+    /// MCP tools an agent may use (`tools` import); none without it.
+    pub tools: Option<ToolsGrant>,
 }
 
 /// Everything needed to load one plugin.
@@ -189,6 +201,8 @@ pub struct PluginSpec {
     pub settings: BTreeMap<String, String>,
     /// Granted capabilities.
     pub capabilities: Capabilities,
+    /// The MCP servers the tools grant names (`[mcp.<server>]`).
+    pub mcp_servers: BTreeMap<String, McpServerConfig>,
 }
 
 /// Settings may hold resolved secrets (`${env:…}`), so Debug shows their keys only.
@@ -203,6 +217,7 @@ impl fmt::Debug for PluginSpec {
             .field("limits", &self.limits)
             .field("settings", &self.settings.keys().collect::<Vec<_>>())
             .field("capabilities", &self.capabilities)
+            .field("mcp_servers", &self.mcp_servers.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -225,6 +240,7 @@ impl PluginSpec {
             limits,
             settings: BTreeMap::new(),
             capabilities: Capabilities::default(),
+            mcp_servers: BTreeMap::new(),
         }
     }
 }

@@ -147,6 +147,8 @@ pub struct Plugin {
     identity: PluginIdentity,
     origin: String,
     world: World,
+    /// The contract interfaces it imports (`inspect::capabilities`).
+    imports: Vec<String>,
     /// How its instances are made (and spares kept), shared with the
     /// background tasks that do it.
     make: Arc<Maker>,
@@ -225,10 +227,34 @@ impl Plugin {
                 },
             })
         });
+        let http = match spec.capabilities.http.clone() {
+            Some(grant) => Some(
+                super::http::HttpPolicy::new(&spec.name, grant, rt.metrics.clone()).map_err(
+                    |e| PluginError::InvalidConfig {
+                        plugin: spec.name.clone(),
+                        key: "capabilities.http",
+                        value: String::new(),
+                        reason: format!("cannot build its HTTP client: {e}"),
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let tools = match spec.capabilities.tools.clone() {
+            Some(grant) => Some(super::tools::ToolsPolicy::from_grant(
+                &spec.name,
+                grant,
+                &spec.mcp_servers,
+                rt.metrics.clone(),
+            )?),
+            None => None,
+        };
         let info = Arc::new(PluginInfo {
             name: spec.name,
             version,
             settings: spec.settings,
+            http,
+            tools,
         });
         let make = Maker::new(
             spec.world,
@@ -255,6 +281,7 @@ impl Plugin {
             identity,
             origin,
             world: spec.world,
+            imports: inspect::capabilities(&imports),
             make,
             stats: PluginStats::default(),
         })
@@ -273,6 +300,11 @@ impl Plugin {
     /// The world it implements.
     pub fn world(&self) -> World {
         self.world
+    }
+
+    /// The contract interfaces it imports, `types` aside (`llm`, `http`, ...).
+    pub fn capabilities(&self) -> &[String] {
+        &self.imports
     }
 
     /// Its limits.

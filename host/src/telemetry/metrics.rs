@@ -206,6 +206,37 @@ pub struct KvRefusalLabels {
     pub reason: String,
 }
 
+/// Labels of a plugin's outbound calls (`http.fetch`, `tools.call`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `http` or `tool`.
+    pub kind: String,
+}
+
+/// Labels of an outbound call's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundOutcomeLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `http` or `tool`.
+    pub kind: String,
+    /// `ok`, `denied`, `timeout` or `error`.
+    pub outcome: String,
+}
+
+/// Labels of bytes an outbound call moved.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundBytesLabels {
+    /// Plugin (slot) name.
+    pub plugin: String,
+    /// `http` or `tool`.
+    pub kind: String,
+    /// `sent` or `received`.
+    pub direction: String,
+}
+
 /// Labels of a plugin decision the host refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -295,6 +326,12 @@ pub struct Metrics {
     pub kv_bytes: Family<KvLabels, Gauge>,
     /// kv writes refused, by reason.
     pub kv_writes_refused: Family<KvRefusalLabels, Counter>,
+    /// Outbound calls of plugins (HTTP requests, MCP tool calls) by outcome.
+    pub outbound_calls: Family<OutboundOutcomeLabels, Counter>,
+    /// Bytes plugins' outbound calls sent and received.
+    pub outbound_bytes: Family<OutboundBytesLabels, Counter>,
+    /// Duration of plugins' outbound calls.
+    pub outbound_duration: HistogramFamily<OutboundLabels>,
     /// Expired kv entries removed by the sweep.
     pub kv_expired_swept: Family<KvLabels, Counter>,
     /// Tokens by key, model and direction.
@@ -367,6 +404,9 @@ impl Metrics {
             kv_keys: Family::default(),
             kv_bytes: Family::default(),
             kv_writes_refused: Family::default(),
+            outbound_calls: Family::default(),
+            outbound_bytes: Family::default(),
+            outbound_duration: Family::new_with_constructor(latency_histogram),
             kv_expired_swept: Family::default(),
             tokens: Family::default(),
             cost_usd: Family::default(),
@@ -510,6 +550,21 @@ impl Metrics {
             "kv_writes_refused",
             "kv writes refused, by reason",
             m.kv_writes_refused.clone(),
+        );
+        register!(
+            "plugin_outbound_calls",
+            "Plugin outbound calls (http, tool) by outcome",
+            m.outbound_calls.clone(),
+        );
+        register!(
+            "plugin_outbound_bytes",
+            "Bytes plugin outbound calls sent and received",
+            m.outbound_bytes.clone(),
+        );
+        register!(
+            "plugin_outbound_duration_seconds",
+            "Plugin outbound call duration, redirects included",
+            m.outbound_duration.clone(),
         );
         register!(
             "kv_expired_swept",

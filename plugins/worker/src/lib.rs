@@ -1,11 +1,16 @@
 //! `worker`: an agent that answers a task in one configured role.
 //!
-//! It makes a single completion, without tools, and counts the tasks it has
-//! handled in its key/value store to show that plugins can keep state.
+//! It makes a completion and counts the tasks it has handled in its
+//! key/value store to show that plugins can keep state. When its slot is
+//! granted MCP tools (`capabilities.tools`), it offers them to the model
+//! and runs the tool calls the model asks for, up to `max_tool_rounds`
+//! (setting, default 4) rounds; without a grant the tool list is empty and
+//! it makes one completion, as before.
 #![warn(missing_docs)]
 
 use agentrouter_sdk::agent::{
-    Agent, CompletionRequest, Failure, Message, Task, TaskResult, config, kv, llm,
+    Agent, CompletionRequest, Failure, Message, Role, Task, TaskResult, Tool, Usage, config, kv,
+    llm, tools,
 };
 
 /// Key/value key of the handled-task counter.
@@ -40,6 +45,26 @@ fn count_task() {
     let _ = kv::set(COUNTER_KEY, &next.to_le_bytes(), None);
 }
 
+/// A tool's name as the model sees it: OpenAI tool names allow no `.`, so
+/// `<server>.<tool>` becomes `<server>__<tool>`.
+pub fn model_name(tool: &str) -> String {
+    tool.replacen('.', "__", 1)
+}
+
+/// The granted tool's name back from the model's name.
+pub fn tool_name(model: &str) -> String {
+    model.replacen("__", ".", 1)
+}
+
+/// What a tool message says for one call's outcome.
+fn tool_text(result: Result<tools::ToolOutput, Failure>) -> String {
+    match result {
+        Ok(out) if out.is_error => format!("error: {}", out.text),
+        Ok(out) => out.text,
+        Err(f) => format!("error: {f:?}"),
+    }
+}
+
 /// The exported agent.
 pub struct Worker;
 
@@ -51,19 +76,59 @@ impl Agent for Worker {
         let mut messages = Vec::with_capacity(1 + task.input.len());
         messages.push(Message::system(system_prompt(&role, &instructions)));
         messages.extend(task.input);
-        let completion = llm::complete(&CompletionRequest {
-            model: config::get_or("model", ""),
-            messages,
-            tools: Vec::new(),
-            // Unset or unparsable values leave the choice to the upstream.
-            temperature: config::get("temperature").and_then(|v| v.trim().parse().ok()),
-            max_tokens: config::get("max_tokens").and_then(|v| v.trim().parse().ok()),
-            metadata: task.metadata,
-        })?;
-        Ok(TaskResult {
-            output: completion.message,
-            usage: completion.usage,
-        })
+        let offered: Vec<Tool> = tools::list()?
+            .into_iter()
+            .map(|t| Tool {
+                name: model_name(&t.name),
+                ..t
+            })
+            .collect();
+        let rounds: u32 = config::get("max_tool_rounds")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(4);
+        let mut usage = Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        let mut round = 0;
+        loop {
+            // The last round offers no tools, so the model has to answer.
+            let tools = if round < rounds {
+                offered.clone()
+            } else {
+                Vec::new()
+            };
+            let completion = llm::complete(&CompletionRequest {
+                model: config::get_or("model", ""),
+                messages: messages.clone(),
+                tools,
+                // Unset or unparsable values leave the choice to the upstream.
+                temperature: config::get("temperature").and_then(|v| v.trim().parse().ok()),
+                max_tokens: config::get("max_tokens").and_then(|v| v.trim().parse().ok()),
+                metadata: task.metadata.clone(),
+            })?;
+            usage.prompt_tokens += completion.usage.prompt_tokens;
+            usage.completion_tokens += completion.usage.completion_tokens;
+            let calls = completion.message.tool_calls.clone();
+            if calls.is_empty() || round >= rounds {
+                return Ok(TaskResult {
+                    output: completion.message,
+                    usage,
+                });
+            }
+            messages.push(completion.message);
+            for call in calls {
+                let text = tool_text(tools::call(&tool_name(&call.name), &call.arguments));
+                messages.push(Message {
+                    role: Role::Tool,
+                    content: text,
+                    name: None,
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(call.id),
+                });
+            }
+            round += 1;
+        }
     }
 }
 
@@ -80,6 +145,12 @@ mod tests {
             "You are the researcher. Cite sources."
         );
         assert_eq!(system_prompt("assistant", ""), "You are the assistant.");
+    }
+
+    #[test]
+    fn tool_names_survive_the_round_trip_through_the_model() {
+        assert_eq!(model_name("search.web_search"), "search__web_search");
+        assert_eq!(tool_name("search__web_search"), "search.web_search");
     }
 
     #[test]

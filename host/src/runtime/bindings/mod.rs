@@ -8,20 +8,41 @@
 //! variants name the version a component was built against (the shape of
 //! Zed's `extension_host/src/wasm_host/wit.rs`).
 //!
-//! Adding `agentrouter:plugin@0.2.0` is one more module: `v0_2_0` with its
-//! generated bindings becomes `latest`; `v0_1_0` keeps its own, implements
-//! its host interfaces by converting to the latest ones, and converts its
-//! exports' arguments and results at its `Instance` methods; [`Linkers`],
-//! [`Pre`] and [`Instance`] get one variant or field each, chosen by the
-//! version of the `agentrouter:plugin` interfaces a component imports. A
-//! plugin built against 0.1.0 keeps loading unchanged.
+//! Two versions today. `v0_2_0` is [`latest`]; `v0_1_0` keeps its own
+//! generated interfaces (their instance names say `@0.1.0`) and implements
+//! them by calling the latest ones. 0.2.0 only added interfaces, so 0.1.0
+//! reuses the latest `types` and needs no conversion of arguments or
+//! results; a version that changes a type converts at its `Instance`
+//! methods instead. [`Linkers`], [`Pre`] and [`Instance`] hold one variant
+//! or field per version, chosen by the version of the `agentrouter:plugin`
+//! interfaces a component imports ([`contract_version`]). A plugin built
+//! against 0.1.0 keeps loading unchanged.
 
 #![allow(missing_docs)] // generated code
 
 pub mod v0_1_0;
+pub mod v0_2_0;
 
 /// The contract version the host implements.
-pub use v0_1_0 as latest;
+pub use v0_2_0 as latest;
+
+/// The contract versions the host loads, oldest first.
+pub const VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
+
+/// The `agentrouter:plugin` version a component's import names carry
+/// (`agentrouter:plugin/llm@0.1.0`), or the latest when it imports none of
+/// the contract's interfaces (its exports are the same in every version).
+pub fn contract_version<'a>(imports: impl IntoIterator<Item = &'a str>) -> &'static str {
+    for name in imports {
+        if let Some(rest) = name.strip_prefix("agentrouter:plugin/")
+            && let Some((_, version)) = rest.split_once('@')
+            && let Some(known) = VERSIONS.iter().find(|v| **v == version)
+        {
+            return known;
+        }
+    }
+    VERSIONS[VERSIONS.len() - 1]
+}
 
 /// The WIT types of the latest contract.
 pub use latest::wit;
@@ -34,6 +55,7 @@ use wasmtime::{Engine, Store};
 /// The linkers of every contract version, one per world.
 pub(crate) struct Linkers {
     v0_1_0: v0_1_0::Linkers,
+    v0_2_0: v0_2_0::Linkers,
 }
 
 /// Why a component cannot be pre-instantiated as a world.
@@ -49,19 +71,27 @@ impl Linkers {
     pub(crate) fn new(engine: &Engine) -> wasmtime::Result<Self> {
         Ok(Self {
             v0_1_0: v0_1_0::Linkers::new(engine)?,
+            v0_2_0: v0_2_0::Linkers::new(engine)?,
         })
     }
 
     /// Type-checks `component` as `world`: pre-instantiated against that
     /// world's linker only, so an import beyond the world cannot resolve.
+    /// The linkers of the version the component was built against.
     pub(crate) fn pre(&self, world: World, component: &Component) -> Result<Pre, LinkError> {
-        self.v0_1_0.pre(world, component).map(Pre::V0_1_0)
+        let ty = component.component_type();
+        let engine = component.engine();
+        match contract_version(ty.imports(engine).map(|(name, _)| name)) {
+            "0.1.0" => self.v0_1_0.pre(world, component).map(Pre::V0_1_0),
+            _ => self.v0_2_0.pre(world, component).map(Pre::V0_2_0),
+        }
     }
 }
 
 /// A type-checked component, ready to be instantiated per call.
 pub(crate) enum Pre {
     V0_1_0(v0_1_0::Pre),
+    V0_2_0(v0_2_0::Pre),
 }
 
 impl Pre {
@@ -72,6 +102,7 @@ impl Pre {
     ) -> wasmtime::Result<Instance> {
         match self {
             Pre::V0_1_0(pre) => pre.instantiate(store).await.map(Instance::V0_1_0),
+            Pre::V0_2_0(pre) => pre.instantiate(store).await.map(Instance::V0_2_0),
         }
     }
 }
@@ -80,6 +111,7 @@ impl Pre {
 /// latest contract's types whatever version the guest speaks.
 pub(crate) enum Instance {
     V0_1_0(v0_1_0::Instance),
+    V0_2_0(v0_2_0::Instance),
 }
 
 impl Instance {
@@ -92,6 +124,7 @@ impl Instance {
     ) -> wasmtime::Result<wit::Verdict> {
         match self {
             Instance::V0_1_0(i) => i.validate(store, stage, messages).await,
+            Instance::V0_2_0(i) => i.validate(store, stage, messages).await,
         }
     }
 
@@ -104,6 +137,7 @@ impl Instance {
     ) -> wasmtime::Result<Vec<String>> {
         match self {
             Instance::V0_1_0(i) => i.route(store, req, candidates).await,
+            Instance::V0_2_0(i) => i.route(store, req, candidates).await,
         }
     }
 
@@ -115,6 +149,7 @@ impl Instance {
     ) -> wasmtime::Result<wit::Action> {
         match self {
             Instance::V0_1_0(i) => i.recover(store, ctx).await,
+            Instance::V0_2_0(i) => i.recover(store, ctx).await,
         }
     }
 
@@ -126,6 +161,7 @@ impl Instance {
     ) -> wasmtime::Result<Result<wit::TaskResult, wit::Failure>> {
         match self {
             Instance::V0_1_0(i) => i.handle(store, task).await,
+            Instance::V0_2_0(i) => i.handle(store, task).await,
         }
     }
 }
@@ -134,6 +170,38 @@ impl Instance {
 mod tests {
     use super::*;
     use crate::runtime::engine::{AllocatorChoice, EngineSettings, build_engine};
+
+    #[test]
+    fn the_contract_version_is_read_from_the_import_names() {
+        assert_eq!(
+            contract_version(["wasi:cli/environment@0.2.3", "agentrouter:plugin/llm@0.1.0"]),
+            "0.1.0"
+        );
+        assert_eq!(contract_version(["agentrouter:plugin/http@0.2.0"]), "0.2.0");
+        // No contract import (a router that only exports): the latest.
+        assert_eq!(contract_version(["wasi:io/streams@0.2.3"]), "0.2.0");
+        // An unknown version is left to the latest linker, which names the
+        // import it cannot resolve.
+        assert_eq!(contract_version(["agentrouter:plugin/llm@9.0.0"]), "0.2.0");
+    }
+
+    #[test]
+    fn a_0_1_0_component_links_against_the_0_1_0_linker_only() {
+        let (engine, _) = build_engine(&EngineSettings {
+            allocator: AllocatorChoice::OnDemand,
+            ..Default::default()
+        })
+        .unwrap();
+        let linkers = Linkers::new(&engine).unwrap();
+        let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/contract-0.1.0/worker.wasm");
+        let old = Component::from_file(&engine, old).unwrap();
+        assert!(matches!(
+            linkers.pre(World::Agent, &old),
+            Ok(Pre::V0_1_0(_))
+        ));
+        assert!(linkers.v0_2_0.pre(World::Agent, &old).is_err());
+    }
 
     #[test]
     fn each_world_links_only_its_own_imports() {

@@ -1,11 +1,12 @@
-//! `agentrouter:plugin@0.1.0`: the generated bindings of its four worlds,
-//! one linker per world, and calls into an instance of any of them.
+//! `agentrouter:plugin@0.1.0`: the first contract, kept so components built
+//! against it load and run unchanged.
 //!
-//! The `agent` world's bindings own the shared interfaces; the other worlds
-//! reuse them through `with`, so there is one Rust type per WIT type and one
-//! host implementation per interface. Each world still gets a linker of its
-//! own holding only its imports: a world is a capability boundary, and a
-//! component asking for more than its world grants does not link.
+//! Its WIT (`wit/0.1.0/`) is frozen. 0.2.0 changed no 0.1.0 type, so these
+//! bindings reuse the latest `types` (`with`): a 0.1.0 guest's arguments and
+//! results are the latest types as they are, checked structurally by
+//! wasmtime at link time. Its interfaces are generated anew (their instance
+//! names carry `@0.1.0`) and implemented by calling the latest ones; the
+//! only conversion is the `log` level, an enum of each version's own.
 
 use super::LinkError;
 use crate::runtime::World;
@@ -17,13 +18,16 @@ use wasmtime::{Engine, Store};
 pub mod agent {
     wasmtime::component::bindgen!({
         world: "agent",
-        path: "../wit",
+        path: "../wit/0.1.0",
         imports: {
             "agentrouter:plugin/llm": async | trappable,
             "agentrouter:plugin/agents": async | trappable,
             default: trappable,
         },
         exports: { default: async },
+        with: {
+            "agentrouter:plugin/types": super::super::latest::wit,
+        },
     });
 }
 
@@ -31,11 +35,11 @@ pub mod agent {
 pub mod validator {
     wasmtime::component::bindgen!({
         world: "validator",
-        path: "../wit",
+        path: "../wit/0.1.0",
         imports: { default: trappable },
         exports: { default: async },
         with: {
-            "agentrouter:plugin/types": super::agent::agentrouter::plugin::types,
+            "agentrouter:plugin/types": super::super::latest::wit,
             "agentrouter:plugin/log": super::agent::agentrouter::plugin::log,
             "agentrouter:plugin/settings": super::agent::agentrouter::plugin::settings,
         },
@@ -46,11 +50,11 @@ pub mod validator {
 pub mod router {
     wasmtime::component::bindgen!({
         world: "router",
-        path: "../wit",
+        path: "../wit/0.1.0",
         imports: { default: trappable },
         exports: { default: async },
         with: {
-            "agentrouter:plugin/types": super::agent::agentrouter::plugin::types,
+            "agentrouter:plugin/types": super::super::latest::wit,
             "agentrouter:plugin/log": super::agent::agentrouter::plugin::log,
             "agentrouter:plugin/settings": super::agent::agentrouter::plugin::settings,
         },
@@ -61,21 +65,21 @@ pub mod router {
 pub mod recovery {
     wasmtime::component::bindgen!({
         world: "recovery",
-        path: "../wit",
+        path: "../wit/0.1.0",
         imports: { default: trappable },
         exports: { default: async },
         with: {
-            "agentrouter:plugin/types": super::agent::agentrouter::plugin::types,
+            "agentrouter:plugin/types": super::super::latest::wit,
             "agentrouter:plugin/log": super::agent::agentrouter::plugin::log,
             "agentrouter:plugin/settings": super::agent::agentrouter::plugin::settings,
         },
     });
 }
 
-/// The interfaces every world shares, as generated once.
+/// The data types: the latest ones.
+use super::latest::wit;
+/// The 0.1.0 interfaces, as generated once.
 pub use agent::agentrouter::plugin as interfaces;
-/// The contract's data types.
-pub use agent::agentrouter::plugin::types as wit;
 
 /// One linker per world, each with WASI p2 and that world's imports only.
 pub(crate) struct Linkers {
@@ -92,6 +96,9 @@ fn linker(
 ) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // `types` holds no functions; its instance only has to exist, and the
+    // reused latest `types` module registers the 0.2.0 name, not this one.
+    linker.instance("agentrouter:plugin/types@0.1.0")?;
     add(&mut linker)?;
     Ok(linker)
 }
@@ -215,5 +222,79 @@ impl Instance {
             return Err(not_a(World::Agent));
         };
         i.call_handle(store, task).await
+    }
+}
+
+// The 0.1.0 imports, each the latest one under its 0.1.0 name.
+use super::latest::interfaces as latest;
+
+impl interfaces::llm::Host for PluginState {
+    async fn complete(
+        &mut self,
+        req: wit::CompletionRequest,
+    ) -> wasmtime::Result<Result<wit::Completion, wit::Failure>> {
+        latest::llm::Host::complete(self, req).await
+    }
+}
+
+impl interfaces::agents::Host for PluginState {
+    async fn call(
+        &mut self,
+        agent: String,
+        task: wit::Task,
+    ) -> wasmtime::Result<Result<wit::TaskResult, wit::Failure>> {
+        latest::agents::Host::call(self, agent, task).await
+    }
+
+    async fn call_all(
+        &mut self,
+        calls: Vec<(String, wit::Task)>,
+    ) -> wasmtime::Result<Vec<Result<wit::TaskResult, wit::Failure>>> {
+        latest::agents::Host::call_all(self, calls).await
+    }
+}
+
+impl interfaces::kv::Host for PluginState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        latest::kv::Host::get(self, key)
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_seconds: Option<u32>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        latest::kv::Host::set(self, key, value, ttl_seconds)
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        latest::kv::Host::delete(self, key)
+    }
+}
+
+impl interfaces::log::Host for PluginState {
+    fn log(
+        &mut self,
+        level: interfaces::log::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        use interfaces::log::Level as Old;
+        use latest::log::Level as New;
+        let level = match level {
+            Old::Trace => New::Trace,
+            Old::Debug => New::Debug,
+            Old::Info => New::Info,
+            Old::Warn => New::Warn,
+            Old::Error => New::Error,
+        };
+        latest::log::Host::log(self, level, message, fields)
+    }
+}
+
+impl interfaces::settings::Host for PluginState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        latest::settings::Host::get(self, key)
     }
 }

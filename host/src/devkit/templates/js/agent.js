@@ -2,9 +2,9 @@
 //
 // Answers a task with one completion, framed by the `instructions` setting.
 
-import { complete } from "agentrouter:plugin/llm@0.1.0";
-import { log } from "agentrouter:plugin/log@0.1.0";
-import { get } from "agentrouter:plugin/settings@0.1.0";
+import { complete } from "agentrouter:plugin/llm@0.2.0";
+import { log } from "agentrouter:plugin/log@0.2.0";
+import { get } from "agentrouter:plugin/settings@0.2.0";
 
 function setting(key, fallback) {
   const value = get(key);

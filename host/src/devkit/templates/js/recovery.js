@@ -3,7 +3,7 @@
 // Retries rate limits after the upstream's hint, falls back on timeouts,
 // retries server errors while attempts remain, and gives up otherwise.
 
-import { get } from "agentrouter:plugin/settings@0.1.0";
+import { get } from "agentrouter:plugin/settings@0.2.0";
 
 export function recover(ctx) {
   const delayMs = Number.parseInt(get("delay_ms") ?? "200", 10);

@@ -2,7 +2,7 @@
 //
 // Rejects input longer than the `max_chars` setting (default 10000).
 
-import { get } from "agentrouter:plugin/settings@0.1.0";
+import { get } from "agentrouter:plugin/settings@0.2.0";
 
 export function validate(stage, messages) {
   const limit = Number.parseInt(get("max_chars") ?? "10000", 10);
