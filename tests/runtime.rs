@@ -868,6 +868,11 @@ async fn a_validator_importing_kv_is_refused_at_load_in_the_words_of_plugin_insp
     let path = fixture("kv-validator");
     let bytes = std::fs::read(&path).unwrap();
     let inspected = inspect::inspect(rt.engine(), &bytes).unwrap();
+    assert_eq!(
+        inspect::read(&bytes).unwrap(),
+        inspected,
+        "read without compiling"
+    );
     assert!(
         inspected
             .imports
@@ -1064,4 +1069,32 @@ async fn compiled_plugins_are_reused_from_the_aot_cache_across_restarts() {
     });
     rt.load(guard.spec("guard")).unwrap();
     assert_eq!(rt.cache().unwrap().stats.misses.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn reading_a_component_without_compiling_it_says_what_compiling_it_says() {
+    let rt = runtime();
+    let mut seen = 0;
+    let builtins = plugins::all().map(|p| p.wasm.to_vec());
+    let fixtures = std::fs::read_dir(plugins::fixture_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .map(|p| std::fs::read(p).unwrap());
+    for bytes in builtins.chain(fixtures) {
+        let Ok(compiled) = inspect::inspect(rt.engine(), &bytes) else {
+            assert!(
+                inspect::read(&bytes).is_err(),
+                "read accepts what compiling refuses"
+            );
+            continue;
+        };
+        assert_eq!(inspect::read(&bytes).unwrap(), compiled);
+        seen += 1;
+    }
+    assert!(seen >= 10, "only {seen} components compared");
+    let mut cut = plugins::get("input-guard").unwrap().wasm.to_vec();
+    cut.truncate(cut.len() / 2);
+    let err = inspect::read(&cut).unwrap_err().to_string();
+    assert!(err.starts_with("invalid component"), "{err}");
 }

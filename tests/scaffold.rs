@@ -17,8 +17,8 @@
 //! directory host/build.rs compiles the first-party plugins in (same
 //! profile, same target, same wit-bindgen), with plugins/Cargo.lock, so
 //! only the SDK copy and the plugin itself are compiled; `plugin inspect`
-//! and `plugin call` share one AOT cache per test (in its temp dir, never
-//! the user's), so each component is compiled by Cranelift once.
+//! reads a component without compiling it, and `plugin call` compiles into
+//! one AOT cache per test (in its temp dir, never the user's).
 
 mod support;
 
@@ -124,16 +124,11 @@ fn readme_build(dir: &Path) -> Command {
 }
 
 /// Inspects and calls the built component; checks the world and the answer.
-/// Both commands use the AOT cache `cache`, so the call loads what the
-/// inspection compiled.
+/// The call compiles into the AOT cache `cache`.
 fn check(dir: &Path, wasm: &Path, world: &str, cache: &Path) {
     assert!(wasm.is_file(), "{} was not built", wasm.display());
     let mut inspect = agentrouter();
-    inspect
-        .args(["plugin", "inspect"])
-        .arg(wasm)
-        .arg("--cache-dir")
-        .arg(cache);
+    inspect.args(["plugin", "inspect"]).arg(wasm);
     let out = run(inspect, dir, "plugin inspect");
     assert!(out.contains(&format!("world:   {world}")), "{out}");
 

@@ -3,7 +3,6 @@
 use super::harness::{self, CallOptions};
 use super::scaffold::{self, Lang};
 use crate::runtime::{PluginLimits, World};
-use crate::store::Store;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use std::collections::BTreeMap;
@@ -14,13 +13,11 @@ use std::process::ExitCode;
 /// `agentrouter plugin …`.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Show which world a component implements, its imports, exports and digest.
+    /// Show which world a component implements, its imports, exports and
+    /// digest (read and validated, not compiled: instant for any size).
     Inspect {
         /// The `.wasm` component.
         file: PathBuf,
-        /// Cache compiled components here (default: ~/.cache/agentrouter/plugin-cache).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
     },
     /// Write a new plugin project that builds as generated.
     New {
@@ -128,9 +125,7 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 /// Runs one `plugin` subcommand.
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PluginCommand::Inspect { file, cache_dir } => {
-            inspect_file(&file, cache_dir.or_else(harness::user_cache_dir))
-        }
+        PluginCommand::Inspect { file } => inspect_file(&file),
         PluginCommand::New {
             world,
             lang,
@@ -222,11 +217,9 @@ fn new_project(
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect_file(file: &PathBuf, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn inspect_file(file: &PathBuf) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let rt = harness::runtime(Store::temporary()?, cache_dir.as_deref())?;
-    let info = rt
-        .inspect(&bytes)
+    let info = crate::runtime::inspect::read(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     println!("file:    {}", file.display());
     println!("digest:  sha256:{}", info.digest);

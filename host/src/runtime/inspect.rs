@@ -209,6 +209,49 @@ pub fn describe(detected: &Result<World, WorldError>) -> String {
     }
 }
 
+/// Reads and validates `bytes` and reports what they are, without
+/// compiling them: a component's names are in its binary, and compiling a
+/// Python or JavaScript component costs seconds of Cranelift that
+/// `plugin inspect` does not need (loading it compiles, through the AOT
+/// cache). Says what [`inspect`] says of every valid component.
+pub fn read(bytes: &[u8]) -> Result<ComponentInfo, InspectError> {
+    use wasmparser::{ComponentExternalKind, ComponentTypeRef, Parser, Payload, Validator};
+    check_header(bytes)?;
+    let invalid = |e: wasmparser::BinaryReaderError| InspectError::Invalid(e.into());
+    Validator::new().validate_all(bytes).map_err(invalid)?;
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    // Nested modules and components have imports and exports of their
+    // own; only the outermost component's are its interface.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            // A type the world `use`s is imported by name (`stage`); it is
+            // part of an interface's signature, not something the host
+            // provides, and compiling resolves it away: not listed.
+            Payload::ComponentImportSection(section) if depth == 0 => {
+                for import in section {
+                    let import = import.map_err(invalid)?;
+                    if !matches!(import.ty, ComponentTypeRef::Type(_)) {
+                        imports.push(import.name.name.to_string());
+                    }
+                }
+            }
+            Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    let export = export.map_err(invalid)?;
+                    if export.kind != ComponentExternalKind::Type {
+                        exports.push(export.name.name.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(described(imports, exports, bytes))
+}
+
 /// Compiles `bytes` and reports what they are.
 pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<ComponentInfo, InspectError> {
     check_header(bytes)?;
@@ -221,6 +264,10 @@ pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<ComponentInfo, InspectEr
 /// JavaScript component takes seconds.
 pub fn info(engine: &Engine, component: &Component, bytes: &[u8]) -> ComponentInfo {
     let (imports, exports) = names(engine, component);
+    described(imports, exports, bytes)
+}
+
+fn described(imports: Vec<String>, exports: Vec<String>, bytes: &[u8]) -> ComponentInfo {
     ComponentInfo {
         world: detect_world(&imports, &exports),
         contract: super::bindings::contract_version(imports.iter().map(String::as_str)),

@@ -329,23 +329,10 @@ impl Runtime {
         self.cache.as_ref()
     }
 
-    /// Compiles `bytes` (through the AOT cache, when configured) and says
-    /// what they are, without loading them into a slot: `plugin inspect`
-    /// and `plugin call` use it, so a second look at a big component costs
-    /// a cache hit, not a compile.
+    /// Says what `bytes` are without loading them into a slot or compiling
+    /// them ([`inspect::read`]): `plugin inspect` and `plugin call` use it.
     pub fn inspect(&self, bytes: &[u8]) -> Result<inspect::ComponentInfo, inspect::InspectError> {
-        inspect::check_header(bytes)?;
-        let component = match &self.cache {
-            Some(cache) => {
-                cache
-                    .load_or_compile(&self.engine, &sha256_hex(bytes), bytes)
-                    .map_err(inspect::InspectError::Invalid)?
-                    .0
-            }
-            None => wasmtime::component::Component::new(&self.engine, bytes)
-                .map_err(inspect::InspectError::Invalid)?,
-        };
-        Ok(inspect::info(&self.engine, &component, bytes))
+        inspect::read(bytes)
     }
 
     /// Loads, verifies, compiles and type-checks a plugin.
