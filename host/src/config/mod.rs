@@ -74,6 +74,7 @@ struct Document {
     budgets: BudgetsConfig,
     cluster: ClusterConfig,
     responses: ResponsesConfig,
+    batches: BatchesConfig,
 }
 
 impl Document {
@@ -96,6 +97,7 @@ impl Document {
             budgets,
             cluster,
             responses,
+            batches,
         } = self;
         let (listener, request_limits) = server.split();
         let (resilience, bulkhead) = resilience.split();
@@ -111,6 +113,7 @@ impl Document {
                 telemetry,
                 cluster,
                 responses,
+                batches,
             },
             ReloadableConfig {
                 server: request_limits,
