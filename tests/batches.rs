@@ -13,6 +13,7 @@ use support::{Gateway, Reply, SimServer, steady};
 
 const ALICE: &str = "alice-secret-0123456789";
 const BOB: &str = "bob-secret-0123456789ab";
+const THRIFTY: &str = "thrifty-secret-0123456789";
 
 /// `up` as upstream `sim`, keys alice and bob, `[batches]` as `batches`.
 fn config(up: &SimServer, batches: &str) -> String {
@@ -358,5 +359,89 @@ async fn a_bad_input_file_is_refused_with_its_line_and_another_key_sees_nothing(
             .status,
         404
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn batch_requests_share_the_cache_and_are_charged_to_the_creators_budget() {
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let toml = config(&up, "max_concurrency = 1").replace(
+        "[batches]",
+        &format!(
+            "[[auth.keys]]\nname = \"thrifty\"\nsecret = \"{THRIFTY}\"\ndaily_budget_usd = 0.001\n\n[cache]\n\n[batches]"
+        ),
+    );
+    let gw = Gateway::start(&toml).await;
+    // Five deterministic lines asking the same: one upstream call, the
+    // rest answered by the cache.
+    let same: String = (0..5)
+        .map(|i| {
+            json!({"custom_id": format!("same-{i}"), "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": "m", "temperature": 0,
+                    "messages": [{"role": "user", "content": "always the same"}]}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let batch = start_batch(&gw, &same).await;
+    let done = wait_for(&gw, batch["id"].as_str().unwrap(), |b| {
+        status(b) == "completed"
+    })
+    .await;
+    assert_eq!(done["request_counts"]["completed"], 5);
+    assert_eq!(up.requests(), 1, "the cache answered the repeats");
+    // What the batch computed answers interactive requests too.
+    let interactive = gw
+        .send(
+            gw.client
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(ALICE)
+                .json(&json!({"model": "m", "temperature": 0,
+                    "messages": [{"role": "user", "content": "always the same"}]})),
+        )
+        .await;
+    assert_eq!(interactive.header("x-agentrouter-cache"), Some("hit"));
+
+    // A key with a tiny daily budget: its batch's first answer spends it,
+    // the rest are refused as its interactive requests would be.
+    let file = upload(&gw, THRIFTY, &chat_lines(3)).await;
+    assert_eq!(file.status, 200, "{}", file.text);
+    let batch = post(
+        &gw,
+        THRIFTY,
+        "/v1/batches",
+        &json!({"input_file_id": file.json()["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"}),
+    )
+    .await
+    .json();
+    let id = batch["id"].as_str().unwrap();
+    let mut done = Value::Null;
+    for _ in 0..3000 {
+        done = get(&gw, THRIFTY, &format!("/v1/batches/{id}")).await.json();
+        if status(&done) == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 3, "completed": 1, "failed": 2}),
+        "{done}"
+    );
+    let errors = get(
+        &gw,
+        THRIFTY,
+        &format!(
+            "/v1/files/{}/content",
+            done["error_file_id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    for line in errors.text.lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["response"]["status_code"], 429, "{line}");
+        assert_eq!(line["response"]["body"]["error"]["code"], "budget_exceeded");
+    }
     gw.stop().await;
 }
