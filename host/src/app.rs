@@ -173,7 +173,13 @@ impl App {
             )
             .with_responses(responses),
         );
+        let batches = Arc::new(crate::server::batch::Batches::new(
+            store.clone(),
+            &startup.batches,
+            gateway.metrics().clone(),
+        ));
         let state = AppState::new(ServerState {
+            batches: batches.clone(),
             gateway,
             store,
             draining: Arc::new(AtomicBool::new(false)),
@@ -185,6 +191,8 @@ impl App {
             },
             cluster,
         });
+        // Unfinished batches go on where they stopped.
+        batches.resume(&state);
         Ok(App {
             state,
             shutdown: Shutdown {
@@ -239,9 +247,13 @@ impl App {
         let sweeper = self.sweeper;
         let background = self.background;
         let rollout_sync = self.rollout_sync;
+        let batches = self.state.batches.clone();
         let served = server::serve(listener, self.state, shutdown, self.shutdown);
         async move {
             let result = served.await;
+            // The batch runner holds the store: its requests under way are
+            // recorded, the rest resume at the next start.
+            batches.shutdown().await;
             drop(rollout_sync);
             for task in background {
                 task.abort();

@@ -277,6 +277,21 @@ impl Auth {
         Err(AuthError::Missing)
     }
 
+    /// The identity of key `name` now (`anonymous` when auth is off): what
+    /// a batch, created by that key, runs its requests as. A revoked or
+    /// removed key is an error, so its batch's remaining requests fail.
+    pub fn identity_named(&self, name: &str) -> Result<Identity, AuthError> {
+        if !self.enabled {
+            return Ok(Identity::anonymous());
+        }
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let record = keys
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or(AuthError::Unknown)?;
+        identity_of(record, &record.hash, clock::unix_ms())
+    }
+
     /// The identity of a request: `anonymous` when auth is off, else the
     /// key its credentials match.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {

@@ -78,6 +78,7 @@ struct Document {
     budgets: BudgetsConfig,
     cluster: ClusterConfig,
     responses: ResponsesConfig,
+    batches: BatchesConfig,
 }
 
 impl Document {
@@ -101,6 +102,7 @@ impl Document {
             budgets,
             cluster,
             responses,
+            batches,
         } = self;
         let (listener, request_limits) = server.split();
         let (resilience, bulkhead) = resilience.split();
@@ -116,6 +118,7 @@ impl Document {
                 telemetry,
                 cluster,
                 responses,
+                batches,
             },
             ReloadableConfig {
                 server: request_limits,

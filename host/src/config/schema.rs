@@ -24,6 +24,7 @@ pub use crate::pipeline::budget::{
 pub use crate::ratelimit::{LimitConfig, RateLimitsConfig};
 pub use crate::resilience::{BreakerConfig, HedgeConfig, RetryBudgetConfig};
 use crate::runtime::{AllocatorChoice, Capabilities, EngineSettings, PluginLimits, World};
+pub use crate::server::batch::BatchesConfig;
 pub use crate::telemetry::config::{DEFAULT_SAMPLE_RATE, DEFAULT_SERVICE_NAME, TelemetryConfig};
 pub use crate::upstream::sim::SimSettings;
 use serde::{Deserialize, Serialize, Serializer};

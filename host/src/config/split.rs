@@ -51,6 +51,8 @@ pub struct StartupConfig {
     pub cluster: ClusterConfig,
     /// `[responses]`.
     pub responses: ResponsesConfig,
+    /// `[batches]`.
+    pub batches: BatchesConfig,
 }
 
 /// What `POST /admin/reload` applies to a running gateway: per-request

@@ -637,3 +637,23 @@ fn stored_responses_keep_a_positive_time() {
     let e = only_error(&format!("{UPSTREAM}[responses]\nttl = 5\n"));
     assert!(e.message.contains("ttl"), "{e}");
 }
+
+#[test]
+fn batch_concurrency_is_bounded() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(
+        config.startup.batches.max_concurrency,
+        crate::server::batch::DEFAULT_BATCH_CONCURRENCY
+    );
+    let config = parse(&format!("{UPSTREAM}[batches]\nmax_concurrency = 16\n")).unwrap();
+    assert_eq!(config.startup.batches.max_concurrency, 16);
+    for bad in ["0", "1025"] {
+        let e = only_error(&format!("{UPSTREAM}[batches]\nmax_concurrency = {bad}\n"));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("batches.max_concurrency", Some(5))
+        );
+    }
+    let e = only_error(&format!("{UPSTREAM}[batches]\nconcurrency = 5\n"));
+    assert!(e.message.contains("concurrency"), "{e}");
+}

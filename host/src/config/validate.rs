@@ -27,6 +27,7 @@ pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLoo
     resilience(config, errors, env);
     telemetry(config, errors);
     responses(config, errors);
+    batches(config, errors);
     super::validate_shared::cluster(config, errors, env);
     super::validate_shared::moved_cache_url(config, errors);
     super::validate_shared::budgets(config, errors);
@@ -329,6 +330,16 @@ fn responses(config: &Config, errors: &mut Errors<'_>) {
         errors.push(
             "responses.ttl_s",
             "must be positive (send `store: false` to keep a response from being stored)",
+        );
+    }
+}
+
+fn batches(config: &Config, errors: &mut Errors<'_>) {
+    let n = config.startup.batches.max_concurrency;
+    if !(1..=1024).contains(&n) {
+        errors.push(
+            "batches.max_concurrency",
+            format!("must be between 1 and 1024, not {n}"),
         );
     }
 }

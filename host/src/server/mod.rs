@@ -9,6 +9,7 @@
 //! responses, not about what a request asks for.
 
 pub mod admin;
+pub mod batch;
 mod chat;
 mod embeddings;
 mod error;
@@ -67,6 +68,8 @@ pub struct ServerState {
     /// The request layer, with the live configuration a handler loads once
     /// per request (so a reload never changes a request midway).
     pub gateway: Arc<Gateway>,
+    /// Files and batches, and the runner of batches.
+    pub batches: Arc<batch::Batches>,
     /// The store (checked by readiness).
     pub store: Store,
     /// Set once shutdown begins; readiness then reports 503.
@@ -121,6 +124,18 @@ pub fn router(state: AppState) -> Router {
             "/v1/responses/{id}/input_items",
             get(responses::input_items),
         )
+        .route("/v1/files", post(batch::upload_file))
+        .route(
+            "/v1/files/{id}",
+            get(batch::get_file).delete(batch::delete_file),
+        )
+        .route("/v1/files/{id}/content", get(batch::file_content))
+        .route(
+            "/v1/batches",
+            post(batch::create_batch).get(batch::list_batches),
+        )
+        .route("/v1/batches/{id}", get(batch::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batch::cancel_batch))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::admit));
     Router::new()
         .merge(v1)

@@ -93,6 +93,13 @@ pub struct CacheLabels {
     pub result: String,
 }
 
+/// Labels of a finished batch request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    /// `completed` (a 2xx) or `failed`.
+    pub result: String,
+}
+
 /// Labels of a rate-limit rejection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RateLimitLabels {
@@ -297,6 +304,8 @@ pub struct Metrics {
     pub cache_lookups: Family<CacheLabels, Counter>,
     /// Requests refused by a rate limit or budget.
     pub rate_limited: Family<RateLimitLabels, Counter>,
+    /// Batch requests run, by result.
+    pub batch_requests: Family<BatchLabels, Counter>,
     /// Plugin calls.
     pub plugin_calls: Family<PluginLabels, Counter>,
     /// Plugin call failures by kind.
@@ -390,6 +399,7 @@ impl Metrics {
             alerts: Family::default(),
             cache_lookups: Family::default(),
             rate_limited: Family::default(),
+            batch_requests: Family::default(),
             plugin_calls: Family::default(),
             plugin_errors: Family::default(),
             plugin_duration: histograms(),
@@ -484,6 +494,11 @@ impl Metrics {
             "rate_limited",
             "Requests refused by a rate limit or budget",
             m.rate_limited.clone(),
+        );
+        register!(
+            "batch_requests",
+            "Batch requests run, by result",
+            m.batch_requests.clone(),
         );
         register!("plugin_calls", "Plugin calls", m.plugin_calls.clone());
         register!(
