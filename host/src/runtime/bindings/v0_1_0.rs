@@ -81,14 +81,6 @@ use super::latest::wit;
 /// The 0.1.0 interfaces, as generated once.
 pub use agent::agentrouter::plugin as interfaces;
 
-/// One linker per world, each with WASI p2 and that world's imports only.
-pub(crate) struct Linkers {
-    agent: Linker<PluginState>,
-    validator: Linker<PluginState>,
-    router: Linker<PluginState>,
-    recovery: Linker<PluginState>,
-}
-
 /// A linker with WASI and the imports `add` adds.
 fn linker(
     engine: &Engine,
@@ -103,127 +95,7 @@ fn linker(
     Ok(linker)
 }
 
-impl Linkers {
-    pub(crate) fn new(engine: &Engine) -> wasmtime::Result<Self> {
-        Ok(Self {
-            agent: linker(engine, |l| {
-                agent::Agent::add_to_linker::<_, HasSelf<PluginState>>(l, |s| s)
-            })?,
-            validator: linker(engine, |l| {
-                validator::Validator::add_to_linker::<_, HasSelf<PluginState>>(l, |s| s)
-            })?,
-            router: linker(engine, |l| {
-                router::Router::add_to_linker::<_, HasSelf<PluginState>>(l, |s| s)
-            })?,
-            recovery: linker(engine, |l| {
-                recovery::Recovery::add_to_linker::<_, HasSelf<PluginState>>(l, |s| s)
-            })?,
-        })
-    }
-
-    pub(crate) fn pre(&self, world: World, component: &Component) -> Result<Pre, LinkError> {
-        let linker = match world {
-            World::Agent => &self.agent,
-            World::Validator => &self.validator,
-            World::Router => &self.router,
-            World::Recovery => &self.recovery,
-        };
-        let pre = linker
-            .instantiate_pre(component)
-            .map_err(LinkError::Imports)?;
-        match world {
-            World::Agent => agent::AgentPre::new(pre).map(Pre::Agent),
-            World::Validator => validator::ValidatorPre::new(pre).map(Pre::Validator),
-            World::Router => router::RouterPre::new(pre).map(Pre::Router),
-            World::Recovery => recovery::RecoveryPre::new(pre).map(Pre::Recovery),
-        }
-        .map_err(LinkError::Exports)
-    }
-}
-
-/// A component type-checked against one world.
-pub(crate) enum Pre {
-    Agent(agent::AgentPre<PluginState>),
-    Validator(validator::ValidatorPre<PluginState>),
-    Router(router::RouterPre<PluginState>),
-    Recovery(recovery::RecoveryPre<PluginState>),
-}
-
-impl Pre {
-    pub(crate) async fn instantiate(
-        &self,
-        store: &mut Store<PluginState>,
-    ) -> wasmtime::Result<Instance> {
-        Ok(match self {
-            Pre::Agent(pre) => Instance::Agent(pre.instantiate_async(store).await?),
-            Pre::Validator(pre) => Instance::Validator(pre.instantiate_async(store).await?),
-            Pre::Router(pre) => Instance::Router(pre.instantiate_async(store).await?),
-            Pre::Recovery(pre) => Instance::Recovery(pre.instantiate_async(store).await?),
-        })
-    }
-}
-
-/// An instance of one world.
-pub(crate) enum Instance {
-    Agent(agent::Agent),
-    Validator(validator::Validator),
-    Router(router::Router),
-    Recovery(recovery::Recovery),
-}
-
-/// The runtime checks the world before it instantiates, so this is a bug,
-/// reported as an error rather than a panic.
-fn not_a(world: World) -> wasmtime::Error {
-    wasmtime::Error::msg(format!("the instance is not of the {world} world"))
-}
-
-impl Instance {
-    pub(crate) async fn validate(
-        &self,
-        store: &mut Store<PluginState>,
-        stage: wit::Stage,
-        messages: &[wit::Message],
-    ) -> wasmtime::Result<wit::Verdict> {
-        let Instance::Validator(i) = self else {
-            return Err(not_a(World::Validator));
-        };
-        i.call_validate(store, stage, messages).await
-    }
-
-    pub(crate) async fn route(
-        &self,
-        store: &mut Store<PluginState>,
-        req: &wit::RouteRequest,
-        candidates: &[wit::Candidate],
-    ) -> wasmtime::Result<Vec<String>> {
-        let Instance::Router(i) = self else {
-            return Err(not_a(World::Router));
-        };
-        i.call_route(store, req, candidates).await
-    }
-
-    pub(crate) async fn recover(
-        &self,
-        store: &mut Store<PluginState>,
-        ctx: &wit::FailureContext,
-    ) -> wasmtime::Result<wit::Action> {
-        let Instance::Recovery(i) = self else {
-            return Err(not_a(World::Recovery));
-        };
-        i.call_recover(store, ctx).await
-    }
-
-    pub(crate) async fn handle(
-        &self,
-        store: &mut Store<PluginState>,
-        task: &wit::Task,
-    ) -> wasmtime::Result<Result<wit::TaskResult, wit::Failure>> {
-        let Instance::Agent(i) = self else {
-            return Err(not_a(World::Agent));
-        };
-        i.call_handle(store, task).await
-    }
-}
+super::world_glue!();
 
 // The 0.1.0 imports, each the latest one under its 0.1.0 name.
 use super::latest::interfaces as latest;
