@@ -336,31 +336,30 @@ impl GuardedUpstream {
         body: &serde_json::Value,
         stream: bool,
     ) -> Result<ResponsesReply, AttemptError> {
-        let total = ctx.remaining();
-        let bound = if stream {
-            Some(total).filter(|t| !t.is_zero())
-        } else {
-            self.health.attempt_bound(total)
-        };
-        let Some(bound) = bound else {
-            return Err(AttemptError::Failed(Failure::Timeout));
-        };
-        let slot = self.gate()?;
-        self.health.count_first_attempt(Instant::now());
-        let started = Instant::now();
+        // A stream may run until the request's deadline, as a chat stream.
+        let (bound, slot, call) = self
+            .begin(ctx, false, |left| {
+                if stream {
+                    (!left.is_zero()).then_some(left)
+                } else {
+                    self.health.attempt_bound(left)
+                }
+            })
+            .await?;
         let reply = match self.upstream.respond(body.clone(), stream, bound).await {
             Ok(reply) => reply,
             Err(failure) => {
-                self.record(ctx, started.elapsed(), Err(&failure));
+                call.end(Err(&failure));
                 return Err(AttemptError::Failed(failure));
             }
         };
         Ok(match reply {
             ResponsesReply::Whole(object) => {
-                self.record(ctx, started.elapsed(), Ok(usage_of(&object)));
+                call.end(Ok(usage_of(&object)));
                 ResponsesReply::Whole(object)
             }
             ResponsesReply::Events(events) => {
+                let started = call.opened();
                 let me = self.clone();
                 let ctx = ctx.clone();
                 ResponsesReply::Events(Box::pin(events.inspect(move |event| {
