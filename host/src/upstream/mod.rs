@@ -38,6 +38,7 @@ mod sim_embed;
 mod sim_responses;
 pub mod sim_server;
 mod sse;
+mod transport;
 
 use crate::domain::{
     Completion, CompletionRequest, EmbeddingRequest, Embeddings, Endpoint, Failure, UpstreamError,

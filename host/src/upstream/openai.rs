@@ -2,7 +2,7 @@
 //! proxies, vLLM, Ollama, the simulator's server, …).
 //!
 //! Requests go to `{base_url}/chat/completions` (embeddings to
-//! `{base_url}/embeddings`, Responses passed through to `{base_url}/responses`) through one shared pooled [`reqwest::Client`]. Streamed answers are read as server-sent events and
+//! `{base_url}/embeddings`, Responses passed through to `{base_url}/responses`) over [`super::transport`] (connections driven in the request's task for `http://`, the shared client for `https://`). Streamed answers are read as server-sent events and
 //! passed on chunk by chunk as the provider sent them (text, refusals,
 //! tool-call fragments, logprobs, every choice), while an
 //! [`Assembly`] puts the whole answer back together for the `Done` event.
@@ -10,6 +10,7 @@
 mod passthrough;
 
 use super::sse::SseParser;
+use super::transport::{Reply, Target, Transport, TransportError};
 use super::{
     Chunk, EventStream, StreamEvent, Upstream, UpstreamInfo, estimate_tokens, failure_for_status,
     prompt_chars,
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use hyper::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,16 +42,19 @@ pub struct OpenAiUpstream {
 
 struct Inner {
     info: UpstreamInfo,
-    /// `{base_url}/chat/completions`, parsed once: parsing a URL per request
-    /// cost more than building the request. Config validation has refused
-    /// an unparsable `base_url` already.
-    url: Result<reqwest::Url, String>,
+    /// How the provider is reached; `Err` for an unusable `base_url`
+    /// (config validation refuses one already, so only a hand-built
+    /// upstream meets it).
+    transport: Result<Transport, String>,
+    /// `{base_url}/chat/completions`, resolved once: parsing a URL per
+    /// request cost more than building the request.
+    url: Result<Target, String>,
     /// `{base_url}/embeddings`, likewise.
-    embeddings_url: Result<reqwest::Url, String>,
+    embeddings_url: Result<Target, String>,
     /// `{base_url}/responses`, likewise.
-    responses_url: Result<reqwest::Url, String>,
-    api_key: Option<String>,
-    client: reqwest::Client,
+    responses_url: Result<Target, String>,
+    /// `Bearer {api_key}`, built once and marked sensitive.
+    auth: Option<HeaderValue>,
     /// Where the provider's rate-limit headroom (`x-ratelimit-*`) goes.
     quota: Option<Arc<crate::telemetry::Metrics>>,
 }
@@ -60,10 +65,7 @@ impl std::fmt::Debug for OpenAiUpstream {
         f.debug_struct("OpenAiUpstream")
             .field("info", &self.inner.info)
             .field("url", &self.inner.url)
-            .field(
-                "api_key",
-                &self.inner.api_key.as_ref().map(|_| "<redacted>"),
-            )
+            .field("api_key", &self.inner.auth.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -78,18 +80,24 @@ impl OpenAiUpstream {
         client: reqwest::Client,
     ) -> Self {
         let base: String = base_url.into();
-        let at = |path: &str| {
-            reqwest::Url::parse(&format!("{}/{path}", base.trim_end_matches('/')))
-                .map_err(|e| e.to_string())
+        let transport = Transport::new(&base, client);
+        let at = |path: &str| match &transport {
+            Ok(transport) => transport.target(path),
+            Err(e) => Err(e.clone()),
         };
+        let auth = api_key.and_then(|key| {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
         Self {
             inner: Arc::new(Inner {
                 info,
                 url: at("chat/completions"),
                 embeddings_url: at("embeddings"),
                 responses_url: at("responses"),
-                api_key,
-                client,
+                transport,
+                auth,
                 quota: None,
             }),
         }
@@ -113,7 +121,7 @@ impl Inner {
         req: &CompletionRequest,
         stream: bool,
         timeout: Duration,
-    ) -> Result<reqwest::Response, Failure> {
+    ) -> Result<Reply, Failure> {
         let mut body = ChatRequest::from_domain(req, stream);
         body.model = self.info.model.clone();
         self.post(&self.url, &body, stream, timeout).await
@@ -122,43 +130,46 @@ impl Inner {
     /// Posts `body` to `url` and returns the response once it is a 2xx.
     async fn post(
         &self,
-        url: &Result<reqwest::Url, String>,
+        url: &Result<Target, String>,
         body: &impl serde::Serialize,
         stream: bool,
         timeout: Duration,
-    ) -> Result<reqwest::Response, Failure> {
-        // The timeout covers connect, headers and the whole body, the
-        // streamed body included.
-        let mut trace = reqwest::header::HeaderMap::new();
-        crate::telemetry::traces::inject_current(&mut trace);
-        let url = url.as_ref().map_err(|e| {
+    ) -> Result<Reply, Failure> {
+        let unusable = |e: &String| {
             Failure::Internal(format!(
                 "upstream `{}`: base_url is not a valid URL: {e}",
                 self.info.name
             ))
-        })?;
-        let mut http = self
-            .client
-            .post(url.clone())
-            .timeout(timeout)
-            .headers(trace)
-            .json(body);
+        };
+        let (transport, url) = match (&self.transport, url) {
+            (Ok(transport), Ok(url)) => (transport, url),
+            (Err(e), _) | (_, Err(e)) => return Err(unusable(e)),
+        };
+        let body = serde_json::to_vec(body)
+            .map_err(|e| Failure::Internal(format!("upstream `{}`: {e}", self.info.name)))?;
+        let mut headers = HeaderMap::new();
+        crate::telemetry::traces::inject_current(&mut headers);
         if stream {
-            http = http.header(reqwest::header::ACCEPT, "text/event-stream");
+            headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         }
-        if let Some(key) = &self.api_key {
-            http = http.bearer_auth(key);
+        if let Some(auth) = &self.auth {
+            headers.insert(AUTHORIZATION, auth.clone());
         }
-        let resp = http.send().await.map_err(|e| self.transport(e))?;
-        self.observe_quota(resp.headers());
-        let status = resp.status();
+        // The timeout covers connect, headers and the whole body, the
+        // streamed body included.
+        let reply = transport
+            .post(url, headers, body, timeout)
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.observe_quota(&reply.headers);
+        let status = reply.status;
         if status.is_success() {
-            return Ok(resp);
+            return Ok(reply);
         }
-        let headers = resp.headers().clone();
+        let headers = reply.headers.clone();
         // A body we cannot read still tells the status, so read errors are
         // ignored here.
-        let (body, _) = read_capped(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+        let (body, _) = reply.read_capped(MAX_ERROR_BODY).await.unwrap_or_default();
         let failure = failure_for_status(&self.info.name, status.as_u16(), &headers, &body);
         tracing::warn!(upstream = %self.info.name, status = status.as_u16(), %failure, "upstream refused the request");
         Err(failure)
@@ -168,7 +179,7 @@ impl Inner {
     /// (and most compatible providers') `x-ratelimit-limit-{requests,tokens}`
     /// and `x-ratelimit-remaining-{requests,tokens}` headers, so alerts can
     /// fire before the quota runs out rather than on the first 429.
-    fn observe_quota(&self, headers: &reqwest::header::HeaderMap) {
+    fn observe_quota(&self, headers: &HeaderMap) {
         let Some(metrics) = &self.quota else {
             return;
         };
@@ -199,13 +210,11 @@ impl Inner {
     }
 
     /// The failure for a transport error (see the module table in `super`).
-    fn transport(&self, e: reqwest::Error) -> Failure {
-        let failure = if e.is_timeout() {
-            Failure::Timeout
-        } else if e.is_decode() {
-            self.invalid(format!("undecodable body: {e}"))
-        } else {
-            Failure::UpstreamStatus(502)
+    fn transport(&self, e: TransportError) -> Failure {
+        let failure = match &e {
+            TransportError::Timeout => Failure::Timeout,
+            TransportError::Decode(e) => self.invalid(format!("undecodable body: {e}")),
+            TransportError::Io(_) => Failure::UpstreamStatus(502),
         };
         tracing::warn!(upstream = %self.info.name, error = %e, %failure, "upstream transport error");
         failure
@@ -221,7 +230,8 @@ impl Inner {
         timeout: Duration,
     ) -> Result<Completion, Failure> {
         let resp = self.send(&req, false, timeout).await?;
-        let (body, cut) = read_capped(resp, MAX_BODY)
+        let (body, cut) = resp
+            .read_capped(MAX_BODY)
             .await
             .map_err(|e| self.transport(e))?;
         if cut {
@@ -244,7 +254,8 @@ impl Inner {
         let resp = self
             .post(&self.embeddings_url, &body, false, timeout)
             .await?;
-        let (body, cut) = read_capped(resp, MAX_BODY)
+        let (body, cut) = resp
+            .read_capped(MAX_BODY)
             .await
             .map_err(|e| self.transport(e))?;
         if cut {
@@ -265,7 +276,7 @@ impl Inner {
     ) -> Result<EventStream, Failure> {
         let resp = self.send(&req, true, timeout).await?;
         let pump = Pump {
-            body: resp.bytes_stream().boxed(),
+            body: body_stream(resp),
             sse: SseParser::default(),
             decoder: StreamDecoder::new(
                 self.info.name.clone(),
@@ -284,20 +295,12 @@ fn invalid(upstream: &str, reason: impl std::fmt::Display) -> Failure {
     Failure::InvalidResponse(format!("upstream `{upstream}`: {reason}"))
 }
 
-/// Reads at most `limit` bytes of the body; `true` when there was more.
-async fn read_capped(
-    mut resp: reqwest::Response,
-    limit: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            body.extend_from_slice(&chunk[..limit - body.len()]);
-            return Ok((body, true));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, false))
+/// The body's pieces as a stream.
+fn body_stream(reply: Reply) -> BoxStream<'static, Result<Bytes, TransportError>> {
+    futures::stream::unfold(reply, |mut reply| async move {
+        reply.chunk().await.transpose().map(|chunk| (chunk, reply))
+    })
+    .boxed()
 }
 
 impl Upstream for OpenAiUpstream {
@@ -342,7 +345,7 @@ impl Upstream for OpenAiUpstream {
 /// Drives a streamed response: bytes in, events out.
 struct Pump {
     upstream: Arc<Inner>,
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    body: BoxStream<'static, Result<Bytes, TransportError>>,
     sse: SseParser,
     decoder: StreamDecoder,
     out: VecDeque<Result<StreamEvent, Failure>>,

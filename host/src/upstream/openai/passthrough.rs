@@ -3,7 +3,7 @@
 //! `{base_url}/responses` with this upstream's model, and the answer comes
 //! back as sent — the object, or each event's payload.
 
-use super::{Inner, MAX_BODY, invalid, read_capped};
+use super::{Inner, MAX_BODY, body_stream, invalid};
 use crate::domain::Failure;
 use crate::upstream::sse::SseParser;
 use crate::upstream::{ResponsesReply, terminal};
@@ -26,7 +26,8 @@ impl Inner {
             .post(&self.responses_url, &body, stream, timeout)
             .await?;
         if !stream {
-            let (bytes, cut) = read_capped(resp, MAX_BODY)
+            let (bytes, cut) = resp
+                .read_capped(MAX_BODY)
                 .await
                 .map_err(|e| self.transport(e))?;
             if cut {
@@ -41,7 +42,7 @@ impl Inner {
         }
         let name = self.info.name.clone();
         let state = (
-            resp.bytes_stream().boxed(),
+            body_stream(resp),
             SseParser::default(),
             VecDeque::<Result<Value, Failure>>::new(),
             false,
