@@ -49,12 +49,17 @@ fn chat_lines(n: usize) -> String {
         .collect()
 }
 
-/// Uploads `text` as a batch file with key `key` (a multipart body, built
-/// here as any client builds it).
-async fn upload(gw: &Gateway, key: &str, text: &str) -> Reply {
-    let body = format!(
+/// The multipart body of an upload of `text` (built here as any client
+/// builds it).
+fn multipart(text: &str) -> String {
+    format!(
         "--B0undary\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--B0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n{text}\r\n--B0undary--\r\n"
-    );
+    )
+}
+
+/// Uploads `text` as a batch file with key `key`.
+async fn upload(gw: &Gateway, key: &str, text: &str) -> Reply {
+    let body = multipart(text);
     gw.send(
         gw.client
             .post(gw.url("/v1/files"))
@@ -443,5 +448,85 @@ async fn batch_requests_share_the_cache_and_are_charged_to_the_creators_budget()
         assert_eq!(line["response"]["status_code"], 429, "{line}");
         assert_eq!(line["response"]["body"]["error"]["code"], "budget_exceeded");
     }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_are_bounded_by_batches_max_file_bytes_not_the_body_limit() {
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let toml = config(&up, "max_file_bytes = 65536").replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n",
+    );
+    let gw = Gateway::start(&toml).await;
+    // ~25 KiB: over server.max_body_bytes, under batches.max_file_bytes.
+    let text = chat_lines(200);
+    assert!(text.len() > 4096 && text.len() < 60_000, "{}", text.len());
+    let file = upload(&gw, ALICE, &text).await;
+    assert_eq!(file.status, 200, "{}", file.text);
+    assert_eq!(file.json()["bytes"], text.len());
+    let got = get(
+        &gw,
+        ALICE,
+        &format!("/v1/files/{}/content", file.json()["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(got.text, text, "stored as uploaded");
+    // Every other route keeps server.max_body_bytes.
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let reply = gw.chat_as(ALICE, &big).await;
+    assert_eq!(reply.status, 413, "{}", reply.text);
+    assert_eq!(reply.code(), "request_too_large");
+
+    // Over the file limit with a Content-Length: refused before it is read.
+    let text = chat_lines(600);
+    assert!(multipart(&text).len() > 65536);
+    let reply = upload(&gw, ALICE, &text).await;
+    assert_eq!(reply.status, 413, "{}", reply.text);
+    assert_eq!(reply.code(), "file_too_large");
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(reply.json()["error"]["param"], "file");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("`batches.max_file_bytes`") && message.contains("65536"),
+        "{message}"
+    );
+
+    // Streamed without a length (chunked): refused once the limit is passed.
+    let body = multipart(&text).into_bytes();
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    let reply = gw
+        .send(
+            gw.client
+                .post(gw.url("/v1/files"))
+                .bearer_auth(ALICE)
+                .header("content-type", "multipart/form-data; boundary=B0undary")
+                .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces))),
+        )
+        .await;
+    assert_eq!(reply.status, 413, "{}", reply.text);
+    assert_eq!(reply.code(), "file_too_large");
+    // A chunked upload under the limit is taken.
+    let text = chat_lines(10);
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = multipart(&text)
+        .into_bytes()
+        .chunks(100)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let reply = gw
+        .send(
+            gw.client
+                .post(gw.url("/v1/files"))
+                .bearer_auth(ALICE)
+                .header("content-type", "multipart/form-data; boundary=B0undary")
+                .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces))),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json()["bytes"], text.len());
     gw.stop().await;
 }

@@ -364,7 +364,9 @@ IDLE = ["nginx", "bare", "features"]
 # Interactive latency during a batch (bench/harness/batch.py): the bare
 # gateway in front of the zero-latency simulator, as the stream targets.
 # Not a row of the main table: its cells are idle vs during a batch. The
-# batch file of a 10 s cell is ~3 MB, more than the default 1 MiB body.
+# batch file of a 10 s cell is ~3 MB, more than the default 1 MiB body
+# (binaries since `batches.max_file_bytes` take 100 MiB uploads anyway;
+# the key is not set here so that older binaries can be measured too).
 BATCH = Target("batch", "interactive c=1 during a batch: agentrouter bare → sim",
                lambda run: start_gateway(run, "batch", _upstream_openai(_sim_url(run)),
                                          server="max_body_bytes = 67108864\n"),

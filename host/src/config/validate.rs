@@ -342,6 +342,14 @@ fn batches(config: &Config, errors: &mut Errors<'_>) {
             format!("must be between 1 and 1024, not {n}"),
         );
     }
+    let bytes = config.startup.batches.max_file_bytes;
+    let most = crate::server::batch::MAX_FILE_BYTES_LIMIT;
+    if !(1..=most).contains(&bytes) {
+        errors.push(
+            "batches.max_file_bytes",
+            format!("must be between 1 and {most} (1 GiB), not {bytes}"),
+        );
+    }
 }
 
 fn simulator(sim: &SimSettings, prefix: &str, errors: &mut Errors<'_>) {

@@ -43,18 +43,29 @@ use tokio::task::JoinHandle;
 /// Default `batches.max_concurrency`.
 pub const DEFAULT_BATCH_CONCURRENCY: usize = 4;
 
+/// Default `batches.max_file_bytes` (100 MiB).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Largest `batches.max_file_bytes` the config accepts (1 GiB): a file is
+/// one value in the store and is read whole when its batch runs.
+pub const MAX_FILE_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
+
 /// `[batches]`: how batches run.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchesConfig {
     /// Most batch requests running at once, over every batch.
     pub max_concurrency: usize,
+    /// Largest `POST /v1/files` body, in bytes; that route only (every
+    /// other one keeps `server.max_body_bytes`).
+    pub max_file_bytes: u64,
 }
 
 impl Default for BatchesConfig {
     fn default() -> Self {
         Self {
             max_concurrency: DEFAULT_BATCH_CONCURRENCY,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -80,6 +91,7 @@ pub struct Batches {
     /// and the runner's finish must not overwrite each other).
     records: Mutex<()>,
     metrics: Arc<Metrics>,
+    max_file_bytes: usize,
 }
 
 impl Batches {
@@ -92,7 +104,13 @@ impl Batches {
             tasks: Mutex::new(Vec::new()),
             records: Mutex::new(()),
             metrics,
+            max_file_bytes: usize::try_from(config.max_file_bytes).unwrap_or(usize::MAX),
         }
+    }
+
+    /// `batches.max_file_bytes`: the largest upload.
+    pub fn max_file_bytes(&self) -> usize {
+        self.max_file_bytes
     }
 
     /// The files and batches.

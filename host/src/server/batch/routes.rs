@@ -34,8 +34,58 @@ fn no_batch(id: &str) -> ApiError {
     ApiError::not_found("batch_not_found", format!("No such batch: `{id}`"))
 }
 
+/// The 413 of an upload over `batches.max_file_bytes`.
+fn file_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "file_too_large",
+        format!(
+            "the upload is larger than the {limit}-byte limit of `batches.max_file_bytes` \
+             (the gateway's config)"
+        ),
+    )
+    .with_param("file")
+}
+
+/// Reads an upload's body within `batches.max_file_bytes` (instead of
+/// `server.max_body_bytes`) and `server.body_read_timeout_ms`. A declared
+/// `Content-Length` over the limit is refused before any byte is read;
+/// otherwise the read stops at the first byte past it, so no more than the
+/// limit is ever held.
+async fn read_upload(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, ApiError> {
+    let limit = state.batches.max_file_bytes();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(file_too_large(limit));
+    }
+    let timeout = state.limits().body_read_timeout;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::body_timeout(timeout.as_millis() as u64)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let inner = e.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                Err(file_too_large(limit))
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "could not read the request body: {inner}"
+                )))
+            }
+        }
+    }
+}
+
 /// `POST /v1/files`: a `multipart/form-data` upload with `purpose` and
-/// `file`; a `batch` file is checked line by line.
+/// `file`, up to `batches.max_file_bytes`; a `batch` file is checked line
+/// by line.
 pub(in crate::server) async fn upload_file(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
@@ -47,7 +97,7 @@ pub(in crate::server) async fn upload_file(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let bytes = read_body(&state, body).await?;
+    let bytes = read_upload(&state, &headers, body).await?;
     let parts = input::multipart(&content_type, &bytes)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let purpose = parts
@@ -64,7 +114,7 @@ pub(in crate::server) async fn upload_file(
         .into_iter()
         .find(|p| p.name == "file")
         .ok_or_else(|| ApiError::bad_request("a `file` part is required").with_param("file"))?;
-    input::jsonl(&file.data).map_err(|e| {
+    input::check(&file.data).map_err(|e| {
         ApiError::bad_request(format!("invalid batch file: {e}")).with_param("file")
     })?;
     let id = new_id("file-");
