@@ -677,3 +677,21 @@ fn batch_file_size_is_bounded() {
         assert!(e.message.contains(bad), "{e}");
     }
 }
+
+#[test]
+fn batch_completion_window_is_at_most_a_day() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(config.startup.batches.completion_window_s, 86_400);
+    let config = parse(&format!("{UPSTREAM}[batches]\ncompletion_window_s = 1\n")).unwrap();
+    assert_eq!(config.startup.batches.completion_window_s, 1);
+    for bad in ["0", "86401"] {
+        let e = only_error(&format!(
+            "{UPSTREAM}[batches]\ncompletion_window_s = {bad}\n"
+        ));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("batches.completion_window_s", Some(5)),
+            "{e}"
+        );
+    }
+}

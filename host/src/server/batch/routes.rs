@@ -1,4 +1,4 @@
-//! The HTTP side of batches: `/v1/files` (upload, get, content, delete)
+//! The HTTP side of batches: `/v1/files` (upload, list, get, content, delete)
 //! and `/v1/batches` (create, get, list, cancel), in OpenAI's shapes. A
 //! file or batch belongs to the key that made it: for any other key it
 //! does not exist (404).
@@ -132,6 +132,75 @@ pub(in crate::server) async fn upload_file(
     Ok(Json(object).into_response())
 }
 
+/// Query of the file list, as OpenAI's.
+#[derive(Deserialize)]
+pub(in crate::server) struct FileListQuery {
+    /// Only files of this purpose (`batch`, `batch_output`, `batch_error`).
+    #[serde(default)]
+    purpose: Option<String>,
+    /// Most files answered, 1 to 10,000 (default 10,000).
+    #[serde(default)]
+    limit: Option<usize>,
+    /// `asc` or `desc` (default) by `created_at`.
+    #[serde(default)]
+    order: Option<String>,
+    /// Answer the files after this one (in the list's order).
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// `GET /v1/files`: the caller's files, OpenAI's list (`data`,
+/// `first_id`, `last_id`, `has_more`), with `purpose`, `limit`, `order`
+/// and `after`.
+pub(in crate::server) async fn list_files(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Query(query): Query<FileListQuery>,
+) -> Result<Response, ApiError> {
+    let descending = match query.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`order` must be `asc` or `desc`, not `{other}`"
+            ))
+            .with_param("order"));
+        }
+    };
+    let mut mine: Vec<(String, FileRecord)> = state
+        .batches
+        .store()
+        .files(&identity.name)
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|(_, r)| {
+            query
+                .purpose
+                .as_deref()
+                .is_none_or(|p| r.object["purpose"].as_str() == Some(p))
+        })
+        .collect();
+    mine.sort_by_key(|(id, r)| (r.object["created_at"].as_u64(), id.clone()));
+    if descending {
+        mine.reverse();
+    }
+    if let Some(after) = &query.after {
+        let at = mine.iter().position(|(id, _)| id == after);
+        mine = at.map_or_else(Vec::new, |at| mine.split_off(at + 1));
+    }
+    let limit = query.limit.unwrap_or(10_000).clamp(1, 10_000);
+    let has_more = mine.len() > limit;
+    mine.truncate(limit);
+    let data: Vec<Value> = mine.into_iter().map(|(_, r)| r.object).collect();
+    let first = data.first().map(|f| f["id"].clone());
+    let last = data.last().map(|f| f["id"].clone());
+    Ok(Json(
+        json!({"object": "list", "data": data, "first_id": first, "last_id": last,
+        "has_more": has_more}),
+    )
+    .into_response())
+}
+
 /// `GET /v1/files/{id}`.
 pub(in crate::server) async fn get_file(
     State(state): State<AppState>,
@@ -227,12 +296,14 @@ pub(in crate::server) async fn create_batch(
         .with_param("input_file_id"));
     }
     let id = new_id("batch_");
-    let now = crate::clock::unix_s();
+    let now_ms = crate::clock::unix_ms();
+    let now = now_ms / 1000;
+    let window_s = state.batches.window_s();
     let object = json!({
         "id": id, "object": "batch", "endpoint": req.endpoint, "errors": null,
         "input_file_id": req.input_file_id, "completion_window": "24h",
         "status": "in_progress", "output_file_id": null, "error_file_id": null,
-        "created_at": now, "in_progress_at": now, "expires_at": now + 24 * 3600,
+        "created_at": now, "in_progress_at": now, "expires_at": now + window_s,
         "finalizing_at": null, "completed_at": null, "failed_at": null, "expired_at": null,
         "cancelling_at": null, "cancelled_at": null, "metadata": req.metadata,
     });
@@ -240,6 +311,7 @@ pub(in crate::server) async fn create_batch(
         owner: identity.name.clone(),
         object,
         total: lines.len(),
+        expires_at_ms: Some(now_ms + window_s * 1000),
     };
     store.put_batch(&id, &record).map_err(store_error)?;
     let answer = answered(&state, &id, record)?;
