@@ -14,5 +14,6 @@ modules split the work by concern:
 - `wire`      a minimal HTTP/1.1 client for streams and idle connections
 - `stream`    time to first token and chunk rate of a streamed completion
 - `idle`      memory per idle keep-alive connection
+- `batch`     interactive c=1 latency idle and during a batch (issue 16)
 - `report`    ratios, the budget, markdown and JSON
 """

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import cells, install, machine, report, targets
+from . import batch, cells, install, machine, report, targets
 from .procs import Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +30,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/run",
         description="Load harness of AgentRouter: measures direct, nginx proxy_pass, (LiteLLM,) "
-                    "the gateway bare, with features on, an agent, streams and idle "
-                    "connections against one nginx static mock; writes results.md and "
+                    "the gateway bare, with features on, an agent, streams, idle "
+                    "connections and interactive latency during a batch against one nginx "
+                    "static mock; writes results.md and "
                     "results.json. See bench/README.md.")
     p.add_argument("--quick", action="store_true",
                    help="short cells (2 s, 1 s warm-up): a smoke test, not a measurement")
@@ -46,7 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--binary", default=None, metavar="PATH",
                    help="agentrouter binary to measure (default: cargo build --release here)")
     p.add_argument("--targets", default=None, metavar="A,B",
-                   help=f"only these targets ({', '.join(names)}); 'idle' adds the idle cells")
+                   help=f"only these targets ({', '.join(names)}); 'idle' adds the idle cells, "
+                        "'batch' the interactive-during-a-batch cells")
     p.add_argument("--with-litellm", action="store_true",
                    help="also measure LiteLLM's proxy (installs it from PyPI into a venv once)")
     p.add_argument("--litellm-venv", type=Path, default=None, metavar="DIR",
@@ -57,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="wrk threads for the high-concurrency cell (default 2)")
     p.add_argument("--idle-conns", type=int, default=1000, metavar="N",
                    help="idle keep-alive connections to hold (default 1000)")
+    p.add_argument("--batch-requests", type=int, default=None, metavar="N",
+                   help="requests in the batch of the batch cells (default 2000 per second "
+                        "of --duration); the batch must outlast its cell")
     p.add_argument("--wait-quiet", type=float, default=None, metavar="CORES",
                    help="before each target, wait until the machine's busy CPU stays below "
                         "CORES for 3 s (for shared machines; default: do not wait)")
@@ -68,29 +73,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.duration = args.duration or (2 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if args.duration < 1 or args.warmup < 0:
-        p.error("--duration must be at least 1 and --warmup at least 0")
+    # ~1,300 batch requests/s ran on 2 shared cores: 2,000 per second of
+    # cell leaves a margin so that the batch outlasts the cell.
+    args.batch_requests = args.batch_requests or 2000 * args.duration
+    if args.duration < 1 or args.warmup < 0 or args.batch_requests < 1:
+        p.error("--duration and --batch-requests must be at least 1 and --warmup at least 0")
     if args.targets:
         wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in names + ["idle"]]
+        unknown = [n for n in wanted if n not in names + ["idle", "batch"]]
         if unknown:
-            p.error(f"--targets: unknown {', '.join(unknown)}; known: {', '.join(names)}, idle")
+            p.error(f"--targets: unknown {', '.join(unknown)}; known: {', '.join(names)}, "
+                    "idle, batch")
         args.with_litellm = args.with_litellm or "litellm" in wanted
     return args
 
 
-def selected(args: argparse.Namespace) -> tuple[list[targets.Target], list[targets.Target]]:
-    """The load targets and the idle-cell targets this run measures."""
+def selected(args: argparse.Namespace) -> tuple[list[targets.Target], list[targets.Target],
+                                                list[targets.Target]]:
+    """The load targets, the idle-cell targets and the batch targets this
+    run measures."""
     if args.targets:
         wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
-        load = [targets.by_name(n) for n in wanted if n != "idle"]
+        load = [targets.by_name(n) for n in wanted if n not in ("idle", "batch")]
         idle = [targets.by_name(n) for n in targets.IDLE] if "idle" in wanted else []
+        batches = [targets.BATCH] if "batch" in wanted else []
     else:
         load = list(targets.TARGETS)
         idle = [targets.by_name(n) for n in targets.IDLE]
+        batches = [targets.BATCH]
     if not args.with_litellm:
         load = [t for t in load if t.name != "litellm"]
-    return load, idle
+    return load, idle, batches
 
 
 def commit_of(repo: Path) -> str:
@@ -127,7 +140,7 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 def _measure_all(run: targets.Run, plan: cells.Plan, args: argparse.Namespace,
                  load_targets: list[targets.Target], idle_targets: list[targets.Target],
-                 results: dict, outdir: Path) -> int:
+                 batch_targets: list[targets.Target], results: dict, outdir: Path) -> int:
     """Start the shared upstreams, then measure every target in turn into
     `results`; return 1 if any target failed, else 0.
 
@@ -136,7 +149,7 @@ def _measure_all(run: targets.Run, plan: cells.Plan, args: argparse.Namespace,
     worth having, and the exit code says that one is missing.
     """
     code = 0
-    needs = {n for t in load_targets + idle_targets for n in t.needs}
+    needs = {n for t in load_targets + idle_targets + batch_targets for n in t.needs}
     if "mock" in needs or idle_targets:
         print("== starting the nginx mock upstream", flush=True)
         run.mock = targets.start_mock(run)
@@ -175,6 +188,25 @@ def _measure_all(run: targets.Run, plan: cells.Plan, args: argparse.Namespace,
         r["quiet_wait"] = quiet
         results["idle"][t.name] = r
         print(f"   {r['per_connection_kib']:.1f} KiB per connection", flush=True)
+    for t in batch_targets:
+        print(f"== batch: {t.label}, {args.batch_requests} requests", flush=True)
+        quiet = _wait_quiet(args)
+        try:
+            r = batch.measure(run, t, plan, outdir, args.batch_requests)
+        except (RuntimeError, OSError) as e:
+            results["errors"].append(f"batch: {e}")
+            print(f"bench: batch failed: {e}", file=sys.stderr, flush=True)
+            code = 1
+            continue
+        r["quiet_wait"] = quiet
+        results["batch"][t.name] = r
+        if r["failures"]:
+            results["errors"].append(f"batch: {'; '.join(r['failures'])}")
+            code = 1
+        rps = r["batch_rps_during"]
+        print(f"   c=1 p50 idle {r['idle']['p50_us']:.0f} µs, during {r['during']['p50_us']:.0f} µs "
+              f"({r['ratio']['p50'] or 0:.2f}×), batch {rps or 0:,.0f} req/s"
+              + (f", {'; '.join(r['failures'])}" if r["failures"] else ""), flush=True)
     return code
 
 
@@ -187,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must stop the run even when a parent shell started it with
     # SIGINT ignored (as non-interactive shells do for background jobs).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    load_targets, idle_targets = selected(args)
+    load_targets, idle_targets, batch_targets = selected(args)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     outdir = (args.out or REPO / "target" / "bench" / stamp).resolve()
     outdir.mkdir(parents=True, exist_ok=True)
@@ -221,12 +253,14 @@ def main(argv: list[str] | None = None) -> int:
                 "build_s": round(build_s, 1), "duration_s": args.duration,
                 "warmup_s": args.warmup, "threads": args.threads, "high_c": args.concurrency,
                 "quick": args.quick, "wait_quiet": args.wait_quiet,
+                "batch_requests": args.batch_requests,
                 "versions": install.versions(tools, litellm)},
         "baselines": {t.name: t.baseline for t in load_targets},
-        "targets": {}, "idle": {}, "errors": [],
+        "targets": {}, "idle": {}, "batch": {}, "errors": [],
     }
     try:
-        code = _measure_all(run, plan, args, load_targets, idle_targets, results, outdir)
+        code = _measure_all(run, plan, args, load_targets, idle_targets, batch_targets, results,
+                            outdir)
     except KeyboardInterrupt:
         print("bench: interrupted; stopping servers", file=sys.stderr)
         code = 130

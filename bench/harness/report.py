@@ -118,6 +118,49 @@ def _contention(results: dict) -> list[str]:
     return lines
 
 
+def _batch_section(results: dict) -> list[str]:
+    """Interactive c=1 latency idle and during a batch (issue 16: p50
+    during within 2× of idle), with the batch's rate and CPU."""
+    out = ["## Interactive latency during a batch (issue 16: p50 within 2× of idle)", ""]
+    out.append("| target | batch | cell | c=1 p50 | c=1 p90 | c=1 p99 | interactive req/s "
+               "| batch req/s | CPU/req | other load |")
+    out.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, b in results["batch"].items():
+        flag = " ⚠ " + "; ".join(b["failures"]) if b["failures"] else ""
+        for cell in ("idle", "during"):
+            c = b[cell]
+            other = c["accounting"]["other_cores"]
+            busy = " ⚠" if other > CONTENDED_CORES else ""
+            cpu = c["cpu_us_per_request"] if cell == "idle" else c.get("cpu_us_per_request_all")
+            rps = b["batch_rps_during"] if cell == "during" else None
+            out.append(
+                f"| {b['label'] if cell == 'idle' else ''}{flag if cell == 'idle' else ''} "
+                f"| {b['batch_requests'] if cell == 'during' else ''} | {cell} "
+                f"| {_us(c['p50_us'])} | {_us(c['p90_us'])} | {_us(c['p99_us'])} | {_n(c['rps'])} "
+                f"| {_n(rps) if cell == 'during' else '-'} | {_us(cpu)} | {other:.2f}{busy} |")
+        r = b["ratio"]
+        out.append(f"| {name}: during ÷ idle | | | {_n(r['p50'], 2)}× | {_n(r['p90'], 2)}× "
+                   f"| {_n(r['p99'], 2)}× | | | | |")
+    out.append("")
+    for name, b in results["batch"].items():
+        verdict = ("PASS" if b["ratio"]["p50"] is not None and b["ratio"]["p50"] <= 2
+                   else "FAIL")
+        out.append(f"- **{verdict}** {name}: c=1 p50 during the batch ≤ 2× idle: "
+                   f"{_n(b['ratio']['p50'], 2)}× (informational, never a CI failure); the batch "
+                   f"of {b['batch_requests']} ({b['upload_bytes'] / 1024:,.0f} KiB uploaded in "
+                   f"{b['upload_s'] * 1e3:,.0f} ms) ended {b['batch_final']['status']} with "
+                   f"{b['batch_final']['request_counts']} {b['batch_total_s']:.1f} s after it was "
+                   f"created; still in_progress at the end of the cell: "
+                   f"{'yes' if b['ran_whole_cell'] else 'no'}.")
+    out.append("")
+    out.append("CPU/req: the gateway's CPU over the cell ÷ every request it served in it "
+               "(during the batch: interactive and batch requests). Batch req/s: the gateway's "
+               "agentrouter_batch_requests_total read before and after the cell ÷ its length. "
+               "Other load as in the first table.")
+    out.append("")
+    return out
+
+
 def markdown(results: dict) -> str:
     """The run as markdown: machine and load, the main table, ratios to
     nginx's hop, streams, idle connections, the budget."""
@@ -210,6 +253,9 @@ def markdown(results: dict) -> str:
                        f"| {_mib(i['rss_after_kib'])} | {i['per_connection_kib']:.1f} KiB "
                        f"| {i['server_fds_added']} | {i['closed_by_server']} |")
         out.append("")
+
+    if results.get("batch"):
+        out.extend(_batch_section(results))
 
     out.append("## Budget (issue 13; informational, never a CI failure)")
     out.append("")

@@ -258,18 +258,18 @@ model = "{model}"
 
 
 def gateway_config(run: Run, name: str, port: int, upstream: str, features: bool,
-                   agents: bool) -> Path:
+                   agents: bool, server: str = "") -> Path:
     """Write the config of gateway target `name` and return its path.
 
     Every gateway has its own store (sled admits one process) but shares
     one plugin compile cache, so only the first start compiles plugins.
     The response cache is off: the bench request is never cacheable under
     the default policy anyway, and a hit would skip the upstream and
-    measure something else.
+    measure something else. `server` is added to the `[server]` table.
     """
     d = run.tmp / name
     d.mkdir(parents=True, exist_ok=True)
-    text = (f'[server]\nlisten = "127.0.0.1:{port}"\n' + (HARDENING if features else "")
+    text = (f'[server]\nlisten = "127.0.0.1:{port}"\n' + (HARDENING if features else "") + server
             + f'\n[store]\npath = "{d / "data"}"\n'
             + f'\n[runtime]\ncache_dir = "{run.tmp / "plugin-cache"}"\n'
             + "\n[cache]\nenabled = false\n\n" + upstream)
@@ -283,11 +283,11 @@ def gateway_config(run: Run, name: str, port: int, upstream: str, features: bool
 
 
 def start_gateway(run: Run, name: str, upstream: str, features: bool = False,
-                  agents: bool = False) -> Service:
+                  agents: bool = False, server: str = "") -> Service:
     """Start `agentrouter serve` as target `name`, JSON request log at INFO
     on its stderr (into the run's temp dir), and wait for /health/ready."""
     port = free_port()
-    config = gateway_config(run, name, port, upstream, features, agents)
+    config = gateway_config(run, name, port, upstream, features, agents, server)
     svc = run.sup.start(name, [str(run.binary), "serve", "--config", str(config),
                                "--log-format", "json"],
                         env={"RUST_LOG": "info"}, port=port)
@@ -360,6 +360,17 @@ TARGETS = [
 
 # Idle keep-alive connections: which targets, started fresh for the cell.
 IDLE = ["nginx", "bare", "features"]
+
+# Interactive latency during a batch (bench/harness/batch.py): the bare
+# gateway in front of the zero-latency simulator, as the stream targets.
+# Not a row of the main table: its cells are idle vs during a batch. The
+# batch file of a 10 s cell is ~3 MB, more than the default 1 MiB body
+# (binaries since `batches.max_file_bytes` take 100 MiB uploads anyway;
+# the key is not set here so that older binaries can be measured too).
+BATCH = Target("batch", "interactive c=1 during a batch: agentrouter bare → sim",
+               lambda run: start_gateway(run, "batch", _upstream_openai(_sim_url(run)),
+                                         server="max_body_bytes = 67108864\n"),
+               helpers=lambda run: [run.sim], gateway=True, baseline="", needs=("sim",))
 
 
 def by_name(name: str) -> Target:

@@ -54,3 +54,28 @@ def test_a_small_batch_runs_its_output_file_downloads_and_a_bad_file_is_refused(
         client.files.create(file=("bad.jsonl", bad), purpose="batch")
     assert raised.value.param == "file"
     assert "line 2" in raised.value.message
+
+
+def test_files_list_is_filtered_by_purpose_and_pages_with_the_sdks_cursor(client):
+    reply(answer(completion([text_choice(0, "listed")])))
+    uploaded = client.files.create(file=("one.jsonl", lines(["one?"])), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+    )
+    for _ in range(500):
+        batch = client.batches.retrieve(batch.id)
+        if batch.status == "completed":
+            break
+        time.sleep(0.02)
+    assert batch.status == "completed", batch
+    everything = [f.id for f in client.files.list()]
+    assert uploaded.id in everything and batch.output_file_id in everything
+    inputs = list(client.files.list(purpose="batch"))
+    assert uploaded.id in [f.id for f in inputs] and all(f.purpose == "batch" for f in inputs)
+    outputs = list(client.files.list(purpose="batch_output"))
+    assert [f.id for f in outputs if f.id == batch.output_file_id] == [batch.output_file_id]
+    assert all(f.purpose == "batch_output" for f in outputs)
+    # One file a page: the SDK follows `has_more` with `after` to the end.
+    page = client.files.list(limit=1)
+    assert len(page.data) == 1 and page.has_more
+    assert [f.id for f in page] == everything

@@ -22,6 +22,7 @@
 //! `allow`s: what one binary leaves unused another needs.
 #![allow(dead_code)]
 
+pub mod batch;
 mod gateway;
 pub mod load;
 pub mod matrix;

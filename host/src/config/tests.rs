@@ -657,3 +657,41 @@ fn batch_concurrency_is_bounded() {
     let e = only_error(&format!("{UPSTREAM}[batches]\nconcurrency = 5\n"));
     assert!(e.message.contains("concurrency"), "{e}");
 }
+
+#[test]
+fn batch_file_size_is_bounded() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(
+        config.startup.batches.max_file_bytes,
+        crate::server::batch::DEFAULT_MAX_FILE_BYTES
+    );
+    let config = parse(&format!("{UPSTREAM}[batches]\nmax_file_bytes = 4096\n")).unwrap();
+    assert_eq!(config.startup.batches.max_file_bytes, 4096);
+    for bad in ["0", "1073741825"] {
+        let e = only_error(&format!("{UPSTREAM}[batches]\nmax_file_bytes = {bad}\n"));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("batches.max_file_bytes", Some(5)),
+            "{e}"
+        );
+        assert!(e.message.contains(bad), "{e}");
+    }
+}
+
+#[test]
+fn batch_completion_window_is_at_most_a_day() {
+    let config = parse(UPSTREAM).unwrap();
+    assert_eq!(config.startup.batches.completion_window_s, 86_400);
+    let config = parse(&format!("{UPSTREAM}[batches]\ncompletion_window_s = 1\n")).unwrap();
+    assert_eq!(config.startup.batches.completion_window_s, 1);
+    for bad in ["0", "86401"] {
+        let e = only_error(&format!(
+            "{UPSTREAM}[batches]\ncompletion_window_s = {bad}\n"
+        ));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("batches.completion_window_s", Some(5)),
+            "{e}"
+        );
+    }
+}

@@ -342,6 +342,22 @@ fn batches(config: &Config, errors: &mut Errors<'_>) {
             format!("must be between 1 and 1024, not {n}"),
         );
     }
+    let bytes = config.startup.batches.max_file_bytes;
+    let most = crate::server::batch::MAX_FILE_BYTES_LIMIT;
+    if !(1..=most).contains(&bytes) {
+        errors.push(
+            "batches.max_file_bytes",
+            format!("must be between 1 and {most} (1 GiB), not {bytes}"),
+        );
+    }
+    let window = config.startup.batches.completion_window_s;
+    let day = crate::server::batch::DEFAULT_COMPLETION_WINDOW_S;
+    if !(1..=day).contains(&window) {
+        errors.push(
+            "batches.completion_window_s",
+            format!("must be between 1 and {day} (the `24h` clients ask for), not {window}"),
+        );
+    }
 }
 
 fn simulator(sim: &SimSettings, prefix: &str, errors: &mut Errors<'_>) {

@@ -124,7 +124,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/responses/{id}/input_items",
             get(responses::input_items),
         )
-        .route("/v1/files", post(batch::upload_file))
+        .route("/v1/files", post(batch::upload_file).get(batch::list_files))
         .route(
             "/v1/files/{id}",
             get(batch::get_file).delete(batch::delete_file),

@@ -1,7 +1,9 @@
 //! What a batch is made of: `multipart/form-data` uploads (parsed here: one
-//! small, bounded body, read whole, so a parser of its own is simpler than
-//! a streaming one) and the JSONL input file, validated line by line.
+//! body bounded by `batches.max_file_bytes`, read whole, so a parser of its
+//! own is simpler than a streaming one; parts are slices of that body, not
+//! copies) and the JSONL input file, validated line by line.
 
+use bytes::Bytes;
 use serde_json::Value;
 
 /// The endpoints a batch may run.
@@ -14,8 +16,8 @@ pub struct Part {
     pub name: String,
     /// The file name, for a file part.
     pub filename: Option<String>,
-    /// Its content.
-    pub data: Vec<u8>,
+    /// Its content: a slice of the body, which it shares.
+    pub data: Bytes,
 }
 
 /// Why a multipart body could not be read.
@@ -43,8 +45,9 @@ fn param(header: &str, name: &str) -> Option<String> {
     })
 }
 
-/// The parts of `body`, sent with `content_type`.
-pub fn multipart(content_type: &str, body: &[u8]) -> Result<Vec<Part>, MultipartError> {
+/// The parts of `whole`, sent with `content_type`.
+pub fn multipart(content_type: &str, whole: &Bytes) -> Result<Vec<Part>, MultipartError> {
+    let body: &[u8] = whole;
     let not = || MultipartError::NotMultipart(content_type.to_string());
     let mime = content_type.split(';').next().unwrap_or_default().trim();
     if !mime.eq_ignore_ascii_case("multipart/form-data") {
@@ -70,7 +73,8 @@ pub fn multipart(content_type: &str, body: &[u8]) -> Result<Vec<Part>, Multipart
         let head = String::from_utf8_lossy(&rest[..head_end]).to_string();
         rest = &rest[head_end + 4..];
         let end = find(rest, &next).ok_or(MultipartError::Malformed("a part is not closed"))?;
-        let data = rest[..end].to_vec();
+        let from = body.len() - rest.len();
+        let data = whole.slice(from..from + end);
         rest = &rest[end + next.len()..];
         let disposition = head
             .split("\r\n")
@@ -105,7 +109,7 @@ pub struct BatchLine {
 }
 
 /// Why an input file was refused: the line (from 1) and what is wrong.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("line {line}: {reason}")]
 pub struct LineError {
     /// The line, counted from 1.
@@ -118,6 +122,21 @@ pub struct LineError {
 /// object with a unique `custom_id`, `method` `POST`, a `url` the gateway
 /// batches and a `body` object. Blank lines are skipped.
 pub fn jsonl(data: &[u8]) -> Result<Vec<BatchLine>, LineError> {
+    let mut lines = Vec::new();
+    each_line(data, |line| lines.push(line))?;
+    Ok(lines)
+}
+
+/// Checks a JSONL batch input file as [`jsonl`] does, keeping none of its
+/// requests (an upload is checked without holding its parsed lines);
+/// how many requests it holds.
+pub fn check(data: &[u8]) -> Result<usize, LineError> {
+    let mut n = 0;
+    each_line(data, |_| n += 1)?;
+    Ok(n)
+}
+
+fn each_line(data: &[u8], mut take: impl FnMut(BatchLine)) -> Result<(), LineError> {
     let text = std::str::from_utf8(data).map_err(|e| LineError {
         line: data[..e.valid_up_to()]
             .iter()
@@ -126,7 +145,7 @@ pub fn jsonl(data: &[u8]) -> Result<Vec<BatchLine>, LineError> {
             + 1,
         reason: "not UTF-8".into(),
     })?;
-    let mut lines = Vec::new();
+    let mut any = false;
     let mut seen = std::collections::HashSet::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -163,19 +182,20 @@ pub fn jsonl(data: &[u8]) -> Result<Vec<BatchLine>, LineError> {
         if body.get("stream").and_then(Value::as_bool) == Some(true) {
             return Err(fail("`body.stream` cannot be true in a batch".into()));
         }
-        lines.push(BatchLine {
+        any = true;
+        take(BatchLine {
             custom_id: custom_id.to_string(),
             url: url.to_string(),
             body: body.clone(),
         });
     }
-    if lines.is_empty() {
+    if !any {
         return Err(LineError {
             line: 1,
             reason: "the file holds no requests".into(),
         });
     }
-    Ok(lines)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -184,20 +204,20 @@ mod tests {
 
     #[test]
     fn a_multipart_body_gives_its_parts() {
-        let body = b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n{\"a\":1}\r\n{\"b\":2}\n\r\n--XyZ--\r\n";
-        let parts = multipart("multipart/form-data; boundary=\"XyZ\"", body).unwrap();
+        let body = Bytes::from_static(b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n{\"a\":1}\r\n{\"b\":2}\n\r\n--XyZ--\r\n");
+        let parts = multipart("multipart/form-data; boundary=\"XyZ\"", &body).unwrap();
         assert_eq!(
             parts,
             vec![
                 Part {
                     name: "purpose".into(),
                     filename: None,
-                    data: b"batch".to_vec()
+                    data: Bytes::from_static(b"batch")
                 },
                 Part {
                     name: "file".into(),
                     filename: Some("in.jsonl".into()),
-                    data: b"{\"a\":1}\r\n{\"b\":2}\n".to_vec()
+                    data: Bytes::from_static(b"{\"a\":1}\r\n{\"b\":2}\n")
                 },
             ]
         );
@@ -207,11 +227,11 @@ mod tests {
     fn a_malformed_multipart_body_is_refused() {
         let ct = "multipart/form-data; boundary=B";
         assert!(matches!(
-            multipart("application/json", b""),
+            multipart("application/json", &Bytes::new()),
             Err(MultipartError::NotMultipart(_))
         ));
         assert!(matches!(
-            multipart("multipart/form-data", b""),
+            multipart("multipart/form-data", &Bytes::new()),
             Err(MultipartError::NotMultipart(_))
         ));
         for body in [
@@ -221,7 +241,10 @@ mod tests {
             b"--Bjunk",
         ] {
             assert!(
-                matches!(multipart(ct, body), Err(MultipartError::Malformed(_))),
+                matches!(
+                    multipart(ct, &Bytes::copy_from_slice(body)),
+                    Err(MultipartError::Malformed(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(body)
             );
@@ -232,6 +255,7 @@ mod tests {
     fn an_input_file_is_checked_line_by_line() {
         let good = r#"{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}"#;
         assert_eq!(jsonl(format!("{good}\n\n").as_bytes()).unwrap().len(), 1);
+        assert_eq!(check(format!("{good}\n\n").as_bytes()), Ok(1));
         for (text, line, says) in [
             (format!("{good}\nnot json"), 2, "invalid JSON"),
             (format!("{good}\n{good}"), 2, "used twice"),
@@ -251,6 +275,7 @@ mod tests {
             (String::new(), 1, "no requests"),
         ] {
             let e = jsonl(text.as_bytes()).unwrap_err();
+            assert_eq!(check(text.as_bytes()), Err(e.clone()));
             assert_eq!(e.line, line, "{text}: {e}");
             assert!(e.reason.contains(says), "{text}: {e}");
         }

@@ -22,7 +22,7 @@ pub use store::{BatchRecord, BatchStore, BatchStoreError, FileRecord, RequestRes
 
 pub(super) use routes::{
     cancel_batch, create_batch, delete_file, file_content, get_batch, get_file, list_batches,
-    upload_file,
+    list_files, upload_file,
 };
 
 use super::{ApiError, AppState};
@@ -43,18 +43,37 @@ use tokio::task::JoinHandle;
 /// Default `batches.max_concurrency`.
 pub const DEFAULT_BATCH_CONCURRENCY: usize = 4;
 
+/// Default `batches.max_file_bytes` (100 MiB).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Largest `batches.max_file_bytes` the config accepts (1 GiB): a file is
+/// one value in the store and is read whole when its batch runs.
+pub const MAX_FILE_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
+
+/// Default `batches.completion_window_s`: the `24h` clients ask for.
+pub const DEFAULT_COMPLETION_WINDOW_S: u64 = 24 * 3600;
+
 /// `[batches]`: how batches run.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchesConfig {
     /// Most batch requests running at once, over every batch.
     pub max_concurrency: usize,
+    /// Largest `POST /v1/files` body, in bytes; that route only (every
+    /// other one keeps `server.max_body_bytes`).
+    pub max_file_bytes: u64,
+    /// How long a batch has to finish, in seconds, from its creation (the
+    /// `24h` of `completion_window`; shorter only to test expiry or to
+    /// give up sooner). A batch not finished by then is `expired`.
+    pub completion_window_s: u64,
 }
 
 impl Default for BatchesConfig {
     fn default() -> Self {
         Self {
             max_concurrency: DEFAULT_BATCH_CONCURRENCY,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            completion_window_s: DEFAULT_COMPLETION_WINDOW_S,
         }
     }
 }
@@ -80,6 +99,8 @@ pub struct Batches {
     /// and the runner's finish must not overwrite each other).
     records: Mutex<()>,
     metrics: Arc<Metrics>,
+    max_file_bytes: usize,
+    window_s: u64,
 }
 
 impl Batches {
@@ -92,7 +113,19 @@ impl Batches {
             tasks: Mutex::new(Vec::new()),
             records: Mutex::new(()),
             metrics,
+            max_file_bytes: usize::try_from(config.max_file_bytes).unwrap_or(usize::MAX),
+            window_s: config.completion_window_s,
         }
+    }
+
+    /// `batches.completion_window_s`: how long a new batch has.
+    pub fn window_s(&self) -> u64 {
+        self.window_s
+    }
+
+    /// `batches.max_file_bytes`: the largest upload.
+    pub fn max_file_bytes(&self) -> usize {
+        self.max_file_bytes
     }
 
     /// The files and batches.
@@ -140,12 +173,14 @@ impl Batches {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether batch `id` must start no more requests: it is no longer
+    /// running (cancelled) or its completion window has passed.
     fn cancelled(&self, id: &str) -> bool {
         self.store
             .batch_any(id)
             .ok()
             .flatten()
-            .is_none_or(|r| r.status() != "in_progress")
+            .is_none_or(|r| r.status() != "in_progress" || r.expired_at(crate::clock::unix_ms()))
     }
 
     async fn run(self: Arc<Self>, state: AppState, id: String) {
@@ -199,7 +234,57 @@ impl Batches {
             })
             .await;
         if !self.stopping.load(Ordering::SeqCst) {
+            self.expire(&id, lines);
             self.finish(&id);
+        }
+    }
+
+    /// When batch `id` ran out of its window with requests that never
+    /// started, records each of those as OpenAI does (an error-file line,
+    /// `batch_expired`) and sets `expired_at` (status `finalizing`), so
+    /// that `finish` ends it `expired`. Only after every request under way
+    /// has ended: none is recorded twice.
+    fn expire(&self, id: &str, lines: &[BatchLine]) {
+        let _records = self.lock();
+        let expired = (|| {
+            let Some(mut record) = self.store.batch_any(id)? else {
+                return Ok(false);
+            };
+            if record.status() != "in_progress" || !record.expired_at(crate::clock::unix_ms()) {
+                return Ok(false);
+            }
+            let done: HashSet<usize> = self
+                .store
+                .results(id)?
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect();
+            let unfinished: Vec<usize> = (0..lines.len()).filter(|i| !done.contains(i)).collect();
+            if unfinished.is_empty() {
+                return Ok(false);
+            }
+            for &index in &unfinished {
+                let line = json!({
+                    "id": new_id("batch_req_"),
+                    "custom_id": lines[index].custom_id,
+                    "response": null,
+                    "error": {"code": "batch_expired", "message":
+                        "This request could not be executed before the completion window expired."},
+                });
+                self.store
+                    .put_result(id, index, &RequestResult { ok: false, line })?;
+            }
+            let now = crate::clock::unix_s();
+            record.object["status"] = json!("finalizing");
+            record.object["finalizing_at"] = json!(now);
+            record.object["expired_at"] = json!(now);
+            self.store.put_batch(id, &record)?;
+            self.store.flush()?;
+            tracing::info!(batch = %id, unfinished = unfinished.len(), "batch expired");
+            Ok::<_, BatchStoreError>(true)
+        })();
+        if let Err(e) = expired {
+            tracing::error!(batch = %id, error = %e, "cannot expire a batch");
         }
     }
 
@@ -216,7 +301,8 @@ impl Batches {
     }
 
     /// Writes the output and error files and ends the batch: `completed`,
-    /// or `cancelled` when it was being cancelled.
+    /// `cancelled` when it was being cancelled, `expired` when it ran out
+    /// of its window.
     fn finish(&self, id: &str) {
         let _records = self.lock();
         let written = (|| {
@@ -254,12 +340,17 @@ impl Batches {
             }
             let (status, at) = if record.status() == "cancelling" {
                 ("cancelled", "cancelled_at")
+            } else if !record.object["expired_at"].is_null() {
+                ("expired", "expired_at")
             } else {
                 ("completed", "completed_at")
             };
-            record.object["finalizing_at"] = json!(now);
+            for field in ["finalizing_at", at] {
+                if record.object[field].is_null() {
+                    record.object[field] = json!(now);
+                }
+            }
             record.object["status"] = json!(status);
-            record.object[at] = json!(now);
             self.store.put_batch(id, &record)?;
             self.store.flush()
         })();

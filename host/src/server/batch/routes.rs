@@ -1,4 +1,4 @@
-//! The HTTP side of batches: `/v1/files` (upload, get, content, delete)
+//! The HTTP side of batches: `/v1/files` (upload, list, get, content, delete)
 //! and `/v1/batches` (create, get, list, cancel), in OpenAI's shapes. A
 //! file or batch belongs to the key that made it: for any other key it
 //! does not exist (404).
@@ -34,8 +34,58 @@ fn no_batch(id: &str) -> ApiError {
     ApiError::not_found("batch_not_found", format!("No such batch: `{id}`"))
 }
 
+/// The 413 of an upload over `batches.max_file_bytes`.
+fn file_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "file_too_large",
+        format!(
+            "the upload is larger than the {limit}-byte limit of `batches.max_file_bytes` \
+             (the gateway's config)"
+        ),
+    )
+    .with_param("file")
+}
+
+/// Reads an upload's body within `batches.max_file_bytes` (instead of
+/// `server.max_body_bytes`) and `server.body_read_timeout_ms`. A declared
+/// `Content-Length` over the limit is refused before any byte is read;
+/// otherwise the read stops at the first byte past it, so no more than the
+/// limit is ever held.
+async fn read_upload(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, ApiError> {
+    let limit = state.batches.max_file_bytes();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(file_too_large(limit));
+    }
+    let timeout = state.limits().body_read_timeout;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::body_timeout(timeout.as_millis() as u64)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let inner = e.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                Err(file_too_large(limit))
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "could not read the request body: {inner}"
+                )))
+            }
+        }
+    }
+}
+
 /// `POST /v1/files`: a `multipart/form-data` upload with `purpose` and
-/// `file`; a `batch` file is checked line by line.
+/// `file`, up to `batches.max_file_bytes`; a `batch` file is checked line
+/// by line.
 pub(in crate::server) async fn upload_file(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
@@ -47,7 +97,7 @@ pub(in crate::server) async fn upload_file(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let bytes = read_body(&state, body).await?;
+    let bytes = read_upload(&state, &headers, body).await?;
     let parts = input::multipart(&content_type, &bytes)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let purpose = parts
@@ -64,7 +114,7 @@ pub(in crate::server) async fn upload_file(
         .into_iter()
         .find(|p| p.name == "file")
         .ok_or_else(|| ApiError::bad_request("a `file` part is required").with_param("file"))?;
-    input::jsonl(&file.data).map_err(|e| {
+    input::check(&file.data).map_err(|e| {
         ApiError::bad_request(format!("invalid batch file: {e}")).with_param("file")
     })?;
     let id = new_id("file-");
@@ -80,6 +130,75 @@ pub(in crate::server) async fn upload_file(
         .put_file(&id, &record, &file.data)
         .map_err(store_error)?;
     Ok(Json(object).into_response())
+}
+
+/// Query of the file list, as OpenAI's.
+#[derive(Deserialize)]
+pub(in crate::server) struct FileListQuery {
+    /// Only files of this purpose (`batch`, `batch_output`, `batch_error`).
+    #[serde(default)]
+    purpose: Option<String>,
+    /// Most files answered, 1 to 10,000 (default 10,000).
+    #[serde(default)]
+    limit: Option<usize>,
+    /// `asc` or `desc` (default) by `created_at`.
+    #[serde(default)]
+    order: Option<String>,
+    /// Answer the files after this one (in the list's order).
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// `GET /v1/files`: the caller's files, OpenAI's list (`data`,
+/// `first_id`, `last_id`, `has_more`), with `purpose`, `limit`, `order`
+/// and `after`.
+pub(in crate::server) async fn list_files(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Query(query): Query<FileListQuery>,
+) -> Result<Response, ApiError> {
+    let descending = match query.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`order` must be `asc` or `desc`, not `{other}`"
+            ))
+            .with_param("order"));
+        }
+    };
+    let mut mine: Vec<(String, FileRecord)> = state
+        .batches
+        .store()
+        .files(&identity.name)
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|(_, r)| {
+            query
+                .purpose
+                .as_deref()
+                .is_none_or(|p| r.object["purpose"].as_str() == Some(p))
+        })
+        .collect();
+    mine.sort_by_key(|(id, r)| (r.object["created_at"].as_u64(), id.clone()));
+    if descending {
+        mine.reverse();
+    }
+    if let Some(after) = &query.after {
+        let at = mine.iter().position(|(id, _)| id == after);
+        mine = at.map_or_else(Vec::new, |at| mine.split_off(at + 1));
+    }
+    let limit = query.limit.unwrap_or(10_000).clamp(1, 10_000);
+    let has_more = mine.len() > limit;
+    mine.truncate(limit);
+    let data: Vec<Value> = mine.into_iter().map(|(_, r)| r.object).collect();
+    let first = data.first().map(|f| f["id"].clone());
+    let last = data.last().map(|f| f["id"].clone());
+    Ok(Json(
+        json!({"object": "list", "data": data, "first_id": first, "last_id": last,
+        "has_more": has_more}),
+    )
+    .into_response())
 }
 
 /// `GET /v1/files/{id}`.
@@ -177,12 +296,14 @@ pub(in crate::server) async fn create_batch(
         .with_param("input_file_id"));
     }
     let id = new_id("batch_");
-    let now = crate::clock::unix_s();
+    let now_ms = crate::clock::unix_ms();
+    let now = now_ms / 1000;
+    let window_s = state.batches.window_s();
     let object = json!({
         "id": id, "object": "batch", "endpoint": req.endpoint, "errors": null,
         "input_file_id": req.input_file_id, "completion_window": "24h",
         "status": "in_progress", "output_file_id": null, "error_file_id": null,
-        "created_at": now, "in_progress_at": now, "expires_at": now + 24 * 3600,
+        "created_at": now, "in_progress_at": now, "expires_at": now + window_s,
         "finalizing_at": null, "completed_at": null, "failed_at": null, "expired_at": null,
         "cancelling_at": null, "cancelled_at": null, "metadata": req.metadata,
     });
@@ -190,6 +311,7 @@ pub(in crate::server) async fn create_batch(
         owner: identity.name.clone(),
         object,
         total: lines.len(),
+        expires_at_ms: Some(now_ms + window_s * 1000),
     };
     store.put_batch(&id, &record).map_err(store_error)?;
     let answer = answered(&state, &id, record)?;

@@ -43,12 +43,27 @@ pub struct BatchRecord {
     pub object: Value,
     /// How many requests the input file holds.
     pub total: usize,
+    /// When the batch expires, in Unix milliseconds (`expires_at` is in
+    /// seconds; a short test window needs finer). Records written before
+    /// this field use `expires_at`.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl BatchRecord {
     /// The batch's `status`.
     pub fn status(&self) -> &str {
         self.object["status"].as_str().unwrap_or_default()
+    }
+
+    /// Whether its completion window has passed at `now_ms`.
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        let at = self.expires_at_ms.or_else(|| {
+            self.object["expires_at"]
+                .as_u64()
+                .map(|s| s.saturating_mul(1000))
+        });
+        at.is_some_and(|at| now_ms >= at)
     }
 }
 
@@ -122,6 +137,23 @@ impl BatchStore {
         }
         let data = self.store.db().get(key(FILE_DATA, id)).map_err(err)?;
         Ok(data.map(|d| d.to_vec()))
+    }
+
+    /// Every file `owner` owns, `(id, record)`, in key order (the records
+    /// only: no content is read).
+    pub fn files(&self, owner: &str) -> Result<Vec<(String, FileRecord)>, BatchStoreError> {
+        let mut out = Vec::new();
+        for item in self.store.db().scan_prefix(FILES) {
+            let (k, v) = item.map_err(err)?;
+            let id = String::from_utf8_lossy(&k[FILES.len()..]).to_string();
+            // An unreadable record is skipped, not fatal: the others still serve.
+            if let Ok(record) = serde_json::from_slice::<FileRecord>(&v)
+                && record.owner == owner
+            {
+                out.push((id, record));
+            }
+        }
+        Ok(out)
     }
 
     /// Removes file `id` if `owner` owns it; whether it was there.
@@ -222,11 +254,34 @@ mod tests {
         assert!(store.delete_file("a", "file-1").unwrap());
         assert!(store.file("a", "file-1").unwrap().is_none());
 
+        let other = FileRecord {
+            owner: "b".into(),
+            object: json!({"id": "file-2"}),
+        };
+        store.put_file("file-2", &other, b"{}\n").unwrap();
+        let ids = |owner| -> Vec<String> {
+            store
+                .files(owner)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(ids("b"), ["file-2"]);
+        assert!(ids("a").is_empty(), "a's file was deleted");
+
         let batch = BatchRecord {
             owner: "a".into(),
-            object: json!({"status": "in_progress"}),
+            object: json!({"status": "in_progress", "expires_at": 10}),
             total: 2,
+            expires_at_ms: None,
         };
+        assert!(!batch.expired_at(9_999) && batch.expired_at(10_000));
+        let finer = BatchRecord {
+            expires_at_ms: Some(10_500),
+            ..batch.clone()
+        };
+        assert!(!finer.expired_at(10_499) && finer.expired_at(10_500));
         store.put_batch("batch_1", &batch).unwrap();
         assert!(store.batch("b", "batch_1").unwrap().is_none());
         assert_eq!(
