@@ -183,24 +183,42 @@ impl Inner {
         let Some(metrics) = &self.quota else {
             return;
         };
-        for resource in ["requests", "tokens"] {
+        // Header names are fixed and labels built only for a header that
+        // is there: most answers carry none, and this runs on every one.
+        const HEADERS: [(&str, &str, &str); 2] = [
+            (
+                "requests",
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+            ),
+            (
+                "tokens",
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+            ),
+        ];
+        let read = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        for (resource, limit_header, remaining_header) in HEADERS {
+            let (limit, left) = (read(limit_header), read(remaining_header));
+            if limit.is_none() && left.is_none() {
+                continue;
+            }
             let labels = crate::telemetry::metrics::QuotaLabels {
                 upstream: self.info.name.clone(),
                 resource: resource.to_string(),
             };
-            let read = |name: String| {
-                headers
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<i64>().ok())
-            };
-            if let Some(limit) = read(format!("x-ratelimit-limit-{resource}")) {
+            if let Some(limit) = limit {
                 metrics
                     .upstream_quota_limit
                     .get_or_create(&labels)
                     .set(limit);
             }
-            if let Some(left) = read(format!("x-ratelimit-remaining-{resource}")) {
+            if let Some(left) = left {
                 metrics
                     .upstream_quota_remaining
                     .get_or_create(&labels)
