@@ -9,7 +9,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::batch::*;
-use support::{Gateway, SimServer, steady};
+use support::{Gateway, Reply, SimServer, steady};
 
 #[tokio::test]
 async fn uploads_are_bounded_by_batches_max_file_bytes_not_the_body_limit() {
@@ -56,39 +56,33 @@ async fn uploads_are_bounded_by_batches_max_file_bytes_not_the_body_limit() {
     );
 
     // Streamed without a length (chunked): refused once the limit is passed.
-    let body = multipart(&text).into_bytes();
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
-        body.chunks(8192).map(|c| Ok(c.to_vec())).collect();
-    let reply = gw
-        .send(
-            gw.client
-                .post(gw.url("/v1/files"))
-                .bearer_auth(ALICE)
-                .header("content-type", "multipart/form-data; boundary=B0undary")
-                .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces))),
-        )
-        .await;
+    let reply = upload_chunked(&gw, &text, 8192).await;
     assert_eq!(reply.status, 413, "{}", reply.text);
     assert_eq!(reply.code(), "file_too_large");
     // A chunked upload under the limit is taken.
     let text = chat_lines(10);
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = multipart(&text)
-        .into_bytes()
-        .chunks(100)
-        .map(|c| Ok(c.to_vec()))
-        .collect();
-    let reply = gw
-        .send(
-            gw.client
-                .post(gw.url("/v1/files"))
-                .bearer_auth(ALICE)
-                .header("content-type", "multipart/form-data; boundary=B0undary")
-                .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces))),
-        )
-        .await;
+    let reply = upload_chunked(&gw, &text, 100).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["bytes"], text.len());
     gw.stop().await;
+}
+
+/// Uploads `text` as a batch file in pieces of `piece` bytes, without a
+/// length (chunked).
+async fn upload_chunked(gw: &Gateway, text: &str, piece: usize) -> Reply {
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = multipart(text)
+        .into_bytes()
+        .chunks(piece)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    gw.send(
+        gw.client
+            .post(gw.url("/v1/files"))
+            .bearer_auth(ALICE)
+            .header("content-type", "multipart/form-data; boundary=B0undary")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces))),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -138,6 +138,22 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _one(title: str, name: str, measure, args: argparse.Namespace, results: dict) -> dict | None:
+    """Wait for a quiet machine if asked, then `measure()` one target: its
+    result (with the wait recorded), or None when it failed (recorded in
+    `results` under `name`)."""
+    print(f"== {title}", flush=True)
+    quiet = _wait_quiet(args)
+    try:
+        r = measure()
+    except (RuntimeError, OSError) as e:
+        results["errors"].append(f"{name}: {e}")
+        print(f"bench: {name} failed: {e}", file=sys.stderr, flush=True)
+        return None
+    r["quiet_wait"] = quiet
+    return r
+
+
 def _measure_all(run: targets.Run, plan: cells.Plan, args: argparse.Namespace,
                  load_targets: list[targets.Target], idle_targets: list[targets.Target],
                  batch_targets: list[targets.Target], results: dict, outdir: Path) -> int:
@@ -157,16 +173,11 @@ def _measure_all(run: targets.Run, plan: cells.Plan, args: argparse.Namespace,
         print("== starting agentrouter sim (streaming upstream)", flush=True)
         run.sim = targets.start_sim(run)
     for t in load_targets:
-        print(f"== {t.name}: {t.label}", flush=True)
-        quiet = _wait_quiet(args)
-        try:
-            r = cells.measure(run, t, plan, outdir)
-        except (RuntimeError, OSError) as e:
-            results["errors"].append(f"{t.name}: {e}")
-            print(f"bench: {t.name} failed: {e}", file=sys.stderr, flush=True)
+        r = _one(f"{t.name}: {t.label}", t.name, lambda t=t: cells.measure(run, t, plan, outdir),
+                 args, results)
+        if r is None:
             code = 1
             continue
-        r["quiet_wait"] = quiet
         results["targets"][t.name] = r
         bad = r["c1"]["failures"] + r["high"]["failures"]
         if any("status" in f or "connect" in f for f in bad):
@@ -176,29 +187,19 @@ def _measure_all(run: targets.Run, plan: cells.Plan, args: argparse.Namespace,
               f"{r['high']['rps']:,.0f} req/s, CPU {r['high']['cpu_us_per_request'] or 0:.0f} µs/req"
               + (f", {'; '.join(bad)}" if bad else ""), flush=True)
     for t in idle_targets:
-        print(f"== idle: {args.idle_conns} keep-alive connections to {t.name}", flush=True)
-        quiet = _wait_quiet(args)
-        try:
-            r = cells.measure_idle(run, t, plan, outdir)
-        except (RuntimeError, OSError) as e:
-            results["errors"].append(f"idle {t.name}: {e}")
-            print(f"bench: idle {t.name} failed: {e}", file=sys.stderr, flush=True)
+        r = _one(f"idle: {args.idle_conns} keep-alive connections to {t.name}", f"idle {t.name}",
+                 lambda t=t: cells.measure_idle(run, t, plan, outdir), args, results)
+        if r is None:
             code = 1
             continue
-        r["quiet_wait"] = quiet
         results["idle"][t.name] = r
         print(f"   {r['per_connection_kib']:.1f} KiB per connection", flush=True)
     for t in batch_targets:
-        print(f"== batch: {t.label}, {args.batch_requests} requests", flush=True)
-        quiet = _wait_quiet(args)
-        try:
-            r = batch.measure(run, t, plan, outdir, args.batch_requests)
-        except (RuntimeError, OSError) as e:
-            results["errors"].append(f"batch: {e}")
-            print(f"bench: batch failed: {e}", file=sys.stderr, flush=True)
+        r = _one(f"batch: {t.label}, {args.batch_requests} requests", "batch",
+                 lambda t=t: batch.measure(run, t, plan, outdir, args.batch_requests), args, results)
+        if r is None:
             code = 1
             continue
-        r["quiet_wait"] = quiet
         results["batch"][t.name] = r
         if r["failures"]:
             results["errors"].append(f"batch: {'; '.join(r['failures'])}")

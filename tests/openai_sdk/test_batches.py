@@ -33,12 +33,7 @@ def test_a_small_batch_runs_its_output_file_downloads_and_a_bad_file_is_refused(
         metadata={"suite": "sdk"},
     )
     assert batch.status == "in_progress" and batch.request_counts.total == 3
-    for _ in range(500):
-        batch = client.batches.retrieve(batch.id)
-        if batch.status == "completed":
-            break
-        time.sleep(0.02)
-    assert batch.status == "completed", batch
+    batch = completed(client, batch)
     assert (batch.request_counts.completed, batch.request_counts.failed) == (3, 0)
     assert batch.id in [b.id for b in client.batches.list()]
     output = [json.loads(l) for l in client.files.content(batch.output_file_id).text.splitlines()]
@@ -62,12 +57,7 @@ def test_files_list_is_filtered_by_purpose_and_pages_with_the_sdks_cursor(client
     batch = client.batches.create(
         input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
     )
-    for _ in range(500):
-        batch = client.batches.retrieve(batch.id)
-        if batch.status == "completed":
-            break
-        time.sleep(0.02)
-    assert batch.status == "completed", batch
+    batch = completed(client, batch)
     everything = [f.id for f in client.files.list()]
     assert uploaded.id in everything and batch.output_file_id in everything
     inputs = list(client.files.list(purpose="batch"))
@@ -79,3 +69,14 @@ def test_files_list_is_filtered_by_purpose_and_pages_with_the_sdks_cursor(client
     page = client.files.list(limit=1)
     assert len(page.data) == 1 and page.has_more
     assert [f.id for f in page] == everything
+
+
+def completed(client, batch):
+    """`batch` once it has completed (polled for up to ten seconds)."""
+    for _ in range(500):
+        batch = client.batches.retrieve(batch.id)
+        if batch.status == "completed":
+            break
+        time.sleep(0.02)
+    assert batch.status == "completed", batch
+    return batch
