@@ -363,6 +363,46 @@ async fn a_conversation_continues_across_a_restart_for_its_own_key_only() {
 }
 
 #[tokio::test]
+async fn a_response_past_its_ttl_is_neither_served_nor_continued() {
+    let rec = Recorder::start().await;
+    let config = rec.config("gpt-rec", &format!("{TWO_KEYS}\n[responses]\nttl_s = 1\n"));
+    let gw = Gateway::start(&config).await;
+    let alice = Some("alice-secret-0123456789");
+    let first = respond(&gw, alice, &json!({"model": "gpt-rec", "input": "hi"})).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        get_as(&gw, alice, &format!("/v1/responses/{id}"))
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let next = respond(
+        &gw,
+        alice,
+        &json!({"model": "gpt-rec", "input": "again", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(
+        (next.status, next.code()),
+        (404, "previous_response_not_found".into())
+    );
+    let gone = get_as(&gw, alice, &format!("/v1/responses/{id}")).await;
+    assert_eq!(
+        (gone.status, gone.code()),
+        (404, "response_not_found".into())
+    );
+    assert_eq!(
+        rec.requests().len(),
+        1,
+        "an expired chain reaches no upstream"
+    );
+    gw.stop().await;
+    rec.stop().await;
+}
+
+#[tokio::test]
 async fn agents_validators_and_errors_apply_to_responses() {
     // The quickstart: input-guard and pii-redact validators, the cost
     // router, recovery, and agents.

@@ -101,8 +101,10 @@ impl App {
             .map_err(AppError::Runtime)?
             .with_metrics(metrics.clone());
         let rollouts = Rollouts::new(Arc::new(runtime), store.clone());
-        let sweeper = spawn_kv_sweeper(
+        let responses = crate::gateway::ResponseStore::new(store.clone(), &startup.responses);
+        let sweeper = spawn_sweeper(
             store.clone(),
+            responses.clone(),
             Duration::from_secs(startup.store.kv_sweep_interval_s),
             metrics.clone(),
         );
@@ -156,12 +158,6 @@ impl App {
                 lookup,
                 Duration::from_millis(startup.cluster.rollout_sync_ms),
             ));
-        }
-        let responses = crate::gateway::ResponseStore::new(store.clone(), &startup.responses);
-        match responses.sweep() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed expired stored responses"),
-            Err(e) => tracing::warn!(error = %e, "could not sweep expired stored responses"),
         }
         let gateway = Arc::new(
             Gateway::new(
@@ -267,12 +263,19 @@ impl App {
     }
 }
 
+/// How often expired stored responses are removed from disk (besides at
+/// start and when read). Their scan reads every stored response, so it runs
+/// far less often than the kv sweep; an expired one is never served anyway.
+const RESPONSE_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Removes expired plugin kv entries every `interval`, counting them per
-/// namespace. A sweep is a short synchronous scan (kv is bounded by the
-/// plugins' quotas), so it runs inline rather than on a blocking thread,
-/// which would outlive an abort and keep the store open.
-fn spawn_kv_sweeper(
+/// namespace, and expired stored responses every
+/// [`RESPONSE_SWEEP_INTERVAL`]. A sweep is a synchronous scan, so it runs
+/// inline rather than on a blocking thread, which would outlive an abort
+/// and keep the store open.
+fn spawn_sweeper(
     store: Store,
+    responses: crate::gateway::ResponseStore,
     interval: Duration,
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
@@ -281,9 +284,20 @@ fn spawn_kv_sweeper(
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut responses_swept: Option<std::time::Instant> = None;
         // The first tick is immediate: sweep what expired while stopped.
         loop {
             ticks.tick().await;
+            if responses_swept.is_none_or(|at| at.elapsed() >= RESPONSE_SWEEP_INTERVAL) {
+                responses_swept = Some(std::time::Instant::now());
+                match responses.sweep() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "removed expired stored responses"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not sweep expired stored responses")
+                    }
+                }
+            }
             match store.sweep_expired() {
                 Ok(swept) => {
                     for s in swept {
