@@ -2,8 +2,11 @@
 //! proxies, vLLM, Ollama, the simulator's server, …).
 //!
 //! Requests go to `{base_url}/chat/completions` (embeddings to
-//! `{base_url}/embeddings`, Responses passed through to `{base_url}/responses`) over [`super::transport`] (connections driven in the request's task for `http://`, the shared client for `https://`). Streamed answers are read as server-sent events and
-//! passed on chunk by chunk as the provider sent them (text, refusals,
+//! `{base_url}/embeddings`, Responses passed through to
+//! `{base_url}/responses`) over [`super::transport`]: connections driven in
+//! the request's own task for `http://`, the shared client for `https://`.
+//! Streamed answers are read as server-sent events and passed on chunk by
+//! chunk as the provider sent them (text, refusals,
 //! tool-call fragments, logprobs, every choice), while an
 //! [`Assembly`] puts the whole answer back together for the `Done` event.
 
@@ -42,9 +45,9 @@ pub struct OpenAiUpstream {
 
 struct Inner {
     info: UpstreamInfo,
-    /// How the provider is reached; `Err` for an unusable `base_url`
-    /// (config validation refuses one already, so only a hand-built
-    /// upstream meets it).
+    /// How the provider is reached; `Err` says why it cannot be (a
+    /// `base_url` that is not a URL, an `api_key` that cannot be a header),
+    /// and fails every request with it.
     transport: Result<Transport, String>,
     /// `{base_url}/chat/completions`, resolved once: parsing a URL per
     /// request cost more than building the request.
@@ -80,22 +83,34 @@ impl OpenAiUpstream {
         client: reqwest::Client,
     ) -> Self {
         let base: String = base_url.into();
-        let transport = Transport::new(&base, client);
+        let mut transport =
+            Transport::new(&base, client).map_err(|e| format!("base_url is not a valid URL: {e}"));
         let at = |path: &str| match &transport {
-            Ok(transport) => transport.target(path),
+            Ok(transport) => transport
+                .target(path)
+                .map_err(|e| format!("base_url is not a valid URL: {e}")),
             Err(e) => Err(e.clone()),
         };
-        let auth = api_key.and_then(|key| {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
-            value.set_sensitive(true);
-            Some(value)
-        });
+        let (url, embeddings_url, responses_url) =
+            (at("chat/completions"), at("embeddings"), at("responses"));
+        let mut auth = None;
+        if let Some(key) = api_key {
+            match HeaderValue::from_str(&format!("Bearer {key}")) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    auth = Some(value);
+                }
+                Err(_) => {
+                    transport = Err("api_key has characters a header cannot carry".into());
+                }
+            }
+        }
         Self {
             inner: Arc::new(Inner {
                 info,
-                url: at("chat/completions"),
-                embeddings_url: at("embeddings"),
-                responses_url: at("responses"),
+                url,
+                embeddings_url,
+                responses_url,
                 transport,
                 auth,
                 quota: None,
@@ -135,12 +150,8 @@ impl Inner {
         stream: bool,
         timeout: Duration,
     ) -> Result<Reply, Failure> {
-        let unusable = |e: &String| {
-            Failure::Internal(format!(
-                "upstream `{}`: base_url is not a valid URL: {e}",
-                self.info.name
-            ))
-        };
+        let unusable =
+            |e: &String| Failure::Internal(format!("upstream `{}`: {e}", self.info.name));
         let (transport, url) = match (&self.transport, url) {
             (Ok(transport), Ok(url)) => (transport, url),
             (Err(e), _) | (_, Err(e)) => return Err(unusable(e)),
@@ -514,6 +525,44 @@ impl StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unusable_base_url_or_api_key_fails_each_request_naming_the_upstream() {
+        let info = UpstreamInfo {
+            name: "broken".into(),
+            model: "m".into(),
+            input_cost_per_1k: 0.0,
+            cached_input_cost_per_1k: 0.0,
+            output_cost_per_1k: 0.0,
+            tags: Vec::new(),
+            weight: 1,
+            serves: Vec::new(),
+        };
+        let client = crate::net::http_client();
+        let cases = [
+            ("not a url", None, "base_url is not a valid URL"),
+            (
+                "http://127.0.0.1:9/v1",
+                Some("sk-\nsplit".to_string()),
+                "api_key",
+            ),
+        ];
+        for (base, key, why) in cases {
+            let upstream = OpenAiUpstream::new(info.clone(), base, key, client.clone());
+            let req = CompletionRequest {
+                messages: vec![crate::domain::Message::user("hi")],
+                ..Default::default()
+            };
+            let Err(Failure::Internal(e)) = upstream.complete(req, Duration::from_secs(1)).await
+            else {
+                panic!("{base}: an unusable upstream answered");
+            };
+            assert!(
+                e.starts_with("upstream `broken`: ") && e.contains(why),
+                "{e}"
+            );
+        }
+    }
 
     fn chunk(delta: &str, finish: Option<&str>, usage: Option<&str>) -> String {
         let finish = finish.map_or("null".to_string(), |f| format!("\"{f}\""));
