@@ -9,7 +9,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::batch::*;
-use support::{Gateway, Reply, SimServer, steady};
+use support::{ALICE, BOB, Gateway, Reply, SimServer, steady};
 
 #[tokio::test]
 async fn uploads_are_bounded_by_batches_max_file_bytes_not_the_body_limit() {

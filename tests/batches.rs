@@ -9,7 +9,7 @@ mod support;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::batch::*;
-use support::{Gateway, SimServer, steady};
+use support::{ALICE, BOB, Gateway, SimServer, steady};
 
 #[tokio::test]
 async fn a_batch_of_200_requests_completes_with_200_output_lines() {

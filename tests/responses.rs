@@ -7,21 +7,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Canned, Gateway, Recorder, Reply, SimServer, steady};
-
-/// Auth on, with two keys: `alice` and `bob`.
-const TWO_KEYS: &str = r#"
-[auth]
-enabled = true
-
-[[auth.keys]]
-name = "alice"
-secret = "alice-secret-0123456789"
-
-[[auth.keys]]
-name = "bob"
-secret = "bob-secret-0123456789ab"
-"#;
+use support::{Canned, Gateway, Recorder, Reply, SimServer, steady, two_keys};
 
 async fn respond(gw: &Gateway, key: Option<&str>, body: &Value) -> Reply {
     let mut req = gw.client.post(gw.url("/v1/responses")).json(body);
@@ -303,7 +289,7 @@ async fn a_streamed_response_speaks_the_responses_events_and_is_stored_when_it_e
 async fn a_conversation_continues_across_a_restart_for_its_own_key_only() {
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = rec.config("gpt-rec", TWO_KEYS);
+    let config = rec.config("gpt-rec", &two_keys());
     let gw = Gateway::start_in(dir.path(), &config).await;
     let alice = Some("alice-secret-0123456789");
     let bob = Some("bob-secret-0123456789ab");
@@ -365,7 +351,10 @@ async fn a_conversation_continues_across_a_restart_for_its_own_key_only() {
 #[tokio::test]
 async fn a_response_past_its_ttl_is_neither_served_nor_continued() {
     let rec = Recorder::start().await;
-    let config = rec.config("gpt-rec", &format!("{TWO_KEYS}\n[responses]\nttl_s = 1\n"));
+    let config = rec.config(
+        "gpt-rec",
+        &format!("{}\n[responses]\nttl_s = 1\n", two_keys()),
+    );
     let gw = Gateway::start(&config).await;
     let alice = Some("alice-secret-0123456789");
     let first = respond(&gw, alice, &json!({"model": "gpt-rec", "input": "hi"})).await;
@@ -500,7 +489,7 @@ async fn agents_validators_and_errors_apply_to_responses() {
 #[tokio::test]
 async fn an_upstream_that_speaks_responses_gets_them_passed_through_for_its_owner() {
     let up = SimServer::start(steady(0), &["m-native"]).await;
-    let config = up.config(TWO_KEYS).replace(
+    let config = up.config(&two_keys()).replace(
         "input_cost_per_1k = 1.0\n",
         "input_cost_per_1k = 1.0\nserves = [\"responses\"]\n",
     );

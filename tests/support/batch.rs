@@ -2,35 +2,17 @@
 //! files of chat requests, multipart uploads, and the batch and file
 //! routes (`tests/batches.rs`, `tests/batch_files.rs`).
 
-use super::{Gateway, Reply, SimServer};
+use super::{ALICE, Gateway, Reply, SimServer, two_keys};
 use serde_json::Value;
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
 
-pub const ALICE: &str = "alice-secret-0123456789";
-pub const BOB: &str = "bob-secret-0123456789ab";
 pub const THRIFTY: &str = "thrifty-secret-0123456789";
 
 /// `up` as upstream `sim`, keys alice and bob, `[batches]` as `batches`.
 pub fn config(up: &SimServer, batches: &str) -> String {
-    up.config(&format!(
-        r#"
-[auth]
-enabled = true
-
-[[auth.keys]]
-name = "alice"
-secret = "{ALICE}"
-
-[[auth.keys]]
-name = "bob"
-secret = "{BOB}"
-
-[batches]
-{batches}
-"#
-    ))
+    up.config(&format!("{}\n[batches]\n{batches}\n", two_keys()))
 }
 
 /// A JSONL input file of `n` chat requests for model `m`, `req-<i>` each.

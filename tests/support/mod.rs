@@ -46,6 +46,30 @@ pub use sim::{SimServer, steady};
 #[allow(unused_imports)]
 pub use webhook::Webhook;
 
+/// The secret of key `alice` in [`two_keys`].
+pub const ALICE: &str = "alice-secret-0123456789";
+/// The secret of key `bob` in [`two_keys`].
+pub const BOB: &str = "bob-secret-0123456789ab";
+
+/// `[auth]` on with two keys, `alice` ([`ALICE`]) and `bob` ([`BOB`]): for
+/// tests of what one key may not see of another's.
+pub fn two_keys() -> String {
+    format!(
+        r#"
+[auth]
+enabled = true
+
+[[auth.keys]]
+name = "alice"
+secret = "{ALICE}"
+
+[[auth.keys]]
+name = "bob"
+secret = "{BOB}"
+"#
+    )
+}
+
 use serde_json::{Value, json};
 
 /// The quickstart config (`examples/quickstart.toml`) on an ephemeral port,
