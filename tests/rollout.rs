@@ -1105,11 +1105,15 @@ async fn agentrouter_serve_watch_picks_up_a_replaced_plugin_file() {
         "the new file was never picked up: {}",
         logs()
     );
-    // Logged before the swap, so it is written once the new digest shows.
-    let log = logs();
+    // Logged before the swap; `serve` writes its log lines every 10 ms
+    // (telemetry::log_buffer), so the line may trail the new digest.
+    let swapped = |log: &str| {
+        log.contains("plugin swapped (file changed)") && log.contains(&old) && log.contains(&new)
+    };
     assert!(
-        log.contains("plugin swapped (file changed)") && log.contains(&old) && log.contains(&new),
-        "{log}"
+        eventually(100, || async { swapped(&logs()) }).await,
+        "{}",
+        logs()
     );
 }
 

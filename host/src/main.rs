@@ -348,8 +348,9 @@ fn serve_command(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let telemetry = runtime
-        .block_on(async { telemetry::traces::init(format.into(), &config.startup.telemetry) })?;
+    let telemetry = runtime.block_on(async {
+        telemetry::traces::init_serving(format.into(), &config.startup.telemetry)
+    })?;
     if path.is_none() {
         tracing::info!(
             "no --config given: running the embedded quickstart (examples/quickstart.toml)"

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod health;
+pub mod log_buffer;
 pub mod metrics;
 pub mod request;
 pub mod span_fields;

@@ -13,6 +13,7 @@
 //! stack and a second TLS configuration.
 
 use super::config::TelemetryConfig;
+use super::log_buffer::{LogBuffer, LogBufferGuard};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -20,6 +21,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::fmt;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::fmt::MakeWriter;
@@ -125,16 +127,31 @@ where
     Box::new(Registry::default().with(filter).with(logs).with(spans))
 }
 
-/// Keeps trace export running; dropping it flushes the spans still queued.
-#[derive(Debug, Default)]
+/// Keeps trace export (and the log writer thread, for `serve`) running;
+/// dropping it flushes the spans still queued, then the log lines.
+#[derive(Default)]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    /// Dropped after the provider's shutdown, so its warnings are written.
+    logs: Option<LogBufferGuard>,
+}
+
+impl fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("provider", &self.provider)
+            .field("buffered_logs", &self.logs.is_some())
+            .finish()
+    }
 }
 
 impl TelemetryGuard {
     /// A guard for `provider`.
     pub fn new(provider: Option<SdkTracerProvider>) -> Self {
-        Self { provider }
+        Self {
+            provider,
+            logs: None,
+        }
     }
 }
 
@@ -148,8 +165,9 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the process-wide subscriber (logs to stderr, spans to the
-/// configured collector). Call inside the tokio runtime, once.
+/// Installs the process-wide subscriber (logs written straight to stderr,
+/// spans to the configured collector), for commands whose log lines
+/// interleave with what they print. Call inside the tokio runtime, once.
 pub fn init(format: LogFormat, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = tracer_provider(config)?;
@@ -160,6 +178,29 @@ pub fn init(format: LogFormat, config: &TelemetryConfig) -> Result<TelemetryGuar
         provider.as_ref(),
     ));
     Ok(TelemetryGuard::new(provider))
+}
+
+/// As [`init`], for `serve`: log lines go to stderr through a
+/// [`LogBuffer`], written by a thread of their own every
+/// [`WRITE_INTERVAL`](super::log_buffer::WRITE_INTERVAL) instead of one
+/// syscall per line on the request's thread.
+pub fn init_serving(
+    format: LogFormat,
+    config: &TelemetryConfig,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let provider = tracer_provider(config)?;
+    let (writer, logs) = LogBuffer::stderr();
+    let _ = tracing::subscriber::set_global_default(subscriber(
+        format,
+        filter,
+        writer,
+        provider.as_ref(),
+    ));
+    Ok(TelemetryGuard {
+        provider,
+        logs: Some(logs),
+    })
 }
 
 struct HeaderRead<'a>(&'a HeaderMap);
