@@ -351,8 +351,10 @@ pub struct BudgetExceeded {
     pub unavailable: Option<String>,
 }
 
+/// A key's reservations in flight and mean cost, for one UTC day.
 #[derive(Debug, Default)]
 struct Outstanding {
+    day: u64,
     reserved: f64,
     mean: Option<f64>,
 }
@@ -360,7 +362,9 @@ struct Outstanding {
 /// Daily budgets: reservations and spend, local or shared.
 pub struct Budgets {
     spend: Spend,
-    local: Mutex<HashMap<(String, u64), Outstanding>>,
+    /// Key name → today's reservations: one entry per key, reset when the
+    /// day turns, so settling never scans the map.
+    local: Mutex<HashMap<String, Outstanding>>,
     cluster: Option<Arc<Cluster>>,
     min_reservation_usd: f64,
 }
@@ -421,7 +425,14 @@ impl Budgets {
             0.0
         });
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = local.entry((name.to_string(), day)).or_default();
+        let entry = local.entry(name.to_string()).or_default();
+        if entry.day != day {
+            // A new day: what was held and learnt yesterday is of no use.
+            *entry = Outstanding {
+                day,
+                ..Outstanding::default()
+            };
+        }
         if spent + entry.reserved >= budget_usd {
             return Err(refusal(spent, entry.reserved, budget_usd, now_s, None));
         }
@@ -508,7 +519,7 @@ impl Budgets {
             }
         } else {
             let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(entry) = local.get_mut(&(r.key.clone(), r.day)) {
+            if let Some(entry) = local.get_mut(&r.key).filter(|e| e.day == r.day) {
                 entry.reserved = (entry.reserved - r.amount_usd).max(0.0);
                 if cost > 0.0 {
                     entry.mean = Some(match entry.mean {
@@ -517,8 +528,6 @@ impl Budgets {
                     });
                 }
             }
-            // Yesterday's entries are of no use any more.
-            local.retain(|(_, day), _| *day >= r.day);
         }
         SpendUpdate {
             key: r.key,
@@ -699,6 +708,25 @@ mod tests {
             .expect("the spend was never written");
         assert_eq!(usd, 0.125);
         drop(spend);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_from_yesterday_settles_without_touching_todays() {
+        let b = Budgets::new(Store::temporary().unwrap(), None, 0.4);
+        let today = b.reserve("k", 1.0).await.unwrap();
+        let yesterday = Reservation {
+            key: "k".into(),
+            day: today.day - 1,
+            budget_usd: 1.0,
+            amount_usd: 0.4,
+            shared: false,
+        };
+        b.settle(yesterday, 0.0).await;
+        // Today's 0.4 is still held: two more fit, a fourth waits.
+        b.reserve("k", 1.0).await.unwrap();
+        b.reserve("k", 1.0).await.unwrap();
+        let refused = b.reserve("k", 1.0).await.unwrap_err();
+        assert!((refused.reserved_usd - 1.2).abs() < 1e-9, "{refused:?}");
     }
 
     #[tokio::test]
