@@ -126,7 +126,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes every waiting line; whether there were any.
+    /// Writes every waiting line, in one `write_all`.
     fn write_out(&self) -> io::Result<()> {
         let mut out = lock(&self.out);
         let chunk = {
