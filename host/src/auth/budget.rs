@@ -268,7 +268,7 @@ impl SpendInner {
                     t.dirty = false;
                     dirty.push((Spend::db_key(name, t.day), t.usd, name.clone(), t.day));
                 }
-                days.retain(|t| t.day + 1 >= today || t.dirty);
+                days.retain(|t| t.day + 1 >= today);
             }
             totals.retain(|_, days| !days.is_empty());
         }
@@ -425,7 +425,11 @@ impl Budgets {
             0.0
         });
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = local.entry(name.to_string()).or_default();
+        // Looked up by `&str`: a key's name is copied once, not per request.
+        if !local.contains_key(name) {
+            local.insert(name.to_string(), Outstanding::default());
+        }
+        let entry = local.get_mut(name).expect("inserted above");
         if entry.day != day {
             // A new day: what was held and learnt yesterday is of no use.
             *entry = Outstanding {

@@ -11,13 +11,13 @@
 //! most [`WRITE_INTERVAL`] after its event, in the order the events were
 //! formatted. A graceful exit writes every line (the guard's drop); a crash
 //! (`kill -9`, an abort) can lose the last interval's lines. Nothing is
-//! dropped under load: once [`LogBuffer::limit`] bytes wait, the thread
+//! dropped under load: once the buffer's limit (1 MiB for stderr) waits, the thread
 //! that formats the next line writes the buffer out itself, so a stalled
 //! stderr slows the gateway as it did before, instead of growing memory.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
@@ -48,7 +48,7 @@ struct Shared {
     stop: AtomicBool,
     /// The writer thread sleeps until a line arrives (see [`IDLE_INTERVALS`]).
     parked: AtomicBool,
-    thread: Mutex<Option<std::thread::Thread>>,
+    thread: OnceLock<std::thread::Thread>,
 }
 
 /// Keeps the writer thread running; dropping it writes the remaining lines
@@ -68,7 +68,7 @@ impl LogBuffer {
             limit,
             stop: AtomicBool::new(false),
             parked: AtomicBool::new(false),
-            thread: Mutex::new(None),
+            thread: OnceLock::new(),
         });
         let worker = shared.clone();
         let handle = std::thread::Builder::new()
@@ -76,7 +76,7 @@ impl LogBuffer {
             .spawn(move || worker.run())
             .ok();
         if let Some(handle) = &handle {
-            *lock(&shared.thread) = Some(handle.thread().clone());
+            let _ = shared.thread.set(handle.thread().clone());
         }
         // Without a thread (none could be started), lines are written by
         // their own thread once `limit` bytes wait, and by the guard.
@@ -90,11 +90,6 @@ impl LogBuffer {
     /// For stderr, with the default limit (1 MiB).
     pub fn stderr() -> (LogBuffer, LogBufferGuard) {
         Self::new(io::stderr(), DEFAULT_LIMIT)
-    }
-
-    /// Bytes that may wait before a line's own thread writes them.
-    pub fn limit(&self) -> usize {
-        self.shared.limit
     }
 }
 
@@ -119,7 +114,7 @@ impl Shared {
         // SeqCst pairs with the thread's store before it re-checks `lines`:
         // either it sees this line, or this load sees it parked.
         if self.parked.load(Ordering::SeqCst)
-            && let Some(thread) = lock(&self.thread).as_ref()
+            && let Some(thread) = self.thread.get()
         {
             thread.unpark();
         }

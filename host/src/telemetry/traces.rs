@@ -169,15 +169,11 @@ impl Drop for TelemetryGuard {
 /// spans to the configured collector), for commands whose log lines
 /// interleave with what they print. Call inside the tokio runtime, once.
 pub fn init(format: LogFormat, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let provider = tracer_provider(config)?;
-    let _ = tracing::subscriber::set_global_default(subscriber(
+    Ok(TelemetryGuard::new(install(
         format,
-        filter,
+        config,
         std::io::stderr,
-        provider.as_ref(),
-    ));
-    Ok(TelemetryGuard::new(provider))
+    )?))
 }
 
 /// As [`init`], for `serve`: log lines go to stderr through a
@@ -188,19 +184,32 @@ pub fn init_serving(
     format: LogFormat,
     config: &TelemetryConfig,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    let (writer, logs) = LogBuffer::stderr();
+    Ok(TelemetryGuard {
+        provider: install(format, config, writer)?,
+        logs: Some(logs),
+    })
+}
+
+/// Sets the global subscriber, with lines written to `writer`; returns the
+/// trace provider, if one is configured, for the guard to shut down.
+fn install<W>(
+    format: LogFormat,
+    config: &TelemetryConfig,
+    writer: W,
+) -> Result<Option<SdkTracerProvider>, TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = tracer_provider(config)?;
-    let (writer, logs) = LogBuffer::stderr();
     let _ = tracing::subscriber::set_global_default(subscriber(
         format,
         filter,
         writer,
         provider.as_ref(),
     ));
-    Ok(TelemetryGuard {
-        provider,
-        logs: Some(logs),
-    })
+    Ok(provider)
 }
 
 struct HeaderRead<'a>(&'a HeaderMap);
