@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Canned, Gateway, Recorder, Reply, SimServer, steady, two_keys};
+use support::{ALICE, BOB, Canned, Gateway, Recorder, Reply, SimServer, steady, two_keys};
 
 async fn respond(gw: &Gateway, key: Option<&str>, body: &Value) -> Reply {
     let mut req = gw.client.post(gw.url("/v1/responses")).json(body);
@@ -26,6 +26,23 @@ async fn get_as(gw: &Gateway, key: Option<&str>, path: &str) -> Reply {
 }
 
 /// The `(event, data)` pairs of a Responses stream.
+/// Continuing from `id` as `key` is refused as if `id` did not exist.
+async fn assert_not_continued(gw: &Gateway, key: Option<&str>, model: &str, id: &str) {
+    let cont = respond(
+        gw,
+        key,
+        &json!({"model": model, "input": "more", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(
+        (cont.status, cont.code()),
+        (404, "previous_response_not_found".into()),
+        "{}",
+        cont.text
+    );
+    assert_eq!(cont.json()["error"]["param"], "previous_response_id");
+}
+
 fn sse_events(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
         .filter(|block| !block.trim().is_empty())
@@ -165,17 +182,7 @@ async fn a_response_is_translated_to_chat_and_back_stored_continued_and_deleted(
     let id = unstored.json()["id"].as_str().unwrap().to_string();
     let gone = get_as(&gw, None, &format!("/v1/responses/{id}")).await;
     assert_eq!(gone.status, 404);
-    let cont = respond(
-        &gw,
-        None,
-        &json!({"model": "gpt-rec", "input": "y", "previous_response_id": id}),
-    )
-    .await;
-    assert_eq!(
-        (cont.status, cont.code()),
-        (404, "previous_response_not_found".into())
-    );
-    assert_eq!(cont.json()["error"]["param"], "previous_response_id");
+    assert_not_continued(&gw, None, "gpt-rec", &id).await;
     assert_eq!(
         rec.requests().len(),
         3,
@@ -291,8 +298,8 @@ async fn a_conversation_continues_across_a_restart_for_its_own_key_only() {
     let dir = tempfile::tempdir().unwrap();
     let config = rec.config("gpt-rec", &two_keys());
     let gw = Gateway::start_in(dir.path(), &config).await;
-    let alice = Some("alice-secret-0123456789");
-    let bob = Some("bob-secret-0123456789ab");
+    let alice = Some(ALICE);
+    let bob = Some(BOB);
     let first = respond(
         &gw,
         alice,
@@ -312,21 +319,12 @@ async fn a_conversation_continues_across_a_restart_for_its_own_key_only() {
     );
     let theirs = get_as(&gw, bob, &format!("/v1/responses/{id}/input_items")).await;
     assert_eq!(theirs.status, 404);
-    let theirs = respond(
-        &gw,
-        bob,
-        &json!({"model": "gpt-rec", "input": "x", "previous_response_id": id}),
-    )
-    .await;
-    assert_eq!(
-        (theirs.status, theirs.code()),
-        (404, "previous_response_not_found".into())
-    );
+    assert_not_continued(&gw, bob, "gpt-rec", &id).await;
     let deleted = gw
         .send(
             gw.client
                 .delete(gw.url(&format!("/v1/responses/{id}")))
-                .bearer_auth("bob-secret-0123456789ab"),
+                .bearer_auth(BOB),
         )
         .await;
     assert_eq!(deleted.status, 404);
@@ -356,7 +354,7 @@ async fn a_response_past_its_ttl_is_neither_served_nor_continued() {
         &format!("{}\n[responses]\nttl_s = 1\n", two_keys()),
     );
     let gw = Gateway::start(&config).await;
-    let alice = Some("alice-secret-0123456789");
+    let alice = Some(ALICE);
     let first = respond(&gw, alice, &json!({"model": "gpt-rec", "input": "hi"})).await;
     assert_eq!(first.status, 200, "{}", first.text);
     let id = first.json()["id"].as_str().unwrap().to_string();
@@ -367,16 +365,7 @@ async fn a_response_past_its_ttl_is_neither_served_nor_continued() {
         200
     );
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let next = respond(
-        &gw,
-        alice,
-        &json!({"model": "gpt-rec", "input": "again", "previous_response_id": id}),
-    )
-    .await;
-    assert_eq!(
-        (next.status, next.code()),
-        (404, "previous_response_not_found".into())
-    );
+    assert_not_continued(&gw, alice, "gpt-rec", &id).await;
     let gone = get_as(&gw, alice, &format!("/v1/responses/{id}")).await;
     assert_eq!(
         (gone.status, gone.code()),
@@ -494,10 +483,7 @@ async fn an_upstream_that_speaks_responses_gets_them_passed_through_for_its_owne
         "input_cost_per_1k = 1.0\nserves = [\"responses\"]\n",
     );
     let gw = Gateway::start(&config).await;
-    let (alice, bob) = (
-        Some("alice-secret-0123456789"),
-        Some("bob-secret-0123456789ab"),
-    );
+    let (alice, bob) = (Some(ALICE), Some(BOB));
     let first = respond(
         &gw,
         alice,
@@ -529,16 +515,7 @@ async fn an_upstream_that_speaks_responses_gets_them_passed_through_for_its_owne
     assert_eq!((mine.status, mine.json()), (200, object));
     let theirs = get_as(&gw, bob, &format!("/v1/responses/{id}")).await;
     assert_eq!(theirs.status, 404);
-    let theirs = respond(
-        &gw,
-        bob,
-        &json!({"model": "m-native", "input": "x", "previous_response_id": id}),
-    )
-    .await;
-    assert_eq!(
-        (theirs.status, theirs.code()),
-        (404, "previous_response_not_found".into())
-    );
+    assert_not_continued(&gw, bob, "m-native", &id).await;
     assert_eq!(up.requests(), 1, "refused before the upstream");
     let next = respond(
         &gw,
@@ -567,9 +544,7 @@ async fn an_upstream_that_speaks_responses_gets_them_passed_through_for_its_owne
     let listed = get_as(&gw, alice, "/v1/models").await;
     assert_eq!(listed.json()["data"][0]["endpoints"], json!(["responses"]));
     // No chat upstream serves the model.
-    let chat = gw
-        .chat_as("alice-secret-0123456789", &support::chat("m-native", "x"))
-        .await;
+    let chat = gw.chat_as(ALICE, &support::chat("m-native", "x")).await;
     assert_eq!(
         (chat.status, chat.code()),
         (404, "model_not_found".into()),
