@@ -1032,6 +1032,60 @@ async fn reloads_swaps_and_rollouts_run_concurrently_under_load_and_leave_one_co
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_steps_while_reloads_come_faster_than_its_interval() {
+    // Every reload replaces the slot and restarts its controller. A
+    // controller that started its wait anew each time would never tick
+    // while reloads come more often than `interval_s`, and the canary
+    // would stall for as long as they do (what the concurrent test above
+    // caught now and then).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let gw = Arc::new(Gateway::start_in(dir.path(), &generation_config(0)).await);
+    let (status, body) = gw
+        .admin_put("/admin/plugins/redact/candidate", fixture("slow_ok"))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Healthy by any measure: the first tick that runs promotes it.
+    let canary = json!({"mode": "canary", "percent": 50, "step": 50, "interval_s": 0.3,
+                        "min_samples": 1, "max_latency_ratio": 1000.0});
+    let (status, body) = gw
+        .admin_post("/admin/plugins/redact/rollout", &canary)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (gw, stop) = (gw.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                answer(&gw, EMAIL_PROMPT).await;
+            }
+        }
+    });
+    // Reloads back to back, each far quicker than the 300 ms interval,
+    // until the canary has ended (or for 30 s at most).
+    let mut reloads = 0;
+    let started = std::time::Instant::now();
+    let ended = loop {
+        reloads += 1;
+        std::fs::write(&file, generation_config(reloads)).unwrap();
+        let (status, body) = gw.admin_post("/admin/reload", &json!({})).await;
+        assert_eq!(status, 200, "reload {reloads}: {body}");
+        let slot = gw.admin_get("/admin/plugins/redact").await.1;
+        if slot["candidate"].is_null() {
+            break Some(slot);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+    };
+    stop.store(true, Ordering::SeqCst);
+    returns("the traffic", traffic).await;
+    let slot = ended.expect("the canary never ended while reloads went on");
+    assert_eq!(slot["rollout"]["phase"], "promoted", "{slot:#}");
+    Arc::into_inner(gw).unwrap().stop().await;
+}
+
 /// Kills the child process when dropped, so a failing test leaves none behind.
 struct Child(std::process::Child);
 

@@ -102,10 +102,15 @@ impl Controllers {
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
             loop {
+                // Due when the rollout says: a rollout carried over a reload
+                // keeps the schedule its predecessor's controller had.
+                let Some(due) = rollout.upgrade().map(|r| r.due()) else {
+                    return;
+                };
                 // A stop is only seen between ticks: a tick in progress
                 // finishes its decision and its store write.
                 tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep_until(due.into()) => {}
                     _ = stopping.wait_for(|stop| *stop) => return,
                 }
                 let (Some(manager), Some(hot), Some(rollout)) =
@@ -116,6 +121,7 @@ impl Controllers {
                 if !tick(&manager, &hot, &rollout).await {
                     return;
                 }
+                rollout.set_due(std::time::Instant::now() + interval);
             }
         });
     }

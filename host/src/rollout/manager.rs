@@ -608,9 +608,11 @@ impl Rollouts {
     ///
     /// `predecessor` is the slot a config reload is replacing. Its rollout's
     /// counters are newer than the record (the controller persists them only
-    /// on its ticks), so the resumed rollout starts from them: resuming from
-    /// the record would drop every call since the last tick, and reloads
-    /// more frequent than `interval_s` would stall a canary for good.
+    /// on its ticks), so the resumed rollout starts from them, and its
+    /// controller keeps the predecessor's schedule: resuming from the record
+    /// would drop every call since the last tick, and restarting the wait
+    /// would let no tick run at all while reloads come faster than
+    /// `interval_s` — either would stall a canary for good.
     pub async fn restore(
         &self,
         guard: &ControlGuard<'_>,
@@ -655,19 +657,25 @@ impl Rollouts {
                                 && p.started_at == r.started_at
                                 && p.phase() == Phase::Active
                         })
-                        .map(|p| p.progress());
+                        .map(|p| (p.progress(), p.due()));
                     let why = if carried.is_some() {
                         "carried over a config reload"
                     } else {
                         "resumed after restart"
                     };
-                    let progress = carried.unwrap_or(r.progress);
+                    let (progress, due) = match carried {
+                        Some((progress, due)) => (progress, Some(due)),
+                        None => (r.progress, None),
+                    };
                     let rollout = Arc::new(Rollout::new(
                         r.spec,
                         candidate,
                         r.started_at,
                         Some(progress),
                     ));
+                    if let Some(due) = due {
+                        rollout.set_due(due);
+                    }
                     rollout.event(format!("{why} at {}%", rollout.percent()));
                     hot.update(guard, |s| {
                         s.rollout = Some(rollout.clone());

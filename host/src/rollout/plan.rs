@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Shadow samples kept per rollout (the most recent ones).
 pub const SHADOW_SAMPLES: usize = 16;
@@ -336,6 +337,11 @@ pub struct Rollout {
     basis_points: AtomicU32,
     /// Candidate calls when the split last changed (a step needs new samples).
     calls_at_last_step: AtomicU64,
+    /// When its controller's next tick is due. A rollout carried over a
+    /// config reload keeps its predecessor's, so reloads more frequent than
+    /// `interval_s` do not restart the wait every time (and never let a
+    /// tick run).
+    due: Mutex<Instant>,
     outcome: Mutex<Outcome>,
 }
 
@@ -381,6 +387,7 @@ impl Rollout {
             calls_at_last_step: AtomicU64::new(p.calls_at_last_step),
             shadow: ShadowLog::default(),
             started_at,
+            due: Mutex::new(Instant::now() + Duration::from_secs_f64(spec.interval_s)),
             outcome: Mutex::new(Outcome {
                 phase: Phase::Active,
                 reason: None,
@@ -389,6 +396,16 @@ impl Rollout {
             spec,
             candidate,
         }
+    }
+
+    /// When its controller's next tick is due.
+    pub(super) fn due(&self) -> Instant {
+        *self.due.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets when its controller's next tick is due.
+    pub(super) fn set_due(&self, due: Instant) {
+        *self.due.lock().unwrap_or_else(|p| p.into_inner()) = due;
     }
 
     /// The candidate's current share, percent.
