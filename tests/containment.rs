@@ -623,6 +623,24 @@ async fn the_first_party_recovery_asked_for_zero_sized_chunks_is_named_not_the_c
 }
 
 #[tokio::test]
+async fn reusing_an_agents_instance_is_refused_naming_the_key() {
+    let up = SimServer::start(steady(0), &["m"]).await;
+    let agent = fixture("hostile_agent");
+    let extra = format!(
+        "[plugins.reused]\nsource = \"{agent}\"\nworld = \"agent\"\nisolation = \"reuse\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = agentrouter::config::Config::parse(&config(&up, &extra), "test.toml", dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("plugins.reused.isolation")
+            && err.contains("only for validator, router and recovery slots"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn budget_config_mistakes_are_refused_naming_the_key() {
     let up = SimServer::start(steady(0), &["m"]).await;
     let text = config(&up, "[plugins.guard.budget]\nmax_llm_calls = 3\n");

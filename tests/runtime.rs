@@ -5,7 +5,7 @@
 use agentrouter::domain::*;
 use agentrouter::plugins;
 use agentrouter::runtime::{
-    AgentHost, Capabilities, DirGrant, EngineSettings, LimitKind, Plugin, PluginError,
+    AgentHost, Capabilities, DirGrant, EngineSettings, Isolation, LimitKind, Plugin, PluginError,
     PluginSource, PluginSpec, Runtime, RuntimeSettings, World, inspect,
 };
 use agentrouter::store::{KvStore, Store};
@@ -814,6 +814,62 @@ async fn every_call_gets_an_instance_of_its_own_whether_made_ahead_or_on_the_cal
             assert_eq!(plugin.spares_ready(), 0);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_carries_what_it_kept_into_later_calls_until_it_traps() {
+    // The trade `isolation = "reuse"` makes, shown as it is: the guest's
+    // memory reaches the next call (any request's), and a trap ends it.
+    let rt = runtime();
+    let mut spec = fixture_spec("remember", World::Validator);
+    spec.isolation = Isolation::Reuse;
+    let reused = rt.load(spec).unwrap();
+    let per_call = rt.load(fixture_spec("remember", World::Validator)).unwrap();
+    async fn validate(plugin: &Plugin, text: &str) -> Result<Verdict, PluginError> {
+        plugin.validate(Stage::Input, &[Message::user(text)]).await
+    }
+    let verdict = |text: &str| Verdict::Reject(text.into());
+    assert_eq!(validate(&reused, "a").await.unwrap(), verdict(FIRST_CALL));
+    assert_eq!(
+        validate(&reused, "b").await.unwrap(),
+        verdict("calls=2;previous=a")
+    );
+    assert_eq!(validate(&per_call, "b").await.unwrap(), verdict(FIRST_CALL));
+    let err = validate(&reused, "trap").await.unwrap_err();
+    assert!(
+        matches!(err, PluginError::Trap { .. })
+            && err
+                .to_string()
+                .contains("asked to trap after calls=3;previous=b"),
+        "{err}"
+    );
+    // The instance that trapped is gone: the next call starts fresh.
+    assert_eq!(validate(&reused, "c").await.unwrap(), verdict(FIRST_CALL));
+    assert_eq!(
+        validate(&reused, "d").await.unwrap(),
+        verdict("calls=2;previous=c")
+    );
+    let stats = reused.stats();
+    assert_eq!((stats.calls, stats.errors, stats.reused_calls), (5, 1, 3));
+    assert_eq!(per_call.stats().reused_calls, 0);
+}
+
+#[tokio::test]
+async fn only_stateless_worlds_may_reuse_an_instance() {
+    let rt = runtime();
+    let mut spec = fixture_spec("hostile-agent", World::Agent);
+    spec.isolation = Isolation::Reuse;
+    let err = rt.load(spec).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PluginError::InvalidConfig {
+                key: "isolation",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 // ------------------------------------------------------------- loading

@@ -12,6 +12,7 @@ nginx cannot play a model that calls tools or streams.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,7 +259,7 @@ model = "{model}"
 
 
 def gateway_config(run: Run, name: str, port: int, upstream: str, features: bool,
-                   agents: bool, server: str = "") -> Path:
+                   agents: bool, server: str = "", reuse: bool = False) -> Path:
     """Write the config of gateway target `name` and return its path.
 
     Every gateway has its own store (sled admits one process) but shares
@@ -266,6 +267,7 @@ def gateway_config(run: Run, name: str, port: int, upstream: str, features: bool
     The response cache is off: the bench request is never cacheable under
     the default policy anyway, and a hit would skip the upstream and
     measure something else. `server` is added to the `[server]` table.
+    `reuse` gives every features plugin `isolation = "reuse"`.
     """
     d = run.tmp / name
     d.mkdir(parents=True, exist_ok=True)
@@ -274,7 +276,11 @@ def gateway_config(run: Run, name: str, port: int, upstream: str, features: bool
             + f'\n[runtime]\ncache_dir = "{run.tmp / "plugin-cache"}"\n'
             + "\n[cache]\nenabled = false\n\n" + upstream)
     if features:
-        text += FEATURES.format(key=run.key, model=MODEL)
+        feats = FEATURES.format(key=run.key, model=MODEL)
+        if reuse:
+            feats = re.sub(r'^(source = "builtin:[a-z-]+")$', r'\1\nisolation = "reuse"', feats,
+                           flags=re.M)
+        text += feats
     if agents:
         text += AGENTS.format(model=MODEL)
     path = d / "config.toml"
@@ -283,11 +289,11 @@ def gateway_config(run: Run, name: str, port: int, upstream: str, features: bool
 
 
 def start_gateway(run: Run, name: str, upstream: str, features: bool = False,
-                  agents: bool = False, server: str = "") -> Service:
+                  agents: bool = False, server: str = "", reuse: bool = False) -> Service:
     """Start `agentrouter serve` as target `name`, JSON request log at INFO
     on its stderr (into the run's temp dir), and wait for /health/ready."""
     port = free_port()
-    config = gateway_config(run, name, port, upstream, features, agents, server)
+    config = gateway_config(run, name, port, upstream, features, agents, server, reuse)
     svc = run.sup.start(name, [str(run.binary), "serve", "--config", str(config),
                                "--log-format", "json"],
                         env={"RUST_LOG": "info"}, port=port)
@@ -340,6 +346,10 @@ TARGETS = [
            lambda run: start_gateway(run, "bare", _upstream_openai(_mock_url(run))), gateway=True),
     Target("features", "agentrouter features on",
            lambda run: start_gateway(run, "features", _upstream_openai(_mock_url(run)), True),
+           auth=lambda run: run.key, gateway=True),
+    Target("features-reuse", "agentrouter features on, plugins with `isolation = \"reuse\"`",
+           lambda run: start_gateway(run, "features-reuse", _upstream_openai(_mock_url(run)), True,
+                                     reuse=True),
            auth=lambda run: run.key, gateway=True),
     Target("agent", "agentrouter `agent:manager` + 2 workers, features on, 0 ms simulator",
            lambda run: start_gateway(run, "agent", _upstream_sim_zero(), True, True),

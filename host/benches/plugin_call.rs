@@ -1,8 +1,9 @@
 //! Cost of one plugin call on the request path — what every validator,
 //! router and recovery decision pays per request: with the instance made
-//! and torn down on the call (the default), and with spare instances (made
-//! ahead and torn down on another thread), across the pooling and
-//! on-demand allocators.
+//! and torn down on the call (the default), with spare instances (made
+//! ahead and torn down on another thread), with one instance reused across
+//! calls (`isolation = "reuse"`), and across the pooling and on-demand
+//! allocators.
 //!
 //! The tokio runtime has one worker thread besides the bench's: the spares'
 //! background work runs there, as it runs on the gateway's other cores.
@@ -17,7 +18,7 @@ mod common;
 
 use agentrouter::domain::{Message, RouteRequest, Stage};
 use agentrouter::plugins;
-use agentrouter::runtime::{AllocatorChoice, PluginSource, PluginSpec, World};
+use agentrouter::runtime::{AllocatorChoice, Isolation, PluginSource, PluginSpec, World};
 use common::{candidates, runtime};
 use criterion::{Bencher, Criterion, criterion_group, criterion_main};
 use std::future::Future;
@@ -44,19 +45,35 @@ fn bench(c: &mut Criterion) {
         PluginSource::File(plugins::fixture_dir().join("slow_ok.wasm")),
     );
 
-    for (label, allocator, spares) in [
-        ("pooling+spares", AllocatorChoice::Pooling, 2),
-        ("pooling", AllocatorChoice::Pooling, 0),
-        ("on-demand", AllocatorChoice::OnDemand, 0),
+    for (label, allocator, spares, isolation) in [
+        (
+            "pooling+reuse",
+            AllocatorChoice::Pooling,
+            0,
+            Isolation::Reuse,
+        ),
+        (
+            "pooling+spares",
+            AllocatorChoice::Pooling,
+            2,
+            Isolation::PerCall,
+        ),
+        ("pooling", AllocatorChoice::Pooling, 0, Isolation::PerCall),
+        (
+            "on-demand",
+            AllocatorChoice::OnDemand,
+            0,
+            Isolation::PerCall,
+        ),
     ] {
         let rt = runtime(allocator, spares, None);
-        let minimal = rt.load(minimal.clone()).unwrap();
-        let guard = rt
-            .load(plugins::get("input-guard").unwrap().spec("input-guard"))
-            .unwrap();
-        let router = rt
-            .load(plugins::get("cost-router").unwrap().spec("cost-router"))
-            .unwrap();
+        let load = |mut spec: PluginSpec| {
+            spec.isolation = isolation;
+            rt.load(spec).unwrap()
+        };
+        let minimal = load(minimal.clone());
+        let guard = load(plugins::get("input-guard").unwrap().spec("input-guard"));
+        let router = load(plugins::get("cost-router").unwrap().spec("cost-router"));
 
         for plugin in [&minimal, &guard, &router] {
             tokio.block_on(plugin.warm()).unwrap();

@@ -267,6 +267,7 @@ impl Config {
                     .map(|(k, v)| (k.clone(), v.expose().to_string()))
                     .collect();
                 spec.capabilities = p.capabilities.clone();
+                spec.isolation = p.isolation;
                 if let Some(tools) = &p.capabilities.tools {
                     for name in &tools.allow {
                         let server = name.split_once('.').map_or(name.as_str(), |(s, _)| s);

@@ -377,6 +377,9 @@ pub struct PluginConfig {
     /// Agent slots: overrides of `[budgets.agent_call]`.
     #[serde(default)]
     pub budget: AgentBudgetOverrides,
+    /// Whether an instance may serve more than one call (not for agents).
+    #[serde(default)]
+    pub isolation: crate::runtime::Isolation,
 }
 
 /// `[plugins.<slot>.limits]`: overrides of the world's default limits.

@@ -11,7 +11,7 @@ use super::schema::{LimitConfig, MIN_MAX_HEADER_BYTES, SimSettings, SourceRef, U
 use super::secret::{self, EnvLookup, SettingValue};
 use crate::auth::valid_key_name;
 use crate::plugins;
-use crate::runtime::{PluginError, World};
+use crate::runtime::{Isolation, PluginError, World};
 
 /// Checks and normalises `config` in place, recording every problem.
 pub(crate) fn validate(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>) {
@@ -453,6 +453,12 @@ fn plugin_slots(config: &mut Config, errors: &mut Errors<'_>, env: EnvLookup<'_>
                     "must be 64 hex digits, optionally prefixed `sha256:`",
                 );
             }
+        }
+        if p.isolation == Isolation::Reuse && p.world == Some(World::Agent) {
+            errors.push(
+                key("isolation"),
+                "`reuse` is only for validator, router and recovery slots (an agent's instance carries its request)",
+            );
         }
         // The runtime's own check, so config and load agree on what is valid.
         if let Some(world) = p.world

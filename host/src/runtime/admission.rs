@@ -264,6 +264,23 @@ impl Pool {
         Ok(())
     }
 
+    /// Hands an instance whose call is over back to the background as a
+    /// waiting spare (a reused instance, `isolation = "reuse"`): its
+    /// request's share is given back, and the pool may reclaim it.
+    pub(crate) fn park(&self, admitted: &mut Admitted) {
+        drop(admitted.share.take());
+        if &*admitted.request != BACKGROUND {
+            let background: Arc<str> = Arc::from(BACKGROUND);
+            self.release(&admitted.request, &admitted.plugin);
+            self.hold(&background, &admitted.plugin);
+            admitted.request = background;
+        }
+        if !std::mem::replace(&mut admitted.waiting, true) {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            self.observe();
+        }
+    }
+
     /// Counts one instance of `plugin` as held by `request`.
     fn hold(&self, request: &Arc<str>, plugin: &Arc<str>) {
         let mut holders = self.holders();

@@ -129,6 +129,24 @@ impl PluginState {
         }
     }
 
+    /// Whether the instance of this store may serve another call
+    /// (`isolation = "reuse"`): it wrote nothing to stdio (whose capture
+    /// must start empty for the next call's messages) and holds no host
+    /// resource. If so, the per-call counters start over.
+    pub fn ready_for_another_call(&mut self) -> bool {
+        let clean = self.agent.is_none()
+            && self.table.is_empty()
+            && self.stdout.contents().is_empty()
+            && self.stderr.contents().is_empty();
+        if clean {
+            self.log_events = 0;
+            self.kv_refusal_logged = false;
+            self.http_usage = HttpUsage::default();
+            self.tools_usage = ToolsUsage::default();
+        }
+        clean
+    }
+
     /// The end of the guest's stderr: a Rust guest's panic message, without
     /// the standard "run with RUST_BACKTRACE" hint.
     pub fn stderr_tail(&self) -> Option<String> {

@@ -18,6 +18,13 @@
 //! a pool slot while it waits; spares are made only while at least half the
 //! pool is free, and a call that finds the pool full reclaims one
 //! ([`Reclaim`]): they never stand between a call and an instance.
+//!
+//! A slot configured with `isolation = "reuse"` gives that promise up for
+//! speed: an instance whose call succeeded, wrote nothing to stdio and
+//! holds no host resource goes back to the spares ([`Maker::keep`]) and
+//! serves the next call, up to [`REUSED_CALLS`] calls. Whatever else ended
+//! the call (a trap, a limit, an error) drops the instance, so the next
+//! call starts fresh.
 
 use super::admission::{Admitted, Pool, Reclaim};
 use super::bindings::{Instance, Pre};
@@ -25,7 +32,7 @@ use super::engine::Ticker;
 use super::error::PluginError;
 use super::host::{AgentCall, KvMetrics, PluginInfo, PluginState};
 use super::limits::{Limiter, PluginLimits, TimeoutTrap};
-use super::{Capabilities, World};
+use super::{Capabilities, Isolation, REUSED_CALLS, World};
 use crate::store::KvStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,11 +48,17 @@ const OUTPUT_CAPTURE_BYTES: usize = 16 * 1024;
 /// still counted, so the fuel metric works for every plugin.
 const UNLIMITED_FUEL: u64 = i64::MAX as u64;
 
-/// An instance made ahead, with the pool slot it holds.
+/// Most reused instances kept waiting per plugin version: enough for the
+/// calls that overlap on a few cores; beyond it a spent one is dropped.
+const REUSED_KEPT: usize = 8;
+
+/// An instance made ahead, or kept after a call, with the pool slot it holds.
 pub(super) struct Ready {
     pub store: Store<PluginState>,
     pub instance: Instance,
     pub admitted: Admitted,
+    /// Calls it has served (0 for a spare made ahead).
+    pub served: u32,
 }
 
 impl Reclaim for Maker {
@@ -82,6 +95,8 @@ pub(super) struct Maker {
     pub label: Arc<str>,
     /// Spares to keep ready; zero for agents or when configured off.
     target: usize,
+    /// Whether an instance serves more than one call (`isolation = "reuse"`).
+    reuse: bool,
     spares: Mutex<Spares>,
     /// Whether a background task is tearing down spent stores and making
     /// spares now: calls that end meanwhile leave their store to it
@@ -107,6 +122,7 @@ impl Maker {
     pub(super) fn new(
         world: World,
         spares: usize,
+        isolation: Isolation,
         pre: Pre,
         engine: Engine,
         limits: PluginLimits,
@@ -132,6 +148,7 @@ impl Maker {
             ticker,
             label,
             target: if world == World::Agent { 0 } else { spares },
+            reuse: world != World::Agent && isolation == Isolation::Reuse,
             spares: Mutex::new(Spares::default()),
             tending: AtomicBool::new(false),
             given_up: AtomicBool::new(false),
@@ -157,7 +174,7 @@ impl Maker {
     /// A ready instance, if one is waiting. Its clock and fuel are reset, so
     /// the call's limits run from now.
     pub(super) fn take(&self, timeout: Duration) -> Option<Ready> {
-        if self.target == 0 {
+        if self.target == 0 && !self.reuse {
             return None;
         }
         let mut ready = self.spares().ready.pop()?;
@@ -186,6 +203,36 @@ impl Maker {
         };
         self.spares().spent.push((store, admitted));
         self.tend(&runtime);
+    }
+
+    /// After a call that succeeded on `instance`: under `isolation =
+    /// "reuse"` it waits for the next call, if it is clean (nothing written
+    /// to stdio, no host resource held) and has served fewer than
+    /// [`REUSED_CALLS`]; otherwise, and always without reuse, it is dropped
+    /// as [`Maker::recycle`] drops it.
+    pub(super) fn keep(
+        self: &Arc<Self>,
+        mut store: Store<PluginState>,
+        instance: Instance,
+        mut admitted: Admitted,
+        served: u32,
+    ) {
+        if !self.reuse || served >= REUSED_CALLS || !store.data_mut().ready_for_another_call() {
+            return self.recycle(store, admitted);
+        }
+        // Parked before the lock: parking takes the pool's.
+        self.pool.park(&mut admitted);
+        let mut spares = self.spares();
+        if spares.ready.len() >= REUSED_KEPT.max(self.target) {
+            drop(spares);
+            return self.recycle(store, admitted);
+        }
+        spares.ready.push(Ready {
+            store,
+            instance,
+            admitted,
+            served,
+        });
     }
 
     /// Starts making spares in the background (at load, after the warm-up).
@@ -265,6 +312,7 @@ impl Maker {
                 store,
                 instance,
                 admitted,
+                served: 0,
             })),
             Ok(Err(e)) => Err(self.instantiate_error(format!("{e:#}"))),
             Err(_) => Err(self.instantiate_error("timed out".into())),

@@ -63,6 +63,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::Engine;
 
+/// What a plugin's instances may carry from one call to the next
+/// (`[plugins.<slot>] isolation`; docs/runtime.md#isolation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Every call runs on an instance of its own, dropped after it: nothing
+    /// a call leaves in guest memory reaches another call. The default.
+    #[default]
+    PerCall,
+    /// A validator, router or recovery instance whose call succeeded serves
+    /// later calls too, so whatever it keeps in guest memory reaches later
+    /// requests of any tenant. It is replaced after a trap, a limit, an
+    /// error, output on stdio or [`REUSED_CALLS`] calls. For stateless
+    /// plugins whose author the operator trusts with every request.
+    Reuse,
+}
+
+/// Calls one reused instance serves before it is replaced, so a slow leak
+/// in a guest's heap, or what a call left behind, does not live forever.
+pub const REUSED_CALLS: u32 = 10_000;
+
 /// The four plugin worlds of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,6 +224,8 @@ pub struct PluginSpec {
     pub capabilities: Capabilities,
     /// The MCP servers the tools grant names (`[mcp.<server>]`).
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
+    /// Whether an instance may serve more than one call.
+    pub isolation: Isolation,
 }
 
 /// Settings may hold resolved secrets (`${env:…}`), so Debug shows their keys only.
@@ -218,6 +241,7 @@ impl fmt::Debug for PluginSpec {
             .field("settings", &self.settings.keys().collect::<Vec<_>>())
             .field("capabilities", &self.capabilities)
             .field("mcp_servers", &self.mcp_servers.keys().collect::<Vec<_>>())
+            .field("isolation", &self.isolation)
             .finish()
     }
 }
@@ -241,6 +265,7 @@ impl PluginSpec {
             settings: BTreeMap::new(),
             capabilities: Capabilities::default(),
             mcp_servers: BTreeMap::new(),
+            isolation: Isolation::PerCall,
         }
     }
 }

@@ -7,8 +7,9 @@
 //! (`validate`, `route`, `recover`, `handle`) are a few lines each in
 //! [`exports`](super::exports). Each instance serves one call and is then
 //! dropped, so nothing a guest did survives into the next call except
-//! through `kv`; where instances come from (spares made ahead, for the
-//! stateless worlds) is [`instances`](super::instances).
+//! through `kv` — unless its slot chose `isolation = "reuse"`; where
+//! instances come from (spares made ahead, kept for reuse) and where they
+//! go is [`instances`](super::instances).
 
 use super::bindings::{Instance, LinkError};
 use super::error::{LimitKind, PluginError};
@@ -17,7 +18,7 @@ use super::host::{AgentCall, KvMetrics, PluginInfo, PluginState};
 use super::inspect;
 use super::instances::Maker;
 use super::limits::{LimitTrap, PluginLimits, TimeoutTrap};
-use super::{Capabilities, PluginSpec, Runtime, World};
+use super::{Capabilities, Isolation, PluginSpec, Runtime, World};
 use crate::domain::CallContext;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{KvLabels, PluginErrorLabels, PluginLabels};
@@ -59,6 +60,7 @@ pub struct PluginStats {
     peak_memory_bytes: AtomicU64,
     busy_micros: AtomicU64,
     spare_calls: AtomicU64,
+    reused_calls: AtomicU64,
 }
 
 /// A point-in-time copy of [`PluginStats`].
@@ -79,6 +81,9 @@ pub struct StatsSnapshot {
     /// Calls served by an instance made ahead (a spare) rather than on the
     /// call.
     pub spare_calls: u64,
+    /// Calls served by an instance that had served an earlier call
+    /// (`isolation = "reuse"`).
+    pub reused_calls: u64,
 }
 
 impl PluginStats {
@@ -105,6 +110,7 @@ impl PluginStats {
             peak_memory_bytes: self.peak_memory_bytes.load(Ordering::Relaxed),
             busy_micros: self.busy_micros.load(Ordering::Relaxed),
             spare_calls: self.spare_calls.load(Ordering::Relaxed),
+            reused_calls: self.reused_calls.load(Ordering::Relaxed),
         }
     }
 }
@@ -204,6 +210,14 @@ impl Plugin {
                 LinkError::Exports(e) => mismatch(format!("{e:#}; {found}")),
             }
         })?;
+        if spec.world == World::Agent && spec.isolation == Isolation::Reuse {
+            return Err(PluginError::InvalidConfig {
+                plugin: spec.name.clone(),
+                key: "isolation",
+                value: "reuse".into(),
+                reason: "is only for validator, router and recovery plugins: an agent's instance carries its request".into(),
+            });
+        }
         let env = resolve_capabilities(&spec.name, &spec.capabilities)?;
         let version = spec
             .version
@@ -259,6 +273,7 @@ impl Plugin {
         let make = Maker::new(
             spec.world,
             rt.spare_instances,
+            spec.isolation,
             pre,
             rt.engine.clone(),
             spec.limits,
@@ -567,11 +582,21 @@ impl Plugin {
         } else {
             None
         };
-        let (mut store, mut instance, admitted) = match spare {
+        let (mut store, mut instance, admitted, served) = match spare {
             Some(mut ready) => match make.pool.assign(&mut ready.admitted, ctx) {
                 Ok(()) => {
-                    self.stats.spare_calls.fetch_add(1, Ordering::Relaxed);
-                    (ready.store, Some(ready.instance), ready.admitted)
+                    let counter = if ready.served == 0 {
+                        &self.stats.spare_calls
+                    } else {
+                        &self.stats.reused_calls
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    (
+                        ready.store,
+                        Some(ready.instance),
+                        ready.admitted,
+                        ready.served,
+                    )
                 }
                 Err(e) => {
                     make.put_back(ready);
@@ -588,11 +613,14 @@ impl Plugin {
                     .inspect_err(|e| {
                         tracing::warn!(plugin = %self.identity, error = %e, "plugin call not admitted");
                     })?;
-                (make.new_store(agent, timeout)?, None, admitted)
+                (make.new_store(agent, timeout)?, None, admitted, 0)
             }
         };
         let started = Instant::now();
         let span = self.call_span(op);
+        // The instance, once its call has returned: only then may it serve
+        // another (`isolation = "reuse"`).
+        let mut returned = None;
         let outcome = tokio::time::timeout(timeout, async {
             let instance = match instance.take() {
                 Some(ready) => ready,
@@ -603,12 +631,19 @@ impl Plugin {
                     .map_err(Step::Instantiate)?,
             };
             self.warm.store(true, Ordering::Relaxed);
-            f(&instance, &mut store).await.map_err(Step::Call)
+            let value = f(&instance, &mut store).await.map_err(Step::Call)?;
+            returned = Some(instance);
+            Ok(value)
         })
         .instrument(span.clone())
         .await;
         let result = self.finish(&span, &store, started, timeout, outcome);
-        make.recycle(store, admitted);
+        match returned {
+            Some(instance) if result.is_ok() => {
+                make.keep(store, instance, admitted, served + 1);
+            }
+            _ => make.recycle(store, admitted),
+        }
         result
     }
 
