@@ -622,6 +622,14 @@ async fn the_first_party_recovery_asked_for_zero_sized_chunks_is_named_not_the_c
     assert_ne!(reply.code(), "context_length_exceeded");
 }
 
+/// Why `Config::parse` refuses `text`.
+fn refused(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    agentrouter::config::Config::parse(text, "test.toml", dir.path())
+        .unwrap_err()
+        .to_string()
+}
+
 #[tokio::test]
 async fn reusing_an_agents_instance_is_refused_naming_the_key() {
     let up = SimServer::start(steady(0), &["m"]).await;
@@ -629,10 +637,7 @@ async fn reusing_an_agents_instance_is_refused_naming_the_key() {
     let extra = format!(
         "[plugins.reused]\nsource = \"{agent}\"\nworld = \"agent\"\nisolation = \"reuse\"\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let err = agentrouter::config::Config::parse(&config(&up, &extra), "test.toml", dir.path())
-        .unwrap_err()
-        .to_string();
+    let err = refused(&config(&up, &extra));
     assert!(
         err.contains("plugins.reused.isolation")
             && err.contains("only for validator, router and recovery slots"),
@@ -643,19 +648,15 @@ async fn reusing_an_agents_instance_is_refused_naming_the_key() {
 #[tokio::test]
 async fn budget_config_mistakes_are_refused_naming_the_key() {
     let up = SimServer::start(steady(0), &["m"]).await;
-    let text = config(&up, "[plugins.guard.budget]\nmax_llm_calls = 3\n");
-    let dir = tempfile::tempdir().unwrap();
-    let err = agentrouter::config::Config::parse(&text, "test.toml", dir.path())
-        .unwrap_err()
-        .to_string();
+    let err = refused(&config(&up, "[plugins.guard.budget]\nmax_llm_calls = 3\n"));
     assert!(
         err.contains("plugins.guard.budget") && err.contains("only for agent slots"),
         "{err}"
     );
-    let text = config(&up, "[budgets.request]\nmax_plugin_instances = 999\n");
-    let err = agentrouter::config::Config::parse(&text, "test.toml", dir.path())
-        .unwrap_err()
-        .to_string();
+    let err = refused(&config(
+        &up,
+        "[budgets.request]\nmax_plugin_instances = 999\n",
+    ));
     assert!(
         err.contains("budgets.request.max_plugin_instances")
             && err.contains("more than the whole pool (runtime.pool_instances = 256)"),
